@@ -1,1 +1,61 @@
-"""decoding package."""
+"""Dream diffusion LM: our own model, cache, tokenizer helpers, tiny-model factory and samplers.
+
+Importing the package registers ``DreamConfig``/``DreamModel`` with ``AutoConfig``/``AutoModel`` (model_type
+``"Dream"``), so ``AutoModel.from_pretrained(dream_dir)`` works without ``trust_remote_code``.
+"""
+
+import contextlib
+
+from transformers import AutoConfig, AutoModel
+
+from .cache import DreamKVCache
+from .checkpoint import load_dream, read_dream_config
+from .config import DreamConfig, dream_7b_config
+from .generate import DreamGenerateOutput, diffusion_generate
+from .model import DreamModel, DreamOutput, key_padding_to_4d, padding_position_ids
+from .sampling import confidence_for, invalid_token_mask, sample_tokens, shift_logits
+from .tiny import make_tiny_dream
+from .tokenizer import (
+    build_chat_prompt,
+    decode_completion,
+    decode_completions,
+    encode_prompts,
+    load_tokenizer,
+    stop_token_ids,
+)
+
+
+def _register() -> None:
+    # ValueError = already registered (e.g. a module reload); registration is idempotent for us.
+    with contextlib.suppress(ValueError):
+        AutoConfig.register("Dream", DreamConfig)
+    with contextlib.suppress(ValueError):
+        AutoModel.register(DreamConfig, DreamModel)
+
+
+_register()
+
+__all__ = [
+    "DreamConfig",
+    "DreamGenerateOutput",
+    "DreamKVCache",
+    "DreamModel",
+    "DreamOutput",
+    "build_chat_prompt",
+    "confidence_for",
+    "decode_completion",
+    "decode_completions",
+    "diffusion_generate",
+    "dream_7b_config",
+    "encode_prompts",
+    "invalid_token_mask",
+    "key_padding_to_4d",
+    "load_dream",
+    "load_tokenizer",
+    "make_tiny_dream",
+    "padding_position_ids",
+    "read_dream_config",
+    "sample_tokens",
+    "shift_logits",
+    "stop_token_ids",
+]

@@ -13,3 +13,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_dream_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random-init Dream checkpoint in the real HF layout (sharded safetensors + tokenizer), fp32.
+
+    Built once per test session by :func:`decoding.tiny.make_tiny_dream` (seed 0; hidden 64, 2 layers,
+    4 heads, 2 KV heads; ~1.5k-token code BPE; vocab_size 1664 > tokenizer size 1541).
+    """
+    from decoding.tiny import make_tiny_dream
+
+    return make_tiny_dream(tmp_path_factory.mktemp("tiny-dream") / "tiny-dream", seed=0)
