@@ -1,0 +1,1 @@
+"""Evaluation tasks run on Dream checkpoints (persona simulation, ...)."""
