@@ -11,7 +11,10 @@ from transformers import AutoConfig, AutoModel
 from .cache import DreamKVCache
 from .checkpoint import load_dream, read_dream_config
 from .config import DreamConfig, dream_7b_config
+from .fast import FastResult, fast_generate
 from .generate import DreamGenerateOutput, diffusion_generate
+from .lockstep import LockstepCfg, lockstep_sample
+from .lockstep_trace import LockstepResult
 from .model import DreamModel, DreamOutput, key_padding_to_4d, padding_position_ids
 from .sampling import confidence_for, invalid_token_mask, sample_tokens, shift_logits
 from .tiny import make_tiny_dream
@@ -37,6 +40,9 @@ _register()
 
 __all__ = [
     "DreamConfig",
+    "FastResult",
+    "LockstepCfg",
+    "LockstepResult",
     "DreamGenerateOutput",
     "DreamKVCache",
     "DreamModel",
@@ -48,10 +54,12 @@ __all__ = [
     "diffusion_generate",
     "dream_7b_config",
     "encode_prompts",
+    "fast_generate",
     "invalid_token_mask",
     "key_padding_to_4d",
     "load_dream",
     "load_tokenizer",
+    "lockstep_sample",
     "make_tiny_dream",
     "padding_position_ids",
     "read_dream_config",
