@@ -1,0 +1,180 @@
+"""Reward-worker throughput vs evalplus 0.3.1's own evaluator, side by side in one run, plus a 10,000-completion
+stress run and the full canonical-solution check.
+
+    python bench/bench_rewards.py --suite compare   # executions/s, ours vs evalplus, same samples, same run
+    python bench/bench_rewards.py --suite stress    # 10,000 queued completions: none lost, peak RSS
+    python bench/bench_rewards.py --suite canonical # canonical solutions on full HumanEval+ and MBPP+
+    python bench/bench_rewards.py --suite smoke     # tiny version of all three (CI smoke check)
+
+Expected outputs (ours: ~/.cache/lockstep, evalplus: ~/.cache/evalplus) are computed before timing starts, and
+both evaluators get the same parallelism. Samples: the canonical solution of every task (all tests run) plus a
+wrong one (``return None``; fails at the first test under evalplus's fast check and ours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rewards import RewardConfig, Scorer  # noqa: E402
+
+
+def _samples(tasks: dict, limit: int | None) -> list[tuple[str, str]]:
+    out = []
+    for tid, t in list(tasks.items())[:limit]:
+        out.append((tid, t.reference_solution))
+        out.append((tid, t.prompt + "    return None\n"))
+    return out
+
+
+def run_ours(dataset: str, mini: bool, base_only: bool, workers: int, limit: int | None) -> dict:
+    cfg = RewardConfig.evaluation(mini=mini, workers=workers, completion_format="solution",
+                                  test_sets=("base",) if base_only else ("base", "plus"))
+    with Scorer(dataset=dataset, cfg=cfg) as s:
+        samples = _samples(s.tasks, limit)
+        s.score(samples[:4])  # warm the zygotes
+        t0 = time.perf_counter()
+        res = s.score(samples)
+        wall = time.perf_counter() - t0
+    n_tests = sum(r.n_tests for r in res[::2])
+    return {"samples": len(res), "wall_s": wall, "exec_per_s": len(res) / wall, "canonical_tests": n_tests,
+            "canonical_pass": sum(r.all_pass for r in res[::2]), "wrong_pass": sum(r.all_pass for r in res[1::2])}
+
+
+def run_evalplus(dataset: str, mini: bool, base_only: bool, workers: int, limit: int | None) -> dict:
+    """evalplus 0.3.1's own per-sample path: ProcessPoolExecutor -> check_correctness -> untrusted_check."""
+    import evalplus.data.humaneval as he
+    import evalplus.data.mbpp as mb
+    from evalplus.eval._special_oracle import MBPP_OUTPUT_NOT_NONE_TASKS
+    from evalplus.evaluate import check_correctness, get_groundtruth
+
+    from rewards.tasks import offline_file
+
+    mod, attr = (he, "HUMANEVAL_OVERRIDE_PATH") if dataset == "humaneval" else (mb, "MBPP_OVERRIDE_PATH")
+    local = offline_file(dataset, mini)
+    if local and not getattr(mod, attr):
+        setattr(mod, attr, str(local))
+    if dataset == "humaneval":
+        problems, dhash = he.get_human_eval_plus(mini=mini), he.get_human_eval_plus_hash(mini=mini)
+        expected = get_groundtruth(problems, dhash, [])
+    else:
+        problems, dhash = mb.get_mbpp_plus(), mb.get_mbpp_plus_hash()
+        expected = get_groundtruth(problems, dhash, MBPP_OUTPUT_NOT_NONE_TASKS)
+    samples = []
+    for tid, p in list(problems.items())[:limit]:
+        samples.append((tid, p["prompt"] + p["canonical_solution"]))
+        samples.append((tid, p["prompt"] + "    return None\n"))
+    t0 = time.perf_counter()
+    results = {}
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        futs = {ex.submit(check_correctness, dataset, i, problems[tid], sol, expected[tid], base_only, True,
+                          i): i for i, (tid, sol) in enumerate(samples)}
+        for fut in as_completed(futs):
+            results[futs[fut]] = fut.result()
+    wall = time.perf_counter() - t0
+
+    def ok(r: dict) -> bool:
+        return r["base"][0] == "pass" and (base_only or r["plus"][0] == "pass")
+
+    return {"samples": len(samples), "wall_s": wall, "exec_per_s": len(samples) / wall,
+            "canonical_pass": sum(ok(results[i]) for i in range(0, len(samples), 2)),
+            "wrong_pass": sum(ok(results[i]) for i in range(1, len(samples), 2))}
+
+
+def suite_compare(workers: int, limit: int | None, configs: list[tuple[str, bool, bool]]) -> list[dict]:
+    rows = []
+    for dataset, mini, base_only in configs:
+        name = f"{'HumanEval+' if dataset == 'humaneval' else 'MBPP+'}{' Mini' if mini else ''}" \
+               f" {'base' if base_only else 'base+plus'}"
+        run_ours(dataset, mini, base_only, workers, 2)  # builds/loads our expected-output cache
+        run_evalplus(dataset, mini, base_only, workers, 2)  # builds/loads evalplus's ground-truth pickle
+        ours = run_ours(dataset, mini, base_only, workers, limit)
+        ref = run_evalplus(dataset, mini, base_only, workers, limit)
+        row = {"config": name, "ours": ours, "evalplus": ref, "ratio": ours["exec_per_s"] / ref["exec_per_s"]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def suite_stress(n: int, workers: int) -> dict:
+    """n queued completions (canonical / wrong / crashing / forging) on HumanEval+ Mini base tests, RL config."""
+    cfg = RewardConfig.rl(mini=True, workers=workers, test_sets=("base",), completion_format="solution",
+                          on_infra_error="mark", progress=True)
+    with Scorer(dataset="humaneval", cfg=cfg) as s:
+        tids = list(s.tasks)
+        kinds = [lambda t: t.reference_solution, lambda t: t.prompt + "    return None\n",
+                 lambda t: "import os\nos._exit(0)\n", lambda t: t.prompt + "    raise SystemExit(0)\n"]
+        items = [(tids[i % len(tids)], kinds[i % 4](s.tasks[tids[i % len(tids)]])) for i in range(n)]
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        res = s.score(items)
+        wall = time.perf_counter() - t0
+        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        stats = dict(s.pool.stats)
+    lost = n - len([r for r in res if r is not None and r.status != "infra_error"])
+    correct = all(r.all_pass == (i % 4 == 0) for i, r in enumerate(res))
+    out = {"completions": n, "scored": len(res), "lost": lost, "verdicts_as_expected": correct, "wall_s": wall,
+           "exec_per_s": n / wall, "peak_rss_mb_before": rss0 / 1024, "peak_rss_mb_after": rss1 / 1024,
+           "pool_stats": stats}
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def suite_canonical(workers: int) -> list[dict]:
+    rows = []
+    for dataset, mini in (("humaneval", False), ("mbpp", False)):
+        cfg = RewardConfig.evaluation(mini=mini, workers=workers, completion_format="solution", progress=True)
+        t0 = time.perf_counter()
+        with Scorer(dataset=dataset, cfg=cfg) as s:
+            setup = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            res = s.score([(tid, t.reference_solution) for tid, t in s.tasks.items()])
+            wall = time.perf_counter() - t1
+        row = {"dataset": s.key, "tasks": len(res), "pass": sum(r.all_pass for r in res),
+               "failed": [r.task_id for r in res if not r.all_pass], "tests": sum(r.n_tests for r in res),
+               "setup_s_incl_expected": setup, "score_wall_s": wall}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", choices=["compare", "stress", "canonical", "smoke"], default="compare")
+    ap.add_argument("--parallel", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--limit", type=int, default=None, help="first N tasks only (compare suite)")
+    ap.add_argument("--n", type=int, default=10_000, help="completions for the stress suite")
+    ap.add_argument("--out", type=Path, default=None, help="append a JSON record of the run here")
+    args = ap.parse_args()
+    record = {"date": datetime.now(UTC).isoformat(timespec="minutes"), "machine": platform.platform(),
+              "cpus": os.cpu_count(), "parallel": args.parallel, "suite": args.suite,
+              "loadavg_start": os.getloadavg()}
+    if args.suite == "compare":
+        record["rows"] = suite_compare(args.parallel, args.limit, [("humaneval", False, True),
+                                                                   ("humaneval", False, False),
+                                                                   ("mbpp", False, False)])
+    elif args.suite == "stress":
+        record["stress"] = suite_stress(args.n, args.parallel)
+    elif args.suite == "canonical":
+        record["canonical"] = suite_canonical(args.parallel)
+    else:
+        record["rows"] = suite_compare(args.parallel, 3, [("humaneval", True, True)])
+        record["stress"] = suite_stress(40, args.parallel)
+    record["loadavg_end"] = os.getloadavg()
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()

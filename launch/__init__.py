@@ -1,0 +1,1 @@
+"""Entry points: training, checkpoint evaluation, Slurm job rendering, results views."""

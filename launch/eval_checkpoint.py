@@ -1,0 +1,350 @@
+"""Evaluate one checkpoint: generate, score in the sandbox, write evalplus-compatible results, add a table row.
+
+Usage::
+
+    python launch/eval_checkpoint.py recipe=eval/humaneval checkpoint=RUN/global_step_100 [key=value ...]
+    python launch/eval_checkpoint.py recipe=eval/mbpp checkpoint=ADAPTER_DIR base_model=DREAM_DIR
+    python launch/eval_checkpoint.py recipe=eval/persona checkpoint=DREAM_DIR persona.fixture=true
+
+Why resumable: evaluations run for hours on preemptible nodes. Every generated sample is appended (fsync'd) to
+``generations.rank<R>.jsonl`` as soon as its batch finishes and every scored chunk to ``scores.jsonl``; a re-run
+with the same command generates and scores only what is missing (see :mod:`launch.eval_store`).
+
+Contract of the outputs in ``<output_root>/<eval_name>/``: ``samples.jsonl`` (evalplus sample format),
+``samples_eval_results.json`` (evalplus result format: ``eval`` / ``base_status`` / ``plus_status`` /
+``pass_at_k``), ``summary.json`` (pass@k for base and plus, decoding speed, settings); one row per
+evaluation in ``<results_dir>/results.jsonl`` plus the rendered table and plot (:mod:`launch.results`).
+
+Generation runs in one process per visible GPU (``generation.num_workers=auto``; each worker owns every
+``world``-th sample) while the main process scores finished samples in chunks; on CPU one process does both.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the project root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from launch import eval_store as store
+from launch.eval_model import (
+    ModelSource,
+    check_sampler_kwargs,
+    generate_texts,
+    load_model,
+    pick_device,
+    pick_dtype,
+    resolve_checkpoint,
+)
+from launch.eval_tasks import ChunkScorer, CodeTasks, finalize_code_eval
+from launch.results import STEP_DIR, append_row
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RANK_ENV, WORLD_ENV = "LOCKSTEP_EVAL_RANK", "LOCKSTEP_EVAL_WORLD"
+TASKS = ("humaneval", "mbpp", "persona")
+
+
+class ConfigError(ValueError):
+    """A user mistake in the command line or recipe (reported without a stack trace)."""
+
+
+def compose_config(argv: list[str]) -> DictConfig:
+    """Compose ``recipes/<recipe>.yaml`` with the command-line overrides through Hydra's compose API."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    recipes = [a.split("=", 1)[1] for a in argv if a.startswith("recipe=")]
+    if not recipes:
+        raise ConfigError("missing recipe=eval/humaneval | eval/mbpp | eval/persona")
+    name = recipes[-1].removesuffix(".yaml")
+    if not (RECIPES_DIR / f"{name}.yaml").is_file():
+        raise ConfigError(f"no recipe {name!r}: expected {RECIPES_DIR / name}.yaml")
+    overrides = [a for a in argv if not a.startswith("recipe=")]
+    try:
+        with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
+            cfg = compose(config_name=name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"recipe {name}: {err}") from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"missing required setting(s) {', '.join(missing)} (e.g. checkpoint=PATH)")
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task={cfg.task} is not one of {', '.join(TASKS)}")
+    return cfg
+
+
+@dataclass
+class Plan:
+    """Everything resolved before any work: what to load, where outputs go, what identifies the samples."""
+
+    cfg: DictConfig
+    source: ModelSource
+    eval_name: str
+    out_dir: Path
+    results_dir: Path
+    settings: dict[str, Any]
+
+
+def _step_dir(path: Path) -> Path | None:
+    for candidate in (path, *path.parents):
+        if STEP_DIR.match(candidate.name):
+            return candidate
+    return None
+
+
+def sample_settings(cfg: DictConfig) -> dict[str, Any]:
+    """Settings that change what a sample is; their hash names the evaluation and guards resumes."""
+    common = {"task": cfg.task, "seed": cfg.seed, "merge_adapter": cfg.merge_adapter}
+    if cfg.task == "persona":
+        return {**common, "persona": OmegaConf.to_container(cfg.persona, resolve=True)}
+    gen = cfg.generation
+    return {**common, "mini": bool(cfg.dataset.get("mini", False)), "sampler": gen.sampler,
+            "n_samples": gen.n_samples, "system_prompt": gen.system_prompt,
+            "delimiter": gen.delimiter if gen.sampler == "lockstep" else None, "kwargs": sampler_kwargs(cfg)}
+
+
+def sampler_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """``generation.<sampler>`` as a plain dict, checked against the sampler's signature."""
+    name = cfg.generation.sampler
+    if name not in cfg.generation:
+        raise ConfigError(f"generation.sampler={name} has no generation.{name} settings block")
+    kwargs = OmegaConf.to_container(cfg.generation[name], resolve=True)
+    check_sampler_kwargs(name, kwargs)
+    return kwargs
+
+
+def make_plan(cfg: DictConfig) -> Plan:
+    settings = sample_settings(cfg)  # validates the sampler settings first: cheap, and the likelier typo
+    source = resolve_checkpoint(cfg.checkpoint, cfg.base_model, cfg.step)
+    checkpoint = Path(cfg.checkpoint).expanduser().resolve()
+    step_dir = _step_dir(checkpoint)
+    output_root = Path(cfg.output_root) if cfg.output_root else (step_dir or checkpoint) / "eval"
+    sampler = cfg.persona.sampler if cfg.task == "persona" else cfg.generation.sampler
+    eval_name = cfg.eval_name or f"{cfg.task}-{sampler}-{store.fingerprint(settings)}"
+    if cfg.results_dir:
+        results_dir = Path(cfg.results_dir)
+    else:
+        results_dir = step_dir.parent / "eval_results" if step_dir else output_root
+    return Plan(cfg, source, eval_name, (output_root / eval_name).resolve(), results_dir.resolve(), settings)
+
+
+def load(plan: Plan) -> tuple[Any, Any]:
+    device = pick_device(plan.cfg.device)
+    return load_model(plan.source, pick_dtype(plan.cfg.dtype, device), device, plan.cfg.merge_adapter)
+
+
+def generate_shard(plan: Plan, tasks: CodeTasks, rank: int, world: int, after_batch: Any = None) -> None:
+    """Generate this rank's missing samples batch by batch, each batch appended + fsync'd before the next."""
+    gen = plan.cfg.generation
+    order = {key: i for i, key in enumerate(tasks.items)}
+    done = store.read_generations(plan.out_dir)
+    mine = [k for k in store.shard(tasks.items, rank, world) if k not in done]
+    if not mine:
+        return
+    model, tokenizer = load(plan)
+    from decoding.tokenizer import build_chat_prompt
+
+    system = {} if gen.system_prompt is None else {"system": gen.system_prompt}
+    kwargs = sampler_kwargs(plan.cfg)
+    journal = store.generation_journal(plan.out_dir, rank)
+    journal.open_for_append()
+    run_id = uuid.uuid4().hex[:8]
+    try:
+        for start in tqdm(range(0, len(mine), gen.batch_size), desc=f"generate[{rank}]", unit="batch"):
+            batch = mine[start : start + gen.batch_size]
+            parts = [tasks.prompts[tid] for tid, _ in batch]
+            prompts = [build_chat_prompt(tokenizer, user, **system) + prefix for user, prefix in parts]
+            seed = int(plan.cfg.seed) * 1_000_003 + order[batch[0]]
+            out = generate_texts(model, tokenizer, prompts, gen.sampler, kwargs, seed, gen.delimiter or "")
+            batch_id = f"{run_id}-{rank}-{start}"
+            journal.append(
+                {"task_id": tid, "sample_idx": idx, "completion": prefix + text, "reasoning": reasoning,
+                 "num_tokens": n_tok, "batch_id": batch_id, "batch_size": len(batch),
+                 "batch_seconds": out.seconds, "batch_canvas_tokens": out.canvas_tokens, "rank": rank}
+                for (tid, idx), (_, prefix), text, reasoning, n_tok
+                in zip(batch, parts, out.completions, out.reasoning, out.num_tokens)
+            )
+            if after_batch is not None:
+                after_batch()
+    finally:
+        journal.close()
+
+
+class Scorer:
+    """Scores generated-but-unscored samples in chunks of ``scoring.chunk_size``, appending to scores.jsonl.
+
+    Samples the sandbox could not judge (persistent infrastructure failure) are left unscored and counted in
+    ``unscored``: a re-run retries them; they are never recorded as failures.
+    """
+
+    def __init__(self, plan: Plan, tasks: CodeTasks) -> None:
+        self.plan, self.tasks = plan, tasks
+        self.chunk = int(plan.cfg.scoring.chunk_size)
+        if self.chunk < 1:
+            raise ValueError(f"scoring.chunk_size must be >= 1, got {self.chunk}")
+        self.score_chunk = ChunkScorer(plan.cfg, tasks)
+        self.journal = store.Journal(plan.out_dir / "scores.jsonl")
+        self.journal.open_for_append()
+        self.scored = set(store.read_scores(plan.out_dir))
+        self.generated = store.GenerationTail(plan.out_dir)
+        self.unscored: set[store.SampleKey] = set()
+        wanted = set(tasks.items)
+        self.bar = tqdm(total=len(wanted), initial=len(self.scored & wanted), desc="score", unit="sample")
+
+    def __call__(self, final: bool = False) -> None:
+        generated = self.generated.poll()
+        pending = [generated[k] for k in self.tasks.items
+                   if k in generated and k not in self.scored and k not in self.unscored]
+        while pending and (final or len(pending) >= self.chunk):
+            chunk, pending = pending[: self.chunk], pending[self.chunk :]
+            rows, _ = self.score_chunk(chunk)
+            self.journal.append(rows)
+            done = {store.sample_key(row) for row in rows}
+            self.scored |= done
+            self.unscored |= {store.sample_key(row) for row in chunk} - done
+            self.bar.update(len(rows))
+
+    def close(self) -> None:
+        self.score_chunk.close()
+        self.journal.close()
+        self.bar.close()
+
+
+def worker_count(cfg: DictConfig) -> int:
+    requested = cfg.generation.num_workers
+    if requested != "auto":
+        return max(int(requested), 1)
+    return max(torch.cuda.device_count(), 1) if pick_device(cfg.device).type == "cuda" else 1
+
+
+def run_workers(plan: Plan, argv: list[str], world: int, scorer: Scorer) -> bool:
+    """One generation subprocess per device; score while they run. True when every worker exited cleanly."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = visible.split(",") if visible else [str(i) for i in range(world)]
+    use_cuda = pick_device(plan.cfg.device).type == "cuda"
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, RANK_ENV: str(rank), WORLD_ENV: str(world)}
+        if use_cuda:
+            env["CUDA_VISIBLE_DEVICES"] = devices[rank % len(devices)]
+        procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv], env=env))
+    try:
+        while any(p.poll() is None for p in procs):
+            scorer()
+            time.sleep(2.0)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+    codes = [p.wait() for p in procs]
+    for rank, code in enumerate(codes):
+        if code != 0:
+            print(f"generation worker {rank} exited with code {code}", file=sys.stderr)
+    return all(code == 0 for code in codes)
+
+
+def run_code_eval(plan: Plan, argv: list[str]) -> int:
+    try:
+        tasks = CodeTasks.load(plan.cfg)
+        store.check_settings(plan.out_dir, plan.settings)
+        print(f"evaluating {plan.source.describe()} on {len(tasks.prompts)} {plan.cfg.task} task(s) "
+              f"x {plan.cfg.generation.n_samples} sample(s) -> {plan.out_dir}", flush=True)
+        scorer = Scorer(plan, tasks)
+    except ValueError as err:  # unknown task ids, bad limit or reward settings, another run's settings in out_dir
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    ok = True
+    try:
+        world = worker_count(plan.cfg)
+        if world == 1:
+            generate_shard(plan, tasks, 0, 1, after_batch=scorer)
+        else:
+            ok = run_workers(plan, argv, world, scorer)
+        scorer(final=True)
+    finally:
+        scorer.close()
+    if not ok or scorer.unscored:
+        what = "generation failed" if not ok else f"{len(scorer.unscored)} sample(s) hit sandbox infrastructure errors"
+        print(f"error: {what}; finished work is kept: re-run the same command to resume", file=sys.stderr)
+        return 1
+    summary = finalize_code_eval(plan.cfg, tasks, plan.out_dir)
+    row = {**base_row(plan), **summary["row"]}
+    written = append_row(plan.results_dir, row)
+    print_outcome(plan, row, written)
+    return 0
+
+
+def run_persona(plan: Plan) -> int:
+    """Persona task: one monolithic run (its report is the unit of resumption), then a table row."""
+    from evals.persona.run import run_persona_eval
+
+    report_path = plan.out_dir / "persona_report.json"
+    try:
+        store.check_settings(plan.out_dir, plan.settings)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if report_path.exists():
+        import json
+
+        report = json.loads(report_path.read_text())
+        print(f"persona report exists, reusing {report_path}")
+    else:
+        model, tokenizer = load(plan)
+        persona_cfg = {**OmegaConf.to_container(plan.cfg.persona, resolve=True),
+                       "seed": int(plan.cfg.seed), "out_dir": str(plan.out_dir)}
+        try:
+            report = run_persona_eval(model, tokenizer, persona_cfg)
+        except ValueError as err:  # the persona task's own config/data errors (PromptTooLong, ...)
+            print(f"error: persona: {err}", file=sys.stderr)
+            return 2
+    headline = {f"persona_{k}": v for k, v in report.get("headline", {}).items()}
+    row = {**base_row(plan), **headline, "items": report.get("parsing", {}).get("items")}
+    written = append_row(plan.results_dir, row)
+    print_outcome(plan, row, written)
+    return 0
+
+
+def base_row(plan: Plan) -> dict[str, Any]:
+    cfg = plan.cfg
+    return {"task": cfg.task, "eval_name": plan.eval_name, "step": plan.source.step,
+            "checkpoint": str(Path(cfg.checkpoint).expanduser().resolve()), "model": plan.source.describe(),
+            "output_dir": str(plan.out_dir), "finished_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def print_outcome(plan: Plan, row: dict[str, Any], written: dict[str, Path]) -> None:
+    metrics = {k: v for k, v in row.items() if k.startswith(("pass@", "persona_", "tokens_per_s"))}
+    print(f"done: {plan.eval_name} step={row.get('step')} " + " ".join(f"{k}={v}" for k, v in metrics.items()))
+    for name, path in written.items():
+        print(f"{name}: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = compose_config(argv)
+        plan = make_plan(cfg)
+    except ValueError as err:  # ConfigError and the checkpoint-resolution errors
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if RANK_ENV in os.environ:  # a generation worker started by run_workers
+        generate_shard(plan, CodeTasks.load(cfg), int(os.environ[RANK_ENV]), int(os.environ[WORLD_ENV]))
+        return 0
+    return run_persona(plan) if cfg.task == "persona" else run_code_eval(plan, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

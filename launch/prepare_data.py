@@ -1,0 +1,108 @@
+"""Write verl's parquet prompt files from EvalPlus tasks (HumanEval+, its Mini variant, MBPP+).
+
+    python launch/prepare_data.py --dataset humaneval --out runs/he/data [--train-tasks 0 --val-tasks 16]
+
+Why: verl's ``RLHFDataset`` reads parquet rows with a chat ``prompt`` (list of messages), ``data_source`` (routes
+the reward), ``reward_model.ground_truth`` and ``extra_info``. Our reward (:mod:`rl.verl_reward`) scores a
+completion by EvalPlus ``task_id``, so the task id travels as ground truth. Rows are in task order; the
+validation file holds the last ``val_tasks`` tasks (disjoint from training unless there are too few tasks).
+
+Tasks are loaded by :func:`rewards.tasks.load_tasks` (same files and task ids the reward scores against;
+``--evalplus-dir`` points it at a folder of EvalPlus release files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+# name -> (rewards dataset, EvalPlus Mini variant)
+DATASETS: dict[str, tuple[str, bool]] = {
+    "humaneval": ("humaneval", False),
+    "humaneval_mini": ("humaneval", True),
+    "mbpp": ("mbpp", False),
+}
+
+
+class DataError(ValueError):
+    """A data-preparation problem the user can fix (unknown dataset, missing files, bad counts)."""
+
+
+def load_tasks(dataset: str, evalplus_dir: str | None = None) -> list[Any]:
+    """EvalPlus tasks (:class:`rewards.tasks.Task`: ``task_id``, ``prompt``, ``entry_point``) in release order."""
+    from rewards.tasks import load_tasks as load_reward_tasks
+
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+    name, mini = DATASETS[dataset]
+    try:
+        tasks, _key = load_reward_tasks(name, mini=mini, data_dir=evalplus_dir)
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot load {dataset} tasks: {error}") from None
+    return list(tasks.values())
+
+
+def task_row(task: Any, dataset: str, index: int, split: str) -> dict[str, Any]:
+    """One verl parquet row for an EvalPlus task (evalplus's instruct wording, see :mod:`rewards.extract`)."""
+    from rewards.extract import instruct_messages
+
+    name, mini = DATASETS[dataset]
+    return {
+        "data_source": name,
+        "prompt": instruct_messages(task.prompt)[:1],  # the user turn; the chat template opens the assistant turn
+        "ability": "code",
+        "reward_model": {"style": "rule", "ground_truth": task.task_id},
+        "extra_info": {"task_id": task.task_id, "entry_point": task.entry_point, "index": index, "split": split,
+                       "mini": mini},
+    }
+
+
+def split_tasks(tasks: list[Any], train_tasks: int, val_tasks: int) -> tuple[list[Any], list[Any]]:
+    """Validation = the last ``val_tasks`` tasks; training = the first ``train_tasks`` of the rest (0 = all)."""
+    if train_tasks < 0 or val_tasks < 0:
+        raise DataError("train_tasks and val_tasks must be >= 0")
+    if val_tasks >= len(tasks):
+        raise DataError(f"val_tasks={val_tasks} leaves no training task (dataset has {len(tasks)})")
+    val = tasks[len(tasks) - val_tasks:] if val_tasks else []
+    rest = tasks[: len(tasks) - val_tasks]
+    train = rest[:train_tasks] if train_tasks else rest
+    return train, val or train[:1]
+
+
+def write_parquet_files(dataset: str, out_dir: str | Path, train_tasks: int = 0, val_tasks: int = 0,
+                        evalplus_dir: str | None = None) -> tuple[Path, Path]:
+    """Write ``train.parquet`` and ``val.parquet`` under ``out_dir``; returns their paths."""
+    import pandas as pd
+
+    tasks = load_tasks(dataset, evalplus_dir)
+    train, val = split_tasks(tasks, train_tasks, val_tasks)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / "train.parquet", out / "val.parquet"
+    for path, rows, split in ((paths[0], train, "train"), (paths[1], val, "val")):
+        frame = pd.DataFrame([task_row(task, dataset, i, split) for i, task in enumerate(rows)])
+        frame.to_parquet(path, index=False)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    parser.add_argument("--out", required=True, help="output folder for train.parquet / val.parquet")
+    parser.add_argument("--train-tasks", type=int, default=0, help="first N training tasks (0 = all)")
+    parser.add_argument("--val-tasks", type=int, default=0, help="last N tasks held out for validation")
+    parser.add_argument("--evalplus-dir", default=None, help="folder with the EvalPlus release .jsonl.gz files")
+    args = parser.parse_args(argv)
+    try:
+        train, val = write_parquet_files(args.dataset, args.out, args.train_tasks, args.val_tasks, args.evalplus_dir)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {train} and {val}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

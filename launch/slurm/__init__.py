@@ -1,0 +1,1 @@
+"""Slurm sbatch templates, their renderer and the array-job index runner."""

@@ -1,0 +1,144 @@
+"""Train Dream with GRPO through verl: ``python launch/train_grpo.py recipe=<name> [key=value ...]``.
+
+Why this launcher: verl is ONE driver process plus Ray workers (it is not SPMD). This script composes
+``recipes/<recipe>.yaml`` (a Hydra config layered on verl's ``ppo_trainer``) with command-line overrides,
+validates it with clear errors (:mod:`rl.config`), prepares the parquet prompts and, for the demo, a tiny
+random Dream, then runs verl's own driver (``run_ppo`` + ``TaskRunnerV1``) exactly as
+``python -m verl.trainer.main_ppo`` would.
+
+``torchrun --nproc_per_node 8 launch/train_grpo.py recipe=humaneval`` works too: only global rank 0 drives
+(verl's Ray workers take the GPUs); every other rank logs why and exits 0. Exit codes: 0 success, 2 bad
+recipe/config (message on stderr, no stack trace).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RECIPES_DIR = PROJECT_ROOT / "recipes"
+TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                 "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
+                 "TORCHELASTIC_MAX_RESTARTS", "GROUP_WORLD_SIZE")
+
+logger = logging.getLogger("train_grpo")
+
+if str(PROJECT_ROOT) not in sys.path:  # `python launch/train_grpo.py` from anywhere
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+
+def driver_rank() -> int:
+    """Global rank under torchrun (0 when not launched by torchrun)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+
+
+def split_recipe(argv: list[str]) -> tuple[str, list[str]]:
+    """(recipe name, remaining Hydra overrides) from ``recipe=<name> key=value ...``."""
+    recipe, overrides = None, []
+    for arg in argv:
+        if arg.startswith("recipe="):
+            recipe = arg.split("=", 1)[1]
+        else:
+            overrides.append(arg)
+    if not recipe:
+        available = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+        raise SystemExit(f"usage: train_grpo.py recipe=<{'|'.join(available)}> [key=value ...]")
+    return recipe, overrides
+
+
+def compose_recipe(recipe: str, overrides: list[str]):  # -> DictConfig
+    """Hydra-compose ``recipes/<recipe>.yaml`` (layered on verl's ``ppo_trainer``) with ``overrides``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rl.config import RecipeError
+
+    if not (RECIPES_DIR / f"{recipe}.yaml").is_file():
+        available = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+        raise RecipeError(f"unknown recipe {recipe!r}; available: {available}")
+    try:
+        with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
+            return compose(config_name=recipe, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise RecipeError(f"cannot compose recipe {recipe!r}: {error}") from None
+
+
+def prepare_inputs(cfg) -> None:  # cfg: DictConfig
+    """Create what the recipe asks for and is missing: a tiny Dream (demo) and the parquet prompt files."""
+    from launch.prepare_data import write_parquet_files
+
+    model_path = Path(str(cfg.actor_rollout_ref.model.path))
+    if cfg.lockstep.get("tiny_model", False) and not (model_path / "config.json").is_file():
+        from decoding.tiny import make_tiny_dream
+
+        make_tiny_dream(model_path, seed=int(cfg.data.get("seed") or 0))
+        logger.info("wrote a tiny random Dream to %s", model_path)
+    data = cfg.lockstep.get("data", {})
+    train_file = Path(str(cfg.data.train_files))
+    if data.get("dataset") and not train_file.is_file():
+        write_parquet_files(str(data.dataset), train_file.parent, int(data.get("train_tasks", 0)),
+                            int(data.get("val_tasks", 0)), data.get("evalplus_dir"))
+        logger.info("wrote parquet prompts to %s", train_file.parent)
+
+
+def build_config(argv: list[str]):  # -> DictConfig
+    """Compose, prepare inputs, apply run-time settings and validate (RecipeError on any user mistake)."""
+    from rl.config import prepare_runtime, validate_recipe
+
+    recipe, overrides = split_recipe(argv)
+    cfg = compose_recipe(recipe, overrides)
+    validate_recipe(cfg, check_files=False)
+    # absolute, so that every Ray worker (whatever its working directory) finds the run's files
+    cfg.lockstep.run_dir = str(Path(str(cfg.lockstep.run_dir)).resolve())
+    prepare_inputs(cfg)
+    prepare_runtime(cfg, PROJECT_ROOT)
+    validate_recipe(cfg, check_files=True)
+    return cfg
+
+
+def run_driver(cfg) -> None:  # cfg: DictConfig
+    """verl's ``main_ppo.main`` body: device check, verl's own config validation, then the Ray driver."""
+    from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+    from verl.utils.device import auto_set_device
+
+    from rl.config import RecipeError
+    from rl.verl_plugin import ensure_registered
+
+    ensure_registered()
+    auto_set_device(cfg)
+    try:
+        validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    except (AssertionError, ValueError) as error:
+        raise RecipeError(f"verl rejected the config: {error}") from None
+    run_ppo(cfg, task_runner_class=TaskRunnerV1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    rank = driver_rank()
+    if rank != 0:
+        logger.info("global rank %d: verl runs one driver (global rank 0) that starts Ray workers on all GPUs; "
+                    "this rank has nothing to do and exits", rank)
+        return 0
+    for name in TORCHRUN_VARS:  # the Ray workers set their own process-group variables
+        os.environ.pop(name, None)
+    from launch.prepare_data import DataError
+    from rl.config import RecipeError
+
+    try:
+        cfg = build_config(list(sys.argv[1:] if argv is None else argv))
+        run_driver(cfg)
+    except (RecipeError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Public scoring API: ``score_batch`` / :class:`Scorer` turn (task_id, completion) pairs into rewards.
+
+Every item gets exactly one :class:`RewardResult`. Sandbox infrastructure failures are retried by the pool; if they
+persist the result has status "infra_error" and (by default) :class:`SandboxInfraError` is raised after the whole
+batch finished, carrying all results, so that an infrastructure problem is never mistaken for reward 0.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import hashlib
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, as_completed
+from typing import Any
+
+from tqdm import tqdm
+
+from .expected import ensure_expected
+from .extract import build_solution
+from .judge import TaskExpected, judge
+from .sandbox import Job, SandboxConfig, SandboxPool
+from .tasks import Task, load_tasks
+
+_ALL_SETS = ("base", "plus")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """Scoring settings. Use :meth:`rl` (tight CPU limits, default) or :meth:`evaluation` (EvalPlus parity:
+    per-test limit max(1 s, 4 x reference time), per-set cap 60 s + 1, stop a set at its first error).
+
+    reward: "binary" (1 if every test of ``test_sets`` passes) or "pass_ratio"; final reward =
+    correctness + format_weight * format_reward, or ``no_code_reward`` when no code could be extracted.
+    """
+
+    test_sets: tuple[str, ...] = ("base", "plus")
+    reward: str = "binary"
+    format_weight: float = 0.0
+    no_code_reward: float = 0.0
+    completion_format: str = "auto"
+    answer_marker: str | None = None
+    sanitize: bool = True
+    mini: bool = False
+    noextreme: bool = False
+    min_time_limit_s: float = 0.5
+    time_limit_factor: float = 4.0
+    set_time_cap_s: float = 60.0
+    sample_time_cap_s: float | None = 8.0
+    wall_factor: float = 3.0
+    stop_on_error: bool = False
+    workers: int | None = None
+    sandbox: SandboxConfig = SandboxConfig()
+    on_infra_error: str = "raise"
+    keep_test_details: bool = False
+    progress: bool = False
+    cache_dir: str | None = None
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.reward not in ("binary", "pass_ratio"):
+            raise ValueError(f"reward must be 'binary' or 'pass_ratio', got {self.reward!r}")
+        if not self.test_sets or any(s not in _ALL_SETS for s in self.test_sets):
+            raise ValueError(f"test_sets must be a non-empty subset of {_ALL_SETS}, got {self.test_sets!r}")
+        if self.on_infra_error not in ("raise", "mark"):
+            raise ValueError(f"on_infra_error must be 'raise' or 'mark', got {self.on_infra_error!r}")
+
+    @classmethod
+    def rl(cls, **overrides: Any) -> RewardConfig:
+        return cls(**overrides)
+
+    @classmethod
+    def evaluation(cls, **overrides: Any) -> RewardConfig:
+        base = dict(min_time_limit_s=1.0, time_limit_factor=4.0, set_time_cap_s=60.0, sample_time_cap_s=None,
+                    stop_on_error=True)
+        return cls(**{**base, **overrides})
+
+
+@dataclasses.dataclass
+class RewardResult:
+    """Outcome for one (task_id, completion). ``base_status``/``plus_status`` use evalplus's words
+    ("pass" | "fail" | "timeout", None when that set was not run)."""
+
+    task_id: str
+    reward: float | None
+    pass_ratio: float
+    all_pass: bool
+    format_reward: float
+    status: str
+    base_status: str | None
+    plus_status: str | None
+    n_tests: int
+    n_passed: int
+    details: dict = dataclasses.field(default_factory=dict)
+
+
+class SandboxInfraError(RuntimeError):
+    """Raised after a batch when some items could not be scored because the sandbox machinery kept failing."""
+
+    def __init__(self, message: str, results: list[RewardResult]) -> None:
+        super().__init__(message)
+        self.results = results
+
+
+class Scorer:
+    """Holds tasks, their expected outputs and a warm :class:`SandboxPool`; reuse it across batches (RL steps)."""
+
+    def __init__(self, tasks: dict[str, Task] | Sequence[Task] | None = None, *, dataset: str | None = None,
+                 cfg: RewardConfig | None = None) -> None:
+        self.cfg = cfg or RewardConfig()
+        if tasks is None:
+            if dataset is None:
+                raise ValueError("give a dataset name ('humaneval', 'mbpp', 'humaneval-base') or tasks")
+            tasks, key = load_tasks(dataset, mini=self.cfg.mini, noextreme=self.cfg.noextreme,
+                                    data_dir=self.cfg.data_dir)
+        else:
+            tasks = {t.task_id: t for t in tasks} if not isinstance(tasks, dict) else dict(tasks)
+            key = "custom-" + hashlib.md5("".join(sorted(t.fingerprint() for t in tasks.values())).encode()).hexdigest()
+        self.tasks, self.key = tasks, key
+        from pathlib import Path
+
+        self.expected: dict[str, TaskExpected] = ensure_expected(
+            tasks, key, workers=self.cfg.workers, sandbox=self.cfg.sandbox,
+            directory=Path(self.cfg.cache_dir) if self.cfg.cache_dir else None, progress=True)
+        self.pool = SandboxPool(self.cfg.workers, self.cfg.sandbox)
+        self._inputs: dict[str, tuple[bytes, list[list[float]], float]] = {}
+
+    @property
+    def isolation(self) -> str:
+        return self.pool.isolation
+
+    def _task_job_parts(self, task: Task) -> tuple[bytes, list[list[float]], float]:
+        cached = self._inputs.get(task.task_id)
+        if cached is None:
+            cfg, exp = self.cfg, self.expected[task.task_id]
+            limits, budget = [], 1.0
+            for name in cfg.test_sets:
+                ref = exp.ref_times[_ALL_SETS.index(name)]
+                lim = [max(cfg.min_time_limit_s, cfg.time_limit_factor * t) for t in ref]
+                limits.append(lim)
+                budget += min(cfg.set_time_cap_s, sum(lim)) + 1.0
+            if cfg.sample_time_cap_s is not None:
+                budget = min(budget, cfg.sample_time_cap_s)
+            cached = (task.inputs_bytes(cfg.test_sets), limits, budget)
+            self._inputs[task.task_id] = cached
+        return cached
+
+    def _submit(self, task: Task, code: str) -> Future:
+        inputs, limits, budget = self._task_job_parts(task)
+        exp = self.expected[task.task_id]
+        needs_values = bool(task.atol) or task.oracle in ("find_zero", "sum_div", "surface_area", "digit_distance") \
+            or any(exp.values[_ALL_SETS.index(s)] for s in self.cfg.test_sets)
+        job = Job(code=code, entry_point=task.entry_point, inputs=inputs, limits=limits, cpu_budget_s=budget,
+                  wall_budget_s=budget * 2 + 2.0, mode=task.child_mode, values=needs_values,
+                  stop_on_error=self.cfg.stop_on_error, load_limit_s=min(budget, 10.0),
+                  wall_factor=self.cfg.wall_factor)
+        return self.pool.submit(job)
+
+    def score(self, items: Iterable[tuple[str, str]]) -> list[RewardResult]:
+        """Score (task_id, completion) pairs; results are in input order."""
+        items = list(items)
+        results: list[RewardResult | None] = [None] * len(items)
+        pending: dict[Future, tuple[int, Task, Any]] = {}
+        for idx, (task_id, completion) in enumerate(items):
+            task = self.tasks.get(task_id)
+            if task is None:
+                raise ValueError(f"unknown task_id {task_id!r} for dataset key {self.key}")
+            ext = build_solution(completion, task.prompt, task.entry_point,
+                                 completion_format=self.cfg.completion_format,
+                                 answer_marker=self.cfg.answer_marker, sanitize=self.cfg.sanitize)
+            if ext.status != "ok":
+                results[idx] = self._no_code(task, ext)
+            else:
+                pending[self._submit(task, ext.code)] = (idx, task, ext)
+        bar = tqdm(total=len(pending), desc="scoring", unit="sample", disable=not self.cfg.progress)
+        for fut in as_completed(pending):
+            idx, task, ext = pending.pop(fut)
+            results[idx] = self._result(task, ext, fut.result())
+            bar.update()
+        bar.close()
+        failed = [r for r in results if r.status == "infra_error"]
+        if failed and self.cfg.on_infra_error == "raise":
+            raise SandboxInfraError(f"{len(failed)} of {len(results)} samples could not be scored (sandbox "
+                                    f"infrastructure): {failed[0].details.get('infra_error')}", results)
+        return results  # type: ignore[return-value]
+
+    def _no_code(self, task: Task, ext: Any) -> RewardResult:
+        n = sum(len(task.base_inputs if s == "base" else task.plus_inputs) for s in self.cfg.test_sets)
+        return RewardResult(task.task_id, self.cfg.no_code_reward, 0.0, False, 0.0, ext.status,
+                            None, None, n, 0, {"extraction": ext.source})
+
+    def _result(self, task: Task, ext: Any, raw: Any) -> RewardResult:
+        cfg = self.cfg
+        fmt = 1.0 if ext.well_formed else 0.0
+        n = sum(len(task.base_inputs if s == "base" else task.plus_inputs) for s in cfg.test_sets)
+        if raw.infra_error:
+            return RewardResult(task.task_id, None, 0.0, False, fmt, "infra_error", None, None, n, 0,
+                                {"infra_error": raw.infra_error, "attempts": raw.attempts})
+        v = judge(task, cfg.test_sets, self.expected[task.task_id], raw)
+        n_passed = sum(sum(p) for p in v.passed)
+        ratio = n_passed / n if n else 0.0
+        all_pass = v.status == "ok" and all(s == "pass" for s in v.set_status)
+        correctness = (1.0 if all_pass else 0.0) if cfg.reward == "binary" else ratio
+        statuses = dict(zip(cfg.test_sets, v.set_status))
+        details = {"errors": v.errors, "extraction": ext.source, "cpu_s": raw.status.get("cpu"),
+                   "deadline": raw.status.get("deadline"), "signal": raw.status.get("sig"),
+                   "attempts": raw.attempts, "isolation": self.pool.isolation}
+        if v.detail:
+            details["detail"] = v.detail
+        if cfg.keep_test_details:
+            details["passed"] = dict(zip(cfg.test_sets, v.passed))
+        return RewardResult(task.task_id, correctness + cfg.format_weight * fmt, ratio, all_pass, fmt, v.status,
+                            statuses.get("base"), statuses.get("plus"), n, n_passed, details)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+MAX_CACHED_SCORERS = 4
+_SCORERS: dict[Any, Scorer] = {}
+_SCORERS_LOCK = threading.Lock()
+
+
+def get_scorer(dataset: str = "humaneval", cfg: RewardConfig | None = None,
+               tasks: dict[str, Task] | Sequence[Task] | None = None) -> Scorer:
+    """A process-wide cached Scorer (its pool stays warm between calls)."""
+    cfg = cfg or RewardConfig()
+    if tasks is not None:
+        tlist = list(tasks.values()) if isinstance(tasks, dict) else list(tasks)
+        key: Any = ("custom", cfg, tuple(sorted(t.fingerprint() for t in tlist)))
+    else:
+        key = (dataset, cfg)
+    with _SCORERS_LOCK:
+        if key in _SCORERS:
+            _SCORERS[key] = _SCORERS.pop(key)  # most recently used last
+        else:
+            while len(_SCORERS) >= MAX_CACHED_SCORERS:  # bound the number of live sandbox pools
+                _SCORERS.pop(next(iter(_SCORERS))).close()
+            _SCORERS[key] = Scorer(tasks, dataset=None if tasks is not None else dataset, cfg=cfg)
+        return _SCORERS[key]
+
+
+def score_batch(items: Sequence[tuple[str, str]], *, dataset: str = "humaneval", cfg: RewardConfig | None = None,
+                tasks: dict[str, Task] | Sequence[Task] | None = None) -> list[RewardResult]:
+    """Score (task_id, completion) pairs against ``dataset`` ("humaneval" = HumanEval+, "mbpp" = MBPP+,
+    "humaneval-base") or caller-supplied ``tasks``. The scorer (tasks, expected outputs, warm sandbox pool) is
+    cached per (dataset, cfg) for the life of the process."""
+    return get_scorer(dataset, cfg, tasks).score(items)
+
+
+@atexit.register
+def close_all() -> None:
+    """Stop every cached scorer's sandbox workers."""
+    with _SCORERS_LOCK:
+        for s in _SCORERS.values():
+            s.close()
+        _SCORERS.clear()

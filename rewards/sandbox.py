@@ -1,0 +1,281 @@
+"""Sandbox workers: one bubblewrap + fork-server (``_zygote.py``) per core, driven from the trusted side.
+
+Why this shape: starting bubblewrap and an interpreter costs ~30 ms, forking a warm zygote ~1.5 ms, so each core
+gets one long-lived sandboxed zygote that forks one child per completion (see ``docs/rewards.md``). The trusted
+side only ever parses size-capped JSON lines from the sandbox; expected outputs never enter it.
+
+Contract of :meth:`SandboxPool.run`: every submitted job yields exactly one :class:`RawResult`; infrastructure
+failures (zygote or bubblewrap died, protocol desync) restart the worker and retry the job ``max_retries`` times
+and are then reported as ``RawResult(infra_error=...)`` - never silently dropped, never turned into a score.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import queue
+import select
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import Future
+
+from .isolation import (  # noqa: F401 - re-exported: the sandbox API lives here
+    ZYGOTE_PATH,
+    InfraError,
+    Job,
+    RawResult,
+    SandboxConfig,
+    _package_dirs,
+    _sandbox_env,
+    bwrap_argv,
+    probe_bwrap,
+    resolve_isolation,
+)
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one worker
+
+
+def _frame(b: bytes) -> bytes:
+    return struct.pack(">I", len(b)) + b
+
+
+class Worker:
+    """One sandboxed zygote. Not thread-safe: owned by a single pool thread (bwrap's --die-with-parent is tied
+    to the thread that started it)."""
+
+    def __init__(self, cfg: SandboxConfig, isolation: str) -> None:
+        self.cfg, self.isolation = cfg, isolation
+        self.proc: subprocess.Popen | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.close()
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        if self.isolation == "bwrap":
+            argv, env, cwd = bwrap_argv(w, self.cfg), None, None
+        else:
+            argv, env, cwd = self._fallback_argv(w)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, pass_fds=(w,), env=env, cwd=cwd,
+                                     start_new_session=True)
+        os.close(w)
+        self.result_r = r
+        self.starts += 1
+        fl = fcntl.fcntl(self.proc.stdin.fileno(), fcntl.F_GETFL)
+        fcntl.fcntl(self.proc.stdin.fileno(), fcntl.F_SETFL, fl | os.O_NONBLOCK)
+        self._status_buf = b""
+        line = self._read_status(time.monotonic() + self.cfg.start_timeout_s)
+        if not json.loads(line).get("ready"):
+            raise InfraError(f"zygote did not start: {line[:200]!r}")
+
+    def _fallback_argv(self, w: int) -> tuple[list[str], dict, str]:
+        self._tmp = tempfile.TemporaryDirectory(prefix="lockstep-sandbox-")
+        site = os.path.join(self._tmp.name, "site")
+        work = os.path.join(self._tmp.name, "work")
+        os.makedirs(site)
+        os.makedirs(work, mode=0o700)
+        for host, name in _package_dirs(self.cfg.packages):
+            os.symlink(host, os.path.join(site, name))
+        argv = [os.path.realpath(sys.executable), "-S", "-s", "-P", "-B", str(ZYGOTE_PATH), str(w), work,
+                "1" if self.cfg.seccomp else "0"]
+        return argv, _sandbox_env(self.cfg, site), work
+
+    def _read_status(self, deadline: float) -> bytes:
+        out = self.proc.stdout.fileno()
+        while b"\n" not in self._status_buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise InfraError("zygote status timed out")
+            ready, _, _ = select.select([out], [], [], left)
+            if ready:
+                chunk = os.read(out, 65536)
+                if not chunk:
+                    raise InfraError(f"zygote exited (rc={self.proc.poll()})")
+                self._status_buf += chunk
+        line, self._status_buf = self._status_buf.split(b"\n", 1)
+        return line
+
+    def run(self, job: Job) -> RawResult:
+        """Send one job and collect its raw records; raises InfraError when the machinery failed."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        hdr = {"cpu": job.cpu_budget_s, "wall": job.wall_budget_s, "mem": self.cfg.memory_bytes,
+               "fsize": self.cfg.file_size_bytes, "nofile": self.cfg.open_files, "nproc": self.cfg.processes}
+        payload = {"code": job.code, "entry_point": job.entry_point, "limits": job.limits, "mode": job.mode,
+                   "values": job.values, "timing": job.timing, "stop_on_error": job.stop_on_error,
+                   "load_limit": job.load_limit_s, "wall_factor": job.wall_factor}
+        import marshal  # trusted -> sandbox direction only; the sandbox never sends marshal back
+
+        pending = memoryview(_frame(json.dumps(hdr).encode()) + _frame(marshal.dumps(payload, 2))
+                             + _frame(job.inputs))
+        stdin, out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        buf, total, overflow = bytearray(), 0, False
+        deadline = time.monotonic() + job.wall_budget_s + 30.0
+        status = None
+        while status is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise InfraError("zygote did not report within its deadline")
+            ready, writable, _ = select.select([out, self.result_r], [stdin] if pending else [], [], left)
+            if writable:
+                try:
+                    pending = pending[os.write(stdin, pending[: 1 << 20]):]
+                except BrokenPipeError as exc:
+                    raise InfraError("zygote closed its input") from exc
+            if self.result_r in ready:
+                total, overflow = self._pull(buf, total, overflow)
+            if out in ready:
+                chunk = os.read(out, 65536)
+                if not chunk:
+                    raise InfraError(f"zygote exited (rc={self.proc.poll()})")
+                self._status_buf += chunk
+                if b"\n" in self._status_buf:
+                    line, self._status_buf = self._status_buf.split(b"\n", 1)
+                    status = json.loads(line)
+        while True:  # the child has exited: whatever it wrote is already in the pipe
+            before = total
+            total, overflow = self._pull(buf, total, overflow)
+            if total == before:
+                break
+        if pending or not status.get("ack"):
+            raise InfraError("the sandbox child died before reading its job")
+        return RawResult(records=bytes(buf).split(b"\n")[:-1] if not overflow else [], status=status,
+                         overflow=overflow)
+
+    def _pull(self, buf: bytearray, total: int, overflow: bool) -> tuple[int, bool]:
+        try:
+            chunk = os.read(self.result_r, 1 << 20)
+        except BlockingIOError:
+            return total, overflow
+        total += len(chunk)
+        if total > self.cfg.max_result_bytes:
+            overflow = True
+            buf.clear()
+        elif not overflow:
+            buf += chunk
+        return total, overflow
+
+    def close(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            for f in (self.proc.stdin, self.proc.stdout):
+                with contextlib.suppress(OSError):
+                    f.close()
+            os.close(self.result_r)
+            self.proc = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pool
+
+
+class SandboxPool:
+    """``workers`` sandboxed zygotes (default: all cores), each driven by its own thread.
+
+    ``submit`` returns a Future[RawResult]; the queue is unbounded but jobs are small (task inputs are shared
+    bytes objects), so 10,000 queued completions cost a few MB on the trusted side.
+    """
+
+    def __init__(self, workers: int | None = None, cfg: SandboxConfig | None = None) -> None:
+        self.cfg = cfg or SandboxConfig()
+        self.isolation = resolve_isolation(self.cfg)
+        self.n_workers = workers or os.cpu_count() or 1
+        self._queue: queue.Queue = queue.Queue()
+        self.stats = {"jobs": 0, "infra_failures": 0, "infra_errors_reported": 0, "restarts": 0}
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._loop, name=f"sandbox-{i}", daemon=True)
+                         for i in range(self.n_workers)]
+        self._ready = threading.Barrier(self.n_workers + 1)
+        self._start_errors: list[str] = []
+        self._closed = False
+        self.workers: list[Worker] = []
+        for t in self._threads:
+            t.start()
+        self._ready.wait()
+        if len(self._start_errors) == self.n_workers:
+            self.close()
+            raise RuntimeError(f"no sandbox worker could start: {self._start_errors[0]}")
+
+    def submit(self, job: Job) -> Future:
+        if self._closed:
+            raise RuntimeError("SandboxPool is closed")
+        fut: Future = Future()
+        self._queue.put((job, fut))
+        return fut
+
+    def run(self, jobs: list[Job]) -> list[RawResult]:
+        return [f.result() for f in [self.submit(j) for j in jobs]]
+
+    def _loop(self) -> None:
+        worker = Worker(self.cfg, self.isolation)
+        with self._lock:
+            self.workers.append(worker)
+        try:
+            worker.start()
+        except (InfraError, OSError) as exc:
+            self._start_errors.append(str(exc))
+        self._ready.wait()
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            job, fut = item
+            fut.set_result(self._run_with_retries(worker, job))
+        worker.close()
+
+    def _run_with_retries(self, worker: Worker, job: Job) -> RawResult:
+        err = ""
+        for attempt in range(1, self.cfg.max_retries + 2):
+            try:
+                res = worker.run(job)
+                res.attempts = attempt
+                with self._lock:
+                    self.stats["jobs"] += 1
+                return res
+            except (InfraError, OSError, ValueError) as exc:
+                err = f"{type(exc).__name__}: {exc}"
+                log.warning("sandbox infrastructure failure (attempt %d): %s", attempt, err)
+                with self._lock:
+                    self.stats["infra_failures"] += 1
+                    self.stats["restarts"] += 1
+                try:
+                    worker.start()
+                except (InfraError, OSError) as start_exc:
+                    err = f"{err}; restart failed: {start_exc}"
+        with self._lock:
+            self.stats["infra_errors_reported"] += 1
+        return RawResult(records=[], status={}, infra_error=err, attempts=self.cfg.max_retries + 1)
+
+    def close(self) -> None:
+        """Finish queued jobs, then stop every worker (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

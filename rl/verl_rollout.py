@@ -1,0 +1,325 @@
+"""Dream rollout backend for verl 0.9.1: server actor, rollout replica and weight-sync adapter (`verl.md` §5.1).
+
+Why: verl's rollout backends (vLLM, SGLang, TRT-LLM) cannot serve a masked diffusion LM, and its HF rollout is
+dead code in 0.9.1. verl's agent loop sends one ``generate`` request per sample to a *server actor*; ours
+queues concurrent requests and decodes them as one batch with :mod:`rl.verl_sampler` (lockstep R/A rollouts
+through decoding's fast path), which is what makes diffusion rollouts affordable.
+
+Pieces (all registered by :func:`register`):
+
+* :class:`DreamRolloutServer` — Ray actor holding a Dream copy (+ peft LoRA adapter when training LoRA);
+  ``generate(request_id, prompt_ids=..., sampling_params=...) -> TokenOutput`` with ``token_ids`` cut after
+  the first EOS, ``extra_fields`` carrying ``global_steps`` (the v1 trainer needs it) and rollout metrics.
+* :class:`DreamReplica` — ``RolloutReplica`` that starts one server per replica on the node (and GPU) of the
+  replica's first training worker; selected by ``actor_rollout_ref.rollout.name=dream``.
+* :class:`DreamRolloutAdapter` — the worker-side ``BaseRollout``: pushes LoRA adapter tensors (or, for full
+  fine-tuning, all weights) from the training engine to its server after every update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import torch
+
+logger = logging.getLogger(__name__)
+
+ROLLOUT_NAME = "dream"
+_SERVER_NAME = "lockstep_dream_server_{replica_rank}"
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    sampling_params: dict[str, Any]
+    future: asyncio.Future = field(repr=False)
+
+
+class DreamRolloutServer:
+    """Serves diffusion rollouts for one replica; wrapped with ``ray.remote`` by :class:`DreamReplica`.
+
+    Requests arriving while a batch decodes are queued and decoded together next (up to ``max_batch`` rows,
+    grouped by sampling parameters). Weights: the base model is loaded from ``model.path`` at start; training
+    updates arrive through :meth:`update_weights` (adapter tensors + ``peft_config``, or full state dicts).
+    """
+
+    def __init__(self, rollout_config: Any, model_config: Any, replica_rank: int) -> None:
+        from rl.verl_sampler import DreamSamplerConfig, load_rollout_model
+
+        self.rollout_config = rollout_config
+        self.replica_rank = replica_rank
+        custom = dict((rollout_config.custom or {}).get("dream", {}) or {})
+        self.sampler_config = DreamSamplerConfig.from_dict(custom, response_length=rollout_config.response_length)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model, self.tokenizer = load_rollout_model(
+            _model_path(model_config), dtype=rollout_config.dtype, device=self.device,
+            trust_remote_code=bool(model_config.get("trust_remote_code", False)),
+        )
+        self.global_steps: int | None = None
+        self._gif_steps: set[int] = set()
+        self.seed = int(rollout_config.seed) + 1000 * replica_rank
+        self._queue: list[_Request] = []
+        self._wakeup = asyncio.Event()
+        self._worker_task: asyncio.Task | None = None
+
+    # ---- generation -------------------------------------------------------------------------------------------
+    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any],
+                       **kwargs: Any) -> Any:
+        """Queue one prompt; resolves to a ``TokenOutput`` once its batch is decoded."""
+        if self._worker_task is None or self._worker_task.done():
+            self._worker_task = asyncio.get_running_loop().create_task(self._serve_forever())
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(list(prompt_ids), dict(sampling_params), future))
+        self._wakeup.set()
+        return await future
+
+    async def _serve_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            await self._settle()
+            self._wakeup.clear()
+            while self._queue:
+                batch = self._take_batch()
+                try:
+                    outputs = await asyncio.to_thread(self._decode, batch)
+                except Exception as error:  # surface decode errors to every waiting agent loop
+                    for request in batch:
+                        if not request.future.done():
+                            request.future.set_exception(error)
+                    continue
+                for request, output in zip(batch, outputs):
+                    if not request.future.done():
+                        request.future.set_result(output)
+
+    async def _settle(self) -> None:
+        """Wait until no request arrived for ``batch_wait_s`` (or a full batch is queued): the agent loop submits
+        a step's requests concurrently, and decoding them together is both faster and reproducible."""
+        while len(self._queue) < self.sampler_config.max_batch:
+            seen = len(self._queue)
+            await asyncio.sleep(self.sampler_config.batch_wait_s)
+            if len(self._queue) == seen:
+                return
+
+    def _take_batch(self) -> list[_Request]:
+        key = _sampling_key(self._queue[0].sampling_params)
+        batch = [r for r in self._queue if _sampling_key(r.sampling_params) == key][: self.sampler_config.max_batch]
+        taken = {id(r) for r in batch}
+        self._queue = [r for r in self._queue if id(r) not in taken]
+        # a canonical row order makes a batch's rollouts a function of its prompts, not of arrival order
+        return sorted(batch, key=lambda r: (len(r.prompt_ids), r.prompt_ids))
+
+    def _decode(self, batch: list[_Request]) -> list[Any]:
+        from verl.workers.rollout.replica import TokenOutput
+
+        from rl.verl_sampler import sample_batch
+
+        seed = _batch_seed(self.seed, self.global_steps or 0, [r.prompt_ids for r in batch])
+        start = time.perf_counter()
+        result = sample_batch(self.model, self.tokenizer, [r.prompt_ids for r in batch],
+                              batch[0].sampling_params, self.sampler_config, seed=seed)
+        elapsed = time.perf_counter() - start
+        self._maybe_save_gif(result)
+        total_tokens = sum(len(ids) for ids in result.completions)
+        outputs = []
+        for row, token_ids in enumerate(result.completions):
+            extra = {"global_steps": self.global_steps if self.global_steps is not None else 0,
+                     "rollout_seconds": elapsed, "rollout_batch_size": len(batch),
+                     "rollout_tokens_per_s": total_tokens / max(elapsed, 1e-9)}
+            extra.update(result.row_extras[row])
+            finished = bool(token_ids) and token_ids[-1] in result.stop_ids
+            outputs.append(TokenOutput(token_ids=token_ids, log_probs=None,
+                                       stop_reason="completed" if finished else "length", extra_fields=extra))
+        return outputs
+
+    def _maybe_save_gif(self, result: Any) -> None:
+        config, step = self.sampler_config, self.global_steps or 0
+        if (result.trace is None or self.replica_rank != 0 or config.gif_every <= 0 or step % config.gif_every
+                or step in self._gif_steps):
+            return
+        from rl.verl_sampler import save_fill_gif
+
+        self._gif_steps.add(step)
+        save_fill_gif(result.trace, self.tokenizer, str(config.gif_dir), step)
+
+    # ---- weights ----------------------------------------------------------------------------------------------
+    def update_weights(self, named_tensors: dict[str, torch.Tensor], peft_config: dict | None,
+                       global_steps: int | None) -> int:
+        """Install new trained weights; returns how many tensors were applied.
+
+        With ``peft_config`` the tensors are LoRA adapter weights (peft state-dict names): the adapter is
+        created on first use and overwritten afterwards. Without it they are full model weights.
+        """
+        from rl.verl_sampler import apply_weights
+
+        self.model = apply_weights(self.model, named_tensors, peft_config)
+        if global_steps is not None:
+            self.global_steps = int(global_steps)
+        return len(named_tensors)
+
+    def set_global_steps(self, global_steps: int) -> None:
+        self.global_steps = int(global_steps)
+
+    def get_server_address(self) -> str:
+        return f"{ray.util.get_node_ip_address()}:dream{self.replica_rank}"
+
+    # ---- lifecycle hooks the replica fans out to: a Dream server keeps weights resident, no KV cache ------------
+    async def wake_up(self, tags: list[str] | None = None) -> None:
+        return None
+
+    async def sleep(self, tags: list[str] | None = None) -> None:
+        return None
+
+    async def clear_kv_cache(self) -> None:
+        return None
+
+    async def release_kv_cache(self) -> None:
+        return None
+
+    async def resume_kv_cache(self) -> None:
+        return None
+
+    async def abort_all_requests(self, reject_request: bool = False) -> dict[str, Any]:
+        return {"aborted_count": 0, "request_ids": []}
+
+    async def resume_generation(self) -> None:
+        return None
+
+    async def start_profile(self, **kwargs: Any) -> None:
+        return None
+
+    async def stop_profile(self) -> None:
+        return None
+
+
+def _batch_seed(base: int, global_steps: int, prompts: list[list[int]]) -> int:
+    """Seed of one decode batch: a function of the run seed, the weights version and the batch's prompts, so a
+    resumed run redraws the same rollouts as an uninterrupted one."""
+    digest = hashlib.blake2b(repr((base, global_steps, prompts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _model_path(model_config: Any) -> str:
+    """Local checkpoint folder from verl's model config (a DictConfig or an ``HFModelConfig``)."""
+    local = model_config.get("local_path") if hasattr(model_config, "get") else None
+    return str(local or getattr(model_config, "local_path", None) or model_config.path)
+
+
+def _sampling_key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, str(v)) for k, v in params.items()))
+
+
+def _build_replica_class() -> type:
+    from verl.utils.device import get_device_name, get_resource_name
+    from verl.workers.rollout.replica import RolloutReplica
+
+    class DreamReplica(RolloutReplica):
+        """One Dream server per replica, co-located with the replica's first training worker."""
+
+        async def launch_servers(self) -> None:
+            if not self.workers:
+                raise RuntimeError("Dream rollout runs in hybrid mode only (actor_rollout_ref.hybrid_engine=True).")
+            node_id, accelerator = await self.workers[0].__ray_call__.remote(_worker_placement, get_resource_name())
+            env_vars = {}
+            # the task runner has no GPU itself: decide from the platform, pin the server to the worker's GPU
+            if accelerator is not None and get_device_name() == "cuda":
+                env_vars = {"CUDA_VISIBLE_DEVICES": str(accelerator),
+                            "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}
+            server_cls = ray.remote(DreamRolloutServer)
+            server = server_cls.options(
+                scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+                    node_id=node_id, soft=False),
+                runtime_env={"env_vars": env_vars},
+                name=_SERVER_NAME.format(replica_rank=self.replica_rank),
+                max_concurrency=self.max_concurrency,
+                num_cpus=0,
+            ).remote(rollout_config=self.config, model_config=self.model_config, replica_rank=self.replica_rank)
+            self.servers = [server]
+            self._server_handle = server
+            self._server_address = await server.get_server_address.remote()
+
+    return DreamReplica
+
+
+def _worker_placement(worker: Any, resource_name: str) -> tuple[str, str | None]:
+    context = ray.get_runtime_context()
+    ids = context.get_accelerator_ids().get(resource_name) or [None]
+    return context.get_node_id(), ids[0]
+
+
+def load_replica_class() -> type:
+    """Loader for ``RolloutReplicaRegistry`` (builds the class lazily so verl is imported only when used)."""
+    global DreamReplica
+    if DreamReplica is None:
+        DreamReplica = _build_replica_class()
+    return DreamReplica
+
+
+DreamReplica: type | None = None
+
+
+def _adapter_base() -> type:
+    from verl.workers.rollout.base import BaseRollout
+
+    return BaseRollout
+
+
+class DreamRolloutAdapter(_adapter_base()):  # type: ignore[misc]
+    """Worker-side rollout handle: syncs trained weights to this rank's Dream server.
+
+    With rollout tensor parallelism 1 (the only layout Dream needs) every training rank owns one replica, so
+    replica rank = global rank and each rank pushes to ``lockstep_dream_server_<rank>``.
+    """
+
+    def __init__(self, config: Any, model_config: Any, device_mesh: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, model_config, device_mesh, *args, **kwargs)
+        tp = int(self.config.tensor_model_parallel_size)
+        rank = int(os.environ.get("RANK", 0))
+        self.replica_rank = rank // tp
+        self.is_leader = rank % tp == 0
+        self.sleep_level = 1
+        self._server: Any = None
+
+    def _server_handle(self) -> Any:
+        if self._server is None:
+            self._server = ray.get_actor(_SERVER_NAME.format(replica_rank=self.replica_rank))
+        return self._server
+
+    async def resume(self, tags: list[str]) -> None:
+        return None
+
+    async def release(self) -> None:
+        return None
+
+    async def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], wire_format: str = "named_tensors",
+                             **kwargs: Any) -> None:
+        """Materialise the (small, for LoRA) weights on CPU and push them to the server in one call."""
+        if wire_format != "named_tensors":
+            raise ValueError(f"Dream rollout supports wire_format='named_tensors' only, got {wire_format!r}")
+        named = {name: _to_local_cpu(tensor) for name, tensor in weights}
+        if not self.is_leader:
+            return
+        peft_config = kwargs.get("peft_config")
+        await self._server_handle().update_weights.remote(named, peft_config, kwargs.get("global_steps"))
+
+
+def _to_local_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    if hasattr(tensor, "full_tensor"):
+        tensor = tensor.full_tensor()
+    return tensor.detach().to("cpu").contiguous()
+
+
+def register() -> None:
+    """Register the ``dream`` rollout with verl (replica registry + the module-private adapter registry)."""
+    from verl.workers.rollout import base as rollout_base
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    RolloutReplicaRegistry.register(ROLLOUT_NAME, load_replica_class)
+    rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = f"{__name__}.DreamRolloutAdapter"

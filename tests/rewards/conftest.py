@@ -1,0 +1,61 @@
+"""Shared fixtures: a small caller-supplied task set and one warm Scorer over a real bubblewrap pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rewards.api import RewardConfig, Scorer
+from rewards.sandbox import SandboxConfig
+from rewards.tasks import Task
+
+SECRET_REF = "def f(x):\n    return (x * 7919 + 13) % 1000003\n"
+FLOAT_REF = "def g(x):\n    return x / 3\n"
+
+
+def secret_tasks() -> list[Task]:
+    """'secret': an output nobody guesses without computing it. 'floaty': float outputs (atol oracle)."""
+    return [
+        Task(task_id="secret", prompt="def f(x):\n", entry_point="f", base_inputs=[[i] for i in range(5)],
+             plus_inputs=[[10**6 + 7], [123456789]], reference_solution=SECRET_REF),
+        Task(task_id="floaty", prompt="def g(x):\n", entry_point="g", base_inputs=[[1], [2], [10]],
+             plus_inputs=[[7]], reference_solution=FLOAT_REF),
+    ]
+
+
+@pytest.fixture(scope="session")
+def scorer(tmp_path_factory: pytest.TempPathFactory):
+    cfg = RewardConfig.rl(workers=2, sample_time_cap_s=2.0, min_time_limit_s=0.5, on_infra_error="mark",
+                          completion_format="solution",
+                          cache_dir=str(tmp_path_factory.mktemp("expected")),
+                          sandbox=SandboxConfig(isolation="bwrap", memory_bytes=1024**3, max_retries=1))
+    with Scorer(secret_tasks(), cfg=cfg) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def evalplus_data() -> Path:
+    root = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "evalplus"
+    if not (root / "HumanEvalPlus-Mini.jsonl.gz").is_file():
+        pytest.skip("offline evalplus data not found at ../shared/data/evalplus")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cache_env(tmp_path_factory: pytest.TempPathFactory):
+    """Point the expected-output cache at a session temp dir (hermetic; computed once per session)."""
+    import os
+
+    old = os.environ.get("LOCKSTEP_CACHE_DIR")
+    os.environ["LOCKSTEP_CACHE_DIR"] = str(tmp_path_factory.mktemp("lockstep-cache"))
+    yield os.environ["LOCKSTEP_CACHE_DIR"]
+    if old is None:
+        os.environ.pop("LOCKSTEP_CACHE_DIR", None)
+    else:
+        os.environ["LOCKSTEP_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def secret_task_list() -> list[Task]:
+    return secret_tasks()
