@@ -2,13 +2,17 @@
 stress run and the full canonical-solution check.
 
     python bench/bench_rewards.py --suite compare   # executions/s, ours vs evalplus, same samples, same run
+    python bench/bench_rewards.py --suite compare --configs humaneval-plus   # one row only
     python bench/bench_rewards.py --suite stress    # 10,000 queued completions: none lost, peak RSS
     python bench/bench_rewards.py --suite canonical # canonical solutions on full HumanEval+ and MBPP+
     python bench/bench_rewards.py --suite smoke     # tiny version of all three (CI smoke check)
 
 Expected outputs (ours: ~/.cache/lockstep, evalplus: ~/.cache/evalplus) are computed before timing starts, and
 both evaluators get the same parallelism. Samples: the canonical solution of every task (all tests run) plus a
-wrong one (``return None``; fails at the first test under evalplus's fast check and ours).
+wrong one (``def <entry_point>(*args, **kwargs): return None``, which parses and so is executed by both, and fails
+at the first test under evalplus's fast check and ours). The evalplus side is evalplus 0.3.1's own
+``evaluate`` path: one ``check_correctness`` per sample submitted to a ProcessPoolExecutor (which pickles the
+problem and its expected outputs per sample, as ``evalplus.evaluate`` does).
 """
 
 from __future__ import annotations
@@ -28,12 +32,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rewards import RewardConfig, Scorer  # noqa: E402
 
+# --configs names -> (dataset, mini, base_only), in the order the rows are run
+COMPARE_CONFIGS = {"humaneval-base": ("humaneval", False, True), "humaneval-plus": ("humaneval", False, False),
+                   "mbpp-plus": ("mbpp", False, False)}
+
+
+def _wrong(entry_point: str) -> str:
+    return f"def {entry_point}(*args, **kwargs):\n    return None\n"
+
 
 def _samples(tasks: dict, limit: int | None) -> list[tuple[str, str]]:
     out = []
     for tid, t in list(tasks.items())[:limit]:
         out.append((tid, t.reference_solution))
-        out.append((tid, t.prompt + "    return None\n"))
+        out.append((tid, _wrong(t.entry_point)))
     return out
 
 
@@ -73,7 +85,7 @@ def run_evalplus(dataset: str, mini: bool, base_only: bool, workers: int, limit:
     samples = []
     for tid, p in list(problems.items())[:limit]:
         samples.append((tid, p["prompt"] + p["canonical_solution"]))
-        samples.append((tid, p["prompt"] + "    return None\n"))
+        samples.append((tid, _wrong(p["entry_point"])))
     t0 = time.perf_counter()
     results = {}
     with ProcessPoolExecutor(max_workers=workers) as ex:
@@ -155,14 +167,15 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="first N tasks only (compare suite)")
     ap.add_argument("--n", type=int, default=10_000, help="completions for the stress suite")
     ap.add_argument("--out", type=Path, default=None, help="append a JSON record of the run here")
+    ap.add_argument("--configs", nargs="+", choices=sorted(COMPARE_CONFIGS), default=sorted(COMPARE_CONFIGS),
+                    help="compare suite: which rows to run (default: all)")
     args = ap.parse_args()
     record = {"date": datetime.now(UTC).isoformat(timespec="minutes"), "machine": platform.platform(),
               "cpus": os.cpu_count(), "parallel": args.parallel, "suite": args.suite,
               "loadavg_start": os.getloadavg()}
     if args.suite == "compare":
-        record["rows"] = suite_compare(args.parallel, args.limit, [("humaneval", False, True),
-                                                                   ("humaneval", False, False),
-                                                                   ("mbpp", False, False)])
+        record["rows"] = suite_compare(args.parallel, args.limit,
+                                       [COMPARE_CONFIGS[c] for c in COMPARE_CONFIGS if c in args.configs])
     elif args.suite == "stress":
         record["stress"] = suite_stress(args.n, args.parallel)
     elif args.suite == "canonical":

@@ -49,7 +49,7 @@ from launch.eval_model import (
     resolve_checkpoint,
 )
 from launch.eval_tasks import ChunkScorer, CodeTasks, finalize_code_eval
-from launch.results import STEP_DIR, append_row
+from launch.results import STEP_DIR, append_row, run_root
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 RANK_ENV, WORLD_ENV = "LOCKSTEP_EVAL_RANK", "LOCKSTEP_EVAL_WORLD"
@@ -77,13 +77,47 @@ def compose_config(argv: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
             cfg = compose(config_name=name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"recipe {name}: {err}") from None
+        raise ConfigError(f"recipe {name}: " + " ".join(str(err).split())) from None
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"missing required setting(s) {', '.join(missing)} (e.g. checkpoint=PATH)")
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task} is not one of {', '.join(TASKS)}")
+    check_values(cfg)
     return cfg
+
+
+def _int_setting(cfg: DictConfig, key: str, minimum: int, allow: tuple[Any, ...] = ()) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value in allow:
+        return
+    try:
+        ok = not isinstance(value, bool) and int(value) == float(value) and int(value) >= minimum
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        extra = "".join(f" or {'null' if a is None else a}" for a in allow)
+        raise ConfigError(f"{key}={value} must be an integer >= {minimum}{extra}")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """ConfigError for values that would otherwise fail deep inside a run (after minutes of model loading)."""
+    _int_setting(cfg, "seed", 0)
+    _int_setting(cfg, "step", 0, allow=(None,))
+    try:
+        pick_dtype(cfg.dtype, pick_device(cfg.device))
+    except (ValueError, RuntimeError) as err:
+        raise ConfigError(str(err)) from None
+    if cfg.task == "persona":
+        return
+    _int_setting(cfg, "dataset.limit", 1, allow=(None,))
+    for key in ("generation.n_samples", "generation.batch_size", "scoring.chunk_size"):
+        _int_setting(cfg, key, 1)
+    _int_setting(cfg, "generation.num_workers", 1, allow=("auto",))
+    ks = cfg.scoring.k if OmegaConf.is_list(cfg.scoring.k) else [cfg.scoring.k]
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ConfigError(f"scoring.k={OmegaConf.to_container(cfg.scoring, resolve=True)['k']} must be a list "
+                          "of integers >= 1 (e.g. scoring.k=[1,10])")
 
 
 @dataclass
@@ -137,7 +171,7 @@ def make_plan(cfg: DictConfig) -> Plan:
     if cfg.results_dir:
         results_dir = Path(cfg.results_dir)
     else:
-        results_dir = step_dir.parent / "eval_results" if step_dir else output_root
+        results_dir = run_root(step_dir) / "eval_results" if step_dir else output_root
     return Plan(cfg, source, eval_name, (output_root / eval_name).resolve(), results_dir.resolve(), settings)
 
 

@@ -86,7 +86,10 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={name} but CUDA is not available (use device=cpu)")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name} is not one of auto, cpu, cuda, cuda:N") from None
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -192,7 +192,7 @@ def finalize_code_eval(cfg: DictConfig, tasks: CodeTasks, out_dir: Path) -> dict
     base = {t: [r["base_status"] == "pass" for r in rows] for t, rows in per_task.items()}
     plus = {t: [r["base_status"] == "pass" and r["plus_status"] == "pass" for r in rows]
             for t, rows in per_task.items()}
-    ks = [int(k) for k in cfg.scoring.k]
+    ks = [int(k) for k in (cfg.scoring.k if OmegaConf.is_list(cfg.scoring.k) else [cfg.scoring.k])]
     pass_k = {"base": mean_pass_at_k(base, ks), "plus": mean_pass_at_k(plus, ks)}
     write_evalplus_files(out_dir, tasks, per_task, pass_k)
     timing = speed([generations[k] for k in tasks.items if k in generations])

@@ -1,6 +1,7 @@
-"""Write verl's parquet prompt files from EvalPlus tasks (HumanEval+, its Mini variant, MBPP+).
+"""Write verl's parquet prompt files from EvalPlus tasks (HumanEval+, its Mini variant, MBPP+) or the demo tasks.
 
     python launch/prepare_data.py --dataset humaneval --out runs/he/data [--train-tasks 0 --val-tasks 16]
+    python launch/prepare_data.py --dataset demo --out runs/demo/data [--train-tasks 3000 --val-tasks 48]
 
 Why: verl's ``RLHFDataset`` reads parquet rows with a chat ``prompt`` (list of messages), ``data_source`` (routes
 the reward), ``reward_model.ground_truth`` and ``extra_info``. Our reward (:mod:`rl.verl_reward`) scores a
@@ -9,6 +10,10 @@ validation file holds the last ``val_tasks`` tasks (disjoint from training unles
 
 Tasks are loaded by :func:`rewards.tasks.load_tasks` (same files and task ids the reward scores against;
 ``--evalplus-dir`` points it at a folder of EvalPlus release files).
+
+``demo``: the synthetic tasks of :mod:`rl.demo_tasks` (train split -> ``train.parquet``, held-out split ->
+``val.parquet``), rendered with the same user turn as the EvalPlus rows. Their rows have ``data_source`` ``demo``
+and carry the generator settings (``extra_info.demo_spec``, JSON) so each reward worker regenerates the same tests.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ DATASETS: dict[str, tuple[str, bool]] = {
     "humaneval_mini": ("humaneval", True),
     "mbpp": ("mbpp", False),
 }
+DEMO_DATASET = "demo"
 
 
 class DataError(ValueError):
@@ -35,7 +41,7 @@ def load_tasks(dataset: str, evalplus_dir: str | None = None) -> list[Any]:
     from rewards.tasks import load_tasks as load_reward_tasks
 
     if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted([*DATASETS, DEMO_DATASET])}")
     name, mini = DATASETS[dataset]
     try:
         tasks, _key = load_reward_tasks(name, mini=mini, data_dir=evalplus_dir)
@@ -71,32 +77,83 @@ def split_tasks(tasks: list[Any], train_tasks: int, val_tasks: int) -> tuple[lis
     return train, val or train[:1]
 
 
+def demo_spec(train_tasks: int, val_tasks: int, settings: dict[str, Any] | None = None) -> Any:
+    """The :class:`rl.demo_tasks.DemoTaskSpec` of a demo data set: ``settings`` (recipe ``lockstep.data.demo``)
+    with the split sizes (``train_tasks`` / ``val_tasks``; 0 = the spec's default)."""
+    from rl.demo_tasks import DemoTaskSpec
+
+    if train_tasks < 0 or val_tasks < 0:
+        raise DataError("train_tasks and val_tasks must be >= 0")
+    values = dict(settings or {})
+    if train_tasks:
+        values["n_train"] = train_tasks
+    if val_tasks:
+        values["n_heldout"] = val_tasks
+    try:
+        return DemoTaskSpec.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"demo tasks: {error}") from None
+
+
+def demo_row(task: Any, spec_json: str, index: int, split: str) -> dict[str, Any]:
+    """One verl parquet row for a demo task (same user turn as :func:`task_row`)."""
+    from rewards.extract import instruct_messages
+
+    return {
+        "data_source": DEMO_DATASET,
+        "prompt": instruct_messages(task.prompt)[:1],
+        "ability": "code",
+        "reward_model": {"style": "rule", "ground_truth": task.task_id},
+        "extra_info": {"task_id": task.task_id, "entry_point": task.entry_point, "index": index, "split": split,
+                       "demo_spec": spec_json},
+    }
+
+
 def write_parquet_files(dataset: str, out_dir: str | Path, train_tasks: int = 0, val_tasks: int = 0,
-                        evalplus_dir: str | None = None) -> tuple[Path, Path]:
-    """Write ``train.parquet`` and ``val.parquet`` under ``out_dir``; returns their paths."""
+                        evalplus_dir: str | None = None, demo: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``train.parquet`` and ``val.parquet`` under ``out_dir``; returns their paths.
+
+    ``demo`` (only for ``dataset="demo"``): :class:`rl.demo_tasks.DemoTaskSpec` fields (seed, operations, ...).
+    """
     import pandas as pd
 
-    tasks = load_tasks(dataset, evalplus_dir)
-    train, val = split_tasks(tasks, train_tasks, val_tasks)
+    if dataset == DEMO_DATASET:
+        spec = demo_spec(train_tasks, val_tasks, demo)
+        try:
+            splits = spec.generate()
+        except ValueError as error:
+            raise DataError(f"demo tasks: {error}") from None
+        spec_json = spec.to_json()
+        tables = [(splits.train, "train"), (splits.heldout or splits.train[:1], "val")]
+        rows = [[demo_row(t, spec_json, i, split) for i, t in enumerate(tasks)] for tasks, split in tables]
+    else:
+        tasks = load_tasks(dataset, evalplus_dir)
+        train, val = split_tasks(tasks, train_tasks, val_tasks)
+        rows = [[task_row(t, dataset, i, split) for i, t in enumerate(part)]
+                for part, split in ((train, "train"), (val, "val"))]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = out / "train.parquet", out / "val.parquet"
-    for path, rows, split in ((paths[0], train, "train"), (paths[1], val, "val")):
-        frame = pd.DataFrame([task_row(task, dataset, i, split) for i, task in enumerate(rows)])
-        frame.to_parquet(path, index=False)
+    for path, table in zip(paths, rows):
+        pd.DataFrame(table).to_parquet(path, index=False)
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    parser.add_argument("--dataset", required=True, choices=sorted([*DATASETS, DEMO_DATASET]))
     parser.add_argument("--out", required=True, help="output folder for train.parquet / val.parquet")
-    parser.add_argument("--train-tasks", type=int, default=0, help="first N training tasks (0 = all)")
-    parser.add_argument("--val-tasks", type=int, default=0, help="last N tasks held out for validation")
+    parser.add_argument("--train-tasks", type=int, default=0,
+                        help="first N training tasks (0 = all; demo: train split size, 0 = default)")
+    parser.add_argument("--val-tasks", type=int, default=0,
+                        help="last N tasks held out for validation (demo: held-out split size, 0 = default)")
+    parser.add_argument("--demo-seed", type=int, default=None, help="demo only: task generator seed")
     parser.add_argument("--evalplus-dir", default=None, help="folder with the EvalPlus release .jsonl.gz files")
     args = parser.parse_args(argv)
     try:
-        train, val = write_parquet_files(args.dataset, args.out, args.train_tasks, args.val_tasks, args.evalplus_dir)
+        demo = {"seed": args.demo_seed} if args.demo_seed is not None else None
+        train, val = write_parquet_files(args.dataset, args.out, args.train_tasks, args.val_tasks, args.evalplus_dir,
+                                         demo=demo)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

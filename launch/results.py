@@ -52,17 +52,33 @@ def parse_step(path: str | Path) -> int | None:
     return None
 
 
+CHECKPOINTS_SUBDIR = "checkpoints"  # verl's trainer.default_local_dir in our recipes: <run>/checkpoints
+
+
+def run_root(step_dir: str | Path) -> Path:
+    """The run directory of a step directory: ``<run>/checkpoints/global_step_N`` (our GRPO trainer's layout)
+    and ``<run>/global_step_N`` both give ``<run>``; the run-level results table lives there."""
+    parent = Path(step_dir).parent
+    return parent.parent if parent.name == CHECKPOINTS_SUBDIR else parent
+
+
 def find_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Step directories directly under ``run_dir``, sorted by step; a clear ValueError when there are none."""
+    """Step directories of a run, sorted by step; a clear ValueError when there are none.
+
+    Looks directly under ``run_dir`` and, when nothing is there, under ``run_dir/checkpoints`` (where
+    ``launch/train_grpo.py`` writes ``global_step_N``), so both the run dir and its checkpoints dir work.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"run directory {run_dir} does not exist")
-    found = [p for p in run_dir.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
-    if not found:
-        raise ValueError(
-            f"no checkpoints (global_step_N, step_N or checkpoint-N directories) under {run_dir}"
-        )
-    return sorted(found, key=lambda p: parse_step(p.name) or 0)
+    for folder in (run_dir, run_dir / CHECKPOINTS_SUBDIR):
+        found = [p for p in folder.iterdir() if p.is_dir() and STEP_DIR.match(p.name)] if folder.is_dir() else []
+        if found:
+            return sorted(found, key=lambda p: parse_step(p.name) or 0)
+    raise ValueError(
+        f"no checkpoints (global_step_N, step_N or checkpoint-N directories) under {run_dir} "
+        f"or {run_dir / CHECKPOINTS_SUBDIR}"
+    )
 
 
 @contextlib.contextmanager

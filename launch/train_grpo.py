@@ -69,9 +69,15 @@ def compose_recipe(recipe: str, overrides: list[str]):  # -> DictConfig
 
 def prepare_inputs(cfg) -> None:  # cfg: DictConfig
     """Create what the recipe asks for and is missing: a tiny Dream (demo) and the parquet prompt files."""
+    from omegaconf import OmegaConf
+
     from launch.prepare_data import write_parquet_files
 
     model_path = Path(str(cfg.actor_rollout_ref.model.path))
+    if not model_path.is_absolute() and not model_path.exists() and (PROJECT_ROOT / model_path).exists():
+        model_path = PROJECT_ROOT / model_path  # shipped assets (recipes/assets/...) from any working directory
+    if model_path.exists():
+        cfg.actor_rollout_ref.model.path = str(model_path.resolve())  # every Ray worker must find it
     if cfg.lockstep.get("tiny_model", False) and not (model_path / "config.json").is_file():
         from decoding.tiny import make_tiny_dream
 
@@ -80,8 +86,10 @@ def prepare_inputs(cfg) -> None:  # cfg: DictConfig
     data = cfg.lockstep.get("data", {})
     train_file = Path(str(cfg.data.train_files))
     if data.get("dataset") and not train_file.is_file():
+        demo = data.get("demo")  # demo task generator settings (rl.demo_tasks.DemoTaskSpec fields)
         write_parquet_files(str(data.dataset), train_file.parent, int(data.get("train_tasks", 0)),
-                            int(data.get("val_tasks", 0)), data.get("evalplus_dir"))
+                            int(data.get("val_tasks", 0)), data.get("evalplus_dir"),
+                            demo=OmegaConf.to_container(demo, resolve=True) if demo else None)
         logger.info("wrote parquet prompts to %s", train_file.parent)
 
 

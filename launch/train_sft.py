@@ -72,9 +72,10 @@ def build_settings(cfg: Any) -> tuple[Any, Any, Any]:
         train.validate()
         canvas = CanvasSpec(**OmegaConf.to_container(cfg.tasks.canvas))
         ev = cfg.eval
+        extra = OmegaConf.to_container(ev.lockstep, resolve=True) if ev.get("lockstep") else {}
         evaluation = DemoEvalConfig(canvas=canvas, batch_size=int(ev.batch_size), mode=str(ev.mode),
                                     tau=float(ev.tau), alg=str(ev.alg), temperature=float(ev.temperature),
-                                    seed=int(cfg.seed))
+                                    seed=int(cfg.seed), lockstep=dict(extra))
         evaluation.lockstep_cfg()  # validates mode/alg/tau
     except (TypeError, ValueError) as error:
         raise RecipeError(f"invalid recipe: {error}") from None
@@ -118,7 +119,7 @@ def run(cfg: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from rl.demo_eval import evaluate_pass_rate
-    from rl.demo_tasks import generate_demo_tasks, sft_example
+    from rl.demo_tasks import DemoTaskSpec, sft_example
     from rl.sft import collate_left_padded, elbo_nll, train_sft
 
     train_cfg, canvas, eval_cfg = build_settings(cfg)
@@ -128,10 +129,10 @@ def run(cfg: Any) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer, source = load_or_make_model(cfg, run_dir)
     try:
-        splits = generate_demo_tasks(
-            seed=int(cfg.tasks.seed), n_train=int(cfg.tasks.n_train), n_heldout=int(cfg.tasks.n_heldout),
-            operations=list(cfg.tasks.operations) if cfg.tasks.operations else None,
-        )
+        splits = DemoTaskSpec.from_dict({
+            "seed": int(cfg.tasks.seed), "n_train": int(cfg.tasks.n_train), "n_heldout": int(cfg.tasks.n_heldout),
+            "operations": list(cfg.tasks.operations) if cfg.tasks.operations else None,
+        }).generate()
         train_examples = [sft_example(tokenizer, t, canvas) for t in splits.train]
         held_batch = collate_left_padded([sft_example(tokenizer, t, canvas) for t in splits.heldout],
                                          tokenizer.pad_token_id)

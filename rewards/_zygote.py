@@ -1,6 +1,6 @@
 """Fork-server that runs INSIDE the sandbox (bubblewrap or the rlimits-only fallback).
 
-This file is executed as a standalone script (``python -S -s -P -B _zygote.py RESULT_FD WORK_DIR``); it must not
+This file is executed as a standalone script (``python -S -s -P -B _zygote.py RESULT_FD WORK_DIR SECCOMP [SCRATCH..]``); it must not
 import anything from the ``rewards`` package, which is not mounted in the sandbox. The trusted side imports it only
 for :func:`digest` / :func:`encode_value`, so that digests of caller-supplied expected values are computed by the
 very same code that digests untrusted outputs.
@@ -27,10 +27,10 @@ import itertools
 import json
 import marshal
 import math
+import operator
 import os
 import resource
 import select
-import shutil
 import signal
 import struct
 import sys
@@ -42,30 +42,58 @@ VALUE_CAP = 65536
 # ----------------------------------------------------------------------------------------------------------------
 # canonical digest: equal digests <=> equal values under Python == for plain builtins (bool==int, 1.0==1,
 # dict/set order-insensitive, list != tuple). Builtin subclasses are read through the base type's C methods.
+#
+# digest(x) = sha256(E(N(x))). N (_normalize) maps a value to its normal form: bool -> int, integral float -> int,
+# subclasses -> base types, set -> frozenset... E (_canon) is a function of the normal form alone: b"M" + marshal
+# (version 2: no object refs, so the bytes depend on values only) when the normal form is made of exact
+# list/tuple/str/int/bytes/None/float without NaN (_is_simple), else a structural encoding. The fast paths below
+# only compute N or decide E at C speed (type sets, map, list ==) for common shapes; they never change the result.
 
 
 _LEAVES = frozenset({str, int, bytes, type(None)})
 _SIMPLE = _LEAVES | {list, tuple}
+_NORMAL_LEAVES = _LEAVES | {float}  # floats are normal when not integral (a normal form holds no integral float)
+_NUMBERS = frozenset({int, float, bool})
+_NAN = struct.pack("<d", math.nan)  # every NaN encodes alike
 
 
-def _is_simple(x) -> bool:
-    """True when x is built only from exact list/tuple/str/int/bytes/None: then marshal bytes are canonical.
-    Scans level by level with C-speed type sets (no per-element Python frames)."""
+def _is_simple(x, leaves: frozenset = _LEAVES) -> bool:
+    """True when x is built only from exact list/tuple and ``leaves`` types (no NaN): then its marshal bytes are
+    canonical. Scans level by level with C-speed type sets (no per-element Python frames)."""
     t = type(x)
-    if t in _LEAVES:
-        return True
+    if t in leaves:
+        return t is not float or x == x
     if t is not list and t is not tuple:
         return False
+    allowed = leaves | {list, tuple}
     level = [x]
     while level:
         items = list(itertools.chain.from_iterable(level))
         kinds = set(map(type, items))
-        if not kinds <= _SIMPLE:
+        if not kinds <= allowed:
             return False
-        if list not in kinds and tuple not in kinds:
+        nested = list in kinds or tuple in kinds
+        if float in kinds:
+            floats = [e for e in items if type(e) is float] if nested else items
+            if any(map(operator.ne, floats, floats)):  # NaN is the only value unequal to itself
+                return False
+        if not nested:
             return True
         level = items if kinds <= {list, tuple} else [e for e in items if type(e) is list or type(e) is tuple]
     return True
+
+
+def _normal_numbers(x):
+    """Normal form of an exact list/tuple of exact int/float/bool at C speed (one int() per item, one list ==),
+    or None when an item is inf or NaN (left to the item-by-item path)."""
+    t = type(x)
+    try:
+        ints = t(map(int, x))
+    except (OverflowError, ValueError):
+        return None
+    if ints == x:  # every float integral (int == float compares exactly)
+        return ints
+    return t([i if i == v else v for i, v in zip(ints, x)])  # keep the non-integral floats
 
 
 def _normalize(x):
@@ -80,7 +108,14 @@ def _normalize(x):
     if t is float:
         return int(x) if math.isfinite(x) and x.is_integer() else x
     if t is list or t is tuple:
-        return t(_normalize(e) for e in x)
+        kinds = set(map(type, x))
+        if kinds <= _LEAVES:
+            return x  # already normal
+        if kinds <= _NUMBERS:
+            y = _normal_numbers(x)
+            if y is not None:
+                return y
+        return t([_normalize(e) for e in x])
     if t is dict:
         return {_normalize(k): _normalize(v) for k, v in x.items()}
     if t is set or t is frozenset:
@@ -95,10 +130,10 @@ def _normalize(x):
 def _canon(x, out) -> None:
     """Stream the canonical encoding of a normalised value into ``out`` (a hash update function)."""
     t = type(x)
-    if _is_simple(x):
+    if _is_simple(x, _NORMAL_LEAVES):
         out(b"M" + marshal.dumps(x, 2))
     elif t is float:
-        out(b"Fnan" if x != x else b"F" + struct.pack("<d", x))
+        out(b"F" + (struct.pack("<d", x) if x == x else _NAN))
     elif t is complex:
         out(b"C" + struct.pack("<dd", x.real, x.imag))
     elif t is list or t is tuple:
@@ -152,8 +187,17 @@ def _sub(x) -> bytes:
 def digest(x) -> str:
     """Hex digest of a value, equal for values equal under Python == (plain builtins, dict/set order ignored,
     list != tuple); raises TypeError for objects that are not plain data."""
+    t = type(x)
+    if t in _LEAVES or t is bool or (t is float and x == x):  # scalars whose normal form is simple
+        data = b"M" + marshal.dumps(x if t in _LEAVES else _normalize(x), 2)
+        return hashlib.sha256(data).hexdigest()[: 2 * DIGEST_BYTES]
     h = hashlib.sha256()
-    if _is_simple(x):  # fast path: most outputs, including multi-MB lists, need no Python-level walk
+    kinds = set(map(type, x)) if t is list or t is tuple else None
+    if kinds is not None and kinds <= _LEAVES:  # flat list of str/int/...: already normal and simple
+        h.update(b"M" + marshal.dumps(x, 2))
+    elif kinds is not None and kinds <= _NUMBERS and (y := _normal_numbers(x)) is not None:
+        h.update(b"M" + marshal.dumps(y, 2))  # normal numbers hold no NaN and no integral float: simple
+    elif _is_simple(x):  # nested lists/tuples of str/int/...: one marshal call, however big
         h.update(b"M" + marshal.dumps(x, 2))
     else:
         _canon(_normalize(x), h.update)
@@ -217,7 +261,15 @@ def encode_value(x):
 
 _ACT_ALLOW = 0x7FFF0000
 _CLONE_THREAD = 0x00010000
-_CMP_NE, _CMP_MASKED_EQ = 1, 7
+_CMP_NE, _CMP_EQ, _CMP_MASKED_EQ = 1, 4, 7
+# fcntl commands that make the kernel signal another process (SIGIO / F_SETSIG to an owner pid): a way around the
+# kill() rule below. F_SETOWN, F_SETSIG, F_SETOWN_EX; ioctl FIOSETOWN / SIOCSPGRP do the same for sockets/ttys.
+_FCNTL_SIGNALLING = (8, 10, 15)
+_IOCTL_SIGNALLING = (0x8901, 0x8902)
+# scheduling of OTHER processes (same uid inside the sandbox = the zygote, whose later children inherit it):
+# nice 19 / SCHED_IDLE would make honest later samples hit their wall-clock limits.
+_DENY_SCHED = ["setpriority", "sched_setscheduler", "sched_setparam", "sched_setattr", "sched_setaffinity",
+               "ioprio_set", "migrate_pages", "move_pages", "process_madvise", "process_mrelease"]
 _DENY_EPERM = ["fork", "vfork", "execve", "execveat", "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4", "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open", "pidfd_send_signal", "pidfd_getfd", "shmget", "shmat", "shmctl", "shmdt", "msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop", "semtimedop", "semctl", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr", "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key", "io_uring_setup", "io_uring_enter", "io_uring_register", "tkill", "personality"]
 
 
@@ -230,9 +282,11 @@ def _errno_action(code: int) -> int:
 
 
 class Seccomp:
-    """Builds the deny-list once (in the zygote); each child adds its own-pid rules and loads the filter."""
+    """Builds the deny-list once (in the zygote); each child adds its own-pid rules and loads the filter.
+    ``deny_list=False`` gives an empty allow-all filter to add rules to with :meth:`rule` (tests use it to emulate
+    hosts whose container profile forbids user namespaces)."""
 
-    def __init__(self) -> None:
+    def __init__(self, deny_list: bool = True) -> None:
         name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
         lib = ctypes.CDLL(name, use_errno=True)
         lib.seccomp_init.restype = ctypes.c_void_p
@@ -245,13 +299,23 @@ class Seccomp:
         self.ctx = lib.seccomp_init(_ACT_ALLOW)
         if not self.ctx:
             raise OSError("seccomp_init failed")
-        for sc in _DENY_EPERM:
-            self._rule(_errno_action(errno.EPERM), sc)
-        self._rule(_errno_action(errno.ENOSYS), "clone3")  # glibc falls back to clone(), filtered below
-        self._rule(_errno_action(errno.EPERM), "clone", (0, _CMP_MASKED_EQ, _CLONE_THREAD, 0))
-        self._rule(_errno_action(errno.EPERM), "prlimit64", (0, _CMP_NE, 0, 0))
+        if deny_list:
+            self._deny_list()
 
-    def _rule(self, action: int, name: str, *cmps: tuple) -> None:
+    def _deny_list(self) -> None:
+        for sc in _DENY_EPERM:
+            self.rule(_errno_action(errno.EPERM), sc)
+        self.rule(_errno_action(errno.ENOSYS), "clone3")  # glibc falls back to clone(), filtered below
+        self.rule(_errno_action(errno.EPERM), "clone", (0, _CMP_MASKED_EQ, _CLONE_THREAD, 0))
+        self.rule(_errno_action(errno.EPERM), "prlimit64", (0, _CMP_NE, 0, 0))
+        for sc in _DENY_SCHED:
+            self.rule(_errno_action(errno.EPERM), sc)
+        for cmd in _FCNTL_SIGNALLING:
+            self.rule(_errno_action(errno.EPERM), "fcntl", (1, _CMP_EQ, cmd, 0))
+        for cmd in _IOCTL_SIGNALLING:
+            self.rule(_errno_action(errno.EPERM), "ioctl", (1, _CMP_EQ, cmd, 0))
+
+    def rule(self, action: int, name: str, *cmps: tuple) -> None:
         nr = self.lib.seccomp_syscall_resolve_name(name.encode())
         if nr < 0:
             return  # syscall unknown on this architecture
@@ -262,10 +326,13 @@ class Seccomp:
 
     def load_for_child(self, pid: int) -> None:
         deny = _errno_action(errno.EPERM)
-        self._rule(deny, "kill", (0, _CMP_NE, pid, 0))
-        self._rule(deny, "tgkill", (0, _CMP_NE, pid, 0))
-        self._rule(deny, "rt_sigqueueinfo", (0, _CMP_NE, pid, 0))
-        self._rule(deny, "rt_tgsigqueueinfo", (0, _CMP_NE, pid, 0))
+        self.rule(deny, "kill", (0, _CMP_NE, pid, 0))
+        self.rule(deny, "tgkill", (0, _CMP_NE, pid, 0))
+        self.rule(deny, "rt_sigqueueinfo", (0, _CMP_NE, pid, 0))
+        self.rule(deny, "rt_tgsigqueueinfo", (0, _CMP_NE, pid, 0))
+        self.load()
+
+    def load(self) -> None:
         rc = self.lib.seccomp_load(self.ctx)
         if rc < 0:
             raise OSError(-rc, "seccomp_load failed")
@@ -401,6 +468,9 @@ def _run_child(hdr: dict, result_fd: int, job_dir: str, ack_w: int, seccomp: Sec
                 if payload["stop_on_error"]:
                     break
                 continue
+            if v is None and not timing:  # the common record, formatted without json (d is 32 hex digits)
+                os.write(result_fd, b'[%d,%d,"ok","%s",null]\n' % (s, i, d.encode()))
+                continue
             rec = [s, i, "ok", d, v]
             if timing:
                 rec.append(round(cpu, 6))
@@ -420,23 +490,48 @@ def _child_main(hdr, result_fd, job_dir, ack_w, ack_r, seccomp) -> None:
 # zygote
 
 
-def _wipe(*dirs: str) -> None:
-    for d in dirs:
-        if not os.path.isdir(d):
-            continue
-        for name in os.listdir(d):
-            p = os.path.join(d, name)
-            try:
-                if os.path.isdir(p) and not os.path.islink(p):
-                    for root, subdirs, _files in os.walk(p):
-                        for sd in subdirs:
-                            os.chmod(os.path.join(root, sd), 0o700)
-                    os.chmod(p, 0o700)
-                    shutil.rmtree(p)
-                else:
-                    os.unlink(p)
-            except FileNotFoundError:
-                pass
+def wipe_tree(top: str) -> None:
+    """Delete everything below ``top`` (``top`` itself stays). Iterative and relative-path based, because a
+    sample may leave directories nested 100,000 deep (recursive rmtree overflows the stack, absolute paths exceed
+    PATH_MAX), mode-000 directories, or a chmod-ed ``top``. Raises OSError when something cannot be removed.
+    Walks by changing the working directory (restored on return), so only call it in a single-threaded process."""
+    prev = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    os.chdir(top)
+    stack: list[str] = []  # names from top down to the current directory
+    try:
+        while True:
+            seen, sub = False, None
+            with os.scandir(".") as it:
+                for entry in it:
+                    seen = True
+                    if entry.is_dir(follow_symlinks=False):
+                        sub = entry.name
+                    else:
+                        os.unlink(entry.name)
+            if sub is not None:
+                os.chmod(sub, 0o700)
+                os.chdir(sub)
+                stack.append(sub)
+            elif not seen:
+                if not stack:
+                    return
+                os.chdir("..")
+                os.rmdir(stack.pop())
+    finally:
+        os.fchdir(prev)
+        os.close(prev)
+
+
+def _wipe(modes: dict[str, int]) -> bool:
+    """Restore the scratch dirs' modes and empty them; False when that failed (the zygote then retires, so
+    the next job gets a fresh sandbox with fresh tmpfs mounts instead of a dirty one)."""
+    try:
+        for d, mode in modes.items():
+            os.chmod(d, mode)
+            wipe_tree(d)
+        return True
+    except Exception:  # noqa: BLE001 - anything left behind could leak into the next job
+        return False
 
 
 def _wait_child(pid: int, ack_r: int, wall: float) -> dict:
@@ -473,7 +568,10 @@ def main() -> None:
     for mod in filter(None, os.environ.get("ZYGOTE_PRELOAD", "").split(",")):
         with contextlib.suppress(Exception):  # a missing optional package is the completion's problem
             __import__(mod)
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    # extra scratch dirs (bubblewrap's private /dev/shm) are named by the trusted side: the rlimits fallback
+    # shares the host's /dev/shm, which must never be wiped
+    scratch = [work_root] + [d for d in sys.argv[4:] if os.path.isdir(d)]
+    modes = {d: os.stat(d).st_mode & 0o7777 for d in scratch}
     os.write(1, (json.dumps({"ready": True, "pid": os.getpid(), "seccomp": use_seccomp}) + "\n").encode())
     while True:
         try:
@@ -489,8 +587,10 @@ def main() -> None:
         os.close(ack_w)
         info = _wait_child(pid, ack_r, hdr["wall"])
         os.close(ack_r)
-        _wipe(work_root, *([shm] if shm else []))
+        info["clean"] = _wipe(modes)
         os.write(1, (json.dumps(info) + "\n").encode())
+        if not info["clean"]:
+            return
 
 
 if __name__ == "__main__":

@@ -107,7 +107,9 @@ class Scorer:
     """Holds tasks, their expected outputs and a warm :class:`SandboxPool`; reuse it across batches (RL steps)."""
 
     def __init__(self, tasks: dict[str, Task] | Sequence[Task] | None = None, *, dataset: str | None = None,
-                 cfg: RewardConfig | None = None) -> None:
+                 cfg: RewardConfig | None = None, key: str | None = None) -> None:
+        """``key`` names the expected-output cache of caller-supplied ``tasks`` (default: a hash of the tasks);
+        pass the key returned by :func:`rewards.tasks.load_tasks` when the tasks came from there."""
         self.cfg = cfg or RewardConfig()
         if tasks is None:
             if dataset is None:
@@ -116,7 +118,8 @@ class Scorer:
                                     data_dir=self.cfg.data_dir)
         else:
             tasks = {t.task_id: t for t in tasks} if not isinstance(tasks, dict) else dict(tasks)
-            key = "custom-" + hashlib.md5("".join(sorted(t.fingerprint() for t in tasks.values())).encode()).hexdigest()
+            key = key or "custom-" + hashlib.md5("".join(sorted(t.fingerprint() for t in tasks.values()))
+                                                 .encode()).hexdigest()
         self.tasks, self.key = tasks, key
         from pathlib import Path
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from .api import RewardConfig, Scorer
 from .sandbox import SandboxConfig
+from .tasks import load_tasks
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -30,19 +31,30 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
+class UsageError(Exception):
+    """A mistake in the command line or the samples file: reported as one line, exit status 2."""
+
+
 def read_samples(path: Path) -> list[dict]:
+    """Samples of an evalplus-format .jsonl file; raises UsageError naming the first bad line."""
+    if not path.is_file():
+        raise UsageError(f"samples file not found: {path}")
     samples = []
-    with open(path) as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 s = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise SystemExit(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if "task_id" not in s or not ("solution" in s or "completion" in s):
-                raise SystemExit(f"{path}:{lineno}: each sample needs task_id and solution or completion")
+                raise UsageError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(s, dict) or not isinstance(s.get("task_id"), str) \
+                    or not isinstance(s.get("solution", s.get("completion")), str):
+                raise UsageError(f"{path}:{lineno}: each sample must be a JSON object with a string task_id and a "
+                                 "string solution or completion")
             samples.append(s)
+    if not samples:
+        raise UsageError(f"{path}: no samples")
     return samples
 
 
@@ -50,17 +62,22 @@ def evaluate(dataset: str, samples_path: Path, *, mini: bool = False, noextreme:
              parallel: int | None = None, base_only: bool = False, isolation: str = "auto") -> dict:
     """Evaluate a samples file and write the results JSON; returns the results document."""
     samples = read_samples(samples_path)
+    if dataset not in ("humaneval", "mbpp"):
+        raise UsageError(f"unknown dataset {dataset!r}: choose 'humaneval' (HumanEval+) or 'mbpp' (MBPP+)")
+    try:
+        tasks, key = load_tasks(dataset, mini=mini, noextreme=noextreme)
+    except (ValueError, RuntimeError) as exc:  # bad variant, or data neither offline nor downloadable
+        raise UsageError(str(exc)) from None
+    unknown = sorted({s["task_id"] for s in samples} - set(tasks))
+    if unknown:
+        raise UsageError(f"{len(unknown)} task id(s) of {samples_path.name} are not in {key}, e.g. {unknown[0]!r}")
     cfg = RewardConfig.evaluation(mini=mini, noextreme=noextreme, workers=parallel, progress=True, keep_test_details=True,
                                   test_sets=("base",) if base_only else ("base", "plus"),
                                   completion_format="solution", sandbox=SandboxConfig(isolation=isolation))
-    with Scorer(dataset=dataset, cfg=cfg) as scorer:
-        unknown = sorted({s["task_id"] for s in samples} - set(scorer.tasks))
-        if unknown:
-            raise SystemExit(f"{len(unknown)} task ids are not in {scorer.key}: {unknown[:5]}")
+    with Scorer(tasks, cfg=cfg, key=key) as scorer:
         programs = [s["solution"] if "solution" in s else scorer.tasks[s["task_id"]].prompt + s["completion"]
                     for s in samples]
         results = scorer.score([(s["task_id"], p) for s, p in zip(samples, programs)])
-        tasks, key = scorer.tasks, scorer.key
     doc: dict = {"date": datetime.now().strftime("%Y-%m-%d %H:%M"), "hash": key.rsplit("-", 1)[-1],
                  "dataset": key, "eval": defaultdict(list)}
     for s, prog, r in zip(samples, programs, results):
@@ -105,22 +122,33 @@ def _pass_at_k(eval_doc: dict, base_only: bool) -> dict:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump: the message says what to fix
+        raise UsageError(message)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rewards.evaluate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", required=True, choices=["humaneval", "mbpp"])
+    """CLI entry point; user mistakes print ``python -m rewards.evaluate: error: ...`` and return 2."""
+    ap = _Parser(prog="python -m rewards.evaluate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", required=True, help="humaneval (HumanEval+) or mbpp (MBPP+)")
     ap.add_argument("--samples", required=True, type=Path, help="evalplus-format samples .jsonl")
     ap.add_argument("--mini", action="store_true", help="HumanEval+ Mini (not available for MBPP+)")
     ap.add_argument("--noextreme", action="store_true")
     ap.add_argument("--base-only", action="store_true")
     ap.add_argument("--parallel", type=int, default=None, help="sandbox workers (default: all cores)")
     ap.add_argument("--isolation", default="auto", choices=["auto", "bwrap", "rlimits"])
-    args = ap.parse_args(argv)
-    if not args.samples.is_file() or args.samples.suffix != ".jsonl":
-        ap.error(f"--samples must be an existing .jsonl file, got {args.samples}")
-    if args.dataset == "mbpp" and args.mini:
-        ap.error("MBPP+ has no Mini variant")
-    evaluate(args.dataset, args.samples, mini=args.mini, noextreme=args.noextreme, parallel=args.parallel,
-             base_only=args.base_only, isolation=args.isolation)
+    try:
+        args = ap.parse_args(argv)
+        if args.parallel is not None and args.parallel < 1:
+            raise UsageError(f"--parallel must be at least 1, got {args.parallel}")
+        evaluate(args.dataset, args.samples, mini=args.mini, noextreme=args.noextreme, parallel=args.parallel,
+                 base_only=args.base_only, isolation=args.isolation)
+    except UsageError as exc:
+        print(f"{ap.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # sandbox refused to start / could not score: say why, no traceback
+        print(f"{ap.prog}: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

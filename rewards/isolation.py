@@ -142,8 +142,11 @@ def bwrap_argv(result_fd: int, cfg: SandboxConfig) -> list[str]:
              "--chdir", "/tmp", "--uid", "65534", "--gid", "65534"]
     for key, val in _sandbox_env(cfg, SANDBOX_SITE).items():
         argv += ["--setenv", key, val]
+    # everything but the two scratch tmpfs read-only: bwrap's root and /dev are tmpfs mounts that the zygote does
+    # not wipe, so a writable "/" or "/dev" would carry files from one sample to the next
+    argv += ["--remount-ro", "/dev", "--remount-ro", "/"]
     argv += ["--", python, "-S", "-s", "-P", "-B", "/sandbox/zygote.py", str(result_fd), "/tmp",
-             "1" if cfg.seccomp else "0"]
+             "1" if cfg.seccomp else "0", "/dev/shm"]
     return argv
 
 

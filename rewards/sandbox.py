@@ -152,6 +152,11 @@ class Worker:
                 break
         if pending or not status.get("ack"):
             raise InfraError("the sandbox child died before reading its job")
+        if status.get("clean") is False:
+            # the zygote could not empty its scratch dirs after this (complete) job and has retired; the job's
+            # records stand, and the next job gets a fresh sandbox
+            log.warning("sandbox scratch dirs could not be wiped; recycling the worker")
+            self.close()
         return RawResult(records=bytes(buf).split(b"\n")[:-1] if not overflow else [], status=status,
                          overflow=overflow)
 
@@ -179,7 +184,17 @@ class Worker:
             os.close(self.result_r)
             self.proc = None
         if self._tmp is not None:
-            self._tmp.cleanup()
+            try:  # the zygote empties it after every job; this removes what a killed zygote left
+                self._tmp.cleanup()
+            except Exception:  # noqa: BLE001 - e.g. a tree too deep for rmtree; never kill the pool thread
+                # wipe_tree changes the working directory: run it in its own (single-threaded) process
+                code = "import sys; sys.path.insert(0, sys.argv[1]); import _zygote; _zygote.wipe_tree(sys.argv[2])"
+                proc = subprocess.run([sys.executable, "-S", "-c", code, str(ZYGOTE_PATH.parent), self._tmp.name],
+                                      capture_output=True, timeout=300)
+                if proc.returncode != 0:
+                    log.warning("could not remove sandbox dir %s: %s", self._tmp.name, proc.stderr[-300:])
+                with contextlib.suppress(OSError):
+                    os.rmdir(self._tmp.name)
             self._tmp = None
 
 
@@ -199,7 +214,7 @@ class SandboxPool:
         self.isolation = resolve_isolation(self.cfg)
         self.n_workers = workers or os.cpu_count() or 1
         self._queue: queue.Queue = queue.Queue()
-        self.stats = {"jobs": 0, "infra_failures": 0, "infra_errors_reported": 0, "restarts": 0}
+        self.stats = {"jobs": 0, "infra_failures": 0, "infra_errors_reported": 0, "restarts": 0, "recycled": 0}
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._loop, name=f"sandbox-{i}", daemon=True)
                          for i in range(self.n_workers)]
@@ -230,7 +245,7 @@ class SandboxPool:
             self.workers.append(worker)
         try:
             worker.start()
-        except (InfraError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - reported below; the pool refuses when no worker starts
             self._start_errors.append(str(exc))
         self._ready.wait()
         while True:
@@ -238,7 +253,13 @@ class SandboxPool:
             if item is None:
                 break
             job, fut = item
-            fut.set_result(self._run_with_retries(worker, job))
+            try:
+                res = self._run_with_retries(worker, job)
+            except Exception as exc:  # noqa: BLE001 - a job must never be lost with its thread
+                res = RawResult(records=[], status={}, infra_error=f"pool error: {type(exc).__name__}: {exc}")
+                with self._lock:
+                    self.stats["infra_errors_reported"] += 1
+            fut.set_result(res)
         worker.close()
 
     def _run_with_retries(self, worker: Worker, job: Job) -> RawResult:
@@ -249,8 +270,9 @@ class SandboxPool:
                 res.attempts = attempt
                 with self._lock:
                     self.stats["jobs"] += 1
+                    self.stats["recycled"] += res.status.get("clean") is False
                 return res
-            except (InfraError, OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the job's outcome is judged later; this is machinery
                 err = f"{type(exc).__name__}: {exc}"
                 log.warning("sandbox infrastructure failure (attempt %d): %s", attempt, err)
                 with self._lock:
@@ -258,7 +280,7 @@ class SandboxPool:
                     self.stats["restarts"] += 1
                 try:
                     worker.start()
-                except (InfraError, OSError) as start_exc:
+                except Exception as start_exc:  # noqa: BLE001
                     err = f"{err}; restart failed: {start_exc}"
         with self._lock:
             self.stats["infra_errors_reported"] += 1

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rl.verl_engine import ENGINE_MODEL_TYPE, ESTIMATOR_ENV, EstimatorConfig
-from rl.verl_rollout import ROLLOUT_NAME
+from rl.verl_rollout import AGENT_LOOP_NAME, ROLLOUT_NAME
 
 DEVICES = ("cpu", "cuda")
 
@@ -67,7 +67,7 @@ def _check_sampler(cfg: DictConfig) -> None:
         if sampler.sampler == "lockstep":
             from decoding.lockstep import LockstepCfg
 
-            options = {k: v for k, v in sampler.options.items() if k != "delimiter"}
+            options = {k: v for k, v in sampler.options.items() if k not in ("delimiter", "keep_reasoning_pad")}
             lockstep = LockstepCfg(**options)
             _require(lockstep.r_len + lockstep.a_len < sampler.response_length,
                      f"rollout.custom.dream.options: r_len + a_len ({lockstep.r_len + lockstep.a_len}) must fit in "
@@ -152,6 +152,20 @@ def validate_recipe(cfg: DictConfig, check_files: bool = True) -> None:
                 _require(Path(file).is_file(), f"data.{key}: {file} does not exist (see launch/prepare_data.py)")
 
 
+RAY_LOCAL_ONLY_KEYS = ("ray_kwargs.ray_init.num_cpus", "ray_kwargs.ray_init.num_gpus")
+
+
+def joins_ray_cluster() -> str | None:
+    """The address of the existing Ray cluster the driver will join (``$RAY_ADDRESS``), or None.
+
+    verl's driver calls ``ray.init()`` without an address; Ray then connects to ``$RAY_ADDRESS`` when it is
+    set (``auto`` = the cluster started on this node by ``ray start``; ``local`` starts a new one). This is
+    how multi-node runs work: the Slurm script starts the Ray head and workers and exports ``RAY_ADDRESS``.
+    """
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    return address if address and address != "local" else None
+
+
 def _set(cfg: DictConfig, key: str, value: Any) -> None:
     OmegaConf.update(cfg, key, value, merge=True, force_add=True)
 
@@ -160,6 +174,8 @@ def prepare_runtime(cfg: DictConfig, project_root: Path) -> None:
     """Apply run-time settings in place and export the environment the Ray workers need.
 
     * ``trainer.device=cpu``: ``VERL_PLATFORM=cpu`` + the CPU shim's settings (fake GPU slot, gloo, ...);
+    * ``rollout.agent.default_agent_loop``: verl's single-turn loop -> ours (reproducible rollouts, exact resume);
+    * ``$RAY_ADDRESS`` set (:func:`joins_ray_cluster`): no Ray resource counts (Ray rejects them when joining);
     * estimator settings -> ``$LOCKSTEP_ESTIMATOR`` (read by the Dream engine in every worker);
     * reward function -> ``rl/verl_reward.py:compute_score`` unless the recipe names another one;
     * W&B offline by default, files under ``lockstep.run_dir``.
@@ -167,11 +183,23 @@ def prepare_runtime(cfg: DictConfig, project_root: Path) -> None:
     from rl.verl_cpu import CPU_SETTINGS
 
     env: dict[str, str] = {ESTIMATOR_ENV: estimator_config(cfg).to_env()}
+    cluster = joins_ray_cluster()
     with open_dict(cfg):
         if cfg.trainer.device == "cpu":
             env["VERL_PLATFORM"] = "cpu"
             for key, value in CPU_SETTINGS.items():
-                _set(cfg, key, value)
+                if not (cluster and key in RAY_LOCAL_ONLY_KEYS):  # an existing cluster declares its own slots
+                    _set(cfg, key, value)
+        if cluster:
+            ray_init = cfg.get("ray_kwargs", {}).get("ray_init", {}) or {}
+            for key in RAY_LOCAL_ONLY_KEYS:
+                _require(ray_init.get(key.rsplit(".", 1)[1]) is None,
+                         f"{key} must be null when joining the existing Ray cluster RAY_ADDRESS={cluster} "
+                         "(Ray refuses resource counts when connecting; declare them with `ray start`)")
+        # our agent loop sends each sample's (dataset index, sample number) to the Dream server, which pins the
+        # sample's completion to it: runs and resumed runs reproduce (rl/verl_rollout.py: canonical_order)
+        if cfg.actor_rollout_ref.rollout.agent.default_agent_loop == "single_turn_agent":
+            _set(cfg, "actor_rollout_ref.rollout.agent.default_agent_loop", AGENT_LOOP_NAME)
         if not cfg.reward.custom_reward_function.get("path"):
             _set(cfg, "reward.custom_reward_function.path", str(project_root / "rl" / "verl_reward.py"))
             _set(cfg, "reward.custom_reward_function.name", "compute_score")

@@ -35,10 +35,9 @@ class DemoEvalConfig:
     def lockstep_cfg(self) -> Any:
         from decoding.lockstep import LockstepCfg
 
-        return LockstepCfg(
-            mode=self.mode, r_len=self.canvas.r_len, a_len=self.canvas.a_len, tau_r=self.tau, tau_a=self.tau,
-            alg=self.alg, temperature=self.temperature, **self.lockstep,
-        )
+        fields = {"mode": self.mode, "r_len": self.canvas.r_len, "a_len": self.canvas.a_len, "tau_r": self.tau,
+                  "tau_a": self.tau, "alg": self.alg, "temperature": self.temperature}
+        return LockstepCfg(**{**fields, **self.lockstep})  # ``lockstep`` may refine any field (e.g. tau_a)
 
 
 @dataclass

@@ -19,6 +19,9 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -251,6 +254,62 @@ def generate_demo_tasks(
             used.add(key)
             splits[split].append(_make_task(rng, op, entry_point, arg, k, letter, n_tests))
     return DemoSplits(train=splits["train"], heldout=splits["heldout"])
+
+
+# --------------------------------------------------------------------------------------------- task spec
+# The demo's default family: every operation whose R and A targets fit the demo canvas (18 + 32 tokens with the
+# tiny tokenizer); the long list comprehensions and list-returning operations are left out to keep the canvas
+# (and so every CPU forward pass) short.
+DEMO_OPERATIONS: tuple[str, ...] = (
+    "add", "sub", "mul", "square", "neg", "abs", "mod", "divisible", "max_k", "upper", "reverse_str", "repeat",
+    "len_str", "prefix", "count_char", "sum", "max", "min", "len_list",
+)
+
+
+@dataclass(frozen=True)
+class DemoTaskSpec:
+    """Everything that determines a demo task set: :func:`generate_demo_tasks` arguments as one value.
+
+    Why: the SFT warm start, the GRPO prompts (parquet rows) and the reward workers must all see the same tasks;
+    the rows carry :meth:`to_json` and each reward worker regenerates the tasks from it (:func:`tasks_from_json`,
+    cached), so no task list travels between processes.
+    """
+
+    seed: int = 0
+    n_train: int = 3000
+    n_heldout: int = 48
+    operations: tuple[str, ...] = DEMO_OPERATIONS
+    n_tests: int = 5
+    heldout_name_frac: float = 0.2
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> DemoTaskSpec:
+        """Build from a (recipe) mapping; ``operations: null`` = the default family. ValueError on unknown keys."""
+        values = dict(values or {})
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown demo task settings {unknown}; known: {sorted(known)}")
+        if values.get("operations") is None:
+            values.pop("operations", None)
+        else:
+            values["operations"] = tuple(str(name) for name in values["operations"])
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def generate(self) -> DemoSplits:
+        return generate_demo_tasks(self.seed, self.n_train, self.n_heldout, self.operations, self.n_tests,
+                                   self.heldout_name_frac)
+
+
+@functools.lru_cache(maxsize=4)
+def tasks_from_json(spec_json: str) -> dict[str, DemoTask]:
+    """All tasks (train and held-out) of a :meth:`DemoTaskSpec.to_json` string, by task id (cached per process)."""
+    raw = json.loads(spec_json)
+    splits = DemoTaskSpec.from_dict(raw).generate()
+    return {t.task_id: t for t in [*splits.train, *splits.heldout]}
 
 
 # --------------------------------------------------------------------------------------------- R/A format

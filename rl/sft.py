@@ -220,9 +220,14 @@ def collate_left_padded(examples: Sequence[SFTExample], pad_id: int) -> SFTBatch
 # --------------------------------------------------------------------------------------------- training loop
 @dataclass
 class SFTConfig:
-    """Optimisation settings of :func:`train_sft` (AdamW, linear warm-up then cosine decay to ``min_lr_ratio``)."""
+    """Optimisation settings of :func:`train_sft` (AdamW, linear warm-up then cosine decay to ``min_lr_ratio``).
+
+    ``steps`` sets the schedule; ``stop_after`` (optional, <= steps) ends training early on that schedule, e.g. a
+    deliberately under-trained warm start taken at step 1000 of a 1500-step run.
+    """
 
     steps: int = 1000
+    stop_after: int | None = None
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -241,6 +246,7 @@ class SFTConfig:
             "weight_decay": self.weight_decay >= 0, "warmup_steps": self.warmup_steps >= 0,
             "min_lr_ratio": 0 <= self.min_lr_ratio <= 1, "grad_clip": self.grad_clip > 0,
             "eps": 0 < self.eps < 1, "log_every": self.log_every >= 1, "eval_every": self.eval_every >= 0,
+            "stop_after": self.stop_after is None or 1 <= self.stop_after <= self.steps,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -305,7 +311,8 @@ def train_sft(
         emit(evaluate(0), 0)
     sums = {"loss": 0.0, "masked_ce": 0.0, "grad_norm": 0.0}
     batches = _batches(len(examples), min(cfg.batch_size, len(examples)), generator)
-    bar = tqdm(range(1, cfg.steps + 1), desc="sft", disable=not progress, dynamic_ncols=True)
+    last = cfg.stop_after or cfg.steps
+    bar = tqdm(range(1, last + 1), desc="sft", disable=not progress, dynamic_ncols=True)
     for step in bar:
         model.train()
         batch = collate_left_padded([examples[i] for i in next(batches)], pad_id)
@@ -322,13 +329,13 @@ def train_sft(
         sums["grad_norm"] += float(grad_norm)
         if not math.isnan(float(out.masked_ce)):
             sums["masked_ce"] += float(out.masked_ce)
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if step % cfg.log_every == 0 or step == last:
             n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
             record = {f"train/{k}": v / n for k, v in sums.items()}
             record["train/lr"] = scheduler.get_last_lr()[0]
             bar.set_postfix(loss=f"{record['train/loss']:.3f}")
             sums = dict.fromkeys(sums, 0.0)
-            if evaluate is not None and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0)):
+            if evaluate is not None and (step == last or (cfg.eval_every and step % cfg.eval_every == 0)):
                 model.eval()
                 record.update(evaluate(step))
             emit(record, step)

@@ -41,6 +41,25 @@ class _Request:
     prompt_ids: list[int]
     sampling_params: dict[str, Any]
     future: asyncio.Future = field(repr=False)
+    sample_key: tuple = ()  # (dataset index, sample number in its group); () if the request carries none
+
+
+SAMPLE_KEY_ARG = "lockstep_sample_key"
+AGENT_LOOP_NAME = "dream_single_turn"
+
+
+def canonical_order(requests: list[_Request]) -> list[_Request]:
+    """The row order a batch is decoded in: by prompt (length, ids), ties broken by the sample key.
+
+    Why: the agent loop submits a step's requests concurrently, so their arrival order changes from run to
+    run, and the n samples of one prompt are identical requests. Decoding rows in arrival order hands the same
+    set of completions to the samples of a group in a different order in every run — a permutation that
+    changes the trainer's micro-batches and float rounding, so a resumed run does not reproduce the
+    uninterrupted one. verl's stock agent loop sends no stable sample identity (random request ids; its
+    ``priority`` is dropped for non-vLLM servers and not even assigned by the v1 trainer), so our agent loop
+    (:func:`register`, ``dream_single_turn``) sends (dataset index, sample number) as ``lockstep_sample_key``.
+    """
+    return sorted(requests, key=lambda r: (len(r.prompt_ids), r.prompt_ids, r.sample_key))
 
 
 class DreamRolloutServer:
@@ -73,11 +92,17 @@ class DreamRolloutServer:
     # ---- generation -------------------------------------------------------------------------------------------
     async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any],
                        **kwargs: Any) -> Any:
-        """Queue one prompt; resolves to a ``TokenOutput`` once its batch is decoded."""
+        """Queue one prompt; resolves to a ``TokenOutput`` once its batch is decoded.
+
+        ``kwargs["lockstep_sample_key"]`` (sent by our agent loop) fixes the sample's row in the decode batch
+        (:func:`canonical_order`); the other keyword arguments (multi-modal data) are unused.
+        """
         if self._worker_task is None or self._worker_task.done():
             self._worker_task = asyncio.get_running_loop().create_task(self._serve_forever())
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(list(prompt_ids), dict(sampling_params), future))
+        key = kwargs.get(SAMPLE_KEY_ARG)
+        self._queue.append(_Request(list(prompt_ids), dict(sampling_params), future,
+                                    tuple(int(k) for k in key) if key is not None else ()))
         self._wakeup.set()
         return await future
 
@@ -110,11 +135,13 @@ class DreamRolloutServer:
 
     def _take_batch(self) -> list[_Request]:
         key = _sampling_key(self._queue[0].sampling_params)
-        batch = [r for r in self._queue if _sampling_key(r.sampling_params) == key][: self.sampler_config.max_batch]
+        # canonical order before the max_batch cut: which rows share a batch (and its seed) and their order
+        # are a function of the queued rows, not of their arrival order
+        batch = canonical_order([r for r in self._queue if _sampling_key(r.sampling_params) == key])
+        batch = batch[: self.sampler_config.max_batch]
         taken = {id(r) for r in batch}
         self._queue = [r for r in self._queue if id(r) not in taken]
-        # a canonical row order makes a batch's rollouts a function of its prompts, not of arrival order
-        return sorted(batch, key=lambda r: (len(r.prompt_ids), r.prompt_ids))
+        return batch
 
     def _decode(self, batch: list[_Request]) -> list[Any]:
         from verl.workers.rollout.replica import TokenOutput
@@ -316,10 +343,52 @@ def _to_local_cpu(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to("cpu").contiguous()
 
 
+class _SampleKeyedClient:
+    """verl's LLM server client for one sample: adds the sample's key to its ``generate`` requests.
+
+    The request id gets the key too, so that under ``rollout.full_determinism`` (request-id routing, where the
+    stock id is ``det-<priority>`` and the v1 trainer assigns no priority) requests still spread over replicas.
+    """
+
+    def __init__(self, client: Any, sample_key: tuple[int, int]) -> None:
+        self._client = client
+        self._sample_key = sample_key
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def generate(self, request_id: str, **kwargs: Any) -> Any:
+        index, session = self._sample_key
+        return await self._client.generate(request_id=f"{request_id}-{index}-{session}",
+                                           **{SAMPLE_KEY_ARG: self._sample_key}, **kwargs)
+
+
+def sample_key(sample_fields: dict[str, Any]) -> tuple[int, int]:
+    """(dataset index, sample number within its GRPO group) of an agent-loop sample (stable across runs)."""
+    return int(sample_fields.get("index", 0) or 0), int(sample_fields.get("session_id", 0) or 0)
+
+
+def _single_turn_base() -> type:
+    from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
+
+    return SingleTurnAgentLoop
+
+
+class DreamSingleTurnAgentLoop(_single_turn_base()):  # type: ignore[misc]
+    """verl's single-turn agent loop whose requests carry the sample's key (see :func:`canonical_order`)."""
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> Any:
+        self.server_manager = _SampleKeyedClient(self.server_manager, sample_key(kwargs))
+        return await super().run(sampling_params, **kwargs)
+
+
 def register() -> None:
-    """Register the ``dream`` rollout with verl (replica registry + the module-private adapter registry)."""
+    """Register the ``dream`` rollout with verl (replica registry + the module-private adapter registry) and
+    the ``dream_single_turn`` agent loop (selected by ``rollout.agent.default_agent_loop``)."""
+    from verl.experimental.agent_loop.agent_loop import register as register_agent_loop
     from verl.workers.rollout import base as rollout_base
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
     RolloutReplicaRegistry.register(ROLLOUT_NAME, load_replica_class)
     rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = f"{__name__}.DreamRolloutAdapter"
+    register_agent_loop(AGENT_LOOP_NAME)(DreamSingleTurnAgentLoop)

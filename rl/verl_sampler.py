@@ -133,6 +133,9 @@ def _lockstep_canvas(model: Any, tokenizer: Any, input_ids: torch.Tensor, attent
 
     options = dict(kwargs)
     delimiter = options.pop("delimiter", "\n```python\n")
+    # keep_reasoning_pad: return the R block whole (its end-of-text run included), so the trainer scores the
+    # completion in the canvas layout the model decoded it in (a model SFT-trained on that canvas: the demo)
+    keep_reasoning_pad = bool(options.pop("keep_reasoning_pad", False))
     budget = options.pop("max_new_tokens")
     cfg = LockstepCfg(**options)
     delimiter_ids = tokenizer.encode(delimiter, add_special_tokens=False)
@@ -144,8 +147,8 @@ def _lockstep_canvas(model: Any, tokenizer: Any, input_ids: torch.Tensor, attent
     stops = stop_token_ids(tokenizer)
     rows = []
     for reasoning, answer in zip(result.reasoning_ids.tolist(), result.answer_ids.tolist()):
-        kept = cut_after_stop(reasoning, stops)
-        if kept and kept[-1] in stops:
+        kept = list(reasoning) if keep_reasoning_pad else cut_after_stop(reasoning, stops)
+        if kept and kept[-1] in stops and not keep_reasoning_pad:
             kept = kept[:-1]
         rows.append(kept + delimiter_ids + cut_after_stop(answer, stops))
     metrics = {"nfe": float(result.nfe), "steps": float(result.steps), "wall_s": float(result.wall_s),

@@ -1,12 +1,15 @@
 """verl trainer mode ``lockstep``: verl's synchronous GRPO trainer plus our per-step metrics.
 
 Why: verl 0.9.1 logs reward extras (pass rates, reward latency) only for validation and never looks at the
-rollout server's ``extra_fields`` (rollout throughput, decoder steps). Selecting
-``trainer.v1.trainer_mode=lockstep`` keeps the training loop exactly verl's ``sync`` trainer and adds, every
-step, the means of those per-sample fields to the metrics verl sends to its loggers (console, W&B):
+rollout server's ``extra_fields`` (rollout throughput, decoder steps), and it orders a step's rows by reward
+completion time. Selecting ``trainer.v1.trainer_mode=lockstep`` keeps the training loop exactly verl's
+``sync`` trainer, puts each step's rows in a canonical order (:func:`canonical_row_order`, for exact resume)
+and adds, every step, the means of those per-sample fields to the metrics verl sends to its loggers
+(console, W&B):
 
-* ``reward/pass_base``, ``reward/pass_plus`` (fraction of samples passing each EvalPlus test set; samples where a
-  set was not run are left out), ``reward/pass_ratio``, ``reward/latency_s``;
+* ``reward/pass_base``, ``reward/pass_plus`` (fraction of the step's samples that pass each configured EvalPlus
+  test set, ``lockstep.reward.test_sets``; a sample whose tests never ran — no extractable code — did not
+  pass), ``reward/pass_ratio``, ``reward/latency_s``;
 * ``rollout/tokens_per_s``, ``rollout/batch_seconds``, ``rollout/batch_size`` and the sampler's own counters
   (``rollout/nfe``, ``rollout/steps``, ...);
 * ``rollout/lockstep_fill``: the lockstep canvas-fill GIF the rollout server saves every
@@ -22,30 +25,63 @@ from typing import Any
 import numpy as np
 
 TRAINER_MODE = "lockstep"
-REWARD_KEYS = {"pass_base": "reward/pass_base", "pass_plus": "reward/pass_plus", "pass_ratio": "reward/pass_ratio",
-               "reward_latency_s": "reward/latency_s"}
+PASS_KEYS = {"base": ("pass_base", "reward/pass_base"), "plus": ("pass_plus", "reward/pass_plus")}
+REWARD_KEYS = {"pass_ratio": "reward/pass_ratio", "reward_latency_s": "reward/latency_s"}
 ROLLOUT_KEYS = {"rollout_tokens_per_s": "rollout/tokens_per_s", "rollout_seconds": "rollout/batch_seconds",
                 "rollout_batch_size": "rollout/batch_size"}
 
 
-def lockstep_metrics(extra_fields: list[Any]) -> dict[str, float]:
-    """Per-step means of the reward extras and rollout fields of one batch's samples (see module docstring)."""
+def lockstep_metrics(extra_fields: list[Any], test_sets: tuple[str, ...] = ("base", "plus")) -> dict[str, float]:
+    """Per-step means of the reward extras and rollout fields of one batch's samples (see module docstring).
+
+    ``pass_base``/``pass_plus`` extras are 1.0 (passed), 0.0 (failed) or -1.0 (not run); the pass rate of a
+    configured set counts every scored sample, so "not run" is "not passed".
+    """
     values: dict[str, list[float]] = defaultdict(list)
     for fields in extra_fields:
         if not isinstance(fields, dict):
             continue
         reward = fields.get("reward_extra_info") or {}
+        for test_set in test_sets:
+            key, name = PASS_KEYS[test_set]
+            if reward.get(key) is not None:
+                values[name].append(float(float(reward[key]) == 1.0))
         for key, name in REWARD_KEYS.items():
-            value = reward.get(key)
-            if value is None or (key in ("pass_base", "pass_plus") and float(value) < 0.0):
-                continue  # -1: that test set was not run for this sample
-            values[name].append(float(value))
+            if reward.get(key) is not None:
+                values[name].append(float(reward[key]))
         for key, value in fields.items():
             if key in ROLLOUT_KEYS:
                 values[ROLLOUT_KEYS[key]].append(float(value))
             elif key.startswith("rollout/") and isinstance(value, int | float):
                 values[key].append(float(value))
     return {name: float(np.mean(v)) for name, v in values.items() if v}
+
+
+def canonical_row_order(indices: list[Any], keys: list[str]) -> list[int]:
+    """Permutation that sorts a step's rows by (dataset index, sample number, output number).
+
+    verl's replay buffer hands the trainer a step's rows in the order their rewards finished (TransferQueue
+    insertion order), which changes from run to run; rows with equal lengths then keep that order through
+    verl's length balancing. A canonical order makes micro-batches, float rounding and hence every metric of
+    a step reproducible (exact resume). Keys are verl's ``{uid}_{session}_{output}``.
+    """
+    def sort_key(row: int) -> tuple[int, int, int]:
+        parts = str(keys[row]).rsplit("_", 2)
+        tail = (int(parts[1]), int(parts[2])) if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit() \
+            else (0, 0)
+        return (int(indices[row]), *tail)
+
+    return sorted(range(len(keys)), key=sort_key)
+
+
+def _as_list(values: Any, length: int) -> list[Any]:
+    """A TransferQueue field as a list: a stack of per-row values, or one value shared by all rows."""
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    if isinstance(values, list | tuple):
+        return list(values)
+    data = getattr(values, "data", values)  # NonTensorData: the same value for every row
+    return [data] * length
 
 
 def fill_gif_path(gif_dir: str | None, weights_version: int) -> str | None:
@@ -72,9 +108,19 @@ def register() -> None:
                              epoch: int) -> Any:
             result = super()._compute_metrics(batch, metrics, timing_raw, global_steps=global_steps, epoch=epoch)
             data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
-            metrics.update(lockstep_metrics(list(data.pop("extra_fields").tolist())))
+            test_sets = tuple((self.config.get("lockstep", {}).get("reward", {}) or {}).get("test_sets")
+                              or ("base", "plus"))
+            metrics.update(lockstep_metrics(list(data.pop("extra_fields").tolist()), test_sets))
             self._log_fill_gif(global_steps)
             return result
+
+        def _balance_batch(self, batch: Any, metrics: dict, logging_prefix: str = "global_seqlen",
+                           keep_minibatch: bool = False) -> Any:
+            """verl's dp length balancing, applied to the rows in :func:`canonical_row_order`."""
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["index"])
+            batch.reorder(canonical_row_order(_as_list(data.pop("index"), len(batch.keys)), list(batch.keys)))
+            return super()._balance_batch(batch, metrics, logging_prefix=logging_prefix,
+                                          keep_minibatch=keep_minibatch)
 
         def _log_fill_gif(self, global_steps: int) -> None:
             """Send the rollout server's canvas-fill GIF of this step (weights version ``global_steps - 1``) to W&B."""

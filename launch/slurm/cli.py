@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launch.results import find_checkpoints
+from launch.results import find_checkpoints, run_root
 from launch.slurm.render import (
     Rendered,
     RenderError,
@@ -40,6 +40,7 @@ from launch.slurm.render import (
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENTRIES = {"train": "launch/train_grpo.py", "eval": "launch/eval_checkpoint.py"}
+RUN_DIR_KEY = "lockstep.run_dir="  # where a training recipe puts data, checkpoints and W&B files
 
 
 def add_common(parser: argparse.ArgumentParser, gpus_default: int) -> None:
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_argument("--entry", default=ENTRIES["train"], help="training entry script")
         train.add_argument("--ray-port", type=int, default=6379)
         train.add_argument("--ray-join-timeout", type=int, default=300, help="seconds to wait for all nodes")
+        train.add_argument("--ray-start-wait", type=int, default=10, help="seconds between head and worker starts")
         evals = kinds.add_parser("eval-array", help="evaluate every checkpoint of a run directory")
         add_common(evals, gpus_default=1)
         evals.add_argument("--run-dir", type=Path, required=True, help="directory with global_step_N dirs")
@@ -121,20 +123,22 @@ def build_train(args: argparse.Namespace) -> Rendered:
         "job_name": res.job_name, "nodes": args.nodes, "cpus_per_task": res.cpus_per_task,
         "gpus_per_node": res.gpus_per_node, "time": res.time, "log_dir": out_dir / "logs",
         "sbatch_options": res.directives(), "workdir": shlex.quote(str(args.workdir)), "setup": args.setup,
-        "ray_port": args.ray_port, "ray_start_wait": 10, "ray_join_timeout": args.ray_join_timeout,
+        "ray_port": args.ray_port, "ray_start_wait": args.ray_start_wait, "ray_join_timeout": args.ray_join_timeout,
         "command": quote_command(command),
     })
     return Rendered("train", script, out_dir / f"{res.job_name}.sbatch")
 
 
 def build_eval_array(args: argparse.Namespace) -> Rendered:
-    """One array index per checkpoint of ``--run-dir`` (sorted by step), all writing one results table."""
+    """One array index per checkpoint of ``--run-dir`` (sorted by step), all writing ``<run>/eval_results``."""
     res = resources(args)
-    run_dir = args.run_dir.resolve()
-    checkpoints = find_checkpoints(run_dir)
+    checkpoints = find_checkpoints(args.run_dir.resolve())
+    run_dir = run_root(checkpoints[0])  # <run>, also when --run-dir is <run>/checkpoints
     results_dir = run_dir / "eval_results"
     common = [f"recipe={args.recipe}", f"results_dir={results_dir}"]
-    if args.base_model:
+    if args.base_model:  # absolute when it exists here: array tasks run from --workdir
+        base = Path(args.base_model).expanduser()
+        args.base_model = str(base.resolve()) if base.exists() else args.base_model
         common.append(f"base_model={args.base_model}")
     entry = str(args.workdir / ENTRIES["eval"])
     commands = [[args.python, entry, *common, f"checkpoint={c}", *args.overrides] for c in checkpoints]
@@ -155,7 +159,11 @@ def build_eval_array(args: argparse.Namespace) -> Rendered:
 
 
 def build_sweep(args: argparse.Namespace) -> Rendered:
-    """One array index per override set (grid product or lines of --overrides-file); each run named apart."""
+    """One array index per override set (grid product or lines of --overrides-file); each run named apart.
+
+    Training runs also get their own ``lockstep.run_dir`` (``<out-dir>/<job>-<index>``): the recipes put data,
+    checkpoints and W&B files there, so runs sharing the recipe's default directory would overwrite each other.
+    """
     if bool(args.grid) == bool(args.overrides_file):
         raise RenderError("give either --grid (repeatable) or --overrides-file")
     res = resources(args)
@@ -167,14 +175,16 @@ def build_sweep(args: argparse.Namespace) -> Rendered:
     if args.entry == "train":  # one node per index: verl starts a local Ray with a fixed CPU count
         single_node = ["trainer.nnodes=1", f"trainer.n_gpus_per_node={args.gpus_per_node}",
                        f"ray_kwargs.ray_init.num_cpus={args.cpus_per_task}"]
+    out_dir = out_dir_for(args, res, args.workdir / "runs" / "slurm" / res.job_name)
     commands, labels = [], []
     for idx, overrides in enumerate(sets):
         label = f"{res.job_name}-{idx:03d}"
         naming = [f"{name_key}={label}"] if name_key else []
+        if args.entry == "train" and not any(o.startswith(RUN_DIR_KEY) for o in [*args.overrides, *overrides]):
+            naming.append(f"{RUN_DIR_KEY}{out_dir / label}")
         commands.append([args.python, str(args.workdir / entry), f"recipe={args.recipe}", *single_node,
                          *args.overrides, *overrides, *naming])
         labels.append(" ".join(overrides))
-    out_dir = out_dir_for(args, res, args.workdir / "runs" / "slurm" / res.job_name)
     manifest_path = out_dir / f"{res.job_name}.manifest.json"
     values = array_values("sweep", res, manifest_path, len(commands), args.max_parallel, args.workdir,
                           args.setup, args.python, f"Sweep of {len(commands)} override set(s) of {args.recipe}")

@@ -1,49 +1,65 @@
 """Checkpoint evaluation: resolution, journals, pass@k, config errors, end-to-end CPU runs and kill/resume.
 
-The slow tests run the real entry point as a subprocess on a tiny random Dream plus three random LoRA adapters
-laid out like a training run (``run/global_step_N/actor/lora_adapter``), scoring in the real sandbox.
+The slow tests run the real entry point as a subprocess on a tiny random Dream plus random LoRA adapters
+written by the GRPO trainer's exporter in its layout (``run/checkpoints/global_step_N/actor/lora_adapter``),
+scoring in the real sandbox.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from launch import eval_store as store
 from launch.eval_checkpoint import main as eval_main
-from launch.eval_model import generate_texts, load_model, resolve_checkpoint
+from launch.eval_model import ModelSource, generate_texts, load_model, resolve_checkpoint
 from launch.eval_tasks import mean_pass_at_k, pass_at_k
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = ROOT / "launch" / "eval_checkpoint.py"
-STEPS = (1, 2, 3)
+STEPS = (1, 2)
 FAST_GEN = ["generation.plain.max_new_tokens=16", "generation.plain.steps=4", "device=cpu"]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_dream_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny 'training run': one random LoRA adapter (seeded by step) per global_step_N directory."""
+    """A tiny GRPO run in the trainer's exact layout: ``<run>/checkpoints/global_step_N/actor/lora_adapter``
+    written by the trainer's own exporter (:func:`rl.verl_engine.export_weights`, random LoRA seeded by step),
+    next to the config/tokenizer-only ``actor/huggingface`` folder verl saves in LoRA mode."""
     from peft import LoraConfig, get_peft_model
 
     from decoding import load_dream
+    from rl.verl_engine import export_weights
 
+    with warnings.catch_warnings():  # importing verl warns about every optional engine it lacks
+        warnings.simplefilter("ignore")
+        from verl.utils import fsdp_utils  # noqa: F401  (export_weights imports it)
     run = tmp_path_factory.mktemp("run")
     for step in STEPS:
         torch.manual_seed(step)
         model = load_dream(tiny_dream_dir, dtype=torch.float32)
-        lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
-        peft_model = get_peft_model(model, lora)
-        peft_model.peft_config["default"].base_model_name_or_path = str(tiny_dream_dir)
-        peft_model.save_pretrained(run / f"global_step_{step}" / "actor" / "lora_adapter")
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+        actor = step_dir(run, step) / "actor"
+        export_weights(get_peft_model(model, lora), str(actor), str(tiny_dream_dir))
+        shutil.copytree(tiny_dream_dir, actor / "huggingface", ignore=shutil.ignore_patterns("*.safetensors*"))
+    (run / "checkpoints" / "latest_checkpointed_iteration.txt").write_text(str(STEPS[-1]))
     return run
+
+
+def step_dir(run: Path, step: int) -> Path:
+    return run / "checkpoints" / f"global_step_{step}"
 
 
 def entry(*args: str, **popen: object) -> subprocess.CompletedProcess:
@@ -65,16 +81,20 @@ def test_pass_at_k_matches_hand_computed_values() -> None:
 def test_resolve_checkpoint_layouts(tiny_dream_dir: Path, run_dir: Path, tmp_path: Path) -> None:
     full = resolve_checkpoint(tiny_dream_dir)
     assert full.model_dir == tiny_dream_dir and full.adapter_dir is None and full.step is None
-    step = resolve_checkpoint(run_dir / "global_step_2")
-    assert step.adapter_dir == run_dir / "global_step_2" / "actor" / "lora_adapter"
+    step = resolve_checkpoint(step_dir(run_dir, 2))  # the adapter, not verl's weightless actor/huggingface
+    assert step.adapter_dir == step_dir(run_dir, 2) / "actor" / "lora_adapter"
     assert step.model_dir == tiny_dream_dir and step.step == 2
-    assert resolve_checkpoint(run_dir / "global_step_2", step=7).step == 7
+    assert resolve_checkpoint(step_dir(run_dir, 2) / "actor" / "lora_adapter").adapter_dir == step.adapter_dir
+    assert resolve_checkpoint(step_dir(run_dir, 2), step=7).step == 7
+    full_ft = step_dir(tmp_path / "full", 6) / "actor" / "huggingface"  # the trainer's full fine-tuning layout
+    shutil.copytree(tiny_dream_dir, full_ft)
+    assert resolve_checkpoint(full_ft.parents[1]) == ModelSource(full_ft, None, 6)
     with pytest.raises(ValueError, match="not a directory"):
         resolve_checkpoint(tmp_path / "nope")
     with pytest.raises(ValueError, match="holds no Dream model"):
         resolve_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="not a Dream checkpoint dir"):
-        resolve_checkpoint(run_dir / "global_step_1", base_model=tmp_path)
+        resolve_checkpoint(step_dir(run_dir, 1), base_model=tmp_path)
 
 
 def test_journal_repairs_torn_tail_and_settings_guard(tmp_path: Path) -> None:
@@ -96,7 +116,7 @@ def test_journal_repairs_torn_tail_and_settings_guard(tmp_path: Path) -> None:
 
 def test_adapter_changes_generation_and_seed_reproduces(tiny_dream_dir: Path, run_dir: Path) -> None:
     base_model, tok = load_model(resolve_checkpoint(tiny_dream_dir), torch.float32, torch.device("cpu"))
-    tuned, _ = load_model(resolve_checkpoint(run_dir / "global_step_1"), torch.float32, torch.device("cpu"))
+    tuned, _ = load_model(resolve_checkpoint(step_dir(run_dir, 1)), torch.float32, torch.device("cpu"))
     prompts = ["def add(a, b):", "Write a function."]
     kwargs = {"max_new_tokens": 12, "steps": 4, "alg": "entropy", "temperature": 0.0}
     a = generate_texts(base_model, tok, prompts, "plain", kwargs, seed=0)
@@ -121,9 +141,18 @@ def test_config_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
         (("recipe=eval/mbpp", "checkpoint=x", "+generation.plain.nope=1"), "unknown setting(s) ['nope']"),
         (("recipe=eval/mbpp", "checkpoint=x", "generation.sampler=lockstep", "generation.lockstep.mode=x"),
          "mode must be one of"),
+        (("recipe=eval/humaneval", "checkpoint=x", "task=nope"), "task=nope is not one of humaneval, mbpp, persona"),
+        (("recipe=eval/humaneval", "checkpoint=x", "scoring.reward.nope=1"), "Could not override 'scoring.reward.nope'"),
+        (("recipe=eval/humaneval", "checkpoint=x", "generation.batch_size=0"), "generation.batch_size=0 must be"),
+        (("recipe=eval/humaneval", "checkpoint=x", "generation.num_workers=two"), "must be an integer >= 1 or auto"),
+        (("recipe=eval/humaneval", "checkpoint=x", "dataset.limit=all"), "dataset.limit=all must be"),
+        (("recipe=eval/humaneval", "checkpoint=x", "scoring.k=[0,1]"), "scoring.k=[0, 1] must be a list"),
+        (("recipe=eval/humaneval", "checkpoint=x", "dtype=fp8"), "dtype=fp8 is not one of"),
+        (("recipe=eval/humaneval", "checkpoint=x", "device=tpu"), "device=tpu is not one of"),
     ):
         assert eval_main(list(args)) == 2
-        assert message in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert message in err and err.startswith("error: ") and err.count("\n") == 1, err
     run = entry("recipe=eval/persona", "checkpoint=/nonexistent")  # the script itself: no traceback
     assert run.returncode == 2 and run.stderr == "error: checkpoint /nonexistent is not a directory\n"
 
@@ -138,79 +167,106 @@ def read_lines(path: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_known_completions_give_exact_pass_at_k_and_evalplus_files(run_dir: Path, tmp_path: Path) -> None:
-    """Journals pre-filled with known-right/known-wrong code: the run only scores (real sandbox) and finalizes."""
+    """Journals pre-filled with completions of known verdicts: the run only scores them (real sandbox, HumanEval+
+    Mini tests) and finalizes; pass@k must equal the hand-computed values.
+
+    HumanEval/2: reference (base+plus pass), rounding to 4 decimals (passes the 3 base inputs, fails plus),
+    constant (fails both); HumanEval/4: constant, reference, reference. With n=3:
+    base  = [T,T,F], [F,T,T] -> pass@1 = (2/3 + 2/3) / 2 = 2/3, pass@2 = (1 + 1) / 2 = 1;
+    plus  = [T,F,F], [F,T,T] -> pass@1 = (1/3 + 2/3) / 2 = 1/2, pass@2 = ((1 - C(2,2)/C(3,2)) + 1) / 2 = 5/6.
+    """
+    from evalplus.data.utils import load_solutions
+
     from rewards.extract import RESPONSE_PREFIX
     from rewards.tasks import load_tasks
 
     tasks, _ = load_tasks("humaneval", mini=True)
     out = tmp_path / "eval" / "known"
-    prefix = f"{RESPONSE_PREFIX}\n```python\n"
-    right = {t: prefix + tasks[t].reference_solution + "\n```" for t in ("HumanEval/2", "HumanEval/4")}
-    wrong = prefix + "def truncate_number(number):\n    return 0.5\n```"
-    rows = [("HumanEval/2", 0, right["HumanEval/2"]), ("HumanEval/2", 1, wrong),
-            ("HumanEval/4", 0, right["HumanEval/4"]), ("HumanEval/4", 1, right["HumanEval/4"])]
+    fence = f"{RESPONSE_PREFIX}\n```python\n"
+    right = {t: fence + tasks[t].reference_solution + "\n```" for t in ("HumanEval/2", "HumanEval/4")}
+    base_only = fence + "def truncate_number(number: float) -> float:\n    return round(number % 1.0, 4)\n```"
+    wrong = {"HumanEval/2": fence + "def truncate_number(number):\n    return 0.5\n```",
+             "HumanEval/4": fence + "def mean_absolute_deviation(numbers):\n    return 0.0\n```"}
+    rows = [("HumanEval/2", 0, right["HumanEval/2"]), ("HumanEval/2", 1, base_only), ("HumanEval/2", 2, wrong["HumanEval/2"]),
+            ("HumanEval/4", 0, wrong["HumanEval/4"]), ("HumanEval/4", 1, right["HumanEval/4"]),
+            ("HumanEval/4", 2, right["HumanEval/4"])]
     journal = store.generation_journal(out, 0)
     journal.append({"task_id": t, "sample_idx": i, "completion": c, "reasoning": None, "num_tokens": 10,
-                    "batch_id": "b0", "batch_size": 4, "batch_seconds": 2.0, "batch_canvas_tokens": 64}
-                   for t, i, c in rows)
+                    "batch_id": f"b{i % 2}", "batch_size": 3, "batch_seconds": 2.0 - i % 2,
+                    "batch_canvas_tokens": 64 // (1 + i % 2)} for t, i, c in rows)
     journal.close()
-    run = entry("recipe=eval/humaneval", f"checkpoint={run_dir / 'global_step_3'}", *TINY_EVAL,
-                "generation.n_samples=2", "dataset.task_ids=[HumanEval/2,HumanEval/4]", "scoring.chunk_size=3",
+    run = entry("recipe=eval/humaneval", f"checkpoint={step_dir(run_dir, 2)}", *TINY_EVAL,
+                "generation.n_samples=3", "dataset.task_ids=[HumanEval/2,HumanEval/4]", "scoring.chunk_size=4",
                 f"output_root={tmp_path / 'eval'}", f"results_dir={tmp_path / 'results'}", "eval_name=known")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "generate[" not in run.stderr  # nothing left to generate: the model was never run
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["pass_at_k"]["base"] == {"pass@1": 0.75, "pass@2": 1.0}
-    assert summary["pass_at_k"]["plus"] == {"pass@1": 0.75, "pass@2": 1.0}
-    assert summary["speed"]["tokens_per_s"] == 20.0 and summary["speed"]["samples_per_s"] == 2.0
+    assert summary["pass_at_k"]["base"] == {"pass@1": pytest.approx(2 / 3), "pass@2": pytest.approx(1.0)}
+    assert summary["pass_at_k"]["plus"] == {"pass@1": pytest.approx(0.5), "pass@2": pytest.approx(5 / 6)}
+    # batches b0 (2 s, 64 canvas tokens) and b1 (1 s, 32): 6 samples x 10 tokens over 3 s
+    speed = {k: summary["speed"][k] for k in ("gen_seconds", "samples_per_s", "tokens_per_s", "canvas_tokens_per_s")}
+    assert speed == {"gen_seconds": 3.0, "samples_per_s": 2.0, "tokens_per_s": 20.0, "canvas_tokens_per_s": 32.0}
     evalplus = json.loads((out / "samples_eval_results.json").read_text())
-    assert [s["base_status"] for s in evalplus["eval"]["HumanEval/2"]] == ["pass", "fail"]
-    assert evalplus["pass_at_k"]["plus"]["pass@1"] == 0.75
-    samples = [json.loads(line) for line in read_lines(out / "samples.jsonl")]
-    assert [s["task_id"] for s in samples] == ["HumanEval/2", "HumanEval/2", "HumanEval/4", "HumanEval/4"]
-    assert "return 0.5" in samples[1]["solution"] and "def truncate_number" in samples[0]["solution"]
+    statuses = {t: [(s["base_status"], s["plus_status"]) for s in v] for t, v in evalplus["eval"].items()}
+    assert statuses == {"HumanEval/2": [("pass", "pass"), ("pass", "fail"), ("fail", "fail")],
+                        "HumanEval/4": [("fail", "fail"), ("pass", "pass"), ("pass", "pass")]}
+    assert evalplus["pass_at_k"] == summary["pass_at_k"]
+    samples = list(load_solutions(str(out / "samples.jsonl")))  # evalplus's own reader accepts the file
+    assert [s["task_id"] for s in samples] == ["HumanEval/2"] * 3 + ["HumanEval/4"] * 3
+    assert "round(number % 1.0, 4)" in samples[1]["solution"] and "def truncate_number" in samples[0]["solution"]
     row = json.loads(read_lines(tmp_path / "results" / "results.jsonl")[0])
-    assert row["pass@1_base"] == 0.75 and row["step"] == 3 and row["eval_name"] == "known"
+    assert row["pass@1_plus"] == pytest.approx(0.5) and row["step"] == 2 and row["eval_name"] == "known"
 
 
 @pytest.mark.slow
-def test_checkpoint_series_end_to_end_through_the_array_script(run_dir: Path, tmp_path: Path) -> None:
-    """Render the eval array for the tiny run, execute every index locally, get the table and the plot."""
+def test_checkpoint_series_end_to_end_through_the_array_script(tiny_dream_dir: Path, run_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """Render the eval array for the tiny run (base model as step 0 + every global_step_N), execute every
+    index locally as Slurm would, and get the run-level table and plot in ``<run>/eval_results``."""
     render = subprocess.run(
         [sys.executable, "-m", "launch.slurm.cli", "render", "eval-array", "--run-dir", str(run_dir),
-         "--recipe", "eval/humaneval", "--gpus-per-node", "0", "--out-dir", str(tmp_path / "job"),
-         "--job-name", "ev", "--", *TINY_EVAL, "dataset.limit=2", "generation.n_samples=2"],
+         "--recipe", "eval/humaneval", "--base-model", str(tiny_dream_dir), "--include-base",
+         "--gpus-per-node", "0", "--out-dir", str(tmp_path / "job"), "--job-name", "ev",
+         "--", *TINY_EVAL, "dataset.limit=2", "generation.n_samples=2"],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert render.returncode == 0, render.stderr
-    for index in range(len(STEPS)):
+    for index in range(1 + len(STEPS)):
         done = subprocess.run(["bash", str(tmp_path / "job" / "ev.sbatch")], capture_output=True, text=True,
                               timeout=600, env={**os.environ, "SLURM_ARRAY_TASK_ID": str(index)})
         assert done.returncode == 0, done.stderr[-3000:]
+        assert "generate[0]: 100%" in done.stderr and "score: 100%" in done.stderr  # progress bars
     results_dir = run_dir / "eval_results"
     rows = [json.loads(line) for line in read_lines(results_dir / "results.jsonl")]
-    assert [r["step"] for r in rows] == list(STEPS)
-    assert len({r["eval_name"] for r in rows}) == 1
+    assert [r["step"] for r in rows] == [0, *STEPS]
+    assert len({r["eval_name"] for r in rows}) == 1  # one evaluation setting: one line pair in the plot
     for row in rows:
         assert row["num_tasks"] == 2 and row["n_samples"] == 2
         assert 0.0 <= row["pass@1_plus"] <= row["pass@1_base"] <= row["pass@2_base"] <= 1.0
         assert row["tokens_per_s"] > 0
         out = Path(row["output_dir"])
-        assert out.parent == run_dir / f"global_step_{row['step']}" / "eval"
+        expected_root = run_dir / "eval_base" if row["step"] == 0 else step_dir(run_dir, row["step"]) / "eval"
+        assert out.parent == expected_root
         samples = [json.loads(line) for line in read_lines(out / "samples.jsonl")]
         assert len(samples) == 4 and {s["task_id"] for s in samples} == {"HumanEval/0", "HumanEval/1"}
         evalplus = json.loads((out / "samples_eval_results.json").read_text())
         assert set(evalplus["pass_at_k"]) == {"base", "plus"} and len(evalplus["eval"]["HumanEval/1"]) == 2
         assert {s["base_status"] for t in evalplus["eval"].values() for s in t} <= {"pass", "fail", "timeout"}
+    completions = [[json.loads(line)["completion"] for line in read_lines(Path(r["output_dir"]) / "generations.rank0.jsonl")]
+                   for r in rows]
+    assert completions[0] != completions[1] != completions[2]  # each index really evaluated its own weights
     table = (results_dir / "results.md").read_text()
-    assert table.count("| humaneval |") == len(STEPS)
-    assert (results_dir / "results.csv").exists() and (results_dir / "pass_at_1.png").stat().st_size > 1000
+    assert table.count("| humaneval |") == 1 + len(STEPS)
+    with open(results_dir / "results.csv") as handle:
+        assert [r["step"] for r in csv.DictReader(handle)] == ["0", *map(str, STEPS)]
+    with Image.open(results_dir / "pass_at_1.png") as image:
+        assert image.format == "PNG" and image.size[0] > 300
 
 
 @pytest.mark.slow
 def test_kill_mid_run_then_resume_rescoring_nothing(run_dir: Path, tmp_path: Path) -> None:
     """SIGKILL the evaluation after some samples are scored; the re-run completes without redoing them."""
-    args = [str(ENTRY), "recipe=eval/humaneval", f"checkpoint={run_dir / 'global_step_1'}", *TINY_EVAL,
-            "dataset.limit=4", "generation.n_samples=3", "generation.batch_size=1", "scoring.chunk_size=1",
+    args = [str(ENTRY), "recipe=eval/humaneval", f"checkpoint={step_dir(run_dir, 1)}", *TINY_EVAL,
+            "dataset.limit=3", "generation.n_samples=2", "generation.batch_size=1", "scoring.chunk_size=1",
             f"output_root={tmp_path / 'eval'}", f"results_dir={tmp_path / 'results'}", "eval_name=resume"]
     out = tmp_path / "eval" / "resume"
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -222,7 +278,7 @@ def test_kill_mid_run_then_resume_rescoring_nothing(run_dir: Path, tmp_path: Pat
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-3000:]
     scored_before = read_lines(out / "scores.jsonl")
     generated_before = read_lines(out / "generations.rank0.jsonl")
-    assert 2 <= len(scored_before) < 12 and not (out / "summary.json").exists()
+    assert 2 <= len(scored_before) < 6 and not (out / "summary.json").exists()
 
     rerun = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -231,11 +287,11 @@ def test_kill_mid_run_then_resume_rescoring_nothing(run_dir: Path, tmp_path: Pat
     complete_before = [line for line in scored_before if line.endswith("}")]
     assert scored_after[: len(complete_before)] == complete_before  # old scores kept verbatim, never redone
     keys = [store.sample_key(json.loads(line)) for line in scored_after]
-    assert len(keys) == len(set(keys)) == 12
+    assert len(keys) == len(set(keys)) == 6
     assert generated_after[: len(generated_before) - 1] == generated_before[:-1]
-    assert len({store.sample_key(json.loads(line)) for line in generated_after}) == 12
+    assert len(generated_after) == len({store.sample_key(json.loads(line)) for line in generated_after}) == 6
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["row"]["num_tasks"] == 4 and set(summary["pass_at_k"]["base"]) == {"pass@1", "pass@2"}
+    assert summary["row"]["num_tasks"] == 3 and set(summary["pass_at_k"]["base"]) == {"pass@1", "pass@2"}
     assert eval_main(args[1:]) == 0  # a finished evaluation re-run (in-process): nothing generated or scored
     assert read_lines(out / "scores.jsonl") == scored_after
     rows = [json.loads(line) for line in read_lines(tmp_path / "results" / "results.jsonl")]
@@ -245,7 +301,7 @@ def test_kill_mid_run_then_resume_rescoring_nothing(run_dir: Path, tmp_path: Pat
 @pytest.mark.slow
 def test_data_parallel_workers_split_samples(run_dir: Path, tmp_path: Path) -> None:
     """Two generation worker processes (CPU stand-ins for two GPUs) each own every other sample."""
-    run = entry("recipe=eval/humaneval", f"checkpoint={run_dir / 'global_step_2'}", *TINY_EVAL,
+    run = entry("recipe=eval/humaneval", f"checkpoint={step_dir(run_dir, 2)}", *TINY_EVAL,
                 "dataset.limit=2", "generation.n_samples=2", "generation.num_workers=2",
                 f"output_root={tmp_path}", f"results_dir={tmp_path / 'results'}", "eval_name=dp")
     assert run.returncode == 0, run.stderr[-3000:]

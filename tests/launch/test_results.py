@@ -31,6 +31,13 @@ def test_find_checkpoints_sorts_numerically_and_explains_empty_dirs(tmp_path: Pa
     assert [p.name for p in results.find_checkpoints(tmp_path)] == ["global_step_2", "global_step_5", "global_step_10"]
     with pytest.raises(ValueError, match="no checkpoints"):
         results.find_checkpoints(tmp_path / "notes")
+    run = tmp_path / "grpo"  # launch/train_grpo.py writes <run>/checkpoints/global_step_N
+    for step in (20, 3):
+        (run / "checkpoints" / f"global_step_{step}" / "actor").mkdir(parents=True)
+    steps = results.find_checkpoints(run)
+    assert steps == results.find_checkpoints(run / "checkpoints") == [
+        run / "checkpoints" / "global_step_3", run / "checkpoints" / "global_step_20"]
+    assert results.run_root(steps[0]) == run and results.run_root(tmp_path / "global_step_2") == tmp_path
     with pytest.raises(ValueError, match="does not exist"):
         results.find_checkpoints(tmp_path / "missing")
 

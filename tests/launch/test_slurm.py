@@ -112,7 +112,8 @@ def test_sweep_array_script_runs_each_index_locally(tmp_path: Path) -> None:
     """Render a sweep whose entry records its argv, then run the real script once per array index."""
     entry = tmp_path / "record.py"
     entry.write_text("import json, sys, os\n"
-                     "open(os.environ['RECORD'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+                     "record = [sys.argv[1:], os.environ.get('RAY_ADDRESS'), os.environ['RAY_TMPDIR']]\n"
+                     "open(os.environ['RECORD'], 'a').write(json.dumps(record) + '\\n')\n")
     out_dir = tmp_path / "job"
     run = cli("render", "sweep", "--recipe", "demo", "--entry", str(entry), "--grid", "lr=1e-6,2e-6",
               "--grid", "n=4,8", "--gpus-per-node", "0", "--out-dir", str(out_dir), "--job-name", "sw",
@@ -121,24 +122,30 @@ def test_sweep_array_script_runs_each_index_locally(tmp_path: Path) -> None:
     script = out_dir / "sw.sbatch"
     assert "#SBATCH --array=0-3" in script.read_text()
     record = tmp_path / "argv.jsonl"
+    env = {key: value for key, value in os.environ.items() if key != "RAY_TMPDIR"}
     for index in (3, 0):
         done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "SLURM_ARRAY_TASK_ID": str(index), "RECORD": str(record)})
+                              env={**env, "SLURM_ARRAY_TASK_ID": str(index), "RECORD": str(record),
+                                   "SLURM_ARRAY_JOB_ID": "9", "RAY_ADDRESS": "10.0.0.1:6379"})
         assert done.returncode == 0, done.stderr
         assert f"[array index {index}/4]" in done.stdout
     seen = [json.loads(line) for line in record.read_text().splitlines()]
-    assert seen == [["recipe=demo", "trainer.total_epochs=1", "lr=2e-6", "n=8"],
-                    ["recipe=demo", "trainer.total_epochs=1", "lr=1e-6", "n=4"]]
+    assert seen == [[["recipe=demo", "trainer.total_epochs=1", "lr=2e-6", "n=8"], None, "/tmp/ray_9_3"],
+                    [["recipe=demo", "trainer.total_epochs=1", "lr=1e-6", "n=4"], None, "/tmp/ray_9_0"]]
 
 
-def test_train_sweep_names_runs_and_pins_single_node() -> None:
+def test_train_sweep_names_runs_and_pins_single_node(tmp_path: Path) -> None:
     run = cli("render", "sweep", "--recipe", "humaneval", "--grid", "algorithm.kl=0,0.01", "--cpus-per-task", "12",
-              "--gpus-per-node", "8", "--job-name", "kl", "--dry-run")
+              "--gpus-per-node", "8", "--job-name", "kl", "--out-dir", str(tmp_path), "--dry-run")
     assert run.returncode == 0, run.stderr
     bash_syntax_ok(run.stdout)
     assert "[1] algorithm.kl=0.01:" in run.stderr
     assert ("trainer.nnodes=1 trainer.n_gpus_per_node=8 ray_kwargs.ray_init.num_cpus=12 algorithm.kl=0.01 "
-            "trainer.experiment_name=kl-001") in run.stderr
+            f"trainer.experiment_name=kl-001 lockstep.run_dir={tmp_path}/kl-001") in run.stderr  # runs kept apart
+    own_dirs = cli("render", "sweep", "--recipe", "humaneval", "--grid", "lockstep.run_dir=runs/a,runs/b",
+                   "--dry-run")
+    assert own_dirs.returncode == 0 and "lockstep.run_dir=runs/b trainer.experiment_name=lockstep-sweep-001\n" in (
+        own_dirs.stderr)
 
 
 def test_submit_calls_sbatch_and_explains_when_it_is_missing(tmp_path: Path) -> None:
@@ -155,3 +162,87 @@ def test_submit_calls_sbatch_and_explains_when_it_is_missing(tmp_path: Path) -> 
     assert (fake_bin / "args").read_text().strip() == str(tmp_path / "job" / "t.sbatch")
     dry = cli(*args, "--dry-run", env={"PATH": bare_path})
     assert dry.returncode == 0 and "would write" in dry.stderr and "run: sbatch" in dry.stderr
+
+
+FAKE_SLURM = {
+    # scontrol show hostnames LIST -> the fake allocation's node names
+    "scontrol": '#!/bin/bash\nprintf "%s\\n" $FAKE_NODES\n',
+    # srun [options] -w NODE COMMAND...: log "NODE<TAB>options<TAB>command", then run COMMAND here
+    "srun": ('#!/bin/bash\nnode=""; opts=()\n'
+             'while [[ $# -gt 0 && $1 == -* ]]; do\n'
+             '  if [[ $1 == -w ]]; then node=$2; shift 2; else opts+=("$1"); shift; fi\n'
+             'done\n'
+             'printf "%s\\t%s\\t%s\\n" "$node" "${opts[*]}" "$*" >> "$FAKE_LOG"\n'
+             'exec "$@"\n'),
+    # ray start ... --block: stays up until the job kills it; ray status: a line per started node (or $FAKE_ALIVE)
+    "ray": ('#!/bin/bash\nif [[ $1 == start ]]; then echo $$ >> "$FAKE_LOG.pids"; exec sleep 300; fi\n'
+            'echo "Active:"; for ((i = 0; i < ${FAKE_ALIVE:-$(wc -l < "$FAKE_LOG.pids")}; i++)); do\n'
+            '  echo " 1 node_$i"; done\necho "Idle:"; echo " (no idle nodes)"\n'),
+}
+
+
+def run_train_script_with_fake_slurm(tmp_path: Path, alive: int | None = None, join_timeout: int = 60
+                                     ) -> tuple[subprocess.CompletedProcess, Path]:
+    """Render the train job with a recording driver entry and run it under bash with srun/scontrol/ray
+    stand-ins (no Slurm or multi-node Ray here): exercises the script's own orchestration logic."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for name, text in FAKE_SLURM.items():
+        (fake_bin / name).write_text(text)
+        (fake_bin / name).chmod(0o755)
+    driver = tmp_path / "driver.py"
+    driver.write_text("import json, os, sys\n"
+                      "token = open(os.environ['RAY_AUTH_TOKEN_PATH']).read()\n"
+                      "keys = ('RAY_ADDRESS', 'RAY_AUTH_MODE', 'RAY_TMPDIR')\n"
+                      "json.dump({'argv': sys.argv[1:], 'env': {k: os.environ[k] for k in keys}, 'token': token,\n"
+                      "           'path': sys.path}, open(os.environ['DRIVER_OUT'], 'w'))\n")
+    job = tmp_path / "job"
+    render = cli("render", "train", "--recipe", "demo", "--nodes", "3", "--gpus-per-node", "2", "--cpus-per-task", "6",
+                 "--entry", str(driver), "--ray-port", "6543", "--ray-start-wait", "0", "--ray-join-timeout", str(join_timeout),
+                 "--out-dir", str(job), "--job-name", "tr", "--", "trainer.total_epochs=1")
+    assert render.returncode == 0, render.stderr
+    env = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}", "FAKE_NODES": "n1 n2 n3",
+           "FAKE_LOG": str(tmp_path / "srun.log"), "DRIVER_OUT": str(tmp_path / "drv.json"),
+           "SLURM_JOB_NODELIST": "n[1-3]", "SLURM_JOB_ID": "77", "SLURM_CPUS_PER_TASK": "6"}
+    env.pop("RAY_TMPDIR", None)
+    if alive is not None:
+        env["FAKE_ALIVE"] = str(alive)
+    done = subprocess.run(["bash", str(job / "tr.sbatch")], capture_output=True, text=True, timeout=60, env=env)
+    return done, tmp_path
+
+
+def test_train_script_orchestrates_ray_head_workers_and_driver_locally(tmp_path: Path) -> None:
+    done, tmp = run_train_script_with_fake_slurm(tmp_path)
+    assert done.returncode == 0, done.stderr
+    steps = [line.split("\t") for line in (tmp / "srun.log").read_text().splitlines()]
+    host_ip = subprocess.run(["hostname", "--ip-address"], capture_output=True, text=True).stdout.split()[0]
+    address = f"{host_ip}:6543"
+    assert steps[0][::2] == ["n1", "hostname --ip-address"] and len(steps) == 5
+    ray_steps = sorted(steps[1:4])  # started in the background: any order in the log
+    assert [node for node, _, _ in ray_steps] == ["n1", "n2", "n3"]
+    assert ray_steps[0][2].startswith(f"ray start --head --node-ip-address={host_ip} --port=6543 --num-cpus=6 --num-gpus=2")
+    assert all(cmd.startswith(f"ray start --address={address} --num-cpus=6 --num-gpus=2") for _, _, cmd in ray_steps[1:])
+    assert all(opts == "--nodes=1 --ntasks=1 --cpus-per-task=6 --gpus-per-node=2" for _, opts, _ in ray_steps)
+    assert steps[4][0] == "n1" and "--overlap" in steps[4][1]  # one driver, on the head, after every node joined
+    assert steps[4][2].split()[:2] == [sys.executable, str(tmp / "driver.py")]
+    driver = json.loads((tmp / "drv.json").read_text())
+    assert driver["argv"] == ["recipe=demo", "trainer.nnodes=3", "trainer.n_gpus_per_node=2", "trainer.total_epochs=1"]
+    assert driver["env"] == {"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_TMPDIR": "/tmp/ray_77"}
+    assert len(driver["token"]) == 64 and int(driver["token"], 16) >= 0 and str(ROOT) in driver["path"]
+    assert not (tmp / "job" / "logs" / ".ray_token_77").exists()  # removed on exit, with the Ray steps
+    ray_pids = (tmp / "srun.log.pids").read_text().split()
+    assert len(ray_pids) == 3 and not [pid for pid in ray_pids if process_running(int(pid))]  # killed on exit
+
+
+def process_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an exited child waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_train_script_fails_when_a_node_never_joins(tmp_path: Path) -> None:
+    done, tmp = run_train_script_with_fake_slurm(tmp_path, alive=2, join_timeout=1)
+    assert done.returncode == 1 and "error: only 2/3 Ray nodes joined within 1 s" in done.stderr
+    assert "driver.py" not in (tmp / "srun.log").read_text()

@@ -20,6 +20,11 @@ from launch.train_grpo import compose_recipe, split_recipe  # noqa: E402
 from rl.config import RecipeError, prepare_runtime, validate_recipe  # noqa: E402
 
 RECIPES = ("demo", "humaneval", "mbpp")
+# the demo recipe values the validation cases below rely on (recipes/demo.yaml is tuned independently)
+DEMO_PINS = ("actor_rollout_ref.model.lora_rank=8", "data.max_response_length=24", "data.train_batch_size=2",
+             "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.rollout.custom.dream.sampler=lockstep",
+             "actor_rollout_ref.rollout.custom.dream.options.r_len=4",
+             "actor_rollout_ref.rollout.custom.dream.options.a_len=12")
 
 
 def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -70,13 +75,13 @@ def test_verl_accepts_the_composed_recipes(recipes) -> None:
     ("+lockstep.reward.rewrd=1", "lockstep.reward: unknown keys"),
 ])
 def test_bad_values_raise_recipe_errors_naming_the_key(override, message) -> None:
-    cfg = compose_recipe("demo", [override])
+    cfg = compose_recipe("demo", [*DEMO_PINS, override])
     with pytest.raises(RecipeError, match=re.escape(message)):
         validate_recipe(cfg, check_files=False)
 
 
 def test_missing_files_are_reported(tmp_path) -> None:
-    cfg = compose_recipe("demo", [f"lockstep.run_dir={tmp_path}"])
+    cfg = compose_recipe("demo", [f"lockstep.run_dir={tmp_path}", f"actor_rollout_ref.model.path={tmp_path}/model"])
     with pytest.raises(RecipeError, match="model.path"):
         validate_recipe(cfg, check_files=True)
 
@@ -101,6 +106,26 @@ def test_cpu_runtime_settings_and_worker_environment(tmp_path, monkeypatch) -> N
     assert '"t_min": 0.2' in env.LOCKSTEP_ESTIMATOR
     assert env.WANDB_MODE == "offline" and str(tmp_path) == env.WANDB_DIR
     assert cfg.reward.custom_reward_function.path == str(ROOT / "rl" / "verl_reward.py")
+    assert cfg.actor_rollout_ref.rollout.agent.default_agent_loop == "dream_single_turn"  # stable sample keys
+
+
+def test_joining_an_existing_ray_cluster_declares_no_resources(tmp_path, monkeypatch) -> None:
+    """With ``RAY_ADDRESS`` (set by the Slurm script) verl's ``ray.init()`` joins that cluster, which refuses
+    resource counts: the CPU shim's Ray slots are not applied and explicit ones are a clear error."""
+    for name in ("VERL_PLATFORM", "LOCKSTEP_ESTIMATOR", "WANDB_MODE", "WANDB_DIR", "LOCKSTEP_REWARD_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    cfg = compose_recipe("demo", [f"lockstep.run_dir={tmp_path}"])
+    prepare_runtime(cfg, ROOT)
+    assert cfg.ray_kwargs.ray_init.num_cpus is None and cfg.ray_kwargs.ray_init.get("num_gpus") is None
+    assert cfg.actor_rollout_ref.rollout.agent.num_workers == 1  # the rest of the CPU shim still applies
+    cfg = compose_recipe("humaneval", [f"lockstep.run_dir={tmp_path}", "ray_kwargs.ray_init.num_cpus=32"])
+    with pytest.raises(RecipeError, match=r"ray_kwargs.ray_init.num_cpus must be null when joining"):
+        prepare_runtime(cfg, ROOT)
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # Ray's spelling for "start a new local cluster"
+    cfg = compose_recipe("demo", [f"lockstep.run_dir={tmp_path}"])
+    prepare_runtime(cfg, ROOT)
+    assert cfg.ray_kwargs.ray_init.num_cpus == 16
 
 
 def test_torchrun_ranks_other_than_zero_exit_cleanly_without_driving() -> None:

@@ -16,9 +16,10 @@ from launch.train_sft import RecipeError, build_settings, compose_recipe, main  
 
 
 def test_demo_sft_recipe_composes_and_validates() -> None:
-    cfg = compose_recipe(["recipe=demo_sft", "train.steps=7", "tasks.canvas.a_len=40"])
+    cfg = compose_recipe(["recipe=demo_sft", "train.steps=7", "train.stop_after=5", "tasks.canvas.a_len=40"])
     train, canvas, evaluation = build_settings(cfg)
-    assert train.steps == 7 and canvas.a_len == 40 and evaluation.canvas.a_len == 40
+    assert train.steps == 7 and train.stop_after == 5 and canvas.a_len == 40 and evaluation.canvas.a_len == 40
+    assert evaluation.lockstep_cfg().use_cache is True  # the demo rollout's decoder settings
     assert cfg.wandb.mode == "offline"
 
 
@@ -30,6 +31,7 @@ def test_demo_sft_recipe_composes_and_validates() -> None:
         (["train.lr=-1"], "lr=-1"),
         (["eval.mode=sideways"], "mode must be one of"),
         (["tasks.canvas.r_len=0"], "r_len"),
+        (["train.steps=10"], "stop_after=1000"),
     ],
 )
 def test_bad_config_is_a_clear_error(args: list[str], message: str) -> None:
@@ -56,7 +58,7 @@ def test_short_run_writes_checkpoint_metrics_and_wandb(tmp_path: Path, tiny_drea
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = tmp_path / "run"
     code = main([
-        "recipe=demo_sft", f"run_dir={run_dir}", f"model.path={tiny_dream_dir}", "train.steps=4",
+        "recipe=demo_sft", f"run_dir={run_dir}", f"model.path={tiny_dream_dir}", "train.steps=4", "train.stop_after=null",
         "train.batch_size=4", "train.log_every=2", "eval.every=2", "tasks.n_train=16", "tasks.n_heldout=3",
         "tasks.canvas.r_len=26", "tasks.canvas.a_len=44", "eval.nll_rates=1", f"export_dir={tmp_path / 'export'}",
     ])

@@ -56,6 +56,27 @@ def test_canonical_solutions_pass_humaneval_plus_mini(evalplus_data, cache_env) 
         assert r_bisect.all_pass and not r_wrong.all_pass
 
 
+# float (atol) outputs, find_zero, huge ints, nested lists, dict/str outputs: full HumanEval+ plus inputs
+HE_FULL_SUBSET = ("HumanEval/0", "HumanEval/2", "HumanEval/4", "HumanEval/32", "HumanEval/45", "HumanEval/71",
+                  "HumanEval/83", "HumanEval/99", "HumanEval/107", "HumanEval/111", "HumanEval/129", "HumanEval/133",
+                  "HumanEval/160")
+
+
+@pytest.mark.slow
+def test_canonical_solutions_pass_humaneval_plus_full_inputs_subset(evalplus_data, cache_env) -> None:
+    """The full 164/164 run is ``bench/bench_rewards.py --suite canonical`` (docs/benchmarks.md)."""
+    tasks, _ = load_tasks("humaneval", data_dir=evalplus_data)
+    picked = [tasks[k] for k in HE_FULL_SUBSET]
+    assert sum(len(t.plus_inputs) for t in picked) > 8000
+    cfg = RewardConfig.evaluation(workers=2, completion_format="solution")
+    with Scorer(picked, cfg=cfg) as s:
+        res = s.score([(t.task_id, t.reference_solution) for t in picked])
+        assert all(r.all_pass and r.plus_status == "pass" for r in res), \
+            [(r.task_id, r.details) for r in res if not r.all_pass]
+        off = tasks["HumanEval/2"].prompt + "    return number % 1.0 + 1e-3\n"  # outside atol
+        assert not s.score([("HumanEval/2", off)])[0].all_pass
+
+
 @pytest.mark.slow
 def test_mbpp_plus_special_oracles_on_full_inputs(evalplus_data, cache_env) -> None:
     tasks, _ = load_tasks("mbpp", data_dir=evalplus_data)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -43,10 +45,37 @@ def test_cli_writes_evalplus_results(tmp_path, evalplus_data, cache_env, monkeyp
     assert "pass@1" in capsys.readouterr().out
 
 
-def test_cli_rejects_bad_input(tmp_path) -> None:
-    bad = tmp_path / "s.jsonl"
-    bad.write_text('{"task_id": "HumanEval/0"}\n')
-    with pytest.raises(SystemExit, match="solution or completion"):
-        main(["--dataset", "humaneval", "--samples", str(bad)])
-    with pytest.raises(SystemExit):
-        main(["--dataset", "mbpp", "--mini", "--samples", str(bad)])
+BAD_INPUTS = {
+    "missing file": (["--dataset", "humaneval"], None, "not found"),
+    "bad JSON": (["--dataset", "humaneval"], '{"task_id": "HumanEval/0", "completion": "x"}\n{oops\n',
+                 "s.jsonl:2: not valid JSON"),
+    "no code": (["--dataset", "humaneval"], '{"task_id": "HumanEval/0"}\n', "solution or completion"),
+    "not an object": (["--dataset", "humaneval"], "[1, 2]\n", "JSON object"),
+    "empty": (["--dataset", "humaneval"], "\n", "no samples"),
+    "unknown dataset": (["--dataset", "apps"], '{"task_id": "x", "solution": ""}\n', "unknown dataset 'apps'"),
+    "MBPP+ Mini": (["--dataset", "mbpp", "--mini"], '{"task_id": "Mbpp/2", "solution": ""}\n', "no Mini"),
+    "unknown task id": (["--dataset", "humaneval", "--mini"], '{"task_id": "HumanEval/999", "solution": ""}\n',
+                        "'HumanEval/999'"),
+    "bad parallel": (["--dataset", "humaneval", "--parallel", "0"], '{"task_id": "HumanEval/0", "solution": ""}\n',
+                     "--parallel"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_cli_user_mistakes_are_one_line_errors(case, tmp_path, evalplus_data, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("LOCKSTEP_EVALPLUS_DATA", str(evalplus_data))
+    args, content, message = BAD_INPUTS[case]
+    path = tmp_path / "s.jsonl"
+    if content is not None:
+        path.write_text(content)
+    assert main([*args, "--samples", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("python -m rewards.evaluate: error: ") and message in err, err
+
+
+def test_cli_module_exit_status_without_traceback(tmp_path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_text("{not json\n")
+    proc = subprocess.run([sys.executable, "-m", "rewards.evaluate", "--dataset", "humaneval", "--samples",
+                           str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "not valid JSON" in proc.stderr

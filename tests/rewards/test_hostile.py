@@ -98,6 +98,19 @@ PROBES = {
     "read_project": "os.listdir('/work')",
     "write_usr": "open('/usr/lockstep_pwned', 'w')",
     "raise_rlimit": "import resource; resource.setrlimit(resource.RLIMIT_AS, (-1, -1))",
+    # kill() is filtered, so try the kernel's other ways to signal the zygote / the sandbox's init (pid 1)
+    "sigio_kill_parent": "import fcntl\nr, w = os.pipe()\nfcntl.fcntl(r, fcntl.F_SETOWN, os.getppid())",
+    "sigio_setsig": "import fcntl\nr, w = os.pipe()\nfcntl.fcntl(r, 10, 9)",
+    "sigio_setown_ex": "import fcntl, struct\nr, w = os.pipe()\nfcntl.fcntl(r, 15, struct.pack('ii', 1, 1))",
+    # nice / scheduling policy are inherited by the zygote's later children: would slow honest samples
+    "renice_zygote": "os.setpriority(os.PRIO_PROCESS, os.getppid(), 19)",
+    "renice_own_uid": "os.setpriority(os.PRIO_USER, 0, 19)",
+    "sched_idle_zygote": "os.sched_setscheduler(os.getppid(), os.SCHED_IDLE, os.sched_param(0))",
+    "pin_zygote": "os.sched_setaffinity(os.getppid(), {0})",
+    # only /tmp and /dev/shm (wiped after every job) are writable; bubblewrap's root and /dev are remounted ro
+    "write_sandbox_root": "open('/lockstep_leak', 'w')",
+    "write_dev": "open('/dev/lockstep_leak', 'w')",
+    "write_sandbox_dir": "open('/sandbox/lockstep_leak', 'w')",
 }
 
 
@@ -110,7 +123,11 @@ def _assert_host_unchanged(scorer, before: tuple) -> None:
     kids, markers, stats = _host_snapshot(scorer)
     assert not any(markers), "a sandboxed sample wrote a host file"
     assert kids == before[0], "sandbox processes were killed, restarted or left behind"
+    for pid in kids:  # nothing reniced or rescheduled the zygotes (their later children would inherit it)
+        assert psutil.Process(pid).nice() == 0 and os.sched_getscheduler(pid) == os.SCHED_OTHER, pid
+        assert len(os.sched_getaffinity(pid)) == len(os.sched_getaffinity(0)), pid
     assert stats["infra_failures"] == before[2]["infra_failures"]
+    assert stats["recycled"] == before[2]["recycled"]
     honest = scorer.score([("secret", SECRET_REF)])[0]
     assert honest.reward == 1.0 and honest.all_pass
 
@@ -164,19 +181,39 @@ def test_no_network_connection_arrives(scorer) -> None:
 
 def test_no_leaks_between_samples_and_no_orphans(scorer) -> None:
     before = _host_snapshot(scorer)
+    leak_paths = ("/tmp/leak", "/dev/shm/leak", "/tmp/orphan", "leak_cwd", "/tmp/job/leak_cwd", "/leak",
+                  "/dev/leak", "/sandbox/leak", "/root/leak", "/usr/leak")
     writer = ("import os, threading, time\ndef spin():\n    while True:\n        open('/tmp/orphan', 'a').write('x')\n"
               "        time.sleep(0.01)\n"
-              "def f(x):\n    open('/tmp/leak', 'w').write('1'); open('/dev/shm/leak', 'w').write('1')\n"
-              "    open('leak_cwd', 'w').write('1')\n    threading.Thread(target=spin, daemon=True).start()\n"
+              f"def f(x):\n    for p in {leak_paths!r}:\n        try: open(p, 'w').write('1')\n"
+              "        except OSError: pass\n    threading.Thread(target=spin, daemon=True).start()\n"
               f"    return {ANSWER}\n")
-    reader = ("import os\ndef f(x):\n    seen = [p for p in ('/tmp/leak', '/dev/shm/leak', '/tmp/orphan', 'leak_cwd',"
-              " '/tmp/job/leak_cwd') if os.path.exists(p)]\n    seen += [n for n in os.listdir('/tmp') if n != 'job']\n"
+    reader = (f"import os\ndef f(x):\n    seen = [p for p in {leak_paths!r} if os.path.exists(p)]\n"
+              "    seen += [n for n in os.listdir('/tmp') if n != 'job'] + os.listdir('/dev/shm')\n"
               f"    return -1 if seen else {ANSWER}\n")
     for _ in range(2):  # run readers after writers on both workers
         results = scorer.score([("secret", writer), ("secret", writer)])
         assert all(r.all_pass for r in results)
         results = scorer.score([("secret", reader), ("secret", reader)])
         assert all(r.all_pass for r in results), [r.details for r in results]
+    _assert_host_unchanged(scorer, before)
+
+
+def test_undeletable_leftovers_are_wiped_before_the_next_sample(scorer) -> None:
+    """A tree deeper than recursive rmtree can handle, mode-000 dirs and a chmod-ed /tmp and /dev/shm: the zygote
+    must still empty its scratch dirs (and not die, which would turn this sample into an infra error)."""
+    before = _host_snapshot(scorer)
+    nasty = ("import os\ndef f(x):\n    if not os.path.exists('/tmp/job/d'):\n"
+             "        for _ in range(1500): os.mkdir('d'); os.chdir('d')\n"
+             "        os.mkdir('locked'); os.chmod('locked', 0); os.chdir('/tmp')\n"
+             "        os.symlink('/usr', '/dev/shm/usr_link'); os.mkdir('/dev/shm/s'); os.chmod('/dev/shm/s', 0)\n"
+             "        os.chmod('/tmp/job', 0); os.chmod('/dev/shm', 0); os.chmod('/tmp', 0)\n"
+             "    return 0\n")
+    reader = ("import os\ndef f(x):\n    seen = os.listdir('/dev/shm') + [n for n in os.listdir('/tmp') if n != 'job']\n"
+              f"    return -1 if seen or os.listdir('.') else {ANSWER}\n")
+    results = scorer.score([("secret", nasty)] * 2 + [("secret", reader)] * 4)
+    assert [r.reward for r in results] == [0.0] * 2 + [1.0] * 4, [r.details for r in results]
+    assert all(r.status == "ok" for r in results)
     _assert_host_unchanged(scorer, before)
 
 
@@ -194,24 +231,3 @@ def test_monkeypatched_numpy_cannot_fake_a_float_answer(scorer) -> None:
     assert r.reward == 0.0 and r.n_passed == 0
     ok = scorer.score([("floaty", "def g(x):\n    return x * (1 / 3)\n")])[0]  # within atol, not bit-identical
     assert ok.all_pass
-
-
-def test_infrastructure_failure_is_retried_not_scored(scorer) -> None:
-    """Kill every sandbox worker from outside while a sample runs: the pool restarts them and re-runs the
-    sample; the result is correct and the failure is counted, never turned into reward 0."""
-    slow = f"import time\ndef f(x):\n    t = time.process_time()\n    while time.process_time() - t < 0.05: pass\n" \
-           f"    return {ANSWER}\n"
-    futures_before = scorer.pool.stats["infra_failures"]
-    done: list = []
-    th = threading.Thread(target=lambda: done.extend(scorer.score([("secret", slow)] * 2)))
-    th.start()
-    import time
-
-    time.sleep(0.15)
-    for w in list(scorer.pool.workers):
-        if w.proc is not None and w.proc.poll() is None:
-            os.kill(w.proc.pid, 9)
-    th.join(60)
-    assert len(done) == 2 and all(r.all_pass and r.reward == 1.0 for r in done), [r.details for r in done]
-    assert scorer.pool.stats["infra_failures"] > futures_before
-    assert max(r.details["attempts"] for r in done) >= 2

@@ -158,3 +158,32 @@ def test_set_eq_and_not_none_expected_are_converted_like_the_sandbox() -> None:
     assert exp.digests[0][0] == z.digest({2, 1}) and exp.digests[1][0] == z.digest({4})
     nn = _task(oracle="not_none", expected_base=[object(), None], expected_plus=[True])
     assert _expected(nn).digests[0] == [z.digest(True), z.digest(False)]
+
+
+def _compact(s, i, value) -> bytes:
+    """An ok record exactly as the sandbox child writes it when no value is sent (the judge's json-free path)."""
+    return b'[%d,%d,"ok","%s",null]' % (s, i, z.digest(value).encode())
+
+
+def test_compact_ok_records_judge_like_json_ones() -> None:
+    t = _task()
+    fast = judge(t, ("base", "plus"), _expected(t), _raw(_compact(0, 0, 10), _compact(0, 1, 21), _compact(1, 0, 30)))
+    slow = judge(t, ("base", "plus"), _expected(t), _raw(_rec(0, 0, 10), _rec(0, 1, 21), _rec(1, 0, 30)))
+    assert fast == slow and fast.passed == [[True, False], [True]]
+
+
+@pytest.mark.parametrize("bad", [
+    b'[0,2,"ok","' + b"a" * 32 + b'",null]', b'[1,1,"ok","' + b"a" * 32 + b'",null]',
+    b'[00,0,"ok","' + b"a" * 32 + b'",null]', b'[0,0,"ok","' + b"A" * 32 + b'",null]',
+    b'[0,0,"ok","' + b"a" * 31 + b'",null]', b'[0,0,"ok","' + b"a" * 32 + b'",nul]',
+])
+def test_compact_record_lookalikes_void_the_sample(bad) -> None:
+    t = _task()
+    v = judge(t, ("base", "plus"), _expected(t), _raw(_compact(0, 0, 10), _compact(1, 0, 30), bad))
+    assert v.status == "protocol_violation"
+
+
+def test_duplicate_across_compact_and_json_records() -> None:
+    t = _task()
+    v = judge(t, ("base", "plus"), _expected(t), _raw(_compact(0, 0, 10), _rec(0, 0, 10)))
+    assert v.status == "protocol_violation"

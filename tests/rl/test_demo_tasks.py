@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 
 import pytest
 
@@ -93,3 +94,17 @@ def test_reference_solutions_pass_their_tests_in_the_real_sandbox() -> None:
     add = next(t for t in splits.train if t.op == "add")
     wrong = completion_text(add).replace(f"{add.arg} + {add.k}", f"{add.arg} - {add.k}")
     assert not score_completions([add], [wrong])[0].all_pass
+
+
+def test_task_spec_round_trips_and_regenerates_the_same_tasks() -> None:
+    from rl.demo_tasks import DEMO_OPERATIONS, DemoTaskSpec, tasks_from_json
+
+    spec = DemoTaskSpec.from_dict({"seed": 3, "n_train": 30, "n_heldout": 4, "operations": None})
+    assert spec.operations == DEMO_OPERATIONS
+    splits = spec.generate()
+    tasks = tasks_from_json(spec.to_json())
+    assert list(tasks) == [t.task_id for t in [*splits.train, *splits.heldout]]
+    assert DemoTaskSpec.from_dict(json.loads(spec.to_json())) == spec
+    assert {t.op for t in splits.train} <= set(DEMO_OPERATIONS)
+    with pytest.raises(ValueError, match="unknown demo task settings"):
+        DemoTaskSpec.from_dict({"seeed": 1})

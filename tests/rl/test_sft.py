@@ -210,3 +210,27 @@ def test_short_sft_run_lowers_loss_and_heldout_nll(tiny_dream_dir) -> None:
     assert [h["step"] for h in history if "heldout/nll" in h] == [0, 40]
     assert losses[-1] < 0.6 * losses[0]
     assert nlls[-1] < 0.6 * nlls[0]
+
+
+def test_stop_after_ends_early_on_the_longer_schedule() -> None:
+    """stop_after=k of an n-step schedule = the weights after step k of the full n-step run."""
+    from rl.sft import SFTConfig, SFTExample, train_sft
+
+    examples = [SFTExample((1, 2, 3), (4 + i % 5, 5, 6 + i % 3, 7)) for i in range(12)]
+    full = SFTConfig(steps=6, batch_size=4, lr=1e-2, warmup_steps=1, log_every=1, seed=0)
+    model = _tiny_dream()
+    snapshot: dict[int, list[torch.Tensor]] = {}
+
+    def keep(record: dict, step: int) -> None:
+        snapshot[step] = [p.detach().clone() for p in model.parameters()]
+
+    train_sft(model, examples, full, pad_id=0, mask_token_id=31, log=keep, progress=False)
+    early_model = _tiny_dream()
+    history = train_sft(early_model, examples, SFTConfig(**{**full.__dict__, "stop_after": 3}), pad_id=0,
+                        mask_token_id=31, progress=False)
+    assert [h["step"] for h in history] == [1, 2, 3]
+    for a, b in zip(early_model.parameters(), snapshot[3]):
+        torch.testing.assert_close(a.detach(), b)
+    assert any(not torch.equal(a, b) for a, b in zip(snapshot[3], snapshot[6]))
+    with pytest.raises(ValueError, match="stop_after=7"):
+        SFTConfig(steps=6, stop_after=7).validate()

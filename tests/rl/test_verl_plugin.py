@@ -29,6 +29,8 @@ PROBE = textwrap.dedent("""
            "adapter": get_rollout_class("dream", "async").__name__,
            "replica": RolloutReplicaRegistry.get("dream").__name__,
            "trainer": __import__("verl.trainer.ppo.v1", fromlist=["x"]).get_trainer_cls("lockstep").__name__,
+           "agent_loop": __import__("verl.experimental.agent_loop.agent_loop", fromlist=["x"])
+                         ._agent_loop_registry.get("dream_single_turn"),
            "gloo_patched": getattr(workers.initialize_global_process_group_ray, "_lockstep_gloo", False)
                            and workers.initialize_global_process_group_ray is dist.initialize_global_process_group_ray}
     if out["lm_cpu"]:
@@ -56,6 +58,7 @@ def test_plugin_registers_engine_rollout_and_cpu_platform() -> None:
     assert out["dllm"] == {"fsdp": ["cpu", "cuda"], "fsdp2": ["cpu", "cuda"]}
     assert out["adapter"] == "DreamRolloutAdapter" and out["replica"] == "DreamReplica"
     assert out["trainer"] == "LockstepTrainer"
+    assert out["agent_loop"] == {"_target_": "rl.verl_rollout.DreamSingleTurnAgentLoop"}
     assert out["lm_cpu"] and out["gloo_patched"]
     assert out["device"] == "cpu" and out["backend"] == "gloo" and out["resource"] == "GPU"
     assert out["device_id"] == "cpu" and out["device_module_name"] == "CPU" and out["free_memory_positive"]

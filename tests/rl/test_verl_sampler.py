@@ -79,6 +79,10 @@ def test_lockstep_completion_is_reasoning_delimiter_answer(rollout_model, tmp_pa
         starts = [i for i in range(len(tokens)) if tokens[i:i + len(delimiter_ids)] == delimiter_ids]
         assert starts and starts[0] <= 6
         assert all(t not in stops for t in tokens[: starts[0]])  # the R block's end-of-text run is dropped
+    kept = sample_batch(model, tokenizer, _prompts(tokenizer), SAMPLING, DreamSamplerConfig(
+        sampler="lockstep", response_length=24, options={**config.options, "keep_reasoning_pad": True}), seed=0)
+    for tokens in kept.completions:  # the R block whole (end-of-text run included), then the delimiter
+        assert tokens[6:6 + len(delimiter_ids)] == delimiter_ids
     gif = save_fill_gif(result.trace, tokenizer, str(tmp_path), global_steps=4)
     with Image.open(gif) as image:
         assert gif.endswith("fill_step4.gif") and image.n_frames == result.trace.steps + 1 > 1

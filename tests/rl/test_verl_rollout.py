@@ -1,0 +1,68 @@
+"""The Dream rollout server (the object verl's agent loop talks to), driven directly without Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from omegaconf import OmegaConf
+
+from rl.verl_rollout import DreamRolloutServer, _SampleKeyedClient, sample_key
+
+PROMPTS = ("def add(a, b):", "Write a function that returns the square of x.\ndef square(x):")
+SAMPLES_PER_PROMPT = 3
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dream_dir) -> DreamRolloutServer:
+    rollout_config = OmegaConf.create({
+        "response_length": 24, "dtype": "bfloat16", "seed": 0,
+        "custom": {"dream": {"sampler": "lockstep", "batch_wait_s": 0.05, "max_batch": 4, "options": {
+            "mode": "gauss_seidel", "r_len": 4, "a_len": 12, "tau_r": 0.9, "tau_a": 0.9, "alg": "maskgit_plus",
+            "delimiter": "\n```python\n"}}},
+    })
+    model_config = OmegaConf.create({"path": str(tiny_dream_dir), "trust_remote_code": False})
+    return DreamRolloutServer(rollout_config, model_config, replica_rank=0)
+
+
+def _serve(server: DreamRolloutServer, arrival: list[int]) -> dict[int, list[int]]:
+    """Submit one step's requests in ``arrival`` order the way our agent loop does: sample ``i`` is sample
+    ``i % n`` of dataset row ``i // n`` and goes through the agent loop's keyed client (random request ids)."""
+    tokenizer = server.tokenizer
+    prompts = [tokenizer.encode(text, add_special_tokens=False) for text in PROMPTS]
+
+    async def step() -> list:
+        server._worker_task = None  # a fresh event loop per step
+        server._wakeup = asyncio.Event()
+        return await asyncio.gather(*[
+            _SampleKeyedClient(server, sample_key({"index": i // SAMPLES_PER_PROMPT,
+                                                   "session_id": i % SAMPLES_PER_PROMPT})).generate(
+                uuid.uuid4().hex, prompt_ids=prompts[i // SAMPLES_PER_PROMPT],
+                sampling_params={"temperature": 1.0, "top_p": 1.0})
+            for i in arrival])
+
+    outputs = asyncio.run(step())
+    return {i: output.token_ids for i, output in zip(arrival, outputs)}
+
+
+def test_each_sample_gets_the_same_completion_whatever_the_arrival_order(server) -> None:
+    """verl's agent loop submits a step's requests concurrently (arrival order varies between runs) and the
+    samples of one prompt are identical requests: the completion of a sample must depend on its batch row
+    (the sample key our agent loop sends), never on arrival order — otherwise a resumed run permutes each group.
+    ``max_batch=4`` < 6 requests: which rows share a decode batch (and its seed) must not depend on it either."""
+    server.set_global_steps(3)
+    samples = len(PROMPTS) * SAMPLES_PER_PROMPT
+    in_order = _serve(server, list(range(samples)))
+    reversed_order = _serve(server, list(reversed(range(samples))))
+    interleaved = _serve(server, [4, 0, 5, 2, 1, 3])
+    assert in_order == reversed_order == interleaved
+    group = [tuple(in_order[i]) for i in range(SAMPLES_PER_PROMPT)]
+    assert len(set(group)) > 1  # the samples of a prompt differ, so a permutation would be visible
+    server.set_global_steps(4)
+    assert _serve(server, list(range(samples))) != in_order  # a new weights version draws new rollouts
+
+
+def test_sample_key_is_dataset_index_and_sample_number() -> None:
+    assert sample_key({"index": 7, "session_id": 3, "uid": "3f2a"}) == (7, 3)
+    assert sample_key({}) == (0, 0)
