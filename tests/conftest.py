@@ -1,6 +1,8 @@
-"""Suite-wide pytest configuration: GPU tests skip cleanly where CUDA is absent."""
+"""Suite-wide pytest configuration: GPU tests skip cleanly where CUDA is absent; no test leaks environment."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -13,6 +15,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    """Entry points configure their own process environment by design (``rl.config.prepare_runtime`` exports
+    ``WANDB_DIR``, ``VERL_PLATFORM``, ...); a test that calls them in-process must not redirect later tests'
+    subprocesses (e.g. their W&B runs) to its temporary directory."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
