@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import struct
 import subprocess
@@ -25,7 +24,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-STEP_LINE = re.compile(r"step:(\d+) - (.*)")
+if str(ROOT) not in sys.path:  # launch/ is scripts, not an installed package
+    sys.path.insert(0, str(ROOT))
 RAY_STARTUP_TIMEOUT = "The current node timed out during startup"
 
 
@@ -40,22 +40,10 @@ def shaped_score(data_source: str, solution_str: str, ground_truth: str, extra_i
 
 
 def _metrics(stdout: str) -> dict[int, dict[str, float]]:
-    """verl's console logger lines ``step:N - key:value - ...`` -> {step: {key: value}}."""
-    steps: dict[int, dict[str, float]] = {}
-    for line in stdout.splitlines():
-        match = STEP_LINE.search(line)
-        if not match:
-            continue
-        values = {}
-        for item in match.group(2).split(" - "):
-            key, _, value = item.partition(":")
-            number = re.sub(r"^np\.\w+\((.*)\)$", r"\1", value.strip())
-            try:
-                values[key.strip()] = float(number)
-            except ValueError:
-                continue
-        steps[int(match.group(1))] = values
-    return steps
+    """verl's console logger lines ``step:N - key:value - ...`` -> {step: {key: value}} (the demo's parser)."""
+    from launch.demo import parse_step_line
+
+    return dict(parsed for parsed in map(parse_step_line, stdout.splitlines()) if parsed)
 
 
 def wandb_history(run_file: Path) -> list[dict]:
