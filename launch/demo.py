@@ -17,7 +17,7 @@ Arguments ``demo.*`` are this script's own (below); every other ``key=value`` is
 recipe (one line on stderr), 1 the GRPO run failed (tail of its log shown).
 
 demo.* settings:
-  demo.eval_samples=2     sampled completions per held-out task (sampled pass@1 = their mean pass rate)
+  demo.eval_samples=8     sampled completions per held-out task (sampled pass@1 = their mean pass rate)
   demo.greedy=true        also report the greedy (temperature 0) pass rate
   demo.eval_batch=96      rows decoded per evaluation batch
   demo.seed=0             seed of the evaluation sampler
@@ -56,7 +56,7 @@ class DemoError(ValueError):
 class DemoSettings:
     """This script's own ``demo.*`` settings (module docstring)."""
 
-    eval_samples: int = 2
+    eval_samples: int = 8
     greedy: bool = True
     eval_batch: int = 96
     seed: int = 0

@@ -79,6 +79,9 @@ def build_settings(cfg: Any) -> tuple[Any, Any, Any]:
         evaluation.lockstep_cfg()  # validates mode/alg/tau
     except (TypeError, ValueError) as error:
         raise RecipeError(f"invalid recipe: {error}") from None
+    bug_rate = cfg.tasks.get("bug_rate", 0.0)
+    if not isinstance(bug_rate, (int, float)) or not 0.0 <= float(bug_rate) <= 1.0:
+        raise RecipeError(f"tasks.bug_rate must be a number in [0, 1], got {bug_rate!r}")
     if cfg.wandb.mode not in ("offline", "online", "disabled"):
         raise RecipeError(f"wandb.mode must be offline, online or disabled, got {cfg.wandb.mode!r}")
     return train, canvas, evaluation
@@ -119,7 +122,7 @@ def run(cfg: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from rl.demo_eval import evaluate_pass_rate
-    from rl.demo_tasks import DemoTaskSpec, sft_example
+    from rl.demo_tasks import DemoTaskSpec, buggy_demonstrations, sft_example
     from rl.sft import collate_left_padded, elbo_nll, train_sft
 
     train_cfg, canvas, eval_cfg = build_settings(cfg)
@@ -133,7 +136,8 @@ def run(cfg: Any) -> dict[str, Any]:
             "seed": int(cfg.tasks.seed), "n_train": int(cfg.tasks.n_train), "n_heldout": int(cfg.tasks.n_heldout),
             "operations": list(cfg.tasks.operations) if cfg.tasks.operations else None,
         }).generate()
-        train_examples = [sft_example(tokenizer, t, canvas) for t in splits.train]
+        buggy = buggy_demonstrations(len(splits.train), float(cfg.tasks.get("bug_rate", 0.0)), int(cfg.tasks.seed))
+        train_examples = [sft_example(tokenizer, t, canvas, b) for t, b in zip(splits.train, buggy)]
         held_batch = collate_left_padded([sft_example(tokenizer, t, canvas) for t in splits.heldout],
                                          tokenizer.pad_token_id)
     except ValueError as error:

@@ -149,6 +149,11 @@ class Scorer:
             self._inputs[task.task_id] = cached
         return cached
 
+    def expected_cost(self, task: Task) -> float:
+        """CPU seconds the reference solution took on the configured test sets (a sample's likely cost)."""
+        times = self.expected[task.task_id].ref_times
+        return float(sum(sum(times[_ALL_SETS.index(name)]) for name in self.cfg.test_sets))
+
     def _submit(self, task: Task, code: str) -> Future:
         inputs, limits, budget = self._task_job_parts(task)
         exp = self.expected[task.task_id]
@@ -164,7 +169,7 @@ class Scorer:
         """Score (task_id, completion) pairs; results are in input order."""
         items = list(items)
         results: list[RewardResult | None] = [None] * len(items)
-        pending: dict[Future, tuple[int, Task, Any]] = {}
+        runnable: list[tuple[int, Task, Any]] = []
         for idx, (task_id, completion) in enumerate(items):
             task = self.tasks.get(task_id)
             if task is None:
@@ -175,7 +180,12 @@ class Scorer:
             if ext.status != "ok":
                 results[idx] = self._no_code(task, ext)
             else:
-                pending[self._submit(task, ext.code)] = (idx, task, ext)
+                runnable.append((idx, task, ext))
+        # longest first (by the reference solution's time on the configured tests): a batch ends with its slowest
+        # sample, so heavy samples queued last would leave the other workers idle (stable sort: ties keep order)
+        runnable.sort(key=lambda item: -self.expected_cost(item[1]))
+        pending: dict[Future, tuple[int, Task, Any]] = {
+            self._submit(task, ext.code): (idx, task, ext) for idx, task, ext in runnable}
         bar = tqdm(total=len(pending), desc="scoring", unit="sample", disable=not self.cfg.progress)
         for fut in as_completed(pending):
             idx, task, ext = pending.pop(fut)

@@ -77,6 +77,19 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 OPERATIONS_BY_NAME = {op.name: op for op in OPERATIONS}
 
+# A plausible bug of each operation (same argument and constant; {k1} = k + 1): off-by-one constants, a swapped
+# function (max/min, sum/len), a missing call. The SFT warm start of the demo learns from demonstrations of which a fraction
+# (``bug_rate``) use these instead of the correct expression, like SFT data distilled from an imperfect coder;
+# GRPO's verifiable reward is what tells the two apart (docs/demo.md).
+BUGGY_EXPRS: dict[str, str] = {
+    "add": "{a} + {k1}", "sub": "{a} - {k1}", "mul": "{a} * {k1}", "square": "{a} * 2", "neg": "abs({a})",
+    "abs": "-{a}", "mod": "{a} % {k1}", "divisible": "{a} % {k1} == 0", "max_k": "max({a}, {k1})",
+    "upper": "{a}.lower()", "reverse_str": "{a}", "repeat": "{a} * {k1}", "len_str": "len({a}) - 1",
+    "prefix": "{a}[:{k1}]", "count_char": '{a}.find("{c}")', "sum": "len({a})", "max": "min({a})",
+    "min": "max({a})", "len_list": "sum({a})", "sorted": "{a}", "reverse_list": "{a}",
+    "add_each": "[v + {k1} for v in {a}]", "filter_gt": "[v for v in {a} if v >= {k}]", "count_k": "{a}.count({k1})",
+}
+
 ARG_NAMES = {"int": ("x", "n", "num", "value"), "str": ("s", "text", "word"), "list": ("xs", "nums", "items")}
 ARG_TYPES = {"int": "int", "str": "str", "list": "list[int]"}
 NAME_VERBS = ("compute", "get", "make", "find", "apply", "calc", "build", "solve", "check", "do")
@@ -107,13 +120,19 @@ class DemoTask:
         """Identity of a task; splits are disjoint on it."""
         return (self.op, self.entry_point, self.arg, self.k, self.letter)
 
-    def reasoning(self) -> str:
-        """Target text of the R block: a one-line plan naming the expression to return."""
-        return f"{self.entry_point} returns {self.return_expr}."
+    def buggy_expr(self) -> str:
+        """The operation's plausible bug (:data:`BUGGY_EXPRS`) with this task's argument and constants."""
+        return BUGGY_EXPRS[self.op].format(a=self.arg, k=self.k, k1=(self.k or 0) + 1, c=self.letter)
 
-    def answer_code(self) -> str:
-        """Target code of the A block (the reference solution, without docstring)."""
-        return self.solution
+    def reasoning(self, buggy: bool = False) -> str:
+        """Target text of the R block: a one-line plan naming the expression to return."""
+        return f"{self.entry_point} returns {self.buggy_expr() if buggy else self.return_expr}."
+
+    def answer_code(self, buggy: bool = False) -> str:
+        """Target code of the A block (the reference solution without docstring, or its buggy variant)."""
+        if not buggy:
+            return self.solution
+        return self.solution.replace(f"return {self.return_expr}\n", f"return {self.buggy_expr()}\n")
 
 
 def _render(op: Operation, entry_point: str, arg: str, k: int | None, letter: str | None,
@@ -351,7 +370,8 @@ def completion_text(task: DemoTask) -> str:
     return f"{task.reasoning()}{DELIMITER}{task.answer_code()}```"
 
 
-def canvas_targets(tokenizer: Any, task: DemoTask, canvas: CanvasSpec) -> tuple[list[int], list[int], list[int]]:
+def canvas_targets(tokenizer: Any, task: DemoTask, canvas: CanvasSpec, buggy: bool = False
+                   ) -> tuple[list[int], list[int], list[int]]:
     """Token ids of the R block, the delimiter and the A block of the target canvas.
 
     R = reasoning + end-of-text fill; A = code + closing fence + ``<|im_end|>`` + end-of-text fill (Dream ends a
@@ -359,8 +379,8 @@ def canvas_targets(tokenizer: Any, task: DemoTask, canvas: CanvasSpec) -> tuple[
     """
     eos = tokenizer.eos_token_id
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    r_ids = tokenizer.encode(task.reasoning(), add_special_tokens=False) + [eos]
-    a_ids = tokenizer.encode(task.answer_code() + "```", add_special_tokens=False) + [im_end]
+    r_ids = tokenizer.encode(task.reasoning(buggy), add_special_tokens=False) + [eos]
+    a_ids = tokenizer.encode(task.answer_code(buggy) + "```", add_special_tokens=False) + [im_end]
     for name, ids, size in (("R", r_ids, canvas.r_len), ("A", a_ids, canvas.a_len)):
         if len(ids) > size:
             raise ValueError(f"{task.task_id}: the {name} target needs {len(ids)} tokens > {name.lower()}_len={size}")
@@ -368,11 +388,21 @@ def canvas_targets(tokenizer: Any, task: DemoTask, canvas: CanvasSpec) -> tuple[
     return r_ids + [eos] * (canvas.r_len - len(r_ids)), delimiter, a_ids + [eos] * (canvas.a_len - len(a_ids))
 
 
-def sft_example(tokenizer: Any, task: DemoTask, canvas: CanvasSpec) -> Any:
-    """An :class:`rl.sft.SFTExample`: prompt ids + full canvas; the delimiter is fixed (never masked/scored)."""
+def buggy_demonstrations(n_tasks: int, bug_rate: float, seed: int) -> list[bool]:
+    """Which of ``n_tasks`` SFT demonstrations use the buggy expression: ``round(bug_rate * n_tasks)`` of them,
+    chosen by ``seed`` (deterministic)."""
+    if not 0.0 <= bug_rate <= 1.0:
+        raise ValueError(f"bug_rate must be in [0, 1], got {bug_rate}")
+    buggy = set(random.Random(f"bugs-{seed}").sample(range(n_tasks), round(bug_rate * n_tasks)))
+    return [i in buggy for i in range(n_tasks)]
+
+
+def sft_example(tokenizer: Any, task: DemoTask, canvas: CanvasSpec, buggy: bool = False) -> Any:
+    """An :class:`rl.sft.SFTExample`: prompt ids + full canvas; the delimiter is fixed (never masked/scored).
+    ``buggy``: the demonstration uses :meth:`DemoTask.buggy_expr` in both blocks."""
     from rl.sft import SFTExample
 
-    r_ids, delimiter, a_ids = canvas_targets(tokenizer, task, canvas)
+    r_ids, delimiter, a_ids = canvas_targets(tokenizer, task, canvas, buggy)
     prompt_ids = tokenizer.encode(prompt_text(tokenizer, task), add_special_tokens=False)
     scored = [True] * len(r_ids) + [False] * len(delimiter) + [True] * len(a_ids)
     return SFTExample(tuple(prompt_ids), tuple(r_ids + delimiter + a_ids), tuple(scored))

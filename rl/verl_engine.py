@@ -89,8 +89,12 @@ def build_dense_batch(prompts: list[torch.Tensor], responses: list[torch.Tensor]
 
 
 def draw_row_plans(prompts: list[torch.Tensor], responses: list[torch.Tensor], response_positions: torch.Tensor,
-                   config: EstimatorConfig) -> Any:
-    """The coupled mask plan of a micro-batch, drawn row by row from :func:`row_seed` generators."""
+                   config: EstimatorConfig, response_masks: list[torch.Tensor] | None = None) -> Any:
+    """The coupled mask plan of a micro-batch, drawn row by row from :func:`row_seed` generators.
+
+    ``response_masks`` (verl's per-row ``response_mask``, optional): tokens at 0 were not generated (the lockstep
+    delimiter), so they are never masked and never scored; the model sees them in every pass, as when decoding.
+    """
     from rl.logprob import MaskPlan, draw_coupled_masks
 
     window = response_positions.shape[1]
@@ -100,6 +104,11 @@ def draw_row_plans(prompts: list[torch.Tensor], responses: list[torch.Tensor], r
         # drawn over the row's own response only, so the masks do not depend on the micro-batch's window
         generator = torch.Generator(device="cpu").manual_seed(row_seed(prompt, response, config.seed))
         maskable = torch.ones(1, int(response.numel()), dtype=torch.bool)
+        if response_masks is not None:
+            maskable = response_masks[row].detach().to("cpu").bool().reshape(1, -1)
+            if maskable.shape[1] != response.numel():
+                raise ValueError(f"row {row}: response_mask has {maskable.shape[1]} entries for a "
+                                 f"{response.numel()}-token response")
         plan = draw_coupled_masks(maskable, maskable, t_min=config.t_min, t_max=config.t_max, generator=generator)
         masks[:, row, window - response.numel():] = plan.masks[:, 0]
         weights[:, row, window - response.numel():] = plan.weights[:, 0].float()
@@ -176,7 +185,8 @@ def _build_engine_class() -> type:
             responses = list(micro_batch["responses"].unbind())
             pad_id = int(tu.get_non_tensor_data(data=micro_batch, key="pad_token_id", default=0))
             input_ids, attention_mask, positions, _ = build_dense_batch(prompts, responses, pad_id)
-            plan = draw_row_plans(prompts, responses, positions, self._estimator())
+            response_masks = list(micro_batch["response_mask"].unbind()) if "response_mask" in micro_batch else None
+            plan = draw_row_plans(prompts, responses, positions, self._estimator(), response_masks)
             calculate_entropy = tu.get_non_tensor_data(data=micro_batch, key="calculate_entropy", default=False)
 
             autocast_dtype = getattr(self, "_autocast_dtype", torch.bfloat16)

@@ -146,7 +146,7 @@ class DreamRolloutServer:
     def _decode(self, batch: list[_Request]) -> list[Any]:
         from verl.workers.rollout.replica import TokenOutput
 
-        from rl.verl_sampler import sample_batch
+        from rl.verl_sampler import FIXED_SPAN_FIELD, sample_batch
 
         seed = _batch_seed(self.seed, self.global_steps or 0, [r.prompt_ids for r in batch])
         start = time.perf_counter()
@@ -161,6 +161,9 @@ class DreamRolloutServer:
                      "rollout_seconds": elapsed, "rollout_batch_size": len(batch),
                      "rollout_tokens_per_s": total_tokens / max(elapsed, 1e-9)}
             extra.update(result.row_extras[row])
+            span = result.fixed_spans[row] if result.fixed_spans else None
+            if span is not None:
+                extra[FIXED_SPAN_FIELD] = (int(span[0]), int(span[1]))
             finished = bool(token_ids) and token_ids[-1] in result.stop_ids
             outputs.append(TokenOutput(token_ids=token_ids, log_probs=None,
                                        stop_reason="completed" if finished else "length", extra_fields=extra))
@@ -374,12 +377,31 @@ def _single_turn_base() -> type:
     return SingleTurnAgentLoop
 
 
+def mask_fixed_span(response_mask: list[int], span: tuple[int, int] | None) -> list[int]:
+    """``response_mask`` with the fixed tokens of ``span`` = (start, length) set to 0 (positions past the end,
+    cut by the response length, are ignored).
+
+    Why: the lockstep delimiter is placed by the sampler, not generated; verl's loss skips response_mask = 0
+    tokens and our engine (:mod:`rl.verl_engine`) keeps them unmasked in every estimator pass, as in decoding.
+    """
+    if span is None:
+        return list(response_mask)
+    start, length = int(span[0]), int(span[1])
+    return [0 if start <= i < start + length else m for i, m in enumerate(response_mask)]
+
+
 class DreamSingleTurnAgentLoop(_single_turn_base()):  # type: ignore[misc]
-    """verl's single-turn agent loop whose requests carry the sample's key (see :func:`canonical_order`)."""
+    """verl's single-turn agent loop whose requests carry the sample's key (see :func:`canonical_order`) and
+    whose response mask excludes the lockstep delimiter (:func:`mask_fixed_span`)."""
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> Any:
+        from rl.verl_sampler import FIXED_SPAN_FIELD
+
         self.server_manager = _SampleKeyedClient(self.server_manager, sample_key(kwargs))
-        return await super().run(sampling_params, **kwargs)
+        output = await super().run(sampling_params, **kwargs)
+        span = output.extra_fields.pop(FIXED_SPAN_FIELD, None)
+        output.response_mask = mask_fixed_span(output.response_mask, span)
+        return output
 
 
 def register() -> None:

@@ -71,6 +71,12 @@ class SampleResult:
     stop_ids: set[int]
     row_extras: list[dict[str, Any]]
     trace: Any = None
+    fixed_spans: list[tuple[int, int] | None] | None = None  # per row: (start, length) of tokens not generated
+
+
+# Extra field of a rollout row: (start, length) of the fixed lockstep delimiter inside the completion. The agent
+# loop turns it into response_mask = 0, so the trainer neither scores nor masks tokens the sampler never chose.
+FIXED_SPAN_FIELD = "lockstep_fixed_span"
 
 
 def load_rollout_model(path: str, dtype: str, device: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
@@ -122,7 +128,7 @@ def _generation_kwargs(sampling_params: dict[str, Any], config: DreamSamplerConf
 
 
 def _lockstep_canvas(model: Any, tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     kwargs: dict[str, Any]) -> tuple[list[list[int]], Any, dict]:
+                     kwargs: dict[str, Any]) -> tuple[list[list[int]], Any, dict, list[tuple[int, int] | None]]:
     """Lockstep R/A decode, compacted to one completion: R (cut before its end-of-text) + delimiter + A.
 
     The R block's end-of-text run is dropped so the decoded completion reads ``reasoning``, the delimiter
@@ -145,20 +151,24 @@ def _lockstep_canvas(model: Any, tokenizer: Any, input_ids: torch.Tensor, attent
     result = lockstep_sample(model, input_ids, attention_mask, cfg, delimiter_ids=delimiter_ids,
                              valid_vocab_size=len(tokenizer))
     stops = stop_token_ids(tokenizer)
-    rows = []
+    rows: list[list[int]] = []
+    spans: list[tuple[int, int] | None] = []
     for reasoning, answer in zip(result.reasoning_ids.tolist(), result.answer_ids.tolist()):
         kept = list(reasoning) if keep_reasoning_pad else cut_after_stop(reasoning, stops)
         if kept and kept[-1] in stops and not keep_reasoning_pad:
             kept = kept[:-1]
         rows.append(kept + delimiter_ids + cut_after_stop(answer, stops))
+        spans.append((len(kept), len(delimiter_ids)))
     metrics = {"nfe": float(result.nfe), "steps": float(result.steps), "wall_s": float(result.wall_s),
                "tokens_per_s": float(sum(len(r) for r in rows)) / max(float(result.wall_s), 1e-9)}
-    return rows, result, metrics
+    return rows, result, metrics, spans
 
 
 def generate_canvas(model: Any, tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    kwargs: dict[str, Any], sampler: str) -> tuple[list[list[int]], Any, dict]:
-    """Run decoding's sampler: completions (cut after the first stop), its trace (or None), metrics."""
+                    kwargs: dict[str, Any], sampler: str
+                    ) -> tuple[list[list[int]], Any, dict, list[tuple[int, int] | None]]:
+    """Run decoding's sampler: completions (cut after the first stop), its trace (or None), metrics and per row
+    the (start, length) of fixed tokens inside the completion (the lockstep delimiter; None for other samplers)."""
     from decoding.tokenizer import stop_token_ids
 
     stops = stop_token_ids(tokenizer)
@@ -168,14 +178,15 @@ def generate_canvas(model: Any, tokenizer: Any, input_ids: torch.Tensor, attenti
 
         result = fast_generate(model, input_ids, attention_mask, **kwargs)
         rows = [cut_after_stop(row, stops) for row in result.sequences[:, prompt_len:].tolist()]
-        return rows, None, result.metrics("")
+        return rows, None, result.metrics(""), [None] * len(rows)
     if sampler == "lockstep":
         return _lockstep_canvas(model, tokenizer, input_ids, attention_mask, kwargs)
     generate = importlib.import_module("decoding.generate")
     sequences = generate.diffusion_generate(model, input_ids, attention_mask=attention_mask, **kwargs)
     if hasattr(sequences, "sequences"):
         sequences = sequences.sequences
-    return [cut_after_stop(row, stops) for row in sequences[:, prompt_len:].tolist()], None, {}
+    rows = [cut_after_stop(row, stops) for row in sequences[:, prompt_len:].tolist()]
+    return rows, None, {}, [None] * len(rows)
 
 
 @torch.no_grad()
@@ -188,11 +199,11 @@ def sample_batch(model: Any, tokenizer: Any, prompts: list[list[int]], sampling_
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids, attention_mask = left_pad(prompts, int(pad_id), device)
     torch.manual_seed(seed)
-    completions, trace, metrics = generate_canvas(model, tokenizer, input_ids, attention_mask,
+    completions, trace, metrics, spans = generate_canvas(model, tokenizer, input_ids, attention_mask,
                                                           _generation_kwargs(sampling_params, config), config.sampler)
     stops = stop_token_ids(tokenizer)
     extras = [{f"rollout/{k}": v for k, v in metrics.items()} for _ in completions]
-    return SampleResult(completions=completions, stop_ids=stops, row_extras=extras, trace=trace)
+    return SampleResult(completions=completions, stop_ids=stops, row_extras=extras, trace=trace, fixed_spans=spans)
 
 
 def save_fill_gif(trace: Any, tokenizer: Any, folder: str, global_steps: int) -> str:

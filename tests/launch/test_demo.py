@@ -32,7 +32,7 @@ from launch.demo import (  # noqa: E402
 from launch.prepare_data import DataError, write_parquet_files  # noqa: E402
 
 WARM_START = ROOT / "recipes" / "assets" / "demo_warmstart"
-SHORT_STEPS = 12  # GRPO steps of the slow test (= recipes/demo.yaml; 6 steps did not yet move the held-out rate)
+SHORT_STEPS = 10  # GRPO steps of the slow test (= recipes/demo.yaml)
 
 
 def test_arguments_split_into_demo_settings_and_recipe_overrides() -> None:
@@ -134,21 +134,20 @@ def test_demo_rollouts_keep_the_canvas_layout_the_warm_start_was_trained_on() ->
 def test_shortened_demo_improves_the_heldout_pass_rate(tmp_path: Path) -> None:
     """The real demo path (warm start eval -> GRPO through verl -> checkpoint eval), fixed seeds, without the
     greedy and mid-run evaluations: the held-out sampled pass@1 after GRPO is clearly above the warm start's.
-    Measured with this configuration (deterministic, two runs): 0.115 -> 0.198 (96 samples)."""
+    Measured with this configuration: 0.27-0.28 -> about 0.5 (48 tasks x 8 samples; docs/demo.md)."""
     run_dir = tmp_path / "demo"
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONHASHSEED": "0"}
     env.pop("VERL_PLATFORM", None)
     result = subprocess.run(
         [sys.executable, str(ROOT / "launch" / "demo.py"), f"lockstep.run_dir={run_dir}",
-         f"trainer.total_training_steps={SHORT_STEPS}", f"trainer.save_freq={SHORT_STEPS}",
-         "demo.eval_samples=2", "demo.greedy=false"],
+         f"trainer.total_training_steps={SHORT_STEPS}", f"trainer.save_freq={SHORT_STEPS}", "demo.greedy=false"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800,
     )
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [e["step"] for e in summary["evals"]] == [0, SHORT_STEPS]
     before, after = summary["before"]["pass_at_1"], summary["after"]["pass_at_1"]
-    assert after >= before + 0.05 and after >= 1.5 * before, (before, after)
+    assert before <= 0.35 and after >= before + 0.1 and after >= 1.5 * before, (before, after)
     assert (run_dir / "learning_curve.png").is_file() and (run_dir / "summary.md").is_file()
     assert list((run_dir / "wandb").glob("offline-run-*"))
     assert (run_dir / "checkpoints" / f"global_step_{SHORT_STEPS}" / "actor" / "huggingface" / "config.json").is_file()

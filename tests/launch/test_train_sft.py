@@ -31,7 +31,8 @@ def test_demo_sft_recipe_composes_and_validates() -> None:
         (["train.lr=-1"], "lr=-1"),
         (["eval.mode=sideways"], "mode must be one of"),
         (["tasks.canvas.r_len=0"], "r_len"),
-        (["train.steps=10"], "stop_after=1000"),
+        (["train.steps=10", "train.stop_after=20"], "stop_after=20"),
+        (["tasks.bug_rate=1.5"], "bug_rate"),
     ],
 )
 def test_bad_config_is_a_clear_error(args: list[str], message: str) -> None:

@@ -45,6 +45,32 @@ def test_score_batch_with_expected_values_given_directly(tmp_path) -> None:
     assert res[1].n_passed == 2  # [] and [10] are right; [2, 4] -> [2] is wrong
 
 
+def test_samples_with_the_heaviest_reference_run_first(tmp_path) -> None:
+    """Longest-first scheduling: the pool receives a batch's samples by decreasing reference cost (so a heavy
+    sample queued last does not leave the other workers idle); results still come back in input order."""
+    slow_ref = "def slow(n):\n    return sum(i * i for i in range(n))\n"
+    fast_ref = "def fast(n):\n    return n + 1\n"
+    slow = Task(task_id="slow", prompt="def slow(n):\n", entry_point="slow", base_inputs=[[300000], [300001]],
+                reference_solution=slow_ref)
+    fast = Task(task_id="fast", prompt="def fast(n):\n", entry_point="fast", base_inputs=[[1], [2]],
+                reference_solution=fast_ref)
+    cfg = RewardConfig.rl(workers=1, completion_format="solution", cache_dir=str(tmp_path),
+                          sandbox=SandboxConfig(isolation="bwrap"))
+    with Scorer([slow, fast], cfg=cfg) as scorer:
+        assert scorer.expected_cost(slow) > 10 * scorer.expected_cost(fast)
+        submitted: list[str] = []
+        real_submit = scorer.pool.submit
+
+        def recording_submit(job):
+            submitted.append(job.entry_point)
+            return real_submit(job)
+
+        scorer.pool.submit = recording_submit
+        results = scorer.score([("fast", fast_ref), ("slow", slow_ref), ("fast", "def fast(n):\n    return n\n")])
+    assert submitted == ["slow", "fast", "fast"]
+    assert [(r.task_id, r.all_pass) for r in results] == [("fast", True), ("slow", True), ("fast", False)]
+
+
 def test_task_validation() -> None:
     with pytest.raises(ValueError, match="oracle"):
         Task(task_id="t", prompt="", entry_point="f", base_inputs=[[1]], expected_base=[1], oracle="fuzzy")

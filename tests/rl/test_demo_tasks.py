@@ -96,6 +96,43 @@ def test_reference_solutions_pass_their_tests_in_the_real_sandbox() -> None:
     assert not score_completions([add], [wrong])[0].all_pass
 
 
+def test_buggy_demonstrations_are_wrong_programs_in_the_same_layout(tiny_dream_dir) -> None:
+    """The warm start's noisy demonstrations: every operation's bug is valid code with the task's own name and
+    argument, fits the demo canvas, and fails the task's tests (almost always: a bug may coincide on 5 inputs)."""
+    from decoding.tokenizer import load_tokenizer
+    from rl.demo_tasks import BUGGY_EXPRS, DEMO_OPERATIONS, CanvasSpec, canvas_targets, sft_example
+
+    assert set(BUGGY_EXPRS) == {op.name for op in OPERATIONS}
+    tok = load_tokenizer(tiny_dream_dir)
+    tasks = generate_demo_tasks(seed=0, n_train=600, n_heldout=0, operations=DEMO_OPERATIONS).train
+    failing = 0
+    for task in tasks:
+        code = task.answer_code(buggy=True)
+        assert code != task.solution and task.buggy_expr() in task.reasoning(buggy=True)
+        ast.parse(code)
+        try:
+            failing += run_reference(code, task.entry_point, task.inputs) != list(task.expected)
+        except IndexError:  # e.g. xs[0] of an empty list: a failing program too
+            failing += 1
+        r_ids, _, a_ids = canvas_targets(tok, task, CanvasSpec(r_len=18, a_len=32), buggy=True)
+        assert tok.decode(r_ids, skip_special_tokens=True) == task.reasoning(buggy=True)
+    assert failing >= 0.95 * len(tasks), failing
+    clean, noisy = sft_example(tok, tasks[0], CanvasSpec(18, 32)), sft_example(tok, tasks[0], CanvasSpec(18, 32), True)
+    assert clean.prompt_ids == noisy.prompt_ids and clean.scored == noisy.scored
+    assert clean.completion_ids != noisy.completion_ids
+
+
+def test_the_buggy_fraction_is_exact_and_seeded() -> None:
+    from rl.demo_tasks import buggy_demonstrations
+
+    flags = buggy_demonstrations(1000, 0.7, seed=0)
+    assert sum(flags) == 700 and flags == buggy_demonstrations(1000, 0.7, seed=0)
+    assert flags != buggy_demonstrations(1000, 0.7, seed=1)
+    assert not any(buggy_demonstrations(10, 0.0, seed=0)) and all(buggy_demonstrations(10, 1.0, seed=0))
+    with pytest.raises(ValueError, match="bug_rate"):
+        buggy_demonstrations(10, 1.5, seed=0)
+
+
 def test_task_spec_round_trips_and_regenerates_the_same_tasks() -> None:
     from rl.demo_tasks import DEMO_OPERATIONS, DemoTaskSpec, tasks_from_json
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rl.logprob import masked_logprob
@@ -65,6 +66,23 @@ def test_row_masks_depend_only_on_the_row() -> None:
     assert torch.equal(full.masks[0] | full.masks[1], positions)
     assert not bool((full.masks[0] & full.masks[1]).any())
     assert row_seed(prompts[0], responses[0], 3) != row_seed(prompts[0], responses[0], 4)
+
+
+def test_tokens_outside_the_response_mask_are_never_masked_nor_scored() -> None:
+    """The lockstep delimiter (response_mask 0, set by the agent loop) stays visible in both coupled passes and
+    carries no weight; every other response token is masked in exactly one pass, as without a mask."""
+    prompts, responses = _rows()
+    config = EstimatorConfig(seed=3)
+    _, _, positions, window = build_dense_batch(prompts, responses, pad_id=0)
+    response_masks = [torch.ones(2, dtype=torch.long), torch.tensor([1, 0, 0, 1]), torch.ones(1, dtype=torch.long)]
+    plan = draw_row_plans(prompts, responses, positions, config, response_masks)
+    fixed = torch.zeros(3, window, dtype=torch.bool)
+    fixed[1, 1:3] = True  # row 1's response fills the whole window
+    assert not bool((plan.masks[:, fixed]).any()) and not bool((plan.weights[:, fixed] != 0).any())
+    assert torch.equal(plan.masks[0] | plan.masks[1], positions & ~fixed)
+    assert bool((plan.weights[:, 1, 0] != 0).any()) and bool((plan.weights[:, 1, 3] != 0).any())
+    with pytest.raises(ValueError, match="response_mask has 3 entries"):
+        draw_row_plans(prompts, responses, positions, config, [response_masks[0], torch.ones(3), response_masks[2]])
 
 
 def test_dense_estimate_matches_each_row_alone(tiny_dream) -> None:

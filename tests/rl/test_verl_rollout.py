@@ -8,7 +8,7 @@ import uuid
 import pytest
 from omegaconf import OmegaConf
 
-from rl.verl_rollout import DreamRolloutServer, _SampleKeyedClient, sample_key
+from rl.verl_rollout import DreamRolloutServer, _SampleKeyedClient, mask_fixed_span, sample_key
 
 PROMPTS = ("def add(a, b):", "Write a function that returns the square of x.\ndef square(x):")
 SAMPLES_PER_PROMPT = 3
@@ -61,6 +61,12 @@ def test_each_sample_gets_the_same_completion_whatever_the_arrival_order(server)
     assert len(set(group)) > 1  # the samples of a prompt differ, so a permutation would be visible
     server.set_global_steps(4)
     assert _serve(server, list(range(samples))) != in_order  # a new weights version draws new rollouts
+
+
+def test_the_delimiter_span_leaves_the_response_mask() -> None:
+    assert mask_fixed_span([1] * 6, (2, 3)) == [1, 1, 0, 0, 0, 1]
+    assert mask_fixed_span([1, 1, 1], (2, 3)) == [1, 1, 0]  # a span cut by the response length
+    assert mask_fixed_span([1, 0, 1], None) == [1, 0, 1]
 
 
 def test_sample_key_is_dataset_index_and_sample_number() -> None:

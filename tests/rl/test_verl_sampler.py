@@ -75,14 +75,15 @@ def test_lockstep_completion_is_reasoning_delimiter_answer(rollout_model, tmp_pa
     result = sample_batch(model, tokenizer, _prompts(tokenizer), SAMPLING, config, seed=0)
     delimiter_ids = tokenizer.encode(delimiter, add_special_tokens=False)
     stops = stop_token_ids(tokenizer)
-    for tokens in result.completions:
+    for tokens, span in zip(result.completions, result.fixed_spans):
         starts = [i for i in range(len(tokens)) if tokens[i:i + len(delimiter_ids)] == delimiter_ids]
         assert starts and starts[0] <= 6
+        assert span == (starts[0], len(delimiter_ids))  # the fixed tokens the trainer must leave alone
         assert all(t not in stops for t in tokens[: starts[0]])  # the R block's end-of-text run is dropped
     kept = sample_batch(model, tokenizer, _prompts(tokenizer), SAMPLING, DreamSamplerConfig(
         sampler="lockstep", response_length=24, options={**config.options, "keep_reasoning_pad": True}), seed=0)
-    for tokens in kept.completions:  # the R block whole (end-of-text run included), then the delimiter
-        assert tokens[6:6 + len(delimiter_ids)] == delimiter_ids
+    for tokens, span in zip(kept.completions, kept.fixed_spans):  # the R block whole, then the delimiter
+        assert tokens[6:6 + len(delimiter_ids)] == delimiter_ids and span == (6, len(delimiter_ids))
     gif = save_fill_gif(result.trace, tokenizer, str(tmp_path), global_steps=4)
     with Image.open(gif) as image:
         assert gif.endswith("fill_step4.gif") and image.n_frames == result.trace.steps + 1 > 1
