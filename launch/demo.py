@@ -189,16 +189,11 @@ def load_checkpoint(step_dir: Path, base: Path, lora: bool) -> tuple[Any, Any]:
     """(model, tokenizer) of a verl checkpoint ``global_step_<k>/actor``: full weights or peft adapter on base."""
     import torch
 
-    from decoding import load_dream
-    from decoding.tokenizer import load_tokenizer
+    from launch.eval_model import ModelSource, load_model
 
-    if lora:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(load_dream(base, dtype=torch.float32), str(step_dir / "lora_adapter"))
-        return model.eval(), load_tokenizer(base)
-    folder = step_dir / "huggingface"
-    return load_dream(folder, dtype=torch.float32).eval(), load_tokenizer(folder)
+    source = (ModelSource(base, step_dir / "lora_adapter", None) if lora
+              else ModelSource(step_dir / "huggingface", None, None))
+    return load_model(source, torch.float32, torch.device("cpu"), merge_adapter=False)
 
 
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

@@ -78,9 +78,9 @@ OPERATIONS: tuple[Operation, ...] = (
 OPERATIONS_BY_NAME = {op.name: op for op in OPERATIONS}
 
 # A plausible bug of each operation (same argument and constant; {k1} = k + 1): off-by-one constants, a swapped
-# function (max/min, sum/len), a missing call. The SFT warm start of the demo learns from demonstrations of which a fraction
-# (``bug_rate``) use these instead of the correct expression, like SFT data distilled from an imperfect coder;
-# GRPO's verifiable reward is what tells the two apart (docs/demo.md).
+# function (max/min, sum/len), a missing call. The demo's SFT warm start learns from demonstrations of which a
+# fraction (``bug_rate``) use these instead of the correct expression, like SFT data distilled from an imperfect
+# coder; GRPO's verifiable reward is what tells the two apart (docs/demo.md).
 BUGGY_EXPRS: dict[str, str] = {
     "add": "{a} + {k1}", "sub": "{a} - {k1}", "mul": "{a} * {k1}", "square": "{a} * 2", "neg": "abs({a})",
     "abs": "-{a}", "mod": "{a} % {k1}", "divisible": "{a} % {k1} == 0", "max_k": "max({a}, {k1})",
