@@ -65,8 +65,8 @@ def canonical_order(requests: list[_Request]) -> list[_Request]:
 class DreamRolloutServer:
     """Serves diffusion rollouts for one replica; wrapped with ``ray.remote`` by :class:`DreamReplica`.
 
-    Requests arriving while a batch decodes are queued and decoded together next (up to ``max_batch`` rows,
-    grouped by sampling parameters). Weights: the base model is loaded from ``model.path`` at start; training
+    Requests are queued until none arrived for ``batch_wait_s``; the queue is then decoded in canonical order
+    (:func:`canonical_order`) in batches of at most ``max_batch`` rows, grouped by sampling parameters. Weights: the base model is loaded from ``model.path`` at start; training
     updates arrive through :meth:`update_weights` (adapter tensors + ``peft_config``, or full state dicts).
     """
 
@@ -125,9 +125,11 @@ class DreamRolloutServer:
                         request.future.set_result(output)
 
     async def _settle(self) -> None:
-        """Wait until no request arrived for ``batch_wait_s`` (or a full batch is queued): the agent loop submits
-        a step's requests concurrently, and decoding them together is both faster and reproducible."""
-        while len(self._queue) < self.sampler_config.max_batch:
+        """Wait until no request arrived for ``batch_wait_s``: the agent loop submits a step's requests
+        concurrently, and decoding them together is both faster and reproducible. No early start once
+        ``max_batch`` rows are queued: :meth:`_take_batch` must cut the *whole* step in canonical order, or which
+        rows share a batch (and its seed) would depend on which requests happened to arrive first."""
+        while True:
             seen = len(self._queue)
             await asyncio.sleep(self.sampler_config.batch_wait_s)
             if len(self._queue) == seen:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 
 import pytest
@@ -26,21 +27,24 @@ def server(tiny_dream_dir) -> DreamRolloutServer:
     return DreamRolloutServer(rollout_config, model_config, replica_rank=0)
 
 
-def _serve(server: DreamRolloutServer, arrival: list[int]) -> dict[int, list[int]]:
+def _serve(server: DreamRolloutServer, arrival: list[int], gap_s: float = 0.0) -> dict[int, list[int]]:
     """Submit one step's requests in ``arrival`` order the way our agent loop does: sample ``i`` is sample
-    ``i % n`` of dataset row ``i // n`` and goes through the agent loop's keyed client (random request ids)."""
+    ``i % n`` of dataset row ``i // n`` and goes through the agent loop's keyed client (random request ids).
+    ``gap_s``: the j-th request arrives ``j * gap_s`` seconds after the first (agent-loop workers start apart)."""
     tokenizer = server.tokenizer
     prompts = [tokenizer.encode(text, add_special_tokens=False) for text in PROMPTS]
+
+    async def submit(i: int, delay: float):
+        await asyncio.sleep(delay)
+        client = _SampleKeyedClient(server, sample_key({"index": i // SAMPLES_PER_PROMPT,
+                                                        "session_id": i % SAMPLES_PER_PROMPT}))
+        return await client.generate(uuid.uuid4().hex, prompt_ids=prompts[i // SAMPLES_PER_PROMPT],
+                                     sampling_params={"temperature": 1.0, "top_p": 1.0})
 
     async def step() -> list:
         server._worker_task = None  # a fresh event loop per step
         server._wakeup = asyncio.Event()
-        return await asyncio.gather(*[
-            _SampleKeyedClient(server, sample_key({"index": i // SAMPLES_PER_PROMPT,
-                                                   "session_id": i % SAMPLES_PER_PROMPT})).generate(
-                uuid.uuid4().hex, prompt_ids=prompts[i // SAMPLES_PER_PROMPT],
-                sampling_params={"temperature": 1.0, "top_p": 1.0})
-            for i in arrival])
+        return await asyncio.gather(*[submit(i, j * gap_s) for j, i in enumerate(arrival)])
 
     outputs = asyncio.run(step())
     return {i: output.token_ids for i, output in zip(arrival, outputs)}
@@ -56,7 +60,14 @@ def test_each_sample_gets_the_same_completion_whatever_the_arrival_order(server)
     in_order = _serve(server, list(range(samples)))
     reversed_order = _serve(server, list(reversed(range(samples))))
     interleaved = _serve(server, [4, 0, 5, 2, 1, 3])
-    assert in_order == reversed_order == interleaved
+    # requests spread out within batch_wait_s: max_batch rows are queued well before the last one arrives
+    config = server.sampler_config
+    server.sampler_config = dataclasses.replace(config, batch_wait_s=0.2)
+    try:
+        spread_reversed = _serve(server, list(reversed(range(samples))), gap_s=0.12)
+    finally:
+        server.sampler_config = config
+    assert in_order == reversed_order == interleaved == spread_reversed
     group = [tuple(in_order[i]) for i in range(SAMPLES_PER_PROMPT)]
     assert len(set(group)) > 1  # the samples of a prompt differ, so a permutation would be visible
     server.set_global_steps(4)
