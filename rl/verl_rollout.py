@@ -66,8 +66,9 @@ class DreamRolloutServer:
     """Serves diffusion rollouts for one replica; wrapped with ``ray.remote`` by :class:`DreamReplica`.
 
     Requests are queued until none arrived for ``batch_wait_s``; the queue is then decoded in canonical order
-    (:func:`canonical_order`) in batches of at most ``max_batch`` rows, grouped by sampling parameters. Weights: the base model is loaded from ``model.path`` at start; training
-    updates arrive through :meth:`update_weights` (adapter tensors + ``peft_config``, or full state dicts).
+    (:func:`canonical_order`) in batches of at most ``max_batch`` rows, grouped by sampling parameters.
+    Weights: the base model is loaded from ``model.path`` at start; training updates arrive through
+    :meth:`update_weights` (adapter tensors + ``peft_config``, or full state dicts).
     """
 
     def __init__(self, rollout_config: Any, model_config: Any, replica_rank: int) -> None:
