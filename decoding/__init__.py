@@ -1,12 +1,13 @@
 """Dream diffusion LM: our own model, cache, tokenizer helpers, tiny-model factory and samplers.
 
-Importing the package registers ``DreamConfig``/``DreamModel`` with ``AutoConfig``/``AutoModel`` (model_type
-``"Dream"``), so ``AutoModel.from_pretrained(dream_dir)`` works without ``trust_remote_code``.
+Importing the package registers ``DreamConfig``/``DreamModel``/``DreamTokenizer`` with
+``AutoConfig``/``AutoModel``/``AutoTokenizer`` (model_type ``"Dream"``), so the Auto classes load a hub Dream
+folder (whose ``auto_map`` names remote code) with our classes, without ``trust_remote_code``.
 """
 
 import contextlib
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
 from .cache import DreamKVCache
 from .checkpoint import load_dream, read_dream_config
@@ -19,6 +20,7 @@ from .model import DreamModel, DreamOutput, key_padding_to_4d, padding_position_
 from .sampling import confidence_for, invalid_token_mask, sample_tokens, shift_logits
 from .tiny import make_tiny_dream
 from .tokenizer import (
+    DreamTokenizer,
     build_chat_prompt,
     decode_completion,
     decode_completions,
@@ -28,12 +30,23 @@ from .tokenizer import (
 )
 
 
+class TokenizerNameKey(PretrainedConfig):
+    """Registration key that makes ``AutoTokenizer`` find :class:`DreamTokenizer` by the name in
+    ``tokenizer_config.json`` only. Keyed by :class:`DreamConfig` instead, transformers would treat the hub's
+    ``auto_map`` as the model's own tokenizer code and run it whenever a caller passes ``trust_remote_code=True``
+    (verl's reward loop always does); registered by name, ours counts as explicit local code and wins."""
+
+    model_type = "dream-tokenizer-name"
+
+
 def _register() -> None:
     # ValueError = already registered (e.g. a module reload); registration is idempotent for us.
     with contextlib.suppress(ValueError):
         AutoConfig.register("Dream", DreamConfig)
     with contextlib.suppress(ValueError):
         AutoModel.register(DreamConfig, DreamModel)
+    with contextlib.suppress(ValueError):
+        AutoTokenizer.register(TokenizerNameKey, fast_tokenizer_class=DreamTokenizer)
 
 
 _register()
@@ -47,6 +60,7 @@ __all__ = [
     "DreamKVCache",
     "DreamModel",
     "DreamOutput",
+    "DreamTokenizer",
     "build_chat_prompt",
     "confidence_for",
     "decode_completion",

@@ -10,11 +10,12 @@ layout (sharded above ``max_shard_size``).
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from .config import DREAM_MODEL_TYPE, DreamConfig
 from .model import DreamModel
@@ -69,21 +70,34 @@ def _weight_files(root: Path) -> list[Path]:
 def _iter_tensors(files: list[Path], device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
     target = "cpu" if device.type == "meta" else str(device)
     for file in files:
-        with safe_open(str(file), framework="pt", device=target) as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
-                yield key, handle.get_tensor(key)
+        try:
+            with safe_open(str(file), framework="pt", device=target) as handle:
+                for key in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
+                    yield key, handle.get_tensor(key)
+        except (SafetensorError, OSError) as err:  # truncated download, disk error, not a safetensors file
+            raise ValueError(f"{file} is not a readable safetensors file ({err}); re-download or re-export it") from None
+
+
+def default_dtype(device: torch.device | str | None) -> torch.dtype:
+    """The compute dtype an entry point uses when the user names none: bf16 on accelerators, fp32 on CPU.
+
+    Why: Dream's ``config.json`` says bfloat16, but CPUs without bf16 matrix units run bf16 matmuls about 10x
+    slower than fp32 (docs/benchmarks.md), so a CPU run in the checkpoint's dtype looks hung.
+    """
+    return torch.float32 if torch.device(device if device is not None else "cpu").type == "cpu" else torch.bfloat16
 
 
 def load_dream(
     path: str | Path,
-    dtype: torch.dtype | None = torch.bfloat16,
+    dtype: torch.dtype | str | None = "auto",
     device: torch.device | str | None = None,
 ) -> DreamModel:
     """Load a Dream checkpoint directory as a :class:`DreamModel` in eval mode.
 
     Args:
         path: HF checkpoint directory (single or sharded safetensors).
-        dtype: parameter dtype (default bf16); ``None`` keeps the dtype stored in the checkpoint.
+        dtype: parameter dtype; ``"auto"`` (default) = :func:`default_dtype` of ``device`` (fp32 on CPU, bf16 on
+            GPUs); ``None`` keeps the dtype stored in the checkpoint.
         device: target device (default CPU); tensors are read directly onto it.
 
     Raises:
@@ -94,6 +108,8 @@ def load_dream(
     config = read_dream_config(root)
     files = _weight_files(root)
     device = torch.device(device if device is not None else "cpu")
+    if dtype == "auto":
+        dtype = default_dtype(device)
     with torch.device("meta"):
         model = DreamModel(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -124,3 +140,47 @@ def load_dream(
     param_dtype = next(iter(state.values())).dtype
     model.config.dtype = param_dtype
     return model.eval()
+
+
+REMOTE_CODE_CONFIGS = ("config.json", "tokenizer_config.json")
+
+
+def _auto_map_files(auto_map: dict) -> set[str]:
+    """Module files an ``auto_map`` refers to (``"modeling_dream.DreamModel"`` -> ``modeling_dream.py``)."""
+    refs: list[str] = []
+    for value in auto_map.values():
+        refs += [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+    return {ref.split("--")[-1].rsplit(".", 1)[0] + ".py" for ref in refs}
+
+
+def sync_remote_code(folder: str | Path, base: str | Path | None) -> None:
+    """Make an exported Dream folder honest about remote code: no ``auto_map`` that points at a missing file.
+
+    Why: ``save_pretrained`` (and verl's checkpoint manager, which also copies the defining module of the
+    wrapped model class, e.g. ``_fsdp_*.py``) writes ``auto_map`` entries and ``.py`` files of its own. Users also
+    load our exports with the hub's remote code (``trust_remote_code=True``), so: every ``.py`` file in ``folder``
+    is removed; for ``config.json`` and ``tokenizer_config.json``, if the user's ``base`` folder has an
+    ``auto_map`` whose files all exist there, those files are copied from ``base`` (never from us) and the
+    ``auto_map`` is the base's; otherwise the key is dropped. Our own loaders need neither.
+    """
+    out = Path(folder)
+    for stray in out.glob("*.py"):
+        stray.unlink()
+    for name in REMOTE_CODE_CONFIGS:
+        target = out / name
+        if not target.is_file():
+            continue
+        values = json.loads(target.read_text())
+        base_map = None
+        if base is not None and (Path(base) / name).is_file():
+            base_map = json.loads((Path(base) / name).read_text()).get("auto_map")
+        files = _auto_map_files(base_map) if base_map else set()
+        if base_map and all((Path(base) / f).is_file() for f in files):
+            for f in sorted(files):
+                shutil.copy2(Path(base) / f, out / f)
+            values["auto_map"] = base_map
+        elif "auto_map" not in values:
+            continue
+        else:
+            values.pop("auto_map")
+        target.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sysconfig
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from .checkpoint import INDEX_FILE, read_dream_config, sync_remote_code
 from .config import DreamConfig
 from .model import DreamModel
 from .tokenizer import BEGIN_OF_TEXT, CHATML_TEMPLATE, END_OF_TEXT, IM_END, IM_START, MASK
@@ -101,7 +103,6 @@ def tiny_config(tokenizer_size: int, token_ids: dict[str, int], **overrides) -> 
     vocab_size = (tokenizer_size // 128 + 1) * 128
     values = dict(
         architectures=["DreamModel"],
-        auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
@@ -163,6 +164,61 @@ def make_tiny_dream(
         pad_token_id=config.pad_token_id, mask_token_id=None,
     )
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    sync_remote_code(out, None)  # no auto_map pointing at code files that are not there
+    return out
+
+
+# Files of the hub folder that a hub-layout tiny model rewrites (config, index) or that describe our copy only.
+_HUB_REWRITTEN = ("config.json", INDEX_FILE, "README.md")
+HUB_SHARDS = 4  # Dream-v0-Instruct-7B ships model-0000{1..4}-of-00004.safetensors
+
+
+def make_hub_layout_dream(
+    out_dir: str | Path,
+    hub_dir: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+) -> Path:
+    """A random-init Dream in exactly the layout of a downloaded hub folder, dims shrunk.
+
+    ``hub_dir`` holds the real hub files minus weights (``../shared/data/dream-v0-instruct-7b``): every file is
+    copied verbatim (the real ``vocab.json``/``merges.txt``, ``tokenizer_config.json`` naming the remote
+    ``DreamTokenizer``, ``config.json`` with its ``auto_map``) except that ``config.json`` gets the tiny dims
+    (``vocab_size`` stays 152,064) and the weights are written, in the checkpoint's dtype, as
+    ``model-0000i-of-00004.safetensors`` shards with ``model.safetensors.index.json``. No remote-code ``.py``
+    files: whatever loads it must not need them.
+    """
+    from safetensors.torch import save_file
+
+    hub, out = Path(hub_dir), Path(out_dir)
+    raw = json.loads((hub / "config.json").read_text())
+    raw.update(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
+               num_key_value_heads=num_kv_heads, intermediate_size=intermediate_size,
+               max_window_layers=num_layers, initializer_range=0.1)
+    out.mkdir(parents=True, exist_ok=True)
+    for file in sorted(hub.iterdir()):
+        if file.is_file() and file.name not in _HUB_REWRITTEN:
+            shutil.copy2(file, out / file.name)
+    (out / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
+    config = read_dream_config(out)
+    torch.manual_seed(seed)
+    state = DreamModel(config).to(getattr(torch, raw.get("torch_dtype", "bfloat16"))).state_dict()
+    keys = list(state)  # embed, layer 0 ... layer n-1, norm, lm_head: contiguous groups, like the hub's shards
+    bounds = [round(i * len(keys) / HUB_SHARDS) for i in range(HUB_SHARDS + 1)]
+    weight_map: dict[str, str] = {}
+    for i in range(HUB_SHARDS):
+        name = f"model-{i + 1:05d}-of-{HUB_SHARDS:05d}.safetensors"
+        shard = {k: state[k].contiguous() for k in keys[bounds[i]:bounds[i + 1]]}
+        save_file(shard, str(out / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     return out
 
 

@@ -1,9 +1,12 @@
 """Tokenizer helpers: load Dream's tokenizer via transformers, build ChatML prompts, pad left, decode safely.
 
 Dream's tokenizer is Qwen2 byte-level BPE plus ``<|beginoftext|>`` and ``<|mask|>``; eos = pad =
-``<|endoftext|>`` and ``<|im_end|>`` ends an assistant turn. The checkpoint ships a hub "remote code" tokenizer
-class (``DreamTokenizer``); we never run remote code: such a directory is loaded as a ``Qwen2Tokenizer`` from its
-``vocab.json``/``merges.txt`` and ``tokenizer_config.json`` (same vocabulary, merges and added tokens).
+``<|endoftext|>`` and ``<|im_end|>`` ends an assistant turn. The hub checkpoint names a "remote code" tokenizer
+class (``tokenizer_class: DreamTokenizer`` with an ``auto_map`` to ``tokenization_dream.py``). We never run remote
+code: :class:`DreamTokenizer` below is our own class of that name (Qwen2 BPE from ``vocab.json``/``merges.txt`` or
+``tokenizer.json``, same added tokens), registered with ``AutoTokenizer`` for model_type ``Dream`` when
+:mod:`decoding` is imported. So ``AutoTokenizer.from_pretrained(dream_dir)`` — and every library that calls it
+without ``trust_remote_code``, e.g. verl's ``hf_tokenizer`` — loads the real hub folder with our class.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2Tokenizer
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 END_OF_TEXT = "<|endoftext|>"
@@ -33,27 +36,32 @@ CHATML_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
-_REMOTE_CODE_CLASSES = {"DreamTokenizer"}
+
+
+class DreamTokenizer(Qwen2Tokenizer):
+    """Dream's tokenizer without remote code: Qwen2 byte-level BPE, prompts padded on the left.
+
+    Same name as the hub's remote class so that ``tokenizer_config.json`` (``tokenizer_class: DreamTokenizer``)
+    resolves to it, and a folder we save names the same class the hub folder does.
+    """
+
+    padding_side = "left"
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """Load the tokenizer of a Dream checkpoint directory (no remote code). ``ValueError`` if there is none."""
+    import decoding  # noqa: F401  (registers DreamTokenizer with AutoTokenizer)
+
     root = Path(path)
     if not root.is_dir():
         raise ValueError(f"{root} is not a directory; expected a Dream checkpoint directory")
-    config_file = root / "tokenizer_config.json"
-    tokenizer_class = None
-    if config_file.is_file():
-        tokenizer_class = json.loads(config_file.read_text()).get("tokenizer_class")
     has_files = (root / "tokenizer.json").is_file() or (root / "vocab.json").is_file()
     if not has_files:
         raise ValueError(f"{root} has no tokenizer files (tokenizer.json or vocab.json + merges.txt)")
-    if tokenizer_class in _REMOTE_CODE_CLASSES:
-        from transformers import Qwen2Tokenizer
-
-        tokenizer = Qwen2Tokenizer.from_pretrained(str(root))
-    else:
+    try:
         tokenizer = AutoTokenizer.from_pretrained(str(root))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{root}: cannot read the tokenizer files: {err}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = END_OF_TEXT
     if tokenizer.mask_token is None and MASK in tokenizer.get_vocab():

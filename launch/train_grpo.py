@@ -20,9 +20,17 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RECIPES_DIR = PROJECT_ROOT / "recipes"
-TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                 "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
-                 "TORCHELASTIC_MAX_RESTARTS", "GROUP_WORLD_SIZE")
+# What torchrun exports to its ranks, and what the driver does with each before Ray copies its environment into
+# every worker. Removed: the process-group variables (verl's workers form their own groups: a leaked
+# MASTER_ADDR/PORT or RANK would join torchrun's group) and every TORCHELASTIC_* variable — with
+# TORCHELASTIC_USE_AGENT_STORE=True a worker's init_process_group waits forever for torchrun's agent store
+# (the hang this list exists for). OMP_NUM_THREADS=1 is torchrun's default for N ranks sharing a node; verl's
+# workers size their own thread pools, so it is removed when it is torchrun's "1" (a user's other value stays).
+# Kept: TORCH_NCCL_ASYNC_ERROR_HANDLING (a failed NCCL collective aborts instead of hanging).
+TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                 "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+TORCHRUN_PREFIXES = ("TORCHELASTIC_",)
+TORCHRUN_DEFAULT_THREADS = "1"
 
 logger = logging.getLogger("train_grpo")
 
@@ -33,6 +41,23 @@ if str(PROJECT_ROOT) not in sys.path:  # `python launch/train_grpo.py` from anyw
 def driver_rank() -> int:
     """Global rank under torchrun (0 when not launched by torchrun)."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+
+
+def strip_torchrun_env(environ: dict[str, str] | os._Environ = os.environ) -> list[str]:
+    """Remove what torchrun exported (see ``TORCHRUN_VARS``) so Ray workers see the user's environment.
+
+    Returns the names removed. A no-op outside torchrun (no ``TORCHELASTIC_RUN_ID``), so a user's own
+    ``OMP_NUM_THREADS=1`` under plain ``python`` stays.
+    """
+    if "TORCHELASTIC_RUN_ID" not in environ:
+        return []
+    removed = [name for name in list(environ)
+               if name in TORCHRUN_VARS or name.startswith(TORCHRUN_PREFIXES)]
+    if environ.get("OMP_NUM_THREADS") == TORCHRUN_DEFAULT_THREADS:
+        removed.append("OMP_NUM_THREADS")
+    for name in removed:
+        environ.pop(name, None)
+    return sorted(removed)
 
 
 def split_recipe(argv: list[str]) -> tuple[str, list[str]]:
@@ -134,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("global rank %d: verl runs one driver (global rank 0) that starts Ray workers on all GPUs; "
                     "this rank has nothing to do and exits", rank)
         return 0
-    for name in TORCHRUN_VARS:  # the Ray workers set their own process-group variables
-        os.environ.pop(name, None)
+    removed = strip_torchrun_env()
+    if removed:
+        logger.info("launched by torchrun: rank 0 drives verl; removed torchrun's %s from the environment the "
+                    "Ray workers inherit", ", ".join(removed))
     from launch.prepare_data import DataError
     from rl.config import RecipeError
 

@@ -107,11 +107,14 @@ def load_or_make_model(cfg: Any, run_dir: Path) -> tuple[Any, Any, Path]:
 
 def save_checkpoint(model: Any, tokenizer: Any, source: Path, out_dir: Path, info: dict[str, Any]) -> None:
     """Write the model (safetensors), tokenizer, generation config and ``sft_info.json`` to ``out_dir``."""
+    from decoding.checkpoint import sync_remote_code
+
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     if (source / "generation_config.json").is_file():
         shutil.copy(source / "generation_config.json", out_dir / "generation_config.json")
+    sync_remote_code(out_dir, source)  # a valid hub-style folder: auto_map only with the user's code files
     (out_dir / "sft_info.json").write_text(json.dumps(info, indent=2) + "\n")
 
 

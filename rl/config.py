@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rl.verl_engine import ENGINE_MODEL_TYPE, ESTIMATOR_ENV, EstimatorConfig
 from rl.verl_rollout import AGENT_LOOP_NAME, ROLLOUT_NAME
+from rl.worker_record import RUN_DIR_ENV
 
 DEVICES = ("cpu", "cuda")
 
@@ -206,6 +207,7 @@ def prepare_runtime(cfg: DictConfig, project_root: Path) -> None:
         run_dir = Path(str(cfg.lockstep.run_dir)).resolve()
         env.setdefault("WANDB_MODE", os.environ.get("WANDB_MODE", "offline"))
         env.setdefault("WANDB_DIR", os.environ.get("WANDB_DIR", str(run_dir)))
+        env[RUN_DIR_ENV] = str(run_dir)  # each worker records what it sees there (rl/worker_record.py)
         env["LOCKSTEP_REWARD_CONFIG"] = json.dumps(
             OmegaConf.to_container(cfg.lockstep.get("reward", {}) or {}, resolve=True))
         for key, value in env.items():

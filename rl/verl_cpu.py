@@ -42,6 +42,13 @@ CPU_SETTINGS: dict[str, object] = {
     "actor_rollout_ref.model.override_config.attn_implementation": "eager",
     "actor_rollout_ref.actor.strategy": "fsdp2",
     "actor_rollout_ref.ref.strategy": "fsdp2",
+    # fp32 everywhere: verl's bf16 defaults (and Dream's config.json dtype) run ~10x slower on CPUs without bf16
+    # matrix units (docs/benchmarks.md), so a CPU run of a GPU recipe would look hung
+    "actor_rollout_ref.actor.fsdp_config.model_dtype": "fp32",
+    "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype": "fp32",
+    "actor_rollout_ref.ref.fsdp_config.model_dtype": "fp32",
+    "actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype": "fp32",
+    "actor_rollout_ref.rollout.dtype": "float32",
     "actor_rollout_ref.rollout.agent.num_workers": 1,
     "reward.num_workers": 1,
 }

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from rl.worker_record import record_worker
+
 ENGINE_MODEL_TYPE = "dllm"
 ESTIMATOR_ENV = "LOCKSTEP_ESTIMATOR"
 
@@ -148,6 +150,7 @@ def _build_engine_class() -> type:
                 self.model_config.model_type = ENGINE_MODEL_TYPE
             if hasattr(module, "reset_rope"):
                 module.reset_rope()
+            record_worker("engine")
             return module
 
         def save_checkpoint(self, local_path: str, hdfs_path: str | None = None, global_step: int = 0,
@@ -221,12 +224,16 @@ def export_weights(module: torch.nn.Module, local_path: str, base_model_path: st
     ``base_model_name_or_path`` = the base Dream folder), loadable with
     ``PeftModel.from_pretrained(decoding.load_dream(base), folder)``. Full fine-tuning:
     ``<local_path>/huggingface/model.safetensors`` next to the config/tokenizer verl already saves there, so
-    the folder loads with ``decoding.load_dream``. Collective: every rank must call it (gathers FSDP shards).
+    the folder loads with ``decoding.load_dream``. ``huggingface/`` stays a valid hub-style Dream folder
+    (:func:`decoding.checkpoint.sync_remote_code`: the base folder's remote code and ``auto_map`` if it has
+    them, else none, never verl's copy of our module). Collective: every rank must call it (gathers FSDP shards).
     """
     import os
 
     from safetensors.torch import save_file
     from verl.utils.fsdp_utils import collect_lora_params, get_fsdp_full_state_dict
+
+    from decoding.checkpoint import sync_remote_code
 
     unwrapped = getattr(module, "_fsdp_wrapped_module", module)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
@@ -247,6 +254,8 @@ def export_weights(module: torch.nn.Module, local_path: str, base_model_path: st
             os.makedirs(folder, exist_ok=True)
             save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
                       os.path.join(folder, "model.safetensors"))
+    if rank == 0:  # verl wrote config/tokenizer there, with an auto_map and a copy of our model module
+        sync_remote_code(os.path.join(local_path, "huggingface"), base_model_path)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     return folder

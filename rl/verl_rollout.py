@@ -73,7 +73,9 @@ class DreamRolloutServer:
 
     def __init__(self, rollout_config: Any, model_config: Any, replica_rank: int) -> None:
         from rl.verl_sampler import DreamSamplerConfig, load_rollout_model
+        from rl.worker_record import record_worker
 
+        record_worker(f"rollout{replica_rank}")
         self.rollout_config = rollout_config
         self.replica_rank = replica_rank
         custom = dict((rollout_config.custom or {}).get("dream", {}) or {})

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,3 +43,82 @@ def tiny_dream_dir(tmp_path_factory: pytest.TempPathFactory):
     from decoding.tiny import make_tiny_dream
 
     return make_tiny_dream(tmp_path_factory.mktemp("tiny-dream") / "tiny-dream", seed=0)
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
+HUB_DREAM = "dream-v0-instruct-7b"
+
+
+def shared_data(name: str) -> Path:
+    """``../shared/data/<name>``. Where it is absent a test skips, except in CI (``CI=true``), where it fails:
+    CI always has the folder, so its absence there is a broken setup, not a reason to test less."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        message = f"{path} not found (the shared data folder beside the repository; see its README)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def hub_dream_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Dream in exactly the layout of the downloaded ``Dream-org/Dream-v0-Instruct-7B`` folder.
+
+    The real hub files (``vocab.json`` + ``merges.txt``, ``tokenizer_config.json`` naming the remote
+    ``DreamTokenizer``, ``config.json`` with ``model_type: Dream`` and an ``auto_map``, ...) with dims shrunk to
+    hidden 64 / 2 layers (vocab stays 152,064: ~20 M parameters), bf16 weights in four safetensors shards with
+    an index, and no remote-code ``.py`` files (:func:`decoding.tiny.make_hub_layout_dream`).
+    """
+    from decoding.tiny import make_hub_layout_dream
+
+    return make_hub_layout_dream(tmp_path_factory.mktemp("hub") / "Dream-v0-Instruct-7B", shared_data(HUB_DREAM))
+
+
+# The headline command, shrunk to CPU size: only these values differ from `recipe=humaneval` as a user runs it.
+# Prompts: the HumanEval+ tasks whose chat prompt fits 128 tokens (verl's overlong-prompt filter keeps ~30 train
+# and 2 held-out tasks); with the 152,064-token vocabulary, logits of 4 rows x 152 tokens already take ~370 MB.
+HEADLINE_OVERRIDES = (
+    "trainer.device=cpu", "data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4", "actor_rollout_ref.rollout.n=2",
+    "data.max_prompt_length=128", "data.max_response_length=24", "data.dataloader_num_workers=0",
+    "actor_rollout_ref.rollout.custom.dream.options.r_len=4",
+    "actor_rollout_ref.rollout.custom.dream.options.a_len=12",
+    "actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora_alpha=16",
+    "actor_rollout_ref.model.enable_gradient_checkpointing=false",
+    "trainer.total_training_steps=2", "trainer.save_freq=2", "trainer.test_freq=-1", "trainer.val_before_train=false",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadlineRun:
+    """One finished run of the headline command (see :func:`headline_run`)."""
+
+    run_dir: Path
+    model_dir: Path
+    command: list[str]
+    returncode: int
+    output: str  # stdout + stderr of torchrun and both ranks
+
+    @property
+    def step_dir(self) -> Path:
+        return self.run_dir / "checkpoints" / "global_step_2"
+
+
+@pytest.fixture(scope="session")
+def headline_run(hub_dream_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> HeadlineRun:
+    """``torchrun --standalone --nproc_per_node 2 launch/train_grpo.py recipe=humaneval`` through real torchrun,
+    on the hub-layout tiny model: 2 GRPO steps (LoRA, lockstep rollouts, sandboxed rewards, W&B offline) and a
+    checkpoint at step 2. Runs once per session (~3 min on 2 cores); tests of the launcher, checkpoint export,
+    evaluation and later data work assert on its outputs."""
+    root = Path(__file__).resolve().parents[1]
+    run_dir = tmp_path_factory.mktemp("headline") / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "launch/train_grpo.py", "recipe=humaneval",
+               f"actor_rollout_ref.model.path={hub_dream_dir}", f"lockstep.run_dir={run_dir}", *HEADLINE_OVERRIDES]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RAY_ADDRESS"):
+        env.pop(name, None)
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
+    return HeadlineRun(run_dir, hub_dream_dir, command, result.returncode, result.stdout + result.stderr)

@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from launch.prepare_data import DataError, split_tasks, write_parquet_files  # noqa: E402
-from launch.train_grpo import compose_recipe, split_recipe  # noqa: E402
+from launch.train_grpo import compose_recipe, split_recipe, strip_torchrun_env  # noqa: E402
 from rl.config import RecipeError, prepare_runtime, validate_recipe  # noqa: E402
 
 RECIPES = ("demo", "humaneval", "mbpp")
@@ -132,6 +132,26 @@ def test_torchrun_ranks_other_than_zero_exit_cleanly_without_driving() -> None:
     result = _run(["recipe=demo"], env={"RANK": "3", "LOCAL_RANK": "3", "WORLD_SIZE": "8"})
     assert result.returncode == 0
     assert "global rank 3" in result.stderr and "exits" in result.stderr
+
+
+def test_torchrun_variables_are_removed_before_ray_copies_the_environment() -> None:
+    """What torchrun 2.x exports to rank 0 (captured from a real run); the user's own variables stay."""
+    torchrun = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0",
+                "GROUP_WORLD_SIZE": "1", "ROLE_RANK": "0", "ROLE_NAME": "default", "ROLE_WORLD_SIZE": "2",
+                "MASTER_ADDR": "localhost", "MASTER_PORT": "38989", "OMP_NUM_THREADS": "1",
+                "TORCHELASTIC_RUN_ID": "4a60", "TORCHELASTIC_USE_AGENT_STORE": "True",
+                "TORCHELASTIC_MAX_RESTARTS": "0", "TORCHELASTIC_RESTART_COUNT": "0",
+                "TORCHELASTIC_ERROR_FILE": "/tmp/x/attempt", "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT",
+                "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+    environ = {**torchrun, "PATH": "/usr/bin", "WANDB_MODE": "offline"}
+    removed = strip_torchrun_env(environ)
+    assert environ == {"PATH": "/usr/bin", "WANDB_MODE": "offline", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+    assert set(removed) == set(torchrun) - {"TORCH_NCCL_ASYNC_ERROR_HANDLING"}
+    user = {"OMP_NUM_THREADS": "1", "RANK": "0"}  # plain python: not torchrun's, nothing to remove
+    assert strip_torchrun_env(user) == [] and user == {"OMP_NUM_THREADS": "1", "RANK": "0"}
+    mine = {**torchrun, "OMP_NUM_THREADS": "8"}  # a user's own thread count survives torchrun
+    strip_torchrun_env(mine)
+    assert mine["OMP_NUM_THREADS"] == "8"
 
 
 def test_bad_recipe_exits_2_with_a_message_and_no_traceback() -> None:

@@ -1,0 +1,75 @@
+"""The headline command as a user types it: real ``torchrun``, ``recipe=humaneval``, a Dream folder in the hub's
+exact layout (tiny dims, the real tokenizer and config files, no remote code). The run itself is the session
+fixture ``headline_run`` (tests/conftest.py); these tests assert on what it produced."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from launch.train_grpo import TORCHRUN_VARS
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def test_headline_command_trains_two_steps_under_torchrun(headline_run) -> None:
+    assert headline_run.returncode == 0, headline_run.output[-4000:]
+    assert "step:2 " in headline_run.output
+    assert "global rank 1: verl runs one driver" in headline_run.output  # rank 1 stood aside, rank 0 drove
+    assert (headline_run.run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    assert list((headline_run.run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_ray_workers_see_no_torchrun_variables(headline_run) -> None:
+    """The hang: torchrun's TORCHELASTIC_USE_AGENT_STORE=True reached verl's workers, whose process groups then
+    waited for torchrun's agent store. Every worker records the environment it actually got."""
+    records = [json.loads(p.read_text()) for p in (headline_run.run_dir / "workers").glob("*.json")]
+    roles = {r["role"] for r in records}
+    assert {"engine", "rollout0"} <= roles, roles
+    for record in records:
+        env = record["env"]
+        assert not [name for name in env if name.startswith("TORCHELASTIC_")], record
+        assert not {"ROLE_NAME", "ROLE_RANK", "ROLE_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE"} & set(env), record
+        if record["role"] == "rollout0":  # verl sets process-group variables for its engine workers only
+            assert not set(TORCHRUN_VARS) & set(env), record
+    assert "removed torchrun's" in headline_run.output and "TORCHELASTIC_USE_AGENT_STORE" in headline_run.output
+
+
+def test_checkpoint_loads_back_and_is_a_valid_dream_folder(headline_run) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from decoding import DreamTokenizer
+    from launch.eval_model import load_model, resolve_checkpoint
+
+    adapter = headline_run.step_dir / "actor" / "lora_adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        headline_run.model_dir)
+    source = resolve_checkpoint(headline_run.step_dir)
+    model, tokenizer = load_model(source, dtype=torch.float32, device=torch.device("cpu"))
+    assert model.config.vocab_size == 152064 and len(tokenizer) == 151667
+    hf_dir = headline_run.step_dir / "actor" / "huggingface"
+    assert not list(hf_dir.glob("*.py"))  # no stray copy of our module (verl copies the FSDP-wrapped class's)
+    for name in ("config.json", "tokenizer_config.json"):
+        assert "auto_map" not in json.loads((hf_dir / name).read_text()), name  # the base has no remote code
+    assert isinstance(AutoTokenizer.from_pretrained(hf_dir), DreamTokenizer)
+    assert AutoConfig.from_pretrained(hf_dir).model_type == "Dream"
+
+
+def test_eval_checkpoint_scores_the_headline_checkpoint(headline_run, tmp_path) -> None:
+    out = tmp_path / "eval"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "eval_checkpoint.py"), "recipe=eval/humaneval",
+         f"checkpoint={headline_run.step_dir}", f"output_root={out}", "dataset.limit=2", "device=cpu",
+         "generation.plain.max_new_tokens=8", "generation.plain.steps=2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = list(out.glob("*/summary.json"))
+    assert len(summaries) == 1
+    results = json.loads((summaries[0].parent / "samples_eval_results.json").read_text())
+    assert sorted(results["eval"]) == ["HumanEval/0", "HumanEval/1"]
