@@ -45,6 +45,7 @@ if str(PROJECT_ROOT) not in sys.path:  # `python launch/demo.py` from anywhere
 
 logger = logging.getLogger("demo")
 STEP_LINE = re.compile(r"step:(\d+) - (.*)")
+ROLLOUT_FAILURE = "Error in _run_prompt"  # verl's agent-loop worker, once per failed rollout sample
 RECIPE = "demo"
 
 
@@ -221,9 +222,39 @@ def parse_step_line(line: str) -> tuple[int, dict[str, float]] | None:
     return int(match.group(1)), values
 
 
-def run_grpo(overrides: list[str], plan: DemoPlan) -> dict[int, dict[str, float]]:
+class TrainLog:
+    """What the demo reads from the GRPO run's log while it streams: verl's per-step metrics and the rollout
+    samples that failed (and were evicted from their step) on the way.
+
+    verl logs a failed sample as ``Error in _run_prompt ...`` (an agent loop, its reward included, raised) and
+    reports ``.../rollout_failure/evicted_samples`` for groups left with no trajectory; failures seen before the
+    step line of step N belong to step N. A run with failures trained on fewer samples than its recipe says, so
+    its result is not the reproducible one: the summary says so."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, dict[str, float]] = {}
+        self.failures: dict[int, int] = {}
+        self._pending = 0
+
+    def read(self, line: str) -> tuple[int, dict[str, float]] | None:
+        """Take one log line; returns the parsed step line, if it is one."""
+        if ROLLOUT_FAILURE in line:
+            self._pending += 1
+        parsed = parse_step_line(line)
+        if parsed:
+            step, metrics = parsed
+            self.steps[step] = metrics
+            evicted = max(self._pending, int(sum(v for k, v in metrics.items()
+                                                 if k.endswith("rollout_failure/evicted_samples"))))
+            if evicted:
+                self.failures[step] = evicted
+            self._pending = 0
+        return parsed
+
+
+def run_grpo(overrides: list[str], plan: DemoPlan) -> TrainLog:
     """``launch/train_grpo.py recipe=demo`` in a subprocess; full log in ``<run_dir>/train.log``, a progress bar
-    over the GRPO steps here. Returns verl's per-step metrics. DemoError (exit 1) when the run fails."""
+    over the GRPO steps here. Returns what :class:`TrainLog` read. RuntimeError (exit 1) when the run fails."""
     from tqdm.auto import tqdm
 
     command = [sys.executable, str(PROJECT_ROOT / "launch" / "train_grpo.py"), f"recipe={RECIPE}",
@@ -231,7 +262,7 @@ def run_grpo(overrides: list[str], plan: DemoPlan) -> dict[int, dict[str, float]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
     env.setdefault("WANDB_MODE", "offline")
     log_path = plan.run_dir / "train.log"
-    steps: dict[int, dict[str, float]] = {}
+    train_log = TrainLog()
     tail: deque[str] = deque(maxlen=40)
     bar = tqdm(total=plan.total_steps, desc="GRPO (verl)", unit="step", dynamic_ncols=True)
     bar.set_postfix_str("starting Ray and verl workers")
@@ -241,10 +272,9 @@ def run_grpo(overrides: list[str], plan: DemoPlan) -> dict[int, dict[str, float]
         for line in process.stdout:
             log.write(line)
             tail.append(line.rstrip())
-            parsed = parse_step_line(line)
+            parsed = train_log.read(line)
             if parsed:
                 step, metrics = parsed
-                steps[step] = metrics
                 bar.update(step - bar.n)
                 bar.set_postfix(reward=f"{metrics.get('critic/score/mean', float('nan')):.2f}")
         code = process.wait()
@@ -252,7 +282,7 @@ def run_grpo(overrides: list[str], plan: DemoPlan) -> dict[int, dict[str, float]
     if code != 0:
         print("\n".join(tail), file=sys.stderr)
         raise RuntimeError(f"the GRPO run failed (exit {code}); full log: {log_path}")
-    return steps
+    return train_log
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -283,6 +313,15 @@ def plot_learning_curve(evals: list[dict[str, Any]], steps: dict[int, dict[str, 
     plt.close(fig)
 
 
+def failure_note(failures: dict[str, int]) -> str | None:
+    """One line for the summary when rollout samples failed, else None."""
+    if not failures:
+        return None
+    steps = ", ".join(f"{step} ({n})" for step, n in sorted(failures.items(), key=lambda kv: int(kv[0])))
+    return (f"WARNING: {sum(failures.values())} rollout samples failed and were evicted (step (count): {steps}); "
+            "this run trained on fewer samples than the recipe and is not the reproducible result; see train.log")
+
+
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     """``summary.json`` (everything) and ``summary.md`` (the table a README can show)."""
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -295,6 +334,9 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     lines.append("")
     lines.append(f"{summary['n_heldout']} held-out tasks x {summary['eval_samples']} samples; "
                  f"wall time {summary['wall_s']:.0f} s ({summary['command']}).")
+    note = failure_note(summary["rollout_failures"])
+    if note:
+        lines += ["", note]
     (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
 
 
@@ -317,7 +359,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     evals = [{"step": 0, **evaluate_model(load_dream(plan.model_path, dtype=torch.float32).eval(),
                                           load_tokenizer(plan.model_path), heldout, plan, settings, "warm start")}]
     print(f"[2/4] GRPO through verl: python launch/train_grpo.py recipe=demo {' '.join(overrides)}", flush=True)
-    steps = run_grpo(overrides, plan)
+    train_log = run_grpo(overrides, plan)
+    steps = train_log.steps
     found = checkpoints(plan.run_dir)
     if not found:
         raise RuntimeError(f"the GRPO run wrote no checkpoint under {plan.run_dir / 'checkpoints'} "
@@ -338,6 +381,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         "eval_samples": settings.eval_samples, "eval_temperature": plan.eval_cfg.temperature,
         "before": evals[0], "after": evals[-1], "evals": evals,
         "train_steps": {str(k): v for k, v in sorted(steps.items())},
+        "rollout_failures": {str(k): v for k, v in sorted(train_log.failures.items())},
     }
     write_summary(plan.run_dir, summary)
     return summary
@@ -365,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
               if "greedy_pass_rate" in before else "")
     print(f"\nheld-out pass@1 (sampled, T={summary['eval_temperature']}): {before['pass_at_1']:.0%} (warm start) -> "
           f"{after['pass_at_1']:.0%} after {after['step']} GRPO steps{greedy}")
+    note = failure_note(summary["rollout_failures"])
+    if note:
+        print(note, file=sys.stderr)
     print(f"wall time {summary['wall_s'] / 60:.1f} min; learning curve: {summary['run_dir']}/learning_curve.png; "
           f"summary: {summary['run_dir']}/summary.md")
     return 0

@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ class _Request:
 
 
 SAMPLE_KEY_ARG = "lockstep_sample_key"
+# Delay each rollout request by a random 0..N seconds (a robustness check: a step's batches, and so the run, must
+# not depend on when its requests arrive; tests/rl/test_verl_e2e.py resumes a run with it set).
+JITTER_ENV = "LOCKSTEP_ROLLOUT_JITTER_S"
 AGENT_LOOP_NAME = "dream_single_turn"
 
 
@@ -65,8 +69,10 @@ def canonical_order(requests: list[_Request]) -> list[_Request]:
 class DreamRolloutServer:
     """Serves diffusion rollouts for one replica; wrapped with ``ray.remote`` by :class:`DreamReplica`.
 
-    Requests are queued until none arrived for ``batch_wait_s``; the queue is then decoded in canonical order
-    (:func:`canonical_order`) in batches of at most ``max_batch`` rows, grouped by sampling parameters.
+    Requests are queued until the rows the trainer announced for the step have arrived (:meth:`expect_rows`;
+    without an announcement, e.g. validation: until none arrived for ``batch_wait_s``); the queue is then decoded
+    in canonical order (:func:`canonical_order`) in batches of at most ``max_batch`` rows, grouped by sampling
+    parameters. Counting, not timing, is what makes a step's batches independent of machine load.
     Weights: the base model is loaded from ``model.path`` at start; training updates arrive through
     :meth:`update_weights` (adapter tensors + ``peft_config``, or full state dicts).
     """
@@ -89,7 +95,9 @@ class DreamRolloutServer:
         self._gif_steps: set[int] = set()
         self.seed = int(rollout_config.seed) + 1000 * replica_rank
         self._queue: list[_Request] = []
+        self._expected = 0  # rows announced by the trainer and not yet taken into a batch
         self._wakeup = asyncio.Event()
+        self._arrival = asyncio.Event()
         self._worker_task: asyncio.Task | None = None
 
     # ---- generation -------------------------------------------------------------------------------------------
@@ -107,7 +115,14 @@ class DreamRolloutServer:
         self._queue.append(_Request(list(prompt_ids), dict(sampling_params), future,
                                     tuple(int(k) for k in key) if key is not None else ()))
         self._wakeup.set()
+        self._arrival.set()
         return await future
+
+    def expect_rows(self, rows: int) -> None:
+        """Announce that ``rows`` more requests are on their way (called by the ``lockstep`` trainer mode before
+        it dispatches a training step, :mod:`rl.verl_trainer`): the server decodes once they are all queued,
+        however long a busy machine takes to deliver them."""
+        self._expected += int(rows)
 
     async def _serve_forever(self) -> None:
         while True:
@@ -128,14 +143,25 @@ class DreamRolloutServer:
                         request.future.set_result(output)
 
     async def _settle(self) -> None:
-        """Wait until no request arrived for ``batch_wait_s``: the agent loop submits a step's requests
-        concurrently, and decoding them together is both faster and reproducible. No early start once
-        ``max_batch`` rows are queued: :meth:`_take_batch` must cut the *whole* step in canonical order, or which
-        rows share a batch (and its seed) would depend on which requests happened to arrive first."""
-        while True:
-            seen = len(self._queue)
-            await asyncio.sleep(self.sampler_config.batch_wait_s)
-            if len(self._queue) == seen:
+        """Wait until the announced rows are queued (:meth:`expect_rows`), or, with none announced, until no
+        request arrived for ``batch_wait_s``. Decoding a step's requests together is both faster and
+        reproducible; which rows share a batch (and its seed) must not depend on how fast they arrived, which
+        under machine load a quiet period cannot promise. No early start once ``max_batch`` rows are queued:
+        :meth:`_take_batch` must cut the *whole* step in canonical order, or the cut would depend on which
+        requests happened to arrive first. An announced step whose rows stop arriving for ``expect_timeout_s``
+        is decoded as it is, with a warning (its batches are then not reproducible)."""
+        config = self.sampler_config
+        while not (self._expected and len(self._queue) >= self._expected):
+            self._arrival.clear()
+            try:
+                await asyncio.wait_for(self._arrival.wait(),
+                                       config.expect_timeout_s if self._expected else config.batch_wait_s)
+            except TimeoutError:
+                if self._expected:
+                    logger.warning("Dream rollout server %d: %d of %d announced requests arrived in %.0f s; "
+                                   "decoding them now (this step's batches are not reproducible)",
+                                   self.replica_rank, len(self._queue), self._expected, config.expect_timeout_s)
+                    self._expected = len(self._queue)
                 return
 
     def _take_batch(self) -> list[_Request]:
@@ -144,6 +170,7 @@ class DreamRolloutServer:
         # are a function of the queued rows, not of their arrival order
         batch = canonical_order([r for r in self._queue if _sampling_key(r.sampling_params) == key])
         batch = batch[: self.sampler_config.max_batch]
+        self._expected = max(0, self._expected - len(batch))
         taken = {id(r) for r in batch}
         self._queue = [r for r in self._queue if id(r) not in taken]
         return batch
@@ -367,6 +394,9 @@ class _SampleKeyedClient:
 
     async def generate(self, request_id: str, **kwargs: Any) -> Any:
         index, session = self._sample_key
+        jitter = float(os.environ.get(JITTER_ENV, "0") or 0)
+        if jitter > 0:  # fault injection: requests of a step arrive spread out, as on a loaded machine
+            await asyncio.sleep(random.uniform(0.0, jitter))
         return await self._client.generate(request_id=f"{request_id}-{index}-{session}",
                                            **{SAMPLE_KEY_ARG: self._sample_key}, **kwargs)
 

@@ -29,7 +29,9 @@ class DreamSamplerConfig:
     ``lockstep`` (Reasoning/Answer blocks decoded in lockstep) or ``diffusion`` (reference Dream denoising);
     ``options``: keyword arguments forwarded verbatim to that sampler (``alg``, ``block_size``, ``threshold``,
     ``steps``...); ``max_batch``: most rows decoded in one batch; ``batch_wait_s``: how long the server lets
-    requests accumulate before decoding; ``gif_every``/``gif_dir``: every N training steps, save an animated GIF
+    requests accumulate before decoding when nobody announced how many to expect (validation); ``expect_timeout_s``:
+    how long it waits for the rows a training step announced (:meth:`rl.verl_rollout.DreamRolloutServer.expect_rows`)
+    before it decodes what arrived and warns; ``gif_every``/``gif_dir``: every N training steps, save an animated GIF
     of the lockstep canvas fill of the first row (lockstep sampler only; 0 = never). Temperature/top-p/top-k
     come from verl's rollout config.
     """
@@ -37,6 +39,7 @@ class DreamSamplerConfig:
     sampler: str = "fast"
     max_batch: int = 64
     batch_wait_s: float = 0.05
+    expect_timeout_s: float = 300.0
     response_length: int = 512
     gif_every: int = 0
     gif_dir: str | None = None
@@ -47,6 +50,8 @@ class DreamSamplerConfig:
             raise ValueError(f"rollout.custom.dream.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.max_batch < 1 or self.response_length < 1:
             raise ValueError("rollout.custom.dream: max_batch and response_length must be >= 1")
+        if self.batch_wait_s < 0 or self.expect_timeout_s <= 0:
+            raise ValueError("rollout.custom.dream: batch_wait_s must be >= 0 and expect_timeout_s > 0")
         if self.gif_every < 0 or (self.gif_every > 0 and not self.gif_dir):
             raise ValueError("rollout.custom.dream: gif_every must be >= 0 and needs gif_dir")
 

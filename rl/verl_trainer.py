@@ -92,6 +92,21 @@ def fill_gif_path(gif_dir: str | None, weights_version: int) -> str | None:
     return path if os.path.isfile(path) else None
 
 
+def announce_rows(replicas: list[Any], rows: int) -> bool:
+    """Tell the Dream server how many requests the step about to be dispatched sends it; True if announced.
+
+    Only with one rollout replica: verl spreads requests over several replicas by load, so no replica knows its
+    share in advance (there, batches form by the ``batch_wait_s`` quiet period and exact reproduction holds only
+    while a step's requests arrive within it)."""
+    import ray
+
+    server = getattr(replicas[0], "_server_handle", None) if len(replicas) == 1 else None
+    if server is None:
+        return False
+    ray.get(server.expect_rows.remote(rows))
+    return True
+
+
 def register() -> None:
     """Register the ``lockstep`` trainer mode with verl (idempotent)."""
     import transfer_queue as tq
@@ -113,6 +128,15 @@ def register() -> None:
             metrics.update(lockstep_metrics(list(data.pop("extra_fields").tolist()), test_sets))
             self._log_fill_gif(global_steps)
             return result
+
+        def _submit_batch_to_rollout(self, batch: Any) -> int:
+            """verl's dispatch, after announcing the step's rows to the Dream server: it decodes them as one
+            reproducible batch however slowly a busy machine delivers them (:func:`announce_rows`)."""
+            n = int(self.config.actor_rollout_ref.rollout.n)
+            # per-prompt n: rows unknown here, the quiet period decides (TensorDict has no `in`)
+            if "__rollout_n__" not in batch.keys():  # noqa: SIM118
+                announce_rows(self.llm_server_manager.get_replicas(), len(batch) * n)
+            return super()._submit_batch_to_rollout(batch)
 
         def _balance_batch(self, batch: Any, metrics: dict, logging_prefix: str = "global_seqlen",
                            keep_minibatch: bool = False) -> Any:

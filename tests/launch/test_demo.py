@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
 from launch.demo import (  # noqa: E402
     DemoError,
     DemoSettings,
+    TrainLog,
     parse_step_line,
     plan_from_recipe,
     plot_learning_curve,
@@ -98,9 +99,28 @@ def test_verl_step_lines_parse_and_reports_are_written(tmp_path: Path) -> None:
                         tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     write_summary(tmp_path, {"evals": evals, "n_heldout": 8, "eval_samples": 2, "wall_s": 12.0,
-                             "command": "python launch/demo.py"})
+                             "command": "python launch/demo.py", "rollout_failures": {}})
     table = (tmp_path / "summary.md").read_text()
     assert "| 4 | 0.600 | 0.700 | 0.500 |" in table and json.loads((tmp_path / "summary.json").read_text())
+    assert "WARNING" not in table
+
+
+def test_failed_rollout_samples_are_counted_per_step_and_reported(tmp_path: Path) -> None:
+    """verl logs each failed sample (an agent loop or its reward raised) before the step it was evicted from."""
+    log = TrainLog()
+    lines = ["(TaskRunnerV1 pid=7) step:1 - critic/score/mean:0.5",
+             "(AgentLoopWorkerTQ pid=9) ERROR 12:00:01 Error in _run_prompt for uid=ab12",
+             "(AgentLoopWorkerTQ pid=9) Traceback (most recent call last):",
+             "(AgentLoopWorkerTQ pid=9) ERROR 12:00:02 Error in _run_prompt for uid=cd34",
+             "(TaskRunnerV1 pid=7) step:2 - critic/score/mean:0.25",
+             "(TaskRunnerV1 pid=7) step:3 - critic/score/mean:0.5 - training/rollout_failure/evicted_samples:3"]
+    for line in lines:
+        log.read(line)
+    assert sorted(log.steps) == [1, 2, 3] and log.failures == {2: 2, 3: 3}
+    write_summary(tmp_path, {"evals": [{"step": 0, "pass_at_1": 0.2}], "n_heldout": 8, "eval_samples": 2,
+                             "wall_s": 1.0, "command": "demo", "rollout_failures": {"2": 2, "3": 3}})
+    assert ("WARNING: 5 rollout samples failed and were evicted (step (count): 2 (2), 3 (3))"
+            in (tmp_path / "summary.md").read_text())
 
 
 def test_demo_rollouts_keep_the_canvas_layout_the_warm_start_was_trained_on() -> None:
@@ -148,6 +168,7 @@ def test_shortened_demo_improves_the_heldout_pass_rate(tmp_path: Path) -> None:
     assert [e["step"] for e in summary["evals"]] == [0, SHORT_STEPS]
     before, after = summary["before"]["pass_at_1"], summary["after"]["pass_at_1"]
     assert before <= 0.35 and after >= before + 0.1 and after >= 1.5 * before, (before, after)
+    assert summary["rollout_failures"] == {}  # every sample of every step was trained on
     assert (run_dir / "learning_curve.png").is_file() and (run_dir / "summary.md").is_file()
     assert list((run_dir / "wandb").glob("offline-run-*"))
     assert (run_dir / "checkpoints" / f"global_step_{SHORT_STEPS}" / "actor" / "huggingface" / "config.json").is_file()

@@ -106,8 +106,9 @@ def pinned_overrides(run_dir: Path) -> list[str]:
     ]
 
 
-def _train(run_dir: Path, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONHASHSEED": "0", "RAY_DEDUP_LOGS": "0"}
+def _train(run_dir: Path, extra: tuple[str, ...] = (), env_extra: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONHASHSEED": "0", "RAY_DEDUP_LOGS": "0", **(env_extra or {})}
     env.pop("VERL_PLATFORM", None)
     command = [sys.executable, str(ROOT / "launch" / "train_grpo.py"), *pinned_overrides(run_dir), *extra]
     result = subprocess.run(command, cwd=run_dir, env=env, capture_output=True, text=True, timeout=1500)
@@ -189,12 +190,16 @@ def test_checkpoint_holds_a_peft_adapter_that_decoding_loads(demo_run) -> None:
 
 
 @pytest.mark.slow
-def test_resume_from_step_1_reproduces_step_2(demo_run, tmp_path) -> None:
+def test_resume_from_step_1_reproduces_step_2_even_when_requests_arrive_late(demo_run, tmp_path) -> None:
     """Restart from the step-1 checkpoint (weights, optimizer, scheduler, RNG, data-loader position): the
     resumed step 2 has the metrics of the uninterrupted run's step 2 — same rollouts (each completion pinned
     to its sample: our agent loop's sample key + the server's canonical row order), rewards,
     advantages, loss and gradient norm (bit-identical on CPU). Without the row pinning the completions of a
-    group came back permuted and the gradient norm drifted by ~1e-3 relative."""
+    group came back permuted and the gradient norm drifted by ~1e-3 relative.
+
+    The resumed run delays every rollout request by a random 0-2 s (``LOCKSTEP_ROLLOUT_JITTER_S``), 4x the
+    recipe's 0.5 s ``batch_wait_s``: what a loaded machine does to a step's requests. The step must still decode
+    as one batch (the trainer announces its rows to the server), or its seed and rollouts would change."""
     run_dir, result = demo_run
     assert result.returncode == 0, result.stderr[-4000:]
     uninterrupted = _metrics(result.stdout + result.stderr)[2]
@@ -203,10 +208,11 @@ def test_resume_from_step_1_reproduces_step_2(demo_run, tmp_path) -> None:
         shutil.copytree(run_dir / name, resumed_dir / name)
     shutil.copytree(run_dir / "checkpoints" / "global_step_1", resumed_dir / "checkpoints" / "global_step_1")
     (resumed_dir / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("1")
-    resumed = _train(resumed_dir)
+    resumed = _train(resumed_dir, env_extra={"LOCKSTEP_ROLLOUT_JITTER_S": "2"})
     assert resumed.returncode == 0, (resumed.stdout[-4000:], resumed.stderr[-4000:])
     steps = _metrics(resumed.stdout + resumed.stderr)
     assert sorted(steps) == [2]
+    assert steps[2]["rollout/batch_size"] == uninterrupted["rollout/batch_size"] == 8  # 2 prompts x 4: one batch
     for key in ("critic/score/mean", "critic/advantages/max", "response_length/mean", "actor/pg_loss",
                 "actor/grad_norm", "actor/entropy", "actor/pg_clipfrac"):
         assert steps[2][key] == pytest.approx(uninterrupted[key], rel=1e-6, abs=1e-9), key  # measured: identical

@@ -43,7 +43,7 @@ def _serve(server: DreamRolloutServer, arrival: list[int], gap_s: float = 0.0) -
 
     async def step() -> list:
         server._worker_task = None  # a fresh event loop per step
-        server._wakeup = asyncio.Event()
+        server._wakeup, server._arrival = asyncio.Event(), asyncio.Event()
         return await asyncio.gather(*[submit(i, j * gap_s) for j, i in enumerate(arrival)])
 
     outputs = asyncio.run(step())
@@ -72,6 +72,33 @@ def test_each_sample_gets_the_same_completion_whatever_the_arrival_order(server)
     assert len(set(group)) > 1  # the samples of a prompt differ, so a permutation would be visible
     server.set_global_steps(4)
     assert _serve(server, list(range(samples))) != in_order  # a new weights version draws new rollouts
+
+
+def test_announced_rows_decode_as_one_batch_however_late_they_arrive(server) -> None:
+    """On a loaded machine a step's requests arrive spread out, past any quiet period: the batches (and so the
+    rollouts) must come out as if they had arrived together once the trainer announced the step's rows."""
+    server.set_global_steps(5)
+    samples = len(PROMPTS) * SAMPLES_PER_PROMPT
+    together = _serve(server, list(range(samples)))
+    late = list(reversed(range(samples)))
+    unannounced = _serve(server, late, gap_s=0.15)  # 3x batch_wait_s apart: every request decoded on its own
+    assert unannounced != together
+    server.expect_rows(samples)
+    assert _serve(server, late, gap_s=0.15) == together
+    assert server._expected == 0  # all announced rows were taken
+
+
+def test_announced_rows_that_never_come_are_decoded_after_the_timeout(server, caplog) -> None:
+    config = server.sampler_config
+    server.sampler_config = dataclasses.replace(config, expect_timeout_s=0.3)
+    try:
+        server.expect_rows(len(PROMPTS) * SAMPLES_PER_PROMPT + 1)  # one row more than the step sends
+        with caplog.at_level("WARNING", logger="rl.verl_rollout"):
+            outputs = _serve(server, list(range(len(PROMPTS) * SAMPLES_PER_PROMPT)))
+    finally:
+        server.sampler_config = config
+    assert len(outputs) == 6 and server._expected == 0
+    assert "6 of 7 announced requests arrived" in caplog.text
 
 
 def test_the_delimiter_span_leaves_the_response_mask() -> None:
