@@ -73,3 +73,25 @@ def test_eval_checkpoint_scores_the_headline_checkpoint(headline_run, tmp_path) 
     assert len(summaries) == 1
     results = json.loads((summaries[0].parent / "samples_eval_results.json").read_text())
     assert sorted(results["eval"]) == ["HumanEval/0", "HumanEval/1"]
+
+
+def test_train_sft_fine_tunes_the_hub_folder_and_exports_a_valid_one(hub_dream_dir, tmp_path) -> None:
+    """``launch/train_sft.py`` from a user's hub folder: the export loads with our loader and has no auto_map
+    pointing at code that is not there (the base has none)."""
+    from transformers import AutoTokenizer
+
+    from decoding import DreamTokenizer, load_dream
+
+    run_dir = tmp_path / "sft"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "train_sft.py"), "recipe=demo_sft", f"run_dir={run_dir}",
+         f"model.path={hub_dream_dir}", "train.steps=2", "train.batch_size=2", "train.log_every=1", "eval.every=2",
+         "eval.batch_size=2", "tasks.n_train=8", "tasks.n_heldout=2", "eval.nll_rates=1", "wandb.mode=disabled"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = run_dir / "checkpoint"
+    assert load_dream(out).config.vocab_size == 152064
+    assert isinstance(AutoTokenizer.from_pretrained(out, trust_remote_code=True), DreamTokenizer)
+    assert not list(out.glob("*.py"))
+    for name in ("config.json", "tokenizer_config.json"):
+        assert "auto_map" not in json.loads((out / name).read_text()), name
