@@ -18,6 +18,22 @@ SFT_SECTIONS = {"model", "tasks", "train", "eval"}
 LABELS = {"grpo": ("a GRPO", "GRPO"), "sft": ("an SFT", "SFT"), "eval": ("an evaluation", "evaluation")}
 
 
+def quiet_verl_imports() -> None:
+    """Silence what importing verl prints in a process that only composes/validates a recipe.
+
+    verl announces every optional engine it lacks (``UserWarning: megatron engine is not available``, five of
+    them) and, without a GPU, logs that it falls back to the ``nvidia`` platform; a launcher's one-line error
+    would otherwise come after a dozen lines of that. Ray workers (which configure their own platform) are not
+    affected.
+    """
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".* engine is not available", category=UserWarning)
+    # a filter, not a level: verl sets its loggers' levels when its modules are imported
+    logging.getLogger("verl.plugin.platform.platform_manager").addFilter(lambda record: record.levelno >= logging.ERROR)
+
+
 def recipe_kind(name: str) -> str | None:
     """``grpo`` | ``sft`` | ``eval`` for ``recipes/<name>.yaml``, ``None`` when it does not exist or is neither."""
     path = RECIPES_DIR / f"{name.removesuffix('.yaml')}.yaml"

@@ -29,6 +29,10 @@ logger = logging.getLogger("train_grpo")
 if str(PROJECT_ROOT) not in sys.path:  # `python launch/train_grpo.py` from anywhere
     sys.path.insert(0, str(PROJECT_ROOT))
 
+from launch.recipes import quiet_verl_imports  # noqa: E402
+
+quiet_verl_imports()  # before anything imports verl: a one-line error must not follow a dozen import warnings
+
 
 def driver_rank() -> int:
     """Global rank under torchrun (0 when not launched by torchrun)."""
@@ -67,12 +71,13 @@ def split_recipe(argv: list[str]) -> tuple[str, list[str]]:
     ``-h``/``--help`` prints the usage and exits 0; a missing recipe, an SFT/eval recipe or an argument that
     is not ``key=value`` raise RecipeError (exit 2).
     """
-    from launch.recipes import check_recipe, recipe_names
-    from rl.config import RecipeError
+    from launch.recipes import check_recipe, quiet_verl_imports, recipe_names
 
     if any(arg in ("-h", "--help") for arg in argv):
         print(usage())
         raise SystemExit(0)
+    quiet_verl_imports()
+    from rl.config import RecipeError  # imports verl
     recipe, overrides = None, []
     for arg in argv:
         if arg.startswith("recipe="):
@@ -96,8 +101,10 @@ def compose_recipe(recipe: str, overrides: list[str]):  # -> DictConfig
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from launch.recipes import quiet_verl_imports
     from rl.config import RecipeError
 
+    quiet_verl_imports()
     if not (RECIPES_DIR / f"{recipe}.yaml").is_file():
         from launch.recipes import recipe_names
 
@@ -106,7 +113,7 @@ def compose_recipe(recipe: str, overrides: list[str]):  # -> DictConfig
         with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
             return compose(config_name=recipe, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:
-        raise RecipeError(f"cannot compose recipe {recipe!r}: {error}") from None
+        raise RecipeError(f"cannot compose recipe {recipe!r}: {' '.join(str(error).split())}") from None
 
 
 def resolve_model_path(cfg) -> Path:  # cfg: DictConfig

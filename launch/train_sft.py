@@ -141,6 +141,9 @@ def load_or_make_model(cfg: Any, run_dir: Path) -> tuple[Any, Any, Path]:
         run_dir.mkdir(parents=True, exist_ok=True)
         source = make_tiny_dream(run_dir / "init", seed=int(cfg.seed), shard=False, **dict(cfg.model.tiny))
     try:  # SFT runs on CPU in fp32 (the recipe's purpose: the demo's warm start)
+        from decoding.integrity import check_dream_weights
+
+        check_dream_weights(source)  # a truncated file is named (headers only) before the load
         model = load_dream(source, dtype=torch.float32, device="cpu")
         tokenizer = load_tokenizer(source)
     except (ValueError, OSError) as error:  # truncated weights, a config without weights, a broken tokenizer
