@@ -387,3 +387,14 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes(run_dir: Path, tmp_path
     complete = [line for line in kept if line.endswith("}")]
     assert after[: len(complete)] == complete and len(after) == 8  # kept samples were not generated again
     assert json.loads((out / "summary.json").read_text())["row"]["num_tasks"] == 4
+
+
+def test_persona_recipe_offline_is_one_line_naming_the_fixture(tiny_dream_dir: Path, tmp_path: Path) -> None:
+    """README's ``recipe=eval/persona`` on a machine without the hub ended in an ``httpx.ConnectError`` trace."""
+    out = tmp_path / "out"
+    run = entry("recipe=eval/persona", f"checkpoint={tiny_dream_dir}", f"output_root={out}", f"results_dir={out}",
+                env={**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith("error: persona: the Hugging Face hub is unreachable (offline mode")
+    assert "persona.wave_split_files=PATH (a local copy) or persona.fixture=true" in run.stderr
+    assert not out.exists()
