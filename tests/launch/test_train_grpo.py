@@ -98,7 +98,8 @@ def test_unknown_recipe_and_bad_override_are_recipe_errors() -> None:
 
 
 def test_cpu_runtime_settings_and_worker_environment(tmp_path, monkeypatch) -> None:
-    for name in ("VERL_PLATFORM", "LOCKSTEP_ESTIMATOR", "WANDB_MODE", "WANDB_DIR", "LOCKSTEP_REWARD_CONFIG"):
+    for name in ("VERL_PLATFORM", "LOCKSTEP_ESTIMATOR", "WANDB_MODE", "WANDB_DIR", "LOCKSTEP_REWARD_CONFIG",
+                 "TQ_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
     cfg = compose_recipe("demo", [f"lockstep.run_dir={tmp_path}"])
     prepare_runtime(cfg, ROOT)
@@ -110,6 +111,9 @@ def test_cpu_runtime_settings_and_worker_environment(tmp_path, monkeypatch) -> N
     assert env.WANDB_MODE == "offline" and str(tmp_path) == env.WANDB_DIR
     assert cfg.reward.custom_reward_function.path == str(ROOT / "rl" / "verl_reward.py")
     assert cfg.actor_rollout_ref.rollout.agent.default_agent_loop == "dream_single_turn"  # stable sample keys
+    import psutil  # TransferQueue warns on every put/get when its thread count exceeds the physical cores
+
+    assert 1 <= int(env.TQ_NUM_THREADS) <= min(8, psutil.cpu_count(logical=False))
 
 
 def test_joining_an_existing_ray_cluster_declares_no_resources(tmp_path, monkeypatch) -> None:
