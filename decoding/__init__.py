@@ -3,31 +3,63 @@
 Importing the package registers ``DreamConfig``/``DreamModel``/``DreamTokenizer`` with
 ``AutoConfig``/``AutoModel``/``AutoTokenizer`` (model_type ``"Dream"``), so the Auto classes load a hub Dream
 folder (whose ``auto_map`` names remote code) with our classes, without ``trust_remote_code``.
+
+Why the public names are imported lazily (PEP 562 ``__getattr__``): several submodules are also command-line
+programs (``python -m decoding.generate``, ``decoding.fast``, ``decoding.viz``, ``decoding.tiny``). ``runpy``
+imports this package before it runs the submodule as ``__main__``; if the package had already imported that
+submodule, the program would run a second copy of it and Python warns (``RuntimeWarning: 'decoding.generate'
+found in sys.modules ...``). So only the model and its config (needed for the registration, and no CLI) are
+imported eagerly (and the tokenizer class, no CLI either); ``from decoding import load_dream`` and friends
+import their module on first use.
 """
 
 import contextlib
+import importlib
+from typing import Any
 
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
-from .cache import DreamKVCache
-from .checkpoint import load_dream, read_dream_config
 from .config import DreamConfig, dream_7b_config
-from .fast import FastResult, fast_generate
-from .generate import DreamGenerateOutput, diffusion_generate
-from .lockstep import LockstepCfg, lockstep_sample
-from .lockstep_trace import LockstepResult
 from .model import DreamModel, DreamOutput, key_padding_to_4d, padding_position_ids
-from .sampling import confidence_for, invalid_token_mask, sample_tokens, shift_logits
-from .tiny import make_tiny_dream
-from .tokenizer import (
-    DreamTokenizer,
-    build_chat_prompt,
-    decode_completion,
-    decode_completions,
-    encode_prompts,
-    load_tokenizer,
-    stop_token_ids,
-)
+from .tokenizer import DreamTokenizer
+
+# public name -> submodule that defines it (imported on first access)
+_LAZY = {
+    "DreamKVCache": "cache",
+    "load_dream": "checkpoint",
+    "read_dream_config": "checkpoint",
+    "FastResult": "fast",
+    "fast_generate": "fast",
+    "DreamGenerateOutput": "generate",
+    "diffusion_generate": "generate",
+    "LockstepCfg": "lockstep",
+    "lockstep_sample": "lockstep",
+    "LockstepResult": "lockstep_trace",
+    "confidence_for": "sampling",
+    "invalid_token_mask": "sampling",
+    "sample_tokens": "sampling",
+    "shift_logits": "sampling",
+    "make_tiny_dream": "tiny",
+    "build_chat_prompt": "tokenizer",
+    "decode_completion": "tokenizer",
+    "decode_completions": "tokenizer",
+    "encode_prompts": "tokenizer",
+    "load_tokenizer": "tokenizer",
+    "stop_token_ids": "tokenizer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 class TokenizerNameKey(PretrainedConfig):
@@ -53,14 +85,14 @@ _register()
 
 __all__ = [
     "DreamConfig",
-    "FastResult",
-    "LockstepCfg",
-    "LockstepResult",
     "DreamGenerateOutput",
     "DreamKVCache",
     "DreamModel",
     "DreamOutput",
     "DreamTokenizer",
+    "FastResult",
+    "LockstepCfg",
+    "LockstepResult",
     "build_chat_prompt",
     "confidence_for",
     "decode_completion",

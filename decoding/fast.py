@@ -14,16 +14,14 @@ block's refresh forward; ``"commit_first"`` (Fast-dLLM) commits the block start 
 
 The commit policy itself lives in :mod:`decoding.policy` (shared with the lockstep R/A decoder).
 
-CLI::
+CLI (the same as ``python -m decoding.generate --sampler fast``)::
 
     python -m decoding.fast --model DIR --prompt "Write a function ..." [--max-new-tokens 256 --block-size 32
-        --threshold 0.9 --cache prefix --first-logit overlap --refresh full --min-content 1 --device cuda]
+        --threshold 0.9 --cache prefix --first-logit overlap --refresh full --min-content 1 --dtype auto --device auto]
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -238,7 +236,7 @@ def fast_generate(
     step = 0
     t0 = time.perf_counter()
     previous = 0
-    for lo in tqdm(range(prompt_len, total, block_size), desc="blocks", disable=not progress):
+    for lo in tqdm(range(prompt_len, total, block_size), desc="blocks", disable=not progress, leave=False):
         hi = min(lo + block_size, total)
         limit = steps_per_block or (hi - lo)
         used = 0
@@ -266,54 +264,11 @@ def fast_generate(
     )
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m decoding.fast", description="Fast block/KV-cached Dream decoding.")
-    p.add_argument("--model", required=True, help="Dream checkpoint directory (HF layout)")
-    p.add_argument("--prompt", required=True, help="user message (wrapped in the ChatML template)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--block-size", type=int, default=32)
-    p.add_argument("--threshold", type=float, default=0.9)
-    p.add_argument("--steps-per-block", type=int, default=None)
-    p.add_argument("--cache", default="prefix", choices=list(CACHE_MODES))
-    p.add_argument("--first-logit", default="overlap", choices=list(FIRST_LOGIT_MODES))
-    p.add_argument("--refresh", default="full", choices=list(REFRESH_MODES))
-    p.add_argument("--alg", default="maskgit_plus", choices=["maskgit_plus", "topk_margin", "entropy"])
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--no-eos-guard", action="store_true")
-    p.add_argument("--min-content", type=int, default=1)
-    p.add_argument("--eos-penalty", type=float, default=0.0)
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return p.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import load_dream
-    from .tokenizer import build_chat_prompt, decode_completion, encode_prompts, load_tokenizer
+    """``python -m decoding.fast`` = ``python -m decoding.generate --sampler fast`` (one CLI for all samplers)."""
+    from .generate import main as generate_main
 
-    args = _parse_args(argv)
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    try:
-        model = load_dream(args.model, dtype=dtype, device=args.device)
-        tokenizer = load_tokenizer(args.model)
-        ids, mask = encode_prompts(tokenizer, build_chat_prompt(tokenizer, args.prompt))
-        generator = torch.Generator(device=args.device).manual_seed(args.seed)
-        out = fast_generate(
-            model, ids.to(args.device), mask.to(args.device), max_new_tokens=args.max_new_tokens,
-            block_size=args.block_size, threshold=args.threshold, steps_per_block=args.steps_per_block,
-            cache=args.cache, first_logit=args.first_logit, refresh=args.refresh, alg=args.alg, temperature=args.temperature,
-            top_p=args.top_p, eos_guard=not args.no_eos_guard, min_content=args.min_content,
-            eos_penalty=args.eos_penalty, valid_vocab_size=len(tokenizer), generator=generator,
-            compile=args.compile, progress=True,
-        )
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(decode_completion(tokenizer, out.sequences[0, ids.shape[1] :]))
-    print(" ".join(f"{k}={v:.3g}" for k, v in out.metrics().items()), file=sys.stderr)
-    return 0
+    return generate_main(argv, prog="python -m decoding.fast", sampler="fast")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
-"""Plain Dream-semantics diffusion sampler (``diffusion_generate``) and its CLI.
+"""Plain Dream-semantics diffusion sampler (``diffusion_generate``) and the CLI of every sampler.
 
 Faithful to the reference ``DreamGenerationMixin._sample`` (see ``shared/notes/decoding.md`` §5) with one fix:
 the number of tokens committed per step is computed **per row** (the reference uses the batch mean, which lets a
 row with fewer masks overwrite real tokens with the mask id). For batch 1, or rows with equal mask counts, the
 output is token-for-token the reference's for the same weights, seed and settings.
 
-CLI::
+CLI (``--sampler plain|fast|lockstep``; ``python -m decoding.fast`` / ``decoding.lockstep`` are the same CLI
+with that sampler preselected)::
 
-    python -m decoding.generate --model DIR --prompt "Write a function ..." [--alg entropy --steps 64
-        --max-new-tokens 128 --temperature 0.2 --top-p 0.95 --dtype bf16 --device cuda]
+    python -m decoding.generate --model DIR --prompt "Write a function ..." [--sampler plain --alg entropy
+        --steps 64 --max-new-tokens 128 --temperature 0.2 --top-p 0.95 --dtype auto --device auto]
 """
 
 from __future__ import annotations
@@ -192,62 +193,162 @@ def _validate(input_ids: torch.Tensor, max_new_tokens: int, steps: int, alg: str
     confidence_for(alg)
 
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# Sampler-specific options of the CLI: argparse dest -> samplers it applies to (None default = not given).
+_SAMPLER_OPTIONS = {
+    "steps": ("plain",), "eps": ("plain", "lockstep"), "alg_temp": ("plain",),
+    "block_size": ("fast",), "threshold": ("fast",), "steps_per_block": ("fast",), "cache": ("fast",),
+    "first_logit": ("fast", "lockstep"), "refresh": ("fast",), "compile": ("fast",),
+    "no_eos_guard": ("fast", "lockstep"), "min_content": ("fast", "lockstep"), "eos_penalty": ("fast", "lockstep"),
+    "mode": ("lockstep",), "r_len": ("lockstep",), "a_len": ("lockstep",), "tau_r": ("lockstep",),
+    "tau_a": ("lockstep",), "max_fill_frac": ("lockstep",), "max_steps": ("lockstep",), "use_cache": ("lockstep",),
+    "delimiter": ("lockstep",),
+}
+# Defaults that differ between samplers (plain keeps Dream's reference defaults).
+_SAMPLER_DEFAULTS = {
+    "plain": {"alg": "entropy", "temperature": 0.2, "top_p": 0.95},
+    "fast": {"alg": "maskgit_plus", "temperature": 0.0, "top_p": None},
+    "lockstep": {"alg": "maskgit_plus", "temperature": 0.0, "top_p": None},
+}
+USAGE_EXAMPLES = """examples:
+  python -m decoding.generate --model DIR --prompt "Write a function that reverses a string."
+  python -m decoding.generate --model DIR --prompt "..." --sampler fast --block-size 32 --threshold 0.9
+  python -m decoding.generate --model DIR --prompt "..." --sampler lockstep --r-len 64 --a-len 128 --mode jacobi
+"""
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m decoding.generate", description="Generate a completion with a Dream checkpoint."
-    )
-    parser.add_argument("--model", required=True, help="Dream checkpoint directory (HF layout)")
-    parser.add_argument("--prompt", required=True, help="user message (wrapped in the ChatML template)")
-    parser.add_argument("--system", default="You are a helpful assistant.", help="system turn ('' for none)")
-    parser.add_argument("--raw", action="store_true", help="use the prompt text as is, without the chat template")
-    parser.add_argument("--alg", default="entropy", choices=["origin", "maskgit_plus", "topk_margin", "entropy"])
-    parser.add_argument("--alg-temp", type=float, default=0.0)
-    parser.add_argument("--steps", type=int, default=None, help="diffusion steps (default: max-new-tokens)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--eps", type=float, default=1e-3)
-    parser.add_argument("--temperature", type=float, default=0.2)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument(
-        "--reference-exact", action="store_true",
-        help="allow sampling the mask id and ids beyond the tokenizer (as the reference does)",
-    )
-    return parser.parse_args(argv)
+def build_parser(prog: str = "python -m decoding.generate", sampler: str = "plain") -> argparse.ArgumentParser:
+    """The CLI of every sampler (``plain`` = :func:`diffusion_generate`, ``fast``, ``lockstep``)."""
+    from .devices import DTYPE_CHOICES
+    from .fast import CACHE_MODES, FIRST_LOGIT_MODES, REFRESH_MODES
+
+    p = argparse.ArgumentParser(prog=prog, description="Generate a completion with a Dream checkpoint.",
+                                epilog=USAGE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="Dream checkpoint directory (HF layout)")
+    p.add_argument("--prompt", required=True, help="user message (wrapped in the ChatML template)")
+    p.add_argument("--sampler", default=sampler, choices=["plain", "fast", "lockstep"],
+                   help="plain: Dream's diffusion_generate; fast: block-wise threshold decoding with KV cache; "
+                        "lockstep: Reasoning/Answer blocks (default: %(default)s)")
+    p.add_argument("--system", default="You are a helpful assistant.", help="system turn ('' for none)")
+    p.add_argument("--raw", action="store_true", help="use the prompt text as is, without the chat template")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="plain/fast: completion length")
+    p.add_argument("--alg", default=None, choices=["origin", "maskgit_plus", "topk_margin", "entropy"],
+                   help="confidence score (default: entropy for plain, maskgit_plus otherwise)")
+    p.add_argument("--temperature", type=float, default=None, help="default: 0.2 for plain, 0 otherwise")
+    p.add_argument("--top-p", type=float, default=None, help="default: 0.95 for plain, none otherwise")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="auto = bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--device", default="auto", help="auto = cuda if available, else cpu")
+    p.add_argument("--reference-exact", action="store_true",
+                   help="allow sampling the mask id and ids beyond the tokenizer (as the reference does)")
+    plain = p.add_argument_group("plain sampler")
+    plain.add_argument("--steps", type=int, default=None, help="diffusion steps (default: max-new-tokens)")
+    plain.add_argument("--eps", type=float, default=None, help="final timestep (default 1e-3; also lockstep)")
+    plain.add_argument("--alg-temp", type=float, default=None, help="sample positions from softmax(conf/alg_temp)")
+    fast = p.add_argument_group("fast sampler")
+    fast.add_argument("--block-size", type=int, default=None, help="default 32")
+    fast.add_argument("--threshold", type=float, default=None, help="commit confidence (default 0.9)")
+    fast.add_argument("--steps-per-block", type=int, default=None)
+    fast.add_argument("--cache", default=None, choices=list(CACHE_MODES), help="default prefix")
+    fast.add_argument("--first-logit", default=None, choices=list(FIRST_LOGIT_MODES),
+                      help="default overlap (also lockstep)")
+    fast.add_argument("--refresh", default=None, choices=list(REFRESH_MODES), help="default full")
+    fast.add_argument("--no-eos-guard", action="store_true", default=None, help="also lockstep")
+    fast.add_argument("--min-content", type=int, default=None, help="also lockstep")
+    fast.add_argument("--eos-penalty", type=float, default=None, help="also lockstep")
+    fast.add_argument("--compile", action="store_true", default=None, help="torch.compile the decoder (GPU)")
+    lock = p.add_argument_group("lockstep sampler")
+    lock.add_argument("--mode", default=None, choices=["gauss_seidel", "jacobi"], help="default gauss_seidel")
+    lock.add_argument("--r-len", type=int, default=None, help="R (reasoning) block length (default 64)")
+    lock.add_argument("--a-len", type=int, default=None, help="A (answer) block length (default 128)")
+    lock.add_argument("--tau-r", type=float, default=None, help="R commit threshold (default 0.9)")
+    lock.add_argument("--tau-a", type=float, default=None, help="A commit threshold (default 0.9)")
+    lock.add_argument("--max-fill-frac", type=float, default=None, help="default 1.0")
+    lock.add_argument("--max-steps", type=int, default=None)
+    lock.add_argument("--use-cache", action="store_true", default=None, help="reuse the prompt's K/V")
+    lock.add_argument("--delimiter", default=None, help="text between R and A (default: a python code fence)")
+    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import load_dream
-    from .tokenizer import build_chat_prompt, decode_completion, encode_prompts, load_tokenizer
+def _check_options(args: argparse.Namespace) -> None:
+    """ValueError for an option of another sampler (it would be silently ignored)."""
+    wrong = [name for name, samplers in _SAMPLER_OPTIONS.items()
+             if getattr(args, name) is not None and args.sampler not in samplers]
+    if wrong:
+        flags = ", ".join(f"--{name.replace('_', '-')} ({'/'.join(_SAMPLER_OPTIONS[name])})" for name in wrong)
+        raise ValueError(f"--sampler {args.sampler} does not use {flags}")
 
-    args = _parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = _DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    try:
-        model = load_dream(args.model, dtype=dtype, device=device)
-        tokenizer = load_tokenizer(args.model)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    text = args.prompt if args.raw else build_chat_prompt(tokenizer, args.prompt, system=args.system or None)
-    input_ids, attention_mask = encode_prompts(tokenizer, [text])
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    try:
+
+def _given(args: argparse.Namespace, *names: str) -> dict:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def run_sampler(model, tokenizer, args: argparse.Namespace, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                generator: torch.Generator) -> tuple[str, dict]:
+    """(completion text, metrics) of one prompt with the sampler and options of ``args``."""
+    from .tokenizer import decode_completion
+
+    defaults = _SAMPLER_DEFAULTS[args.sampler]
+    sampling = {"alg": args.alg or defaults["alg"],
+                "temperature": defaults["temperature"] if args.temperature is None else args.temperature,
+                "top_p": defaults["top_p"] if args.top_p is None else args.top_p, "top_k": args.top_k}
+    vocab = None if args.reference_exact else len(tokenizer)
+    prompt_len = input_ids.shape[1]
+    if args.sampler == "plain":
         sequences = diffusion_generate(
-            model, input_ids.to(device), attention_mask.to(device), max_new_tokens=args.max_new_tokens,
-            steps=args.steps or args.max_new_tokens, eps=args.eps, alg=args.alg, alg_temp=args.alg_temp,
-            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, progress=True, generator=generator,
-            valid_vocab_size=None if args.reference_exact else len(tokenizer),
-        )
+            model, input_ids, attention_mask, max_new_tokens=args.max_new_tokens,
+            steps=args.steps or args.max_new_tokens, **_given(args, "eps", "alg_temp"), **sampling,
+            progress=True, generator=generator, valid_vocab_size=vocab)
+        return decode_completion(tokenizer, sequences[0, prompt_len:]), {}
+    if args.sampler == "fast":
+        from .fast import fast_generate
+
+        options = _given(args, "block_size", "threshold", "steps_per_block", "cache", "first_logit", "refresh",
+                         "min_content", "eos_penalty", "compile")
+        if args.no_eos_guard:
+            options["eos_guard"] = False
+        out = fast_generate(model, input_ids, attention_mask, max_new_tokens=args.max_new_tokens, **options,
+                            **sampling, valid_vocab_size=vocab, generator=generator, progress=True)
+        return decode_completion(tokenizer, out.sequences[0, prompt_len:]), out.metrics()
+    from .lockstep import LockstepCfg, lockstep_sample
+
+    options = {"r_len": 64, "a_len": 128, **_given(args, "mode", "r_len", "a_len", "tau_r", "tau_a", "max_fill_frac",
+                                                 "max_steps", "use_cache", "eps", "first_logit", "min_content",
+                                                 "eos_penalty")}
+    if args.no_eos_guard:
+        options["eos_guard"] = False
+    cfg = LockstepCfg(**options, **sampling)
+    delimiter = "\n```python\n" if args.delimiter is None else args.delimiter
+    out = lockstep_sample(model, input_ids, attention_mask, cfg,
+                          delimiter_ids=tokenizer.encode(delimiter, add_special_tokens=False),
+                          valid_vocab_size=vocab, generator=generator, progress=True)
+    reasoning, answer = out.texts(tokenizer)
+    return f"{reasoning[0]}{delimiter}{answer[0]}", out.metrics()
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m decoding.generate", sampler: str = "plain") -> int:
+    """Exit 0 with the completion on stdout (metrics on stderr); 2 with one ``error:`` line for bad input."""
+    from .checkpoint import load_dream
+    from .devices import pick_device, pick_dtype
+    from .tokenizer import build_chat_prompt, encode_prompts, load_tokenizer
+
+    args = build_parser(prog, sampler).parse_args(argv)
+    try:
+        _check_options(args)
+        device = pick_device(args.device)
+        model = load_dream(args.model, dtype=pick_dtype(args.dtype, device), device=device)
+        tokenizer = load_tokenizer(args.model)
+        text = args.prompt if args.raw else build_chat_prompt(tokenizer, args.prompt, system=args.system or None)
+        input_ids, attention_mask = encode_prompts(tokenizer, [text])
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        completion, metrics = run_sampler(model, tokenizer, args, input_ids.to(device), attention_mask.to(device),
+                                          generator)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(decode_completion(tokenizer, sequences[0, input_ids.shape[1] :]))
+    print(completion)
+    if metrics:
+        print(" ".join(f"{k}={v:.3g}" for k, v in metrics.items()), file=sys.stderr)
     return 0
 
 

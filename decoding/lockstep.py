@@ -278,7 +278,7 @@ def lockstep_sample(
     if tokens_hook is not None:
         dec.x = tokens_hook(None, dec.x, None)
     steps = 0
-    for step in tqdm(range(cfg.step_bound), desc="lockstep", disable=not progress):
+    for step in tqdm(range(cfg.step_bound), desc="lockstep", disable=not progress, leave=False):
         if not cfg.fixed_nfe and not bool((dec.x[:, layout.prompt_len :] == mask_token_id).any()):
             break
         dec.step(step)
@@ -346,3 +346,9 @@ class LockstepTokensHook:
         """Trace of the run (``nfe`` = sampler steps run: one forward each)."""
         steps = getattr(self, "steps_run", 0)
         return self.dec.trace.result(self.dec.x, nfe=steps, steps=steps, wall_s=time.perf_counter() - self.t0)
+
+
+if __name__ == "__main__":  # ``python -m decoding.lockstep`` = ``python -m decoding.generate --sampler lockstep``
+    from decoding.generate import main
+
+    raise SystemExit(main(prog="python -m decoding.lockstep", sampler="lockstep"))

@@ -9,7 +9,9 @@ late), cells committed at that very step get a red outline.
 CLI::
 
     python -m decoding.viz --model DIR --prompt "Write a function ..." --out fill.gif [--strip fill.png
-        --mode jacobi --r-len 64 --a-len 128 --tau-r 0.9 --tau-a 0.9 --max-fill-frac 0.25 --device cuda]
+        --mode jacobi --r-len 18 --a-len 32 --tau-r 0.9 --tau-a 0.9 --max-fill-frac 1 --alg entropy --device auto]
+
+(defaults: the demo recipe's rollout settings; for Dream-7B use longer blocks, e.g. ``--r-len 128 --a-len 256``)
 """
 
 from __future__ import annotations
@@ -29,13 +31,18 @@ CELL_W, CELL_H, LABEL_W, PAD = 58, 20, 44, 4
 MASKED_FILL = (215, 215, 215)
 DELIM_FILL = (190, 230, 190)
 BLOCK_CMAPS = {"r": "Blues", "a": "Oranges"}
+# short labels of the special tokens a completion is padded with (their full text does not fit a cell)
+SPECIAL_LABELS = {"<|endoftext|>": "<eot>", "<|im_end|>": "<im_end>", "<|mask|>": "<mask>"}
 
 
 def token_label(tokenizer, token_id: int, max_chars: int = 8) -> str:
     """Short printable text of one token (``\\n`` for newlines, ``_`` for blanks, unknown ids as ``<id>``)."""
     if tokenizer is None or not 0 <= token_id < len(tokenizer):
         return f"<{token_id}>"
-    text = tokenizer.decode([token_id]).replace("\n", "\\n").replace("\t", "\\t")
+    text = tokenizer.decode([token_id])
+    if text in SPECIAL_LABELS:
+        return SPECIAL_LABELS[text]
+    text = text.replace("\n", "\\n").replace("\t", "\\t")
     text = text if text.strip() else text.replace(" ", "_")
     text = text.encode("latin-1", "replace").decode("latin-1")  # the default bitmap font is latin-1
     return text[:max_chars] if text else f"<{token_id}>"
@@ -56,7 +63,9 @@ def _grid(result: LockstepResult, cols: int) -> list[tuple[str, int, int, int]]:
 def _colour(name: str, step: int, total_steps: int) -> tuple[int, int, int]:
     if name == "delim":
         return DELIM_FILL
-    shade = 0.85 - 0.6 * (step / max(total_steps - 1, 1))  # early commits dark, late ones light
+    # early commits darker, late ones lighter; kept within the light half of the colour map so that the black
+    # token text stays readable on every cell
+    shade = 0.55 - 0.4 * (step / max(total_steps - 1, 1))
     r, g, b, _ = colormaps[BLOCK_CMAPS[name]](shade)
     return int(r * 255), int(g * 255), int(b * 255)
 
@@ -78,7 +87,7 @@ def render_frames(result: LockstepResult, tokenizer=None, row: int = 0, cols: in
     for state in range(result.steps + 1):
         img = Image.new("RGB", (width, height), "white")
         draw = ImageDraw.Draw(img)
-        draw.text((PAD, PAD), f"step {state}/{result.steps}   R blue  A orange  (dark = early)", fill="black", font=font)
+        draw.text((PAD, PAD), f"step {state}/{result.steps}   R blue  A orange  (darker = earlier)", fill="black", font=font)
         for name, pos, line, col in cells:
             x0, y0 = LABEL_W + col * CELL_W, CELL_H + PAD + line * CELL_H
             if col == 0 and (pos == result.layout.span(name)[0]):
@@ -117,34 +126,49 @@ def save_strip(frames: Sequence[Image.Image], path: str | Path, n: int = 6) -> P
     return path
 
 
+# Defaults = the lockstep rollout of recipes/demo.yaml (the settings the demo checkpoint was trained with), so
+# `python -m decoding.viz --model recipes/assets/demo_warmstart --prompt ...` shows what the demo's rollouts look
+# like in a GIF small enough to read; for Dream-7B pass longer blocks (e.g. --r-len 128 --a-len 256).
+VIZ_DEFAULTS = {"mode": "jacobi", "r_len": 18, "a_len": 32, "tau_r": 0.9, "tau_a": 0.9, "max_fill_frac": 1.0,
+                "alg": "entropy", "delimiter": "\n```python\n"}
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Animate the lockstep R/A canvas filling (GIF + PNG strip).")
+    from .devices import DTYPE_CHOICES
+
+    d = VIZ_DEFAULTS
+    p = argparse.ArgumentParser(prog="python -m decoding.viz",
+                                description="Animate the lockstep R/A canvas filling (GIF + PNG strip). Defaults "
+                                            "are the demo recipe's rollout settings (recipes/demo.yaml).")
     p.add_argument("--model", required=True, help="Dream checkpoint directory (HF layout)")
     p.add_argument("--prompt", required=True, help="user message (wrapped in the chat template)")
-    p.add_argument("--out", default="fill.gif", help="GIF path")
+    p.add_argument("--out", default="fill.gif", help="GIF path (default: %(default)s)")
     p.add_argument("--strip", default=None, help="PNG strip path (default: the GIF path with .png)")
-    p.add_argument("--delimiter", default="\n```python\n", help="text between the R and A blocks")
-    p.add_argument("--mode", default="gauss_seidel", choices=["gauss_seidel", "jacobi"])
-    p.add_argument("--r-len", type=int, default=64)
-    p.add_argument("--a-len", type=int, default=128)
-    p.add_argument("--tau-r", type=float, default=0.9)
-    p.add_argument("--tau-a", type=float, default=0.9)
-    p.add_argument("--max-fill-frac", type=float, default=0.25)
-    p.add_argument("--alg", default="maskgit_plus", choices=["maskgit_plus", "topk_margin", "entropy"])
+    p.add_argument("--delimiter", default=d["delimiter"], help="text between the R and A blocks")
+    p.add_argument("--mode", default=d["mode"], choices=["gauss_seidel", "jacobi"], help="default: %(default)s")
+    p.add_argument("--r-len", type=int, default=d["r_len"], help="default: %(default)s")
+    p.add_argument("--a-len", type=int, default=d["a_len"], help="default: %(default)s")
+    p.add_argument("--tau-r", type=float, default=d["tau_r"])
+    p.add_argument("--tau-a", type=float, default=d["tau_a"])
+    p.add_argument("--max-fill-frac", type=float, default=d["max_fill_frac"])
+    p.add_argument("--alg", default=d["alg"], choices=["maskgit_plus", "topk_margin", "entropy"],
+                   help="default: %(default)s")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--use-cache", action="store_true")
-    p.add_argument("--cols", type=int, default=16)
+    p.add_argument("--cols", type=int, default=16, help="cells per line (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--device", default="auto", help="auto = cuda if available, else cpu")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="auto = bf16 on CUDA, fp32 on CPU")
     p.add_argument("--reference-exact", action="store_true",
                    help="allow sampling the mask id and ids beyond the tokenizer (as the reference does)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 after writing the GIF and strip; 2 with one ``error:`` line for bad input."""
     args = _parse_args(argv)
-    from . import load_dream
+    from .checkpoint import load_dream
+    from .devices import pick_device, pick_dtype
     from .lockstep import LockstepCfg, lockstep_sample
     from .tokenizer import build_chat_prompt, encode_prompts, load_tokenizer
 
@@ -152,13 +176,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = LockstepCfg(mode=args.mode, r_len=args.r_len, a_len=args.a_len, tau_r=args.tau_r, tau_a=args.tau_a,
                           max_fill_frac=args.max_fill_frac, alg=args.alg, temperature=args.temperature,
                           use_cache=args.use_cache)
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(
-            args.dtype, torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
-        model = load_dream(args.model, dtype=dtype, device=args.device)
+        if args.cols <= 0:
+            raise ValueError(f"--cols must be positive, got {args.cols}")
+        device = pick_device(args.device)
+        model = load_dream(args.model, dtype=pick_dtype(args.dtype, device), device=device)
         tokenizer = load_tokenizer(args.model)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    args.device = device
     torch.manual_seed(args.seed)
     ids, mask = encode_prompts(tokenizer, build_chat_prompt(tokenizer, args.prompt))
     delimiter = tokenizer.encode(args.delimiter, add_special_tokens=False)

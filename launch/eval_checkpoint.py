@@ -60,15 +60,49 @@ class ConfigError(ValueError):
     """A user mistake in the command line or recipe (reported without a stack trace)."""
 
 
-def compose_config(argv: list[str]) -> DictConfig:
-    """Compose ``recipes/<recipe>.yaml`` with the command-line overrides through Hydra's compose API."""
+HELP = """usage: python launch/eval_checkpoint.py recipe=<{recipes}> checkpoint=PATH [key=value ...]
+
+Evaluate one checkpoint: generate, score in the sandbox, write evalplus-compatible results and add a row to
+the run's results table. checkpoint= is a Dream folder, a peft adapter folder, or a trainer step folder
+(global_step_N). Interrupted runs (Ctrl-C, a killed job) resume when the same command is run again.
+
+Key overrides (all keys: recipes/eval/_defaults.yaml, docs/evaluation.md):
+  base_model=DIR                    base Dream for an adapter (default: the adapter's base_model_name_or_path)
+  generation.sampler=plain|fast|lockstep   generation.<sampler>.* that sampler's settings
+  generation.n_samples=N            samples per task;  generation.batch_size=N  prompts per batch
+  dataset.limit=N  dataset.task_ids=[...]  dataset.mini=true
+  scoring.k=[1,10]                  pass@k reported;  scoring.chunk_size=N
+  device=auto|cpu|cuda  dtype=auto|bfloat16|float16|float32   (auto: GPU + bf16, else CPU + fp32)
+  eval_name=NAME  output_root=DIR  results_dir=DIR
+  persona.fixture=true              (recipe=eval/persona) the offline fixture instead of the hub data
+
+Exit status: 0 done, 2 bad command line or model (one line on stderr, nothing written), 1 the run failed,
+130 interrupted (finished work is kept).
+"""
+
+
+def usage() -> str:
+    from launch.recipes import recipe_names
+
+    return HELP.format(recipes="|".join(recipe_names("eval")))
+
+
+def compose_config(argv: list[str], local: bool = True) -> DictConfig:
+    """Compose ``recipes/<recipe>.yaml`` with the command-line overrides through Hydra's compose API.
+
+    ``local=False`` (rendering a Slurm job elsewhere): ``device=cuda`` is not checked against this machine.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     recipes = [a.split("=", 1)[1] for a in argv if a.startswith("recipe=")]
     if not recipes:
-        raise ConfigError("missing recipe=eval/humaneval | eval/mbpp | eval/persona")
+        raise ConfigError("missing recipe=eval/humaneval | eval/mbpp | eval/persona (see --help)")
+    stray = [a for a in argv if "=" not in a and not a.startswith("~")]
+    if stray:
+        raise ConfigError(f"arguments are recipe=<name>, checkpoint=PATH and key=value overrides, got {stray[0]!r} "
+                          "(see --help)")
     name = recipes[-1].removesuffix(".yaml")
     if not (RECIPES_DIR / f"{name}.yaml").is_file():
         raise ConfigError(f"no recipe {name!r}: expected {RECIPES_DIR / name}.yaml")
@@ -83,7 +117,7 @@ def compose_config(argv: list[str]) -> DictConfig:
         raise ConfigError(f"missing required setting(s) {', '.join(missing)} (e.g. checkpoint=PATH)")
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task} is not one of {', '.join(TASKS)}")
-    check_values(cfg)
+    check_values(cfg, local)
     return cfg
 
 
@@ -100,12 +134,20 @@ def _int_setting(cfg: DictConfig, key: str, minimum: int, allow: tuple[Any, ...]
         raise ConfigError(f"{key}={value} must be an integer >= {minimum}{extra}")
 
 
-def check_values(cfg: DictConfig) -> None:
-    """ConfigError for values that would otherwise fail deep inside a run (after minutes of model loading)."""
+def check_values(cfg: DictConfig, local: bool = True) -> None:
+    """ConfigError for values that would otherwise fail deep inside a run (after minutes of model loading).
+
+    ``local=False``: the device is checked by name only (the job runs on another machine).
+    """
     _int_setting(cfg, "seed", 0)
     _int_setting(cfg, "step", 0, allow=(None,))
     try:
-        pick_dtype(cfg.dtype, pick_device(cfg.device))
+        if local:
+            pick_dtype(cfg.dtype, pick_device(cfg.device))
+        else:
+            pick_dtype(cfg.dtype, torch.device("cpu"))
+            if cfg.device != "auto":
+                torch.device(cfg.device)
     except (ValueError, RuntimeError) as err:
         raise ConfigError(str(err)) from None
     if cfg.task == "persona":
@@ -163,6 +205,7 @@ def sampler_kwargs(cfg: DictConfig) -> dict[str, Any]:
 def make_plan(cfg: DictConfig) -> Plan:
     settings = sample_settings(cfg)  # validates the sampler settings first: cheap, and the likelier typo
     source = resolve_checkpoint(cfg.checkpoint, cfg.base_model, cfg.step)
+    check_weights(source)
     checkpoint = Path(cfg.checkpoint).expanduser().resolve()
     step_dir = _step_dir(checkpoint)
     output_root = Path(cfg.output_root) if cfg.output_root else (step_dir or checkpoint) / "eval"
@@ -173,6 +216,16 @@ def make_plan(cfg: DictConfig) -> Plan:
     else:
         results_dir = run_root(step_dir) / "eval_results" if step_dir else output_root
     return Plan(cfg, source, eval_name, (output_root / eval_name).resolve(), results_dir.resolve(), settings)
+
+
+def check_weights(source: ModelSource) -> None:
+    """ValueError naming the file when a weight file is missing or truncated (headers only: milliseconds)."""
+    from decoding.integrity import check_dream_weights, check_safetensors
+
+    check_dream_weights(source.model_dir)
+    if source.adapter_dir is not None:
+        for file in sorted(source.adapter_dir.glob("*.safetensors")):
+            check_safetensors(file)
 
 
 def load(plan: Plan) -> tuple[Any, Any]:
@@ -196,13 +249,17 @@ def generate_shard(plan: Plan, tasks: CodeTasks, rank: int, world: int, after_ba
     journal = store.generation_journal(plan.out_dir, rank)
     journal.open_for_append()
     run_id = uuid.uuid4().hex[:8]
+    # one bar over this rank's samples (its ETA covers the whole run) and, below it, the sampler's own bar over
+    # the steps of the current batch (a 7B batch on CPU takes minutes: its ETA shows progress within it)
+    bar = tqdm(total=len(mine), desc=f"generate[{rank}]", unit="sample", dynamic_ncols=True)
     try:
-        for start in tqdm(range(0, len(mine), gen.batch_size), desc=f"generate[{rank}]", unit="batch"):
+        for start in range(0, len(mine), gen.batch_size):
             batch = mine[start : start + gen.batch_size]
             parts = [tasks.prompts[tid] for tid, _ in batch]
             prompts = [build_chat_prompt(tokenizer, user, **system) + prefix for user, prefix in parts]
             seed = int(plan.cfg.seed) * 1_000_003 + order[batch[0]]
-            out = generate_texts(model, tokenizer, prompts, gen.sampler, kwargs, seed, gen.delimiter or "")
+            out = generate_texts(model, tokenizer, prompts, gen.sampler, kwargs, seed, gen.delimiter or "",
+                                 progress=True)
             batch_id = f"{run_id}-{rank}-{start}"
             journal.append(
                 {"task_id": tid, "sample_idx": idx, "completion": prefix + text, "reasoning": reasoning,
@@ -211,9 +268,11 @@ def generate_shard(plan: Plan, tasks: CodeTasks, rank: int, world: int, after_ba
                 for (tid, idx), (_, prefix), text, reasoning, n_tok
                 in zip(batch, parts, out.completions, out.reasoning, out.num_tokens)
             )
+            bar.update(len(batch))
             if after_batch is not None:
                 after_batch()
     finally:
+        bar.close()
         journal.close()
 
 
@@ -322,26 +381,36 @@ def run_code_eval(plan: Plan, argv: list[str]) -> int:
 
 
 def run_persona(plan: Plan) -> int:
-    """Persona task: one monolithic run (its report is the unit of resumption), then a table row."""
-    from evals.persona.run import run_persona_eval
+    """Persona task: one monolithic run (its report is the unit of resumption), then a table row.
+
+    The data is loaded before anything is written or the model is loaded: an unreachable hub or a bad data
+    file ends the run at once with one line (exit 2).
+    """
+    from evals.persona.run import load_persona_data, run_persona_eval
 
     report_path = plan.out_dir / "persona_report.json"
+    persona_cfg = {**OmegaConf.to_container(plan.cfg.persona, resolve=True),
+                   "seed": int(plan.cfg.seed), "out_dir": str(plan.out_dir)}
     try:
-        store.check_settings(plan.out_dir, plan.settings)
-    except ValueError as err:
+        store.check_settings(plan.out_dir, plan.settings, record=False)
+    except ValueError as err:  # out_dir holds a run with other settings
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if report_path.exists():
+    try:
+        data = None if report_path.exists() else load_persona_data(persona_cfg)
+    except ValueError as err:  # bad persona settings, hub unreachable, bad data files
+        print(f"error: persona: {err}", file=sys.stderr)
+        return 2
+    store.check_settings(plan.out_dir, plan.settings)
+    if data is None:
         import json
 
         report = json.loads(report_path.read_text())
         print(f"persona report exists, reusing {report_path}")
     else:
         model, tokenizer = load(plan)
-        persona_cfg = {**OmegaConf.to_container(plan.cfg.persona, resolve=True),
-                       "seed": int(plan.cfg.seed), "out_dir": str(plan.out_dir)}
         try:
-            report = run_persona_eval(model, tokenizer, persona_cfg)
+            report = run_persona_eval(model, tokenizer, persona_cfg, data=data)
         except ValueError as err:  # the persona task's own config/data errors (PromptTooLong, ...)
             print(f"error: persona: {err}", file=sys.stderr)
             return 2
@@ -366,18 +435,31 @@ def print_outcome(plan: Plan, row: dict[str, Any], written: dict[str, Path]) -> 
         print(f"{name}: {path}")
 
 
+INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 2 user mistake (one ``error:`` line), 1 run failed, 130 interrupted (resumable)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(usage())
+        return 0
     try:
         cfg = compose_config(argv)
         plan = make_plan(cfg)
-    except ValueError as err:  # ConfigError and the checkpoint-resolution errors
+    except ValueError as err:  # ConfigError, the checkpoint-resolution and weight-file errors
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if RANK_ENV in os.environ:  # a generation worker started by run_workers
-        generate_shard(plan, CodeTasks.load(cfg), int(os.environ[RANK_ENV]), int(os.environ[WORLD_ENV]))
-        return 0
-    return run_persona(plan) if cfg.task == "persona" else run_code_eval(plan, argv)
+    worker = RANK_ENV in os.environ  # a generation worker started by run_workers
+    try:
+        if worker:
+            generate_shard(plan, CodeTasks.load(cfg), int(os.environ[RANK_ENV]), int(os.environ[WORLD_ENV]))
+            return 0
+        return run_persona(plan) if cfg.task == "persona" else run_code_eval(plan, argv)
+    except KeyboardInterrupt:  # Ctrl-C: every finished batch / scored chunk is already on disk
+        if not worker:  # the workers share the terminal's SIGINT; the main process says it once
+            print("\ninterrupted; run the same command to resume", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

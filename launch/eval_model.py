@@ -188,13 +188,14 @@ def _content_length(row: list[int], stops: set[int]) -> int:
 
 
 def generate_texts(model: torch.nn.Module, tokenizer: Any, prompts: list[str], sampler: str,
-                   kwargs: dict[str, Any], seed: int, delimiter: str = "") -> BatchOutput:
+                   kwargs: dict[str, Any], seed: int, delimiter: str = "", progress: bool = False) -> BatchOutput:
     """Generate one completion per (chat-formatted) prompt text with a fixed seed.
 
     ``plain``/``fast``: ``kwargs`` go to the sampler; the completion is the decoded text after the prompt.
     ``lockstep``: ``kwargs`` build a ``LockstepCfg``; ``delimiter`` (fixed text between the R and A blocks,
     e.g. an answer marker and an opening code fence) is tokenized; the completion is
     ``reasoning + delimiter + answer`` and the R block text is also returned as ``reasoning``.
+    ``progress``: the sampler shows its own bar over the batch's steps (removed when the batch is done).
     """
     from decoding.tokenizer import decode_completion, encode_prompts, stop_token_ids
 
@@ -214,7 +215,7 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, prompts: list[str], s
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     with torch.no_grad():
-        output = generate(model, input_ids, attention_mask, **call_kwargs)
+        output = generate(model, input_ids, attention_mask, **call_kwargs, progress=progress)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start

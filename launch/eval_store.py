@@ -131,11 +131,11 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:8]
 
 
-def check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
+def check_settings(out_dir: Path, settings: dict[str, Any], record: bool = True) -> None:
     """Record ``settings`` in ``out_dir/settings.json``, or verify that a resumed run uses the same ones.
 
     Raises ValueError (clear message) when the directory holds samples made with other settings: mixing them
-    would silently corrupt pass@k.
+    would silently corrupt pass@k. ``record=False`` only checks (writes nothing).
     """
     path = Path(out_dir) / "settings.json"
     normalised = json.loads(json.dumps(settings, sort_keys=True, default=str))
@@ -147,6 +147,8 @@ def check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
                 f"{out_dir} holds an evaluation made with different settings ({', '.join(changed)}); "
                 "choose another eval_name= or output_root= (or delete that directory to start over)"
             )
+        return
+    if not record:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name("settings.json.tmp")

@@ -20,6 +20,17 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RECIPES_DIR = PROJECT_ROOT / "recipes"
+
+logger = logging.getLogger("train_grpo")
+
+if str(PROJECT_ROOT) not in sys.path:  # `python launch/train_grpo.py` from anywhere
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from launch.recipes import quiet_verl_imports  # noqa: E402
+from rl.worker_record import PROCESS_GROUP_VARS  # noqa: E402
+
+quiet_verl_imports()  # before anything imports verl: a one-line error must not follow a dozen import warnings
+
 # What torchrun exports to its ranks, and what the driver does with each before Ray copies its environment into
 # every worker. Removed: the process-group variables (verl's workers form their own groups: a leaked
 # MASTER_ADDR/PORT or RANK would join torchrun's group) and every TORCHELASTIC_* variable — with
@@ -27,15 +38,9 @@ RECIPES_DIR = PROJECT_ROOT / "recipes"
 # (the hang this list exists for). OMP_NUM_THREADS=1 is torchrun's default for N ranks sharing a node; verl's
 # workers size their own thread pools, so it is removed when it is torchrun's "1" (a user's other value stays).
 # Kept: TORCH_NCCL_ASYNC_ERROR_HANDLING (a failed NCCL collective aborts instead of hanging).
-TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
-                 "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+TORCHRUN_VARS = PROCESS_GROUP_VARS
 TORCHRUN_PREFIXES = ("TORCHELASTIC_",)
 TORCHRUN_DEFAULT_THREADS = "1"
-
-logger = logging.getLogger("train_grpo")
-
-if str(PROJECT_ROOT) not in sys.path:  # `python launch/train_grpo.py` from anywhere
-    sys.path.insert(0, str(PROJECT_ROOT))
 
 
 def driver_rank() -> int:
@@ -60,17 +65,59 @@ def strip_torchrun_env(environ: dict[str, str] | os._Environ = os.environ) -> li
     return sorted(removed)
 
 
+HELP = """usage: python launch/train_grpo.py recipe=<{recipes}> [key=value ...]
+
+Train Dream with GRPO through verl. The recipe (recipes/<name>.yaml, layered on verl's ppo_trainer config) is
+composed by Hydra with the key=value overrides (keys verl does not define need a leading '+'), validated, and
+run by verl's driver. SFT recipes ({sft}) run with launch/train_sft.py instead.
+
+Key overrides (all keys: docs/training.md):
+  actor_rollout_ref.model.path=DIR          Dream checkpoint folder (HF layout); required for humaneval/mbpp
+  lockstep.run_dir=DIR                      outputs: data/, checkpoints/, wandb/, config.yaml
+  actor_rollout_ref.rollout.n=N             GRPO group size (>= 2)
+  data.train_batch_size=N                   prompts per step
+  trainer.total_training_steps=N            steps to run (null: total_epochs over the data)
+  trainer.save_freq=N                       checkpoint every N steps
+  trainer.resume_mode=auto|disable|resume_path  (+ trainer.resume_from_path=.../global_step_<k>)
+  trainer.device=cpu|cuda  trainer.n_gpus_per_node=N  trainer.nnodes=N
+
+Exit status: 0 done, 2 bad recipe or override (one line on stderr, nothing written).
+"""
+
+
+def usage() -> str:
+    from launch.recipes import recipe_names
+
+    return HELP.format(recipes="|".join(recipe_names("grpo")), sft=", ".join(recipe_names("sft")))
+
+
 def split_recipe(argv: list[str]) -> tuple[str, list[str]]:
-    """(recipe name, remaining Hydra overrides) from ``recipe=<name> key=value ...``."""
+    """(recipe name, remaining Hydra overrides) from ``recipe=<name> key=value ...``.
+
+    ``-h``/``--help`` prints the usage and exits 0; a missing recipe, an SFT/eval recipe or an argument that
+    is not ``key=value`` raise RecipeError (exit 2).
+    """
+    from launch.recipes import check_recipe, quiet_verl_imports, recipe_names
+
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(usage())
+        raise SystemExit(0)
+    quiet_verl_imports()
+    from rl.config import RecipeError  # imports verl
     recipe, overrides = None, []
     for arg in argv:
         if arg.startswith("recipe="):
             recipe = arg.split("=", 1)[1]
+        elif "=" not in arg and not arg.startswith(("~", "+")):
+            raise RecipeError(f"arguments are recipe=<name> and key=value overrides, got {arg!r} (see --help)")
         else:
             overrides.append(arg)
     if not recipe:
-        available = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-        raise SystemExit(f"usage: train_grpo.py recipe=<{'|'.join(available)}> [key=value ...]")
+        raise RecipeError(f"missing recipe=<{'|'.join(recipe_names('grpo'))}> (see --help)")
+    try:
+        check_recipe(recipe, "grpo")
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
     return recipe, overrides
 
 
@@ -80,16 +127,29 @@ def compose_recipe(recipe: str, overrides: list[str]):  # -> DictConfig
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from launch.recipes import quiet_verl_imports
     from rl.config import RecipeError
 
+    quiet_verl_imports()
     if not (RECIPES_DIR / f"{recipe}.yaml").is_file():
-        available = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-        raise RecipeError(f"unknown recipe {recipe!r}; available: {available}")
+        from launch.recipes import recipe_names
+
+        raise RecipeError(f"unknown recipe {recipe!r}; GRPO recipes: {', '.join(recipe_names('grpo'))}")
     try:
         with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
             return compose(config_name=recipe, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:
-        raise RecipeError(f"cannot compose recipe {recipe!r}: {error}") from None
+        raise RecipeError(f"cannot compose recipe {recipe!r}: {' '.join(str(error).split())}") from None
+
+
+def resolve_model_path(cfg) -> Path:  # cfg: DictConfig
+    """Make ``actor_rollout_ref.model.path`` absolute (every Ray worker must find it); writes nothing."""
+    model_path = Path(str(cfg.actor_rollout_ref.model.path)).expanduser()
+    if not model_path.is_absolute() and not model_path.exists() and (PROJECT_ROOT / model_path).exists():
+        model_path = PROJECT_ROOT / model_path  # shipped assets (recipes/assets/...) from any working directory
+    if model_path.exists():
+        cfg.actor_rollout_ref.model.path = str(model_path.resolve())
+    return model_path
 
 
 def prepare_inputs(cfg) -> None:  # cfg: DictConfig
@@ -98,11 +158,7 @@ def prepare_inputs(cfg) -> None:  # cfg: DictConfig
 
     from launch.prepare_data import write_parquet_files
 
-    model_path = Path(str(cfg.actor_rollout_ref.model.path))
-    if not model_path.is_absolute() and not model_path.exists() and (PROJECT_ROOT / model_path).exists():
-        model_path = PROJECT_ROOT / model_path  # shipped assets (recipes/assets/...) from any working directory
-    if model_path.exists():
-        cfg.actor_rollout_ref.model.path = str(model_path.resolve())  # every Ray worker must find it
+    model_path = resolve_model_path(cfg)
     if cfg.lockstep.get("tiny_model", False) and not (model_path / "config.json").is_file():
         from decoding.tiny import make_tiny_dream
 
@@ -118,24 +174,11 @@ def prepare_inputs(cfg) -> None:  # cfg: DictConfig
         logger.info("wrote parquet prompts to %s", train_file.parent)
 
 
-def build_config(argv: list[str]):  # -> DictConfig
-    """Compose, prepare inputs, apply run-time settings and validate (RecipeError on any user mistake)."""
-    from rl.config import prepare_runtime, validate_recipe
+def verl_validate(cfg) -> None:  # cfg: DictConfig
+    """verl's own checks of ``main_ppo.main`` (device, batch sizes, ...), as RecipeError."""
+    import contextlib
+    import io
 
-    recipe, overrides = split_recipe(argv)
-    cfg = compose_recipe(recipe, overrides)
-    validate_recipe(cfg, check_files=False)
-    # absolute, so that every Ray worker (whatever its working directory) finds the run's files
-    cfg.lockstep.run_dir = str(Path(str(cfg.lockstep.run_dir)).resolve())
-    prepare_inputs(cfg)
-    prepare_runtime(cfg, PROJECT_ROOT)
-    validate_recipe(cfg, check_files=True)
-    return cfg
-
-
-def run_driver(cfg) -> None:  # cfg: DictConfig
-    """verl's ``main_ppo.main`` body: device check, verl's own config validation, then the Ray driver."""
-    from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
@@ -146,10 +189,50 @@ def run_driver(cfg) -> None:  # cfg: DictConfig
     ensure_registered()
     auto_set_device(cfg)
     try:
-        validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
-    except (AssertionError, ValueError) as error:
+        with contextlib.redirect_stdout(io.StringIO()):  # verl prints a line per check it passes
+            validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    except (AssertionError, ValueError, TypeError) as error:
         raise RecipeError(f"verl rejected the config: {error}") from None
-    run_ppo(cfg, task_runner_class=TaskRunnerV1)
+
+
+def build_config(argv: list[str]):  # -> DictConfig
+    """Compose, validate everything, then prepare inputs (RecipeError on any user mistake).
+
+    Every check runs before anything is written: the run directory, the parquet prompts and a tiny model
+    (``lockstep.tiny_model``) are created only once the recipe, the overrides, the model folder (including
+    its weight files) and the checkpoint an auto-resume would load have been checked.
+    """
+    from rl.config import check_model_dir, check_resume, prepare_runtime, validate_recipe
+
+    recipe, overrides = split_recipe(argv)
+    cfg = compose_recipe(recipe, overrides)
+    validate_recipe(cfg, check_files=False)
+    # absolute, so that every Ray worker (whatever its working directory) finds the run's files
+    cfg.lockstep.run_dir = str(Path(str(cfg.lockstep.run_dir)).resolve())
+    model_path = resolve_model_path(cfg)
+    if not (cfg.lockstep.get("tiny_model", False) and not (model_path / "config.json").is_file()):
+        check_model_dir(str(cfg.actor_rollout_ref.model.path))
+    prepare_runtime(cfg, PROJECT_ROOT)
+    check_resume(cfg)
+    verl_validate(cfg)
+    prepare_inputs(cfg)
+    validate_recipe(cfg, check_files=True)
+    return cfg
+
+
+def run_driver(cfg) -> None:  # cfg: DictConfig
+    """Keep the full config in ``<run_dir>/config.yaml`` (verl would print it, ~1,000 lines), then run verl's
+    Ray driver with our task runner (:func:`rl.verl_trainer.task_runner_class`)."""
+    from omegaconf import OmegaConf
+    from verl.trainer.main_ppo import run_ppo
+
+    from rl.verl_trainer import task_runner_class
+
+    config_file = Path(str(cfg.lockstep.run_dir)) / "config.yaml"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, config_file, resolve=True)
+    logger.info("full config (recipe + overrides + verl defaults): %s", config_file)
+    run_ppo(cfg, task_runner_class=task_runner_class())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("global rank %d: verl runs one driver (global rank 0) that starts Ray workers on all GPUs; "
                     "this rank has nothing to do and exits", rank)
         return 0
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in ("-h", "--help") for arg in args):  # before importing verl (seconds)
+        print(usage())
+        return 0
     removed = strip_torchrun_env()
     if removed:
         logger.info("launched by torchrun: rank 0 drives verl; removed torchrun's %s from the environment the "
@@ -167,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     from rl.config import RecipeError
 
     try:
-        cfg = build_config(list(sys.argv[1:] if argv is None else argv))
+        cfg = build_config(args)
         run_driver(cfg)
     except (RecipeError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)

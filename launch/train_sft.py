@@ -32,22 +32,60 @@ class RecipeError(ValueError):
     """A user mistake in the recipe or the command line (reported without a stack trace)."""
 
 
+HELP = """usage: python launch/train_sft.py [recipe=<{recipes}>] [key=value ...]
+
+Masked-diffusion SFT of a Dream model (the CPU demo's warm start). The recipe (recipes/<name>.yaml, default
+demo_sft) is composed by Hydra with the key=value overrides, validated, then run: held-out evaluation before,
+during and after training, W&B offline, the final checkpoint in <run_dir>/checkpoint (HF Dream layout).
+GRPO recipes ({grpo}) run with launch/train_grpo.py instead.
+
+Key overrides (all keys: the recipe file):
+  run_dir=DIR                 outputs: checkpoint/, sft_metrics.json, wandb/
+  export_dir=DIR              also write the final checkpoint here (e.g. recipes/assets/demo_warmstart)
+  model.path=DIR              start from this Dream checkpoint (default: a random tiny Dream, model.tiny.*)
+  train.steps=N               length of the LR schedule;  train.stop_after=N  end earlier on it
+  train.batch_size=N  train.lr=X  seed=N  threads=N
+  tasks.n_train=N  tasks.bug_rate=X  tasks.canvas.r_len=N  tasks.canvas.a_len=N
+  eval.every=N                held-out evaluation interval (steps)
+  wandb.mode=offline|online|disabled
+
+Exit status: 0 done, 2 bad recipe, override or model (one line on stderr, nothing written).
+"""
+
+
+def usage() -> str:
+    from launch.recipes import recipe_names
+
+    return HELP.format(recipes="|".join(recipe_names("sft")), grpo=", ".join(recipe_names("grpo")))
+
+
 def compose_recipe(argv: list[str]) -> Any:
-    """Hydra-compose ``recipes/<recipe>.yaml`` (``recipe=`` argument, default ``demo_sft``) with overrides."""
+    """Hydra-compose ``recipes/<recipe>.yaml`` (``recipe=`` argument, default ``demo_sft``) with overrides.
+
+    ``-h``/``--help`` prints the usage and exits 0; a GRPO/eval recipe or an unknown one is a RecipeError.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from launch.recipes import check_recipe
+
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(usage())
+        raise SystemExit(0)
     recipe = "demo_sft"
     overrides = []
     for arg in argv:
         if arg.startswith("recipe="):
             recipe = arg.split("=", 1)[1]
+        elif "=" not in arg and not arg.startswith("~"):
+            raise RecipeError(f"arguments are recipe=<name> and key=value overrides, got {arg!r} (see --help)")
         else:
             overrides.append(arg)
-    if not (RECIPES_DIR / f"{recipe}.yaml").is_file():
-        available = sorted(p.stem for p in RECIPES_DIR.glob("*sft*.yaml"))
-        raise RecipeError(f"unknown recipe {recipe!r}; SFT recipes: {available}")
+    try:
+        check_recipe(recipe, "sft")
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
     try:
         with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
             return compose(config_name=recipe, overrides=overrides)
@@ -100,9 +138,17 @@ def load_or_make_model(cfg: Any, run_dir: Path) -> tuple[Any, Any, Path]:
         if not (source / "config.json").is_file():
             raise RecipeError(f"model.path={source} is not a Dream checkpoint directory (no config.json)")
     else:
+        run_dir.mkdir(parents=True, exist_ok=True)
         source = make_tiny_dream(run_dir / "init", seed=int(cfg.seed), shard=False, **dict(cfg.model.tiny))
-    model = load_dream(source, dtype=torch.float32, device="cpu")
-    return model, load_tokenizer(source), source
+    try:  # SFT runs on CPU in fp32 (the recipe's purpose: the demo's warm start)
+        from decoding.integrity import check_dream_weights
+
+        check_dream_weights(source)  # a truncated file is named (headers only) before the load
+        model = load_dream(source, dtype=torch.float32, device="cpu")
+        tokenizer = load_tokenizer(source)
+    except (ValueError, OSError) as error:  # truncated weights, a config without weights, a broken tokenizer
+        raise RecipeError(f"model.path: {error}") from None
+    return model, tokenizer, source
 
 
 def save_checkpoint(model: Any, tokenizer: Any, source: Path, out_dir: Path, info: dict[str, Any]) -> None:
@@ -132,19 +178,22 @@ def run(cfg: Any) -> dict[str, Any]:
     if int(cfg.get("threads", 0) or 0) > 0:
         torch.set_num_threads(int(cfg.threads))
     run_dir = Path(str(cfg.run_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    model, tokenizer, source = load_or_make_model(cfg, run_dir)
-    try:
+    try:  # every check before anything is written
         splits = DemoTaskSpec.from_dict({
             "seed": int(cfg.tasks.seed), "n_train": int(cfg.tasks.n_train), "n_heldout": int(cfg.tasks.n_heldout),
             "operations": list(cfg.tasks.operations) if cfg.tasks.operations else None,
         }).generate()
         buggy = buggy_demonstrations(len(splits.train), float(cfg.tasks.get("bug_rate", 0.0)), int(cfg.tasks.seed))
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"invalid tasks settings: {error}") from None
+    model, tokenizer, source = load_or_make_model(cfg, run_dir)  # a given model.path is loaded before any write
+    try:
         train_examples = [sft_example(tokenizer, t, canvas, b) for t, b in zip(splits.train, buggy)]
         held_batch = collate_left_padded([sft_example(tokenizer, t, canvas) for t in splits.heldout],
                                          tokenizer.pad_token_id)
     except ValueError as error:
         raise RecipeError(f"invalid tasks settings: {error}") from None
+    run_dir.mkdir(parents=True, exist_ok=True)
     mask_id = tokenizer.mask_token_id
 
     def evaluate(step: int) -> dict[str, float]:

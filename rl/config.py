@@ -31,6 +31,28 @@ def _require(condition: bool, message: str) -> None:
         raise RecipeError(message)
 
 
+def _int(cfg: DictConfig, key: str, minimum: int | None = None, allow_none: bool = False,
+         what: str = "") -> int | None:
+    """The integer at ``key`` (RecipeError naming the key for text, floats, bools or values below ``minimum``)."""
+    value = OmegaConf.select(cfg, key)
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if not ok and isinstance(value, str):  # ${...} interpolations resolve to text
+        ok = value.strip().lstrip("-").isdigit()
+    if not ok or (minimum is not None and int(value) < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        extra = " (or null)" if allow_none else ""
+        raise RecipeError(f"{key}{f' ({what})' if what else ''} must be an integer{bound}{extra}, got {value!r}")
+    return int(value)
+
+
+# verl's ppo_trainer default for actor_rollout_ref.model.path: a recipe's `path: ???` does not replace it when
+# Hydra merges the recipe over verl's config, so "not set" shows up as this value
+VERL_DEFAULT_MODEL_PATH = "~/models/deepseek-llm-7b-chat"
+MODEL_PATH_HINT = "pass actor_rollout_ref.model.path=<Dream checkpoint folder>, e.g. Dream-v0-Instruct-7B"
+
+
 def estimator_config(cfg: DictConfig) -> EstimatorConfig:
     """The ``lockstep.estimator`` group as an :class:`EstimatorConfig` (RecipeError on bad values)."""
     raw = OmegaConf.to_container(cfg.get("lockstep", {}).get("estimator", {}) or {}, resolve=True)
@@ -97,14 +119,97 @@ def _check_reward(cfg: DictConfig) -> None:
         raise RecipeError(f"lockstep.reward: {error}") from None
 
 
-def _check_model_dir(path: str) -> None:
+def check_model_dir(path: str) -> None:
+    """RecipeError unless ``path`` is a Dream checkpoint folder with complete weight files (headers only)."""
+    from decoding.integrity import check_dream_weights
+
     root = Path(path)
     _require(root.is_dir(), f"actor_rollout_ref.model.path={path} is not a directory (a Dream checkpoint folder)")
     config_file = root / "config.json"
     _require(config_file.is_file(), f"actor_rollout_ref.model.path={path} has no config.json")
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except json.JSONDecodeError as error:
+        raise RecipeError(f"actor_rollout_ref.model.path={path}: config.json is not valid JSON ({error})") from None
     _require(model_type == "Dream", f"actor_rollout_ref.model.path={path} holds model_type {model_type!r}, "
                                     "expected 'Dream'")
+    try:
+        check_dream_weights(root)
+    except ValueError as error:
+        raise RecipeError(f"actor_rollout_ref.model.path: {error}") from None
+
+
+RESUME_MODES = ("auto", "disable", "resume_path")
+TRACKER_FILE = "latest_checkpointed_iteration.txt"  # verl.utils.checkpoint.get_checkpoint_tracker_filename
+
+
+def _step_of(folder: Path) -> int:
+    tail = folder.name.rsplit("global_step_", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
+def checkpoint_problem(step_dir: Path) -> str | None:
+    """Why verl could not resume from ``global_step_<k>`` (a missing or truncated file), or None if it can."""
+    from decoding.integrity import check_safetensors, check_torch_file
+
+    actor = step_dir / "actor"
+    if not actor.is_dir():
+        return f"{actor} does not exist"
+    model_files = sorted(actor.glob("model_world_size_*_rank_*.pt"))
+    if not model_files:
+        return f"{actor} holds no model_world_size_*_rank_*.pt"
+    try:
+        for file in [*sorted(actor.glob("*.pt")), *([step_dir / "data.pt"] if (step_dir / "data.pt").exists() else [])]:
+            check_torch_file(file)
+        for file in sorted(actor.glob("*/*.safetensors")):
+            check_safetensors(file)
+        for file in [*actor.glob("*.json"), *step_dir.glob("transfer_queue/**/*.json")]:
+            try:
+                json.loads(file.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise ValueError(f"{file} is truncated or corrupt ({error})") from None
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def check_resume(cfg: DictConfig) -> None:
+    """RecipeError when the checkpoint verl would resume from is missing or damaged, naming the file and an
+    earlier intact step to resume from instead (verl would otherwise fail inside a Ray worker)."""
+    trainer = cfg.trainer
+    mode = trainer.resume_mode
+    if mode == "disable":
+        return
+    if mode == "resume_path":
+        raw = trainer.get("resume_from_path")
+        _require(isinstance(raw, str) and "global_step_" in raw,
+                 f"trainer.resume_mode=resume_path needs trainer.resume_from_path=<checkpoints>/global_step_<k>, got "
+                 f"{raw!r}")
+        step_dir = Path(raw).resolve()
+        _require(step_dir.is_dir(), f"trainer.resume_from_path={raw} does not exist")
+        how = f"trainer.resume_from_path={raw}"
+    else:
+        root = Path(str(trainer.default_local_dir)).resolve()
+        tracker = root / TRACKER_FILE
+        if not tracker.is_file():
+            return  # verl starts from scratch
+        text = tracker.read_text().strip()
+        _require(text.isdigit(), f"{tracker} is corrupt (holds {text[:20]!r}); set trainer.resume_mode=resume_path "
+                                 f"trainer.resume_from_path={root}/global_step_<k> or trainer.resume_mode=disable")
+        step_dir = root / f"global_step_{text}"
+        if not step_dir.is_dir():
+            return  # verl prints "Checkpoint does not exist" and starts from scratch
+        how = f"trainer.resume_mode=auto (latest step in {tracker})"
+    problem = checkpoint_problem(step_dir)
+    if problem is None:
+        return
+    earlier = sorted((p for p in step_dir.parent.glob("global_step_*") if 0 <= _step_of(p) < _step_of(step_dir)),
+                     key=_step_of, reverse=True)
+    good = next((p for p in earlier if checkpoint_problem(p) is None), None)
+    advice = (f"resume from an earlier step with trainer.resume_mode=resume_path trainer.resume_from_path={good}"
+              if good is not None else "no earlier intact checkpoint exists")
+    raise RecipeError(f"cannot resume from {step_dir} ({how}): {problem}; {advice}, or start over with "
+                      "trainer.resume_mode=disable")
 
 
 def validate_recipe(cfg: DictConfig, check_files: bool = True) -> None:
@@ -113,8 +218,8 @@ def validate_recipe(cfg: DictConfig, check_files: bool = True) -> None:
     ``check_files=False`` skips the model/data file checks (used before the files are prepared).
     """
     arr = cfg.actor_rollout_ref
-    _require(not OmegaConf.is_missing(arr.model, "path"),
-             "actor_rollout_ref.model.path is not set: pass actor_rollout_ref.model.path=<Dream checkpoint folder>")
+    path = None if OmegaConf.is_missing(arr.model, "path") else arr.model.path
+    _require(path not in (None, "", VERL_DEFAULT_MODEL_PATH), f"actor_rollout_ref.model.path is not set: {MODEL_PATH_HINT}")
     _require(cfg.algorithm.adv_estimator == "grpo",
              f"algorithm.adv_estimator must be 'grpo', got {cfg.algorithm.adv_estimator!r}")
     _require(cfg.trainer.device in DEVICES, f"trainer.device must be one of {DEVICES}, got {cfg.trainer.device!r}")
@@ -122,8 +227,19 @@ def validate_recipe(cfg: DictConfig, check_files: bool = True) -> None:
              f"actor_rollout_ref.rollout.name must be '{ROLLOUT_NAME}' (verl's vLLM/SGLang cannot serve Dream)")
     _require(arr.model.model_type == ENGINE_MODEL_TYPE,
              f"actor_rollout_ref.model.model_type must be '{ENGINE_MODEL_TYPE}' (the Dream diffusion engine)")
+    _int(cfg, "actor_rollout_ref.rollout.n", what="group size")
     _require(int(arr.rollout.n) >= 2, f"actor_rollout_ref.rollout.n (group size) must be >= 2 for GRPO, "
                                       f"got {arr.rollout.n}")
+    for key in ("actor_rollout_ref.rollout.tensor_model_parallel_size", "actor_rollout_ref.model.lora_rank",
+                "data.train_batch_size", "actor_rollout_ref.actor.ppo_mini_batch_size", "data.max_response_length",
+                "data.max_prompt_length", "trainer.save_freq", "trainer.test_freq", "trainer.nnodes",
+                "trainer.n_gpus_per_node"):
+        _int(cfg, key)
+    _int(cfg, "trainer.total_epochs", minimum=1)
+    _int(cfg, "trainer.total_training_steps", minimum=1, allow_none=True)
+    _int(cfg, "actor_rollout_ref.actor.ppo_epochs", minimum=1)
+    _require(cfg.trainer.resume_mode in RESUME_MODES,
+             f"trainer.resume_mode must be one of {RESUME_MODES}, got {cfg.trainer.resume_mode!r}")
     _require(not arr.rollout.calculate_log_probs,
              "actor_rollout_ref.rollout.calculate_log_probs must be false (a denoiser has no sampling log-prob)")
     _require(not arr.model.use_remove_padding, "actor_rollout_ref.model.use_remove_padding must be false for Dream")
@@ -145,7 +261,8 @@ def validate_recipe(cfg: DictConfig, check_files: bool = True) -> None:
     _check_sampler(cfg)
     _check_reward(cfg)
     if check_files:
-        _check_model_dir(str(arr.model.path))
+        check_model_dir(str(arr.model.path))
+        check_resume(cfg)
         for key in ("train_files", "val_files"):
             files = cfg.data[key]
             files = [files] if isinstance(files, str) else list(files)
@@ -179,11 +296,16 @@ def prepare_runtime(cfg: DictConfig, project_root: Path) -> None:
     * ``$RAY_ADDRESS`` set (:func:`joins_ray_cluster`): no Ray resource counts (Ray rejects them when joining);
     * estimator settings -> ``$LOCKSTEP_ESTIMATOR`` (read by the Dream engine in every worker);
     * reward function -> ``rl/verl_reward.py:compute_score`` unless the recipe names another one;
-    * W&B offline by default, files under ``lockstep.run_dir``.
+    * W&B offline by default, files under ``lockstep.run_dir``;
+    * ``TQ_NUM_THREADS`` (TransferQueue's torch threads per put/get, default 8) at most the physical cores:
+      above them TransferQueue logs a warning on every call (~11k lines in a CPU demo log).
     """
+    import psutil
+
     from rl.verl_cpu import CPU_SETTINGS
 
     env: dict[str, str] = {ESTIMATOR_ENV: estimator_config(cfg).to_env()}
+    env["TQ_NUM_THREADS"] = os.environ.get("TQ_NUM_THREADS") or str(min(8, psutil.cpu_count(logical=False) or 1))
     cluster = joins_ray_cluster()
     with open_dict(cfg):
         if cfg.trainer.device == "cpu":

@@ -440,12 +440,18 @@ class DreamSingleTurnAgentLoop(_single_turn_base()):  # type: ignore[misc]
 
 
 def register() -> None:
-    """Register the ``dream`` rollout with verl (replica registry + the module-private adapter registry) and
-    the ``dream_single_turn`` agent loop (selected by ``rollout.agent.default_agent_loop``)."""
+    """Register the ``dream`` rollout with verl (replica registry + the module-private adapter registry), the
+    ``dream_single_turn`` agent loop (selected by ``rollout.agent.default_agent_loop``) and Dream's model type
+    with verl's Continuous Token builder table."""
     from verl.experimental.agent_loop.agent_loop import register as register_agent_loop
+    from verl.utils.tokenizer import continuous_token_wiring
     from verl.workers.rollout import base as rollout_base
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
+    # Dream is text-only: verl's default Continuous Token builder is the one it falls back to anyway, but
+    # without this entry it logs that fallback as a warning for every rollout sample (~2.5k lines per demo)
+    continuous_token_wiring._MODEL_TYPE_TO_FAMILY.setdefault(
+        "dream", continuous_token_wiring.ContinuousTokenModelFamily.DEFAULT)
     RolloutReplicaRegistry.register(ROLLOUT_NAME, load_replica_class)
     rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = f"{__name__}.DreamRolloutAdapter"
     register_agent_loop(AGENT_LOOP_NAME)(DreamSingleTurnAgentLoop)

@@ -158,3 +158,52 @@ def register() -> None:
                 wandb.log({"rollout/lockstep_fill": wandb.Image(gif)}, step=global_steps)
 
     register_trainer(TRAINER_MODE)(LockstepTrainer)
+
+
+def close_wandb() -> None:
+    """Finish W&B's service connection now, while this process is still alive.
+
+    Why: verl's ``Tracking.finish`` ends the run but leaves wandb's service process up; wandb then tears the
+    connection down in an ``atexit`` hook, which in a Ray actor runs after Ray has already stopped the service
+    process, and prints a ``ConnectionResetError: Connection lost`` traceback at the end of every run.
+    ``wandb.teardown()`` closes it cleanly and unregisters that hook.
+    """
+    import sys
+
+    if "wandb" not in sys.modules:
+        return
+    import wandb
+
+    try:
+        wandb.teardown()
+    except (Exception, SystemExit) as error:  # never turn a finished run into a failure over logging
+        print(f"wandb teardown failed: {error!r}", file=sys.stderr)
+
+
+def _quiet_pprint(*args: Any, **kwargs: Any) -> None:
+    """Stands in for the ``pprint`` of verl's task runner, which prints the whole config (~1,000 lines)."""
+
+
+def task_runner_class() -> Any:
+    """verl's ``TaskRunnerV1`` Ray actor with two changes, for ``run_ppo(cfg, task_runner_class=...)``.
+
+    * it does not print the whole resolved config at start-up (the launcher saves it as
+      ``<run_dir>/config.yaml`` and logs where): verl's ``TaskRunnerV1.run`` calls the global ``pprint`` of
+      its module, which is replaced by a no-op in the actor process (in the globals ``run`` actually sees:
+      Ray ships the class by value, with its own copy of them);
+    * W&B is closed inside the actor after the run (:func:`close_wandb`).
+    """
+    import ray
+    from verl.trainer import main_ppo
+
+    base = main_ppo.TaskRunnerV1.__ray_metadata__.modified_class.__mro__[1]  # the class under @ray.remote
+
+    class LockstepTaskRunner(base):
+        def run(self, config: Any) -> Any:
+            super().run.__func__.__globals__["pprint"] = _quiet_pprint
+            try:
+                return super().run(config)
+            finally:
+                close_wandb()
+
+    return ray.remote(LockstepTaskRunner)

@@ -14,9 +14,8 @@ import os
 import socket
 from pathlib import Path
 
-import torch
-
 RUN_DIR_ENV = "LOCKSTEP_RUN_DIR"  # exported to every worker by rl.config.prepare_runtime
+# torchrun exports these to each rank (launch/train_grpo.py removes them); verl sets them for its engine workers
 PROCESS_GROUP_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                       "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 RECORDED_PREFIXES = ("TORCHELASTIC_", "OMP_", "MKL_", "VERL_", "CUDA_VISIBLE_DEVICES", "NCCL_", "TORCH_NCCL_")
@@ -24,6 +23,8 @@ RECORDED_PREFIXES = ("TORCHELASTIC_", "OMP_", "MKL_", "VERL_", "CUDA_VISIBLE_DEV
 
 def record_worker(role: str) -> Path | None:
     """Write this process's record (no-op outside a launcher run, i.e. without ``$LOCKSTEP_RUN_DIR``)."""
+    import torch
+
     run_dir = os.environ.get(RUN_DIR_ENV)
     if not run_dir:
         return None

@@ -44,6 +44,38 @@ class PersonaDataError(ValueError):
     """The data does not have the Twin-2K-500 schema we expect."""
 
 
+class HubUnreachable(PersonaDataError):
+    """The Hugging Face hub could not be reached (offline machine, ``HF_HUB_OFFLINE=1``, blocked endpoint).
+
+    The message says so in one line and names both ways around it; ``hint`` is the caller's own spelling of
+    them (command-line flags or recipe keys).
+    """
+
+    def __init__(self, reason: str, hint: str = "persona.wave_split_files=PATH (a local copy) or "
+                                                 "persona.fixture=true (the offline fixture)") -> None:
+        self.reason = reason
+        super().__init__(f"the Hugging Face hub is unreachable ({reason}), so the Twin-2K-500 data ({HUB_DATASET}) "
+                         f"cannot be downloaded; use {hint}")
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "no connection to the hub" (not: the dataset or revision does not exist)."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    try:
+        import httpx
+
+        errors.append(httpx.TransportError)
+    except ImportError:  # huggingface_hub before 1.0 uses requests, whose errors are ConnectionError/OSError
+        pass
+    try:
+        import requests
+
+        errors += [requests.exceptions.ConnectionError, requests.exceptions.Timeout]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
 class LeakageError(PersonaDataError):
     """A persona contains holdout questions or answers; scoring it would be meaningless."""
 
@@ -323,12 +355,20 @@ def load_respondents(
             )
             provenance["persona_summary"] = summary_path
     else:
-        sha = resolve_revision(revision)
-        wave = datasets.load_dataset(HUB_DATASET, "wave_split", split=HUB_SPLIT, revision=sha)
-        provenance = {"source": "hub", "dataset": HUB_DATASET, "config": "wave_split", "revision": sha}
-        summary_ds = None
-        if need_summary:
-            summary_ds = datasets.load_dataset(HUB_DATASET, "full_persona", split=HUB_SPLIT, revision=sha)
+        try:
+            sha = resolve_revision(revision)
+            wave = datasets.load_dataset(HUB_DATASET, "wave_split", split=HUB_SPLIT, revision=sha)
+            provenance = {"source": "hub", "dataset": HUB_DATASET, "config": "wave_split", "revision": sha}
+            summary_ds = None
+            if need_summary:
+                summary_ds = datasets.load_dataset(HUB_DATASET, "full_persona", split=HUB_SPLIT, revision=sha)
+        except _network_errors() as err:
+            text = " ".join(str(err).split())
+            if "offline mode is enabled" in text.lower() or "OfflineModeIsEnabled" in text:
+                reason = "offline mode: HF_HUB_OFFLINE is set"
+            else:
+                reason = f"{type(err).__name__}: {text[:120]}" if text else type(err).__name__
+            raise HubUnreachable(reason) from None
     summaries: dict[str, str | None] = {}
     if summary_ds is not None:
         if "persona_summary" not in summary_ds.column_names:

@@ -19,7 +19,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from evals.persona.data import HoldoutItem, PersonaDataError, Respondent, holdout_items, load_respondents
+from evals.persona.data import (
+    HoldoutItem,
+    HubUnreachable,
+    PersonaDataError,
+    Respondent,
+    holdout_items,
+    load_respondents,
+)
 from evals.persona.generate import SAMPLERS, generate_completions
 from evals.persona.metric import build_cells, summarise
 from evals.persona.parse import ParsedAnswer, parse_answer
@@ -167,18 +174,29 @@ def _parse_all(
     return answers, records, sum(not a.ok for a in answers.values())
 
 
-def run_persona_eval(model: Any, tokenizer: Any, cfg: Mapping[str, Any] | PersonaEvalConfig | None) -> dict:
-    """Run the eval on a loaded Dream ``model``/``tokenizer``; returns the report (also written if out_dir)."""
+def load_persona_data(cfg: Mapping[str, Any] | PersonaEvalConfig | None) -> tuple[list[Respondent], dict]:
+    """(respondents, provenance) for ``cfg``; callers load the data before the model so that an unreachable
+    hub or a bad file (:class:`PersonaDataError`) is reported before minutes of model loading."""
     conf = PersonaEvalConfig.from_mapping(cfg)
-    started = time.time()
-    need_summary = conf.variant in ("summary", "summary+text")
-    population, provenance = load_respondents(
+    return load_respondents(
         fixture=conf.fixture,
-        need_summary=need_summary,
+        need_summary=conf.variant in ("summary", "summary+text"),
         revision=conf.revision,
         wave_split_files=conf.wave_split_files,
         summary_files=conf.summary_files,
     )
+
+
+def run_persona_eval(model: Any, tokenizer: Any, cfg: Mapping[str, Any] | PersonaEvalConfig | None,
+                     data: tuple[list[Respondent], dict] | None = None) -> dict:
+    """Run the eval on a loaded Dream ``model``/``tokenizer``; returns the report (also written if out_dir).
+
+    ``data``: the result of :func:`load_persona_data` for the same ``cfg`` (loaded here when None).
+    """
+    conf = PersonaEvalConfig.from_mapping(cfg)
+    started = time.time()
+    need_summary = conf.variant in ("summary", "summary+text")
+    population, provenance = data if data is not None else load_persona_data(conf)
     # decile edges pool every loaded respondent, not only the evaluated ones
     respondents = population[: conf.max_respondents] if conf.max_respondents is not None else population
     items, prompts, excluded = _build_prompts(respondents, tokenizer, conf)
@@ -245,18 +263,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="only these holdout tasks")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+                   help="auto (default) = bfloat16 on CUDA, float32 on CPU")
     return p.parse_args(argv)
+
+
+CLI_HUB_HINT = "--wave-split-files PATH (a local copy) or --fixture (the offline fixture)"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    import torch
-
     from decoding.checkpoint import load_dream
+    from decoding.devices import pick_device, pick_dtype
     from decoding.tokenizer import load_tokenizer
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         cfg = PersonaEvalConfig(
             fixture=args.fixture,
@@ -277,9 +297,14 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             out_dir=args.out,
         ).validated()
+        data = load_persona_data(cfg)  # before the model: an unreachable hub is reported at once
+        device = pick_device(args.device)
         tokenizer = load_tokenizer(args.model)
-        model = load_dream(args.model, dtype=getattr(torch, args.dtype), device=device)
-        report = run_persona_eval(model, tokenizer, cfg)
+        model = load_dream(args.model, dtype=pick_dtype(args.dtype, device), device=device)
+        report = run_persona_eval(model, tokenizer, cfg, data=data)
+    except HubUnreachable as err:
+        print(f"error: {HubUnreachable(err.reason, hint=CLI_HUB_HINT)}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as err:  # user errors: bad paths, bad settings, bad data
         print(f"error: {err}", file=sys.stderr)
         return 2

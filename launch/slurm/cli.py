@@ -126,7 +126,7 @@ def build_train(args: argparse.Namespace) -> Rendered:
         "ray_port": args.ray_port, "ray_start_wait": args.ray_start_wait, "ray_join_timeout": args.ray_join_timeout,
         "command": quote_command(command),
     })
-    return Rendered("train", script, out_dir / f"{res.job_name}.sbatch")
+    return Rendered("train", script, out_dir / f"{res.job_name}.sbatch", command=command)
 
 
 def build_eval_array(args: argparse.Namespace) -> Rendered:
@@ -195,6 +195,43 @@ def build_sweep(args: argparse.Namespace) -> Rendered:
 BUILDERS = {"train": build_train, "eval-array": build_eval_array, "sweep": build_sweep}
 
 
+def check_command(command: list[str], label: str = "") -> None:
+    """RenderError unless the arguments of one job command compose and validate for its entry point.
+
+    Why: a job that dies at once on a typo'd key or recipe name is found out only after it waited in the queue;
+    the same Hydra composition and checks the entry point runs first are run here, before anything is
+    rendered. Files (model folder, data) are not checked: they may exist only on the cluster. A custom
+    ``--entry`` script is not ours to check.
+    """
+    script, args = Path(command[1]), command[2:]
+    prefix = f"{label}: " if label else ""
+    if script.name == Path(ENTRIES["train"]).name:
+        from launch.train_grpo import compose_recipe, split_recipe
+        from rl.config import RecipeError, validate_recipe
+
+        try:
+            recipe, overrides = split_recipe(args)
+            validate_recipe(compose_recipe(recipe, overrides), check_files=False)
+        except RecipeError as err:
+            raise RenderError(f"{prefix}{err}") from None
+    elif script.name == Path(ENTRIES["eval"]).name:
+        from launch.eval_checkpoint import compose_config
+
+        try:
+            compose_config(args, local=False)
+        except ValueError as err:
+            raise RenderError(f"{prefix}{err}") from None
+
+
+def check_job(job: Rendered) -> None:
+    """:func:`check_command` for the job's driver command or every array index (each distinct argument set)."""
+    if job.manifest is not None:
+        for index, (command, label) in enumerate(zip(job.manifest["commands"], job.manifest["labels"])):
+            check_command(command, f"array index {index} ({label})")
+    elif job.command is not None:
+        check_command(job.command)
+
+
 def print_dry_run(job: Rendered, submit: bool) -> None:
     """Script to stdout; where it would go and what each index runs to stderr."""
     sys.stdout.write(job.script)
@@ -247,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "run-index":
             return run_index(args)
         job = BUILDERS[args.kind](args)
+        check_job(job)
     except (RenderError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

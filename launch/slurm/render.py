@@ -65,6 +65,7 @@ class Rendered:
     script_path: Path
     manifest: dict[str, Any] | None = None
     manifest_path: Path | None = None
+    command: list[str] | None = None  # the driver command of a single (non-array) job
 
     def write(self) -> None:
         """Write the script (executable), the manifest and the log directory Slurm needs to exist."""

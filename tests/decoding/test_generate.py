@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +13,8 @@ import torch.nn.functional as F
 from decoding import DreamModel
 from decoding.generate import DreamGenerateOutput, diffusion_generate, main
 from decoding.sampling import shift_logits
+
+ROOT = Path(__file__).resolve().parents[2]
 
 MAX_NEW = 12
 STEPS = 8
@@ -275,3 +281,61 @@ def test_sample_tokens_exact_small_cases() -> None:
     assert sample_tokens(logits, temperature=1.0, top_k=1)[1].tolist() == [0]
     masked = invalid_token_mask(torch.zeros(1, 5), mask_token_id=1, tokenizer_size=3)
     assert masked.tolist() == [[0.0, float("-inf"), 0.0, float("-inf"), float("-inf")]]
+
+
+def test_cli_runs_every_sampler_and_rejects_options_of_another(tiny_dream_dir, capsys) -> None:
+    """``--sampler plain|fast|lockstep`` reuse the library samplers (same tokens as calling them directly);
+    an option of another sampler is a one-line error instead of being silently ignored."""
+    from decoding import load_dream, load_tokenizer
+    from decoding.fast import fast_generate
+    from decoding.fast import main as fast_main
+    from decoding.lockstep import LockstepCfg, lockstep_sample
+    from decoding.tokenizer import build_chat_prompt, decode_completion, encode_prompts
+
+    common = ["--model", str(tiny_dream_dir), "--prompt", "Write add(a, b)", "--device", "cpu", "--seed", "3"]
+    model, tok = load_dream(tiny_dream_dir, dtype=torch.float32), load_tokenizer(tiny_dream_dir)
+    ids, mask = encode_prompts(tok, [build_chat_prompt(tok, "Write add(a, b)", system="You are a helpful assistant.")])
+
+    assert main([*common, "--sampler", "fast", "--max-new-tokens", "8", "--block-size", "4"]) == 0
+    expected = fast_generate(model, ids, mask, max_new_tokens=8, block_size=4, valid_vocab_size=len(tok),
+                             generator=torch.Generator().manual_seed(3))
+    out = capsys.readouterr()
+    assert out.out == decode_completion(tok, expected.sequences[0, ids.shape[1]:]) + "\n"
+    assert "nfe=" in out.err  # the sampler's metrics go to stderr
+
+    assert main([*common, "--sampler", "lockstep", "--r-len", "3", "--a-len", "5", "--mode", "jacobi"]) == 0
+    result = lockstep_sample(model, ids, mask, LockstepCfg(mode="jacobi", r_len=3, a_len=5),
+                             delimiter_ids=tok.encode("\n```python\n", add_special_tokens=False),
+                             valid_vocab_size=len(tok), generator=torch.Generator().manual_seed(3))
+    reasoning, answer = result.texts(tok)
+    assert capsys.readouterr().out == f"{reasoning[0]}\n```python\n{answer[0]}\n"
+
+    assert fast_main([*common, "--max-new-tokens", "8", "--block-size", "4"]) == 0  # decoding.fast = --sampler fast
+    assert capsys.readouterr().out == out.out
+    assert main([*common, "--r-len", "3", "--block-size", "4"]) == 2
+    assert capsys.readouterr().err == ("error: --sampler plain does not use --block-size (fast), --r-len (lockstep)\n")
+
+
+@pytest.mark.parametrize("module", ["decoding.generate", "decoding.fast", "decoding.lockstep", "decoding.viz",
+                                    "decoding.tiny"])
+def test_python_m_has_no_runpy_warning(module) -> None:
+    """``python -m decoding.X`` used to warn ``'decoding.X' found in sys.modules after import of package``
+    (the package imported its CLI submodules); ``decoding.lockstep`` used to exit 0 doing nothing."""
+    run = subprocess.run([sys.executable, "-W", "default", "-m", module, "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and "RuntimeWarning" not in run.stderr, run.stderr
+    assert "usage:" in run.stdout
+    if module == "decoding.lockstep":
+        assert "--sampler {plain,fast,lockstep}" in run.stdout and "--r-len" in run.stdout
+        bare = subprocess.run([sys.executable, "-m", module], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert bare.returncode == 2 and "required: --model, --prompt" in bare.stderr
+
+
+def test_auto_dtype_is_fp32_on_cpu_and_bf16_on_cuda() -> None:
+    from decoding.devices import pick_dtype
+
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert pick_dtype(None, torch.device("cuda")) == torch.bfloat16
+    assert pick_dtype("fp16", torch.device("cpu")) == torch.float16
+    with pytest.raises(ValueError, match="dtype 'fp8' is not one of auto"):
+        pick_dtype("fp8", torch.device("cpu"))

@@ -75,3 +75,38 @@ def test_cli_writes_gif_and_strip(tiny_dream_dir, tmp_path, capsys) -> None:
     assert code == 0 and out.exists() and out.with_suffix(".png").exists()
     assert "wrote" in capsys.readouterr().out
     assert main(["--model", str(tmp_path), "--prompt", "x", "--out", str(out), "--device", "cpu"]) == 2
+
+
+def test_defaults_are_the_demo_rollout_and_give_a_readable_gif_of_the_demo_checkpoint(tmp_path, capsys) -> None:
+    """With no decoding flags the GIF of the committed demo checkpoint shows the canvas the demo trains on
+    (recipes/demo.yaml's lockstep rollout): a few frames, one short line per 16 cells, end-of-text cells
+    labelled ``<eot>`` rather than a cut ``<|endoft``, token text dark on light cells."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from decoding.viz import CELL_H, VIZ_DEFAULTS, _colour
+
+    root = Path(__file__).resolve().parents[2]
+    rollout = OmegaConf.load(root / "recipes" / "demo.yaml").actor_rollout_ref.rollout.custom.dream.options
+    for key, value in VIZ_DEFAULTS.items():
+        assert rollout.get(key, LockstepCfg.__dataclass_fields__.get(key) and
+                           LockstepCfg.__dataclass_fields__[key].default) == value, key
+    prompt = ("Please provide a self-contained Python script that solves the following problem in a markdown code "
+              "block:\n```\ndef find_score(s: str) -> int:\n    \"\"\"Return the length of s.\n    >>> "
+              "find_score('tree')\n    4\n    \"\"\"\n```\n")
+    out = tmp_path / "fill.gif"
+    assert main(["--model", str(root / "recipes" / "assets" / "demo_warmstart"), "--prompt", prompt,
+                 "--out", str(out)]) == 0
+    assert "A: 'def find_score(s: str) -> int:" in capsys.readouterr().out  # the warm start writes the function
+    gif = Image.open(out)
+    assert 2 <= gif.n_frames <= 40 and gif.size[1] <= 12 * CELL_H  # 18 + 6 + 32 cells: a handful of lines
+    for name in ("r", "a"):
+        for step in (0, 10):  # darkest (earliest) cell colour still light enough for black text
+            r, g, b = _colour(name, step, 11)
+            assert 0.299 * r + 0.587 * g + 0.114 * b > 110, (name, step)
+
+
+def test_special_tokens_get_short_labels(tiny_tok) -> None:
+    eot = tiny_tok.convert_tokens_to_ids("<|endoftext|>")
+    assert token_label(tiny_tok, eot) == "<eot>"

@@ -93,3 +93,24 @@ def test_lockstep_sampler_end_to_end(tiny_dream_dir, tmp_path):
     assert (
         item["prompt_tokens"] <= 560 - 8 - 4 - delim and report["truncation"]["prompts_with_persona_cut"] == 1
     )
+
+
+UNREACHABLE_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}  # port 9: nothing listens
+
+
+@pytest.mark.parametrize("env", [UNREACHABLE_HUB, {"HF_HUB_OFFLINE": "1"}], ids=["unreachable", "offline"])
+def test_cli_without_hub_access_says_so_in_one_line(tmp_path, env):
+    """The real CLI, offline: one line naming the hub and the two ways around it, before any model loading."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-m", "evals.persona.run", "--model", str(tmp_path / "never-loaded"),
+                          "--out", str(tmp_path / "out")], cwd=root, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HOME": str(tmp_path / "hf"), **env})
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("error: the Hugging Face hub is unreachable (") and run.stderr.count("\n") == 1
+    assert "--wave-split-files PATH (a local copy) or --fixture (the offline fixture)" in run.stderr
+    assert not (tmp_path / "out").exists()

@@ -172,3 +172,25 @@ def test_shortened_demo_improves_the_heldout_pass_rate(tmp_path: Path) -> None:
     assert (run_dir / "learning_curve.png").is_file() and (run_dir / "summary.md").is_file()
     assert list((run_dir / "wandb").glob("offline-run-*"))
     assert (run_dir / "checkpoints" / f"global_step_{SHORT_STEPS}" / "actor" / "huggingface" / "config.json").is_file()
+
+
+def test_docs_name_the_checkpoints_the_demo_recipe_writes() -> None:
+    """docs/evaluation.md's CPU walk-through (train the demo, evaluate every checkpoint with an eval array)
+    must name the steps recipes/demo.yaml actually saves and one array index per checkpoint plus the base."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    trainer = OmegaConf.load(ROOT / "recipes" / "demo.yaml").trainer
+    steps = list(range(trainer.save_freq, trainer.total_training_steps + 1, trainer.save_freq))
+    if trainer.total_training_steps % trainer.save_freq:
+        steps.append(trainer.total_training_steps)  # verl also saves the last step
+    doc = (ROOT / "docs" / "evaluation.md").read_text()
+    walkthrough = doc[doc.index("## Trying it on CPU"):]
+    assert f"global_step_{{{','.join(map(str, steps))}}}/actor/huggingface" in walkthrough
+    assert f"trainer.total_training_steps: {trainer.total_training_steps}" in walkthrough
+    assert f"trainer.save_freq: {trainer.save_freq}" in walkthrough
+    indices = " ".join(str(i) for i in range(len(steps) + 1))  # index 0 = the warm start (--include-base)
+    assert f"for i in {indices}; do SLURM_ARRAY_TASK_ID=$i" in walkthrough
+    assert f"(steps {', '.join(map(str, [0, *steps]))})" in walkthrough
+    assert not re.search(r"global_step_\{6,12\}|steps 0, 6, 12", doc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -331,3 +332,69 @@ def test_persona_task_dispatch_writes_report_and_row(tiny_dream_dir: Path, tmp_p
     rows = [json.loads(line) for line in read_lines(tmp_path / "results" / "results.jsonl")]
     assert len(rows) == 2 and rows[0]["task"] == "persona" and rows[0]["step"] is None
     assert rows[0]["persona_retest"] == report["headline"]["retest"]
+
+
+def test_help_lists_recipes_and_key_overrides() -> None:
+    run = entry("--help")
+    assert run.returncode == 0 and run.stderr == ""
+    assert "recipe=<eval/humaneval|eval/mbpp|eval/persona> checkpoint=PATH" in run.stdout
+    for key in ("generation.sampler=plain|fast|lockstep", "dtype=auto", "persona.fixture=true", "130 interrupted"):
+        assert key in run.stdout, key
+
+
+def test_broken_weights_exit_2_with_one_line_before_anything_is_written(tiny_dream_dir: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A cut download (truncated safetensors) or a folder with config but no weights: the file is named, no
+    model is loaded, no output folder is created."""
+    cut = tmp_path / "cut"
+    shutil.copytree(ROOT / "recipes" / "assets" / "demo_warmstart", cut)
+    os.truncate(cut / "model.safetensors", (cut / "model.safetensors").stat().st_size - 1000)
+    empty = tmp_path / "no_weights"
+    shutil.copytree(tiny_dream_dir, empty, ignore=shutil.ignore_patterns("*.safetensors"))
+    out = tmp_path / "out"
+    for model, message in ((cut, f"{cut / 'model.safetensors'} is truncated"),
+                           (empty, "has no weights: model.safetensors.index.json lists missing shards")):
+        assert eval_main(["recipe=eval/humaneval", f"checkpoint={model}", f"output_root={out}",
+                          f"results_dir={out}", "device=cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+        assert not out.exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes(run_dir: Path, tmp_path: Path) -> None:
+    """SIGINT once generation has started: one line saying how to resume, exit 130, no traceback; the progress
+    bar shows an ETA; the same command then finishes without regenerating what was kept."""
+    args = [str(ENTRY), "recipe=eval/humaneval", f"checkpoint={step_dir(run_dir, 2)}", *TINY_EVAL,
+            "dataset.limit=4", "generation.n_samples=2", "generation.batch_size=1", "scoring.chunk_size=1",
+            f"output_root={tmp_path / 'eval'}", f"results_dir={tmp_path / 'results'}", "eval_name=ctrlc"]
+    out = tmp_path / "eval" / "ctrlc"
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 300
+    while len(read_lines(out / "generations.rank0.jsonl")) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.endswith("interrupted; run the same command to resume\n") and "Traceback" not in err, err[-3000:]
+    assert re.search(r"generate\[0\]:.*\d+/8 \[\d\d:\d\d<\d\d:\d\d", err), err[-3000:]  # samples bar with an ETA
+    kept = read_lines(out / "generations.rank0.jsonl")
+    assert 2 <= len(kept) < 8 and not (out / "summary.json").exists()
+    rerun = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = read_lines(out / "generations.rank0.jsonl")
+    complete = [line for line in kept if line.endswith("}")]
+    assert after[: len(complete)] == complete and len(after) == 8  # kept samples were not generated again
+    assert json.loads((out / "summary.json").read_text())["row"]["num_tasks"] == 4
+
+
+def test_persona_recipe_offline_is_one_line_naming_the_fixture(tiny_dream_dir: Path, tmp_path: Path) -> None:
+    """README's ``recipe=eval/persona`` on a machine without the hub ended in an ``httpx.ConnectError`` trace."""
+    out = tmp_path / "out"
+    run = entry("recipe=eval/persona", f"checkpoint={tiny_dream_dir}", f"output_root={out}", f"results_dir={out}",
+                env={**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith("error: persona: the Hugging Face hub is unreachable (offline mode")
+    assert "persona.wave_split_files=PATH (a local copy) or persona.fixture=true" in run.stderr
+    assert not out.exists()

@@ -19,6 +19,9 @@ from launch.slurm.render import RenderError, expand_grid, fill_template, select_
 ROOT = Path(__file__).resolve().parents[2]
 
 
+MODEL = "actor_rollout_ref.model.path=/models/Dream-v0-Instruct-7B"  # exists on the cluster, not here
+
+
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "launch.slurm.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**os.environ, **(env or {})})
@@ -48,7 +51,7 @@ def test_template_fields_must_match_exactly() -> None:
 def test_train_script_starts_ray_head_workers_and_one_driver() -> None:
     run = cli("render", "train", "--recipe", "humaneval", "--nodes", "3", "--gpus-per-node", "4",
               "--partition", "h100", "--setup", "source .venv/bin/activate", "--dry-run", "--",
-              "trainer.total_epochs=2", "data.train_files=[a b]")
+              "trainer.total_epochs=2", "data.train_files=[a b]", MODEL)
     assert run.returncode == 0, run.stderr
     script = run.stdout
     bash_syntax_ok(script)
@@ -108,6 +111,41 @@ def test_user_errors_are_one_line(tmp_path: Path) -> None:
         assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
 
 
+def test_jobs_are_validated_before_anything_is_rendered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The recipe and overrides of every command go through the entry point's own composition and checks
+    first: a typo exits 2 with one line and no script, manifest or log folder is written (in-process: verl is
+    imported once; the first case also runs the real CLI, for the absence of import noise and tracebacks)."""
+    from launch.slurm.cli import main as slurm_main
+
+    run_dir = tmp_path / "run"
+    (run_dir / "global_step_1").mkdir(parents=True)
+    out = tmp_path / "job"
+    for args, message in (
+        (("submit", "train", "--recipe", "nosuch", "--", "bogus.key=1"), "unknown recipe 'nosuch'"),
+        (("submit", "train", "--recipe", "humaneval", "--", MODEL, "bogus.key=1"), "Could not override 'bogus.key'"),
+        (("submit", "train", "--recipe", "demo_sft"), "is an SFT recipe: run it with python launch/train_sft.py"),
+        (("submit", "train", "--recipe", "humaneval"), "actor_rollout_ref.model.path is not set"),
+        (("submit", "sweep", "--recipe", "demo", "--grid", "actor_rollout_ref.rollout.n=4,two"),
+         "array index 1 (actor_rollout_ref.rollout.n=two): actor_rollout_ref.rollout.n (group size) must be an "
+         "integer"),
+        (("submit", "eval-array", "--run-dir", str(run_dir), "--recipe", "eval/humaneval", "--",
+          "generation.nope=1"), "array index 0 (global_step_1): recipe eval/humaneval: Could not override"),
+        (("submit", "sweep", "--recipe", "eval/mbpp", "--entry", "eval", "--grid", "dataset.limit=1,all", "--",
+          "checkpoint=x"), "dataset.limit=all must be an integer"),
+    ):
+        argv = [*args[:2], "--out-dir", str(out), *args[2:]]
+        code, err = slurm_main(argv), capsys.readouterr().err
+        if "nosuch" in args:
+            run = cli(*argv)
+            code, err = run.returncode, run.stderr
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith("error: ") and message in err, err
+        assert not out.exists() and not (run_dir / "slurm").exists()
+    ok = slurm_main(["render", "eval-array", "--run-dir", str(run_dir), "--recipe", "eval/humaneval", "--",
+                     "device=cuda", "generation.n_samples=2"])  # cuda on the compute nodes, not on this machine
+    assert ok == 0, capsys.readouterr().err
+
+
 def test_sweep_array_script_runs_each_index_locally(tmp_path: Path) -> None:
     """Render a sweep whose entry records its argv, then run the real script once per array index."""
     entry = tmp_path / "record.py"
@@ -135,15 +173,17 @@ def test_sweep_array_script_runs_each_index_locally(tmp_path: Path) -> None:
 
 
 def test_train_sweep_names_runs_and_pins_single_node(tmp_path: Path) -> None:
-    run = cli("render", "sweep", "--recipe", "humaneval", "--grid", "algorithm.kl=0,0.01", "--cpus-per-task", "12",
-              "--gpus-per-node", "8", "--job-name", "kl", "--out-dir", str(tmp_path), "--dry-run")
+    run = cli("render", "sweep", "--recipe", "humaneval", "--grid", "algorithm.kl_ctrl.kl_coef=0,0.01",
+              "--cpus-per-task", "12", "--gpus-per-node", "8", "--job-name", "kl", "--out-dir", str(tmp_path),
+              "--dry-run", "--", MODEL)
     assert run.returncode == 0, run.stderr
     bash_syntax_ok(run.stdout)
-    assert "[1] algorithm.kl=0.01:" in run.stderr
-    assert ("trainer.nnodes=1 trainer.n_gpus_per_node=8 ray_kwargs.ray_init.num_cpus=12 algorithm.kl=0.01 "
-            f"trainer.experiment_name=kl-001 lockstep.run_dir={tmp_path}/kl-001") in run.stderr  # runs kept apart
+    assert "[1] algorithm.kl_ctrl.kl_coef=0.01:" in run.stderr
+    assert (f"trainer.nnodes=1 trainer.n_gpus_per_node=8 ray_kwargs.ray_init.num_cpus=12 {MODEL} "
+            f"algorithm.kl_ctrl.kl_coef=0.01 trainer.experiment_name=kl-001 lockstep.run_dir={tmp_path}/kl-001"
+            ) in run.stderr  # runs kept apart
     own_dirs = cli("render", "sweep", "--recipe", "humaneval", "--grid", "lockstep.run_dir=runs/a,runs/b",
-                   "--dry-run")
+                   "--dry-run", "--", MODEL)
     assert own_dirs.returncode == 0 and "lockstep.run_dir=runs/b trainer.experiment_name=lockstep-sweep-001\n" in (
         own_dirs.stderr)
 
@@ -153,14 +193,15 @@ def test_submit_calls_sbatch_and_explains_when_it_is_missing(tmp_path: Path) -> 
     fake_bin.mkdir()
     (fake_bin / "sbatch").write_text('#!/bin/bash\necho "$@" > "$(dirname "$0")/args"\necho "Submitted batch job 42"\n')
     (fake_bin / "sbatch").chmod(0o755)
-    args = ("submit", "train", "--recipe", "humaneval", "--out-dir", str(tmp_path / "job"), "--job-name", "t")
+    args = ("submit", "train", "--recipe", "humaneval", "--out-dir", str(tmp_path / "job"), "--job-name", "t", "--",
+            MODEL)
     bare_path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "sbatch").exists())
     missing = cli(*args, env={"PATH": bare_path})
     assert missing.returncode == 2 and "sbatch is not on PATH" in missing.stderr
     run = cli(*args, env={"PATH": f"{fake_bin}{os.pathsep}{bare_path}"})
     assert run.returncode == 0 and "Submitted batch job 42" in run.stdout, run.stderr
     assert (fake_bin / "args").read_text().strip() == str(tmp_path / "job" / "t.sbatch")
-    dry = cli(*args, "--dry-run", env={"PATH": bare_path})
+    dry = cli(*args[:-2], "--dry-run", *args[-2:], env={"PATH": bare_path})
     assert dry.returncode == 0 and "would write" in dry.stderr and "run: sbatch" in dry.stderr
 
 

@@ -34,7 +34,10 @@ def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def recipes() -> dict:
-    return {name: compose_recipe(name, []) for name in RECIPES}
+    """Every GRPO recipe, composed as a user would run it (the 7B recipes need the model folder named)."""
+    model = {"demo": [], "humaneval": ["actor_rollout_ref.model.path=/models/Dream"],
+             "mbpp": ["actor_rollout_ref.model.path=/models/Dream"]}
+    return {name: compose_recipe(name, model[name]) for name in RECIPES}
 
 
 def test_every_recipe_composes_on_verls_trainer_config_and_validates(recipes) -> None:
@@ -95,7 +98,8 @@ def test_unknown_recipe_and_bad_override_are_recipe_errors() -> None:
 
 
 def test_cpu_runtime_settings_and_worker_environment(tmp_path, monkeypatch) -> None:
-    for name in ("VERL_PLATFORM", "LOCKSTEP_ESTIMATOR", "WANDB_MODE", "WANDB_DIR", "LOCKSTEP_REWARD_CONFIG"):
+    for name in ("VERL_PLATFORM", "LOCKSTEP_ESTIMATOR", "WANDB_MODE", "WANDB_DIR", "LOCKSTEP_REWARD_CONFIG",
+                 "TQ_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
     cfg = compose_recipe("demo", [f"lockstep.run_dir={tmp_path}"])
     prepare_runtime(cfg, ROOT)
@@ -107,6 +111,9 @@ def test_cpu_runtime_settings_and_worker_environment(tmp_path, monkeypatch) -> N
     assert env.WANDB_MODE == "offline" and str(tmp_path) == env.WANDB_DIR
     assert cfg.reward.custom_reward_function.path == str(ROOT / "rl" / "verl_reward.py")
     assert cfg.actor_rollout_ref.rollout.agent.default_agent_loop == "dream_single_turn"  # stable sample keys
+    import psutil  # TransferQueue warns on every put/get when its thread count exceeds the physical cores
+
+    assert 1 <= int(env.TQ_NUM_THREADS) <= min(8, psutil.cpu_count(logical=False))
 
 
 def test_joining_an_existing_ray_cluster_declares_no_resources(tmp_path, monkeypatch) -> None:
@@ -175,3 +182,97 @@ def test_prepare_data_writes_verl_rows(tmp_path) -> None:
         split_tasks(list(range(3)), 0, 3)
     with pytest.raises(DataError, match="unknown dataset"):
         write_parquet_files("nope", tmp_path)
+
+
+# ----------------------------------------------------------------------------- user mistakes: one line, no writes
+def truncated_copy(source: Path, target: Path) -> Path:
+    """A copy of the Dream folder ``source`` whose ``model.safetensors`` lost its second half (a cut download)."""
+    import shutil
+
+    shutil.copytree(source, target)
+    weights = target / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    return target
+
+
+SHARED_DREAM = ROOT.parent / "shared" / "data" / "dream-v0-instruct-7b"  # the hub folder without its weights
+
+
+def test_mistakes_exit_2_with_one_line_before_anything_is_written(tmp_path, capsys) -> None:
+    from launch.train_grpo import main
+
+    run_dir = tmp_path / "run"
+    demo = ROOT / "recipes" / "assets" / "demo_warmstart"
+    cases = [
+        (["recipe=demo", "actor_rollout_ref.rollout.n=two"],
+         "actor_rollout_ref.rollout.n (group size) must be an integer, got 'two'"),
+        (["recipe=demo", "trainer.total_training_steps=-3"],
+         "trainer.total_training_steps must be an integer >= 1 (or null), got -3"),
+        (["recipe=demo_sft"], "recipe=demo_sft is an SFT recipe: run it with python launch/train_sft.py"),
+        (["recipe=demo", f"actor_rollout_ref.model.path={truncated_copy(demo, tmp_path / 'cut')}"],
+         f"{tmp_path / 'cut' / 'model.safetensors'} is truncated"),
+        (["recipe=demo", "trainer.resume_mode=sometimes"], "trainer.resume_mode must be one of"),
+        (["recipe=demo", "nonsense"], "arguments are recipe=<name> and key=value overrides, got 'nonsense'"),
+    ]
+    if SHARED_DREAM.is_dir():  # config + tokenizer, no weights
+        cases.append((["recipe=humaneval", f"actor_rollout_ref.model.path={SHARED_DREAM}"],
+                      "has no weights: model.safetensors.index.json lists missing shards"))
+    for argv, message in cases:
+        assert main([*argv, f"lockstep.run_dir={run_dir}"]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, (argv, err)
+        assert not run_dir.exists(), argv
+
+
+def test_model_path_not_set_names_the_key_not_verls_default(tmp_path) -> None:
+    """The 7B recipes leave model.path to the user; verl's placeholder default must not leak into the
+    message, and no prompt data may be written before the error (the run dir is relative to the cwd)."""
+    result = subprocess.run([sys.executable, str(ROOT / "launch" / "train_grpo.py"), "recipe=humaneval"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr == ("error: actor_rollout_ref.model.path is not set: pass actor_rollout_ref.model.path="
+                             "<Dream checkpoint folder>, e.g. Dream-v0-Instruct-7B\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_lists_only_grpo_recipes() -> None:
+    result = _run(["--help"])
+    assert result.returncode == 0 and result.stderr == ""
+    assert "recipe=<demo|humaneval|mbpp>" in result.stdout and "launch/train_sft.py" in result.stdout
+
+
+def test_truncated_checkpoint_picked_by_auto_resume_names_the_file_and_an_earlier_step(tmp_path) -> None:
+    """verl's auto-resume would load the latest step inside a Ray worker and fail there with a stack trace;
+    the launcher checks the files first and names the step to resume from instead (verl's resume_path keys)."""
+    import torch
+
+    from launch.train_grpo import main
+
+    run_dir = tmp_path / "run"
+    checkpoints = run_dir / "checkpoints"
+    for step in (1, 2, 3):
+        actor = checkpoints / f"global_step_{step}" / "actor"
+        actor.mkdir(parents=True)
+        for name in ("model", "optim", "extra_state"):
+            torch.save({"step": step, "w": torch.zeros(256)}, actor / f"{name}_world_size_1_rank_0.pt")
+        torch.save({"position": step}, actor.parent / "data.pt")
+    (checkpoints / "latest_checkpointed_iteration.txt").write_text("3")
+    broken = checkpoints / "global_step_3" / "actor" / "model_world_size_1_rank_0.pt"
+    os.truncate(broken, broken.stat().st_size - 100)
+    (checkpoints / "global_step_2" / "data.pt").write_bytes(b"")  # step 2 is damaged too
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    result = _run(["recipe=demo", f"lockstep.run_dir={run_dir}", "trainer.resume_mode=auto"])
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f"cannot resume from {checkpoints / 'global_step_3'}" in result.stderr
+    assert f"{broken} is truncated or corrupt" in result.stderr
+    assert ("trainer.resume_mode=resume_path trainer.resume_from_path="
+            f"{checkpoints / 'global_step_1'}") in result.stderr
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before  # no data/ written
+    # the advice works: resuming from the named step passes the check (and fails only later, on purpose here)
+    from rl.config import check_resume
+
+    cfg = compose_recipe("demo", [f"lockstep.run_dir={run_dir}", "trainer.resume_mode=resume_path",
+                                  f"trainer.resume_from_path={checkpoints / 'global_step_1'}"])
+    check_resume(cfg)
+    assert main(["recipe=demo", f"lockstep.run_dir={run_dir}", "trainer.resume_mode=resume_path",
+                 f"trainer.resume_from_path={checkpoints / 'global_step_2'}"]) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,34 @@ def test_short_run_writes_checkpoint_metrics_and_wandb(tmp_path: Path, tiny_drea
         assert load_tokenizer(out).mask_token_id == model.config.mask_token_id
         assert json.loads((out / "sft_info.json").read_text())["evals"] == metrics["evals"]
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_help_is_real_help_text() -> None:
+    """``--help`` used to reach Hydra's override lexer; now it lists the SFT recipes and the key overrides."""
+    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "train_sft.py"), "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert "recipe=<demo_sft>" in proc.stdout and "model.path=DIR" in proc.stdout
+    assert "launch/train_grpo.py" in proc.stdout  # where the GRPO recipes go
+
+
+def test_wrong_recipe_or_broken_model_exit_2_before_anything_is_written(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    cut = tmp_path / "cut"
+    shutil.copytree(ROOT / "recipes" / "assets" / "demo_warmstart", cut)
+    os.truncate(cut / "model.safetensors", (cut / "model.safetensors").stat().st_size // 2)
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(cut, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
+    run_dir = tmp_path / "run"
+    for args, message in (
+        (["recipe=demo"], "recipe=demo is a GRPO recipe: run it with python launch/train_grpo.py recipe=demo"),
+        (["recipe=nosuch"], "unknown recipe 'nosuch'; SFT recipes: demo_sft"),
+        ([f"model.path={cut}"], f"{cut / 'model.safetensors'} is truncated"),
+        ([f"model.path={no_weights}"], "has a config.json but no weights"),
+    ):
+        assert main([*args, f"run_dir={run_dir}"]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, (args, err)
+        assert not run_dir.exists(), args

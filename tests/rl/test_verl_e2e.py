@@ -216,3 +216,22 @@ def test_resume_from_step_1_reproduces_step_2_even_when_requests_arrive_late(dem
     for key in ("critic/score/mean", "critic/advantages/max", "response_length/mean", "actor/pg_loss",
                 "actor/grad_norm", "actor/entropy", "actor/pg_clipfrac"):
         assert steps[2][key] == pytest.approx(uninterrupted[key], rel=1e-6, abs=1e-9), key  # measured: identical
+
+
+@pytest.mark.slow
+def test_log_is_quiet_and_the_config_is_a_file(demo_run) -> None:
+    """What a run prints: no ~1,000-line config dump (it is ``<run_dir>/config.yaml``, one line says where), no
+    TransferQueue thread-count warning per put/get, no per-sample Continuous Token builder warning, and no
+    W&B ``ConnectionResetError`` traceback at exit."""
+    from omegaconf import OmegaConf
+
+    run_dir, result = demo_run
+    assert result.returncode == 0, result.stderr[-4000:]
+    log = result.stdout + result.stderr
+    config = OmegaConf.load(run_dir / "config.yaml")
+    assert config.trainer.total_training_steps == 2 and config.actor_rollout_ref.rollout.name == "dream"
+    assert f"full config (recipe + overrides + verl defaults): {run_dir / 'config.yaml'}" in log
+    assert "'actor_rollout_ref': {" not in log  # verl's pprint of the resolved config
+    for noise in ("target_num_threads", "No model-specific Continuous Token builder", "ConnectionResetError",
+                  "Traceback"):
+        assert noise not in log, noise

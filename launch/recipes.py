@@ -1,0 +1,72 @@
+"""Which recipe in ``recipes/`` belongs to which entry point (GRPO, SFT, evaluation).
+
+Why: ``recipes/`` holds GRPO recipes (layered on verl's ``ppo_trainer``), SFT recipes and, under ``eval/``,
+evaluation recipes. Each launcher must offer and accept only its own kind: an SFT recipe given to
+``train_grpo.py`` composes into a config verl cannot read and failed with a stack trace. The kind is read from
+the recipe itself (its Hydra ``defaults`` and top-level sections), not from its file name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+ENTRY_POINTS = {"grpo": "launch/train_grpo.py", "sft": "launch/train_sft.py", "eval": "launch/eval_checkpoint.py"}
+SFT_SECTIONS = {"model", "tasks", "train", "eval"}
+LABELS = {"grpo": ("a GRPO", "GRPO"), "sft": ("an SFT", "SFT"), "eval": ("an evaluation", "evaluation")}
+
+
+def quiet_verl_imports() -> None:
+    """Silence what importing verl prints in a process that only composes/validates a recipe.
+
+    verl announces every optional engine it lacks (``UserWarning: megatron engine is not available``, five of
+    them) and, without a GPU, logs that it falls back to the ``nvidia`` platform; a launcher's one-line error
+    would otherwise come after a dozen lines of that. Ray workers (which configure their own platform) are not
+    affected.
+    """
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".* engine is not available", category=UserWarning)
+    # a filter, not a level: verl sets its loggers' levels when its modules are imported
+    logging.getLogger("verl.plugin.platform.platform_manager").addFilter(lambda record: record.levelno >= logging.ERROR)
+
+
+def recipe_kind(name: str) -> str | None:
+    """``grpo`` | ``sft`` | ``eval`` for ``recipes/<name>.yaml``, ``None`` when it does not exist or is neither."""
+    path = RECIPES_DIR / f"{name.removesuffix('.yaml')}.yaml"
+    if not path.is_file():
+        return None
+    if path.parent.name == "eval":
+        return "eval"
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return None
+    defaults = raw.get("defaults") or []
+    if any(entry == "ppo_trainer" or (isinstance(entry, dict) and "ppo_trainer" in entry) for entry in defaults):
+        return "grpo"
+    if set(raw) >= SFT_SECTIONS:
+        return "sft"
+    return None
+
+
+def recipe_names(kind: str) -> list[str]:
+    """Names (as given to ``recipe=``) of every recipe of ``kind``."""
+    paths = RECIPES_DIR.glob("eval/*.yaml") if kind == "eval" else RECIPES_DIR.glob("*.yaml")
+    names = [f"eval/{p.stem}" if kind == "eval" else p.stem for p in paths if not p.stem.startswith("_")]
+    return sorted(n for n in names if recipe_kind(n) == kind)
+
+
+def check_recipe(name: str, kind: str) -> None:
+    """ValueError with the recipes of ``kind`` (and the right entry point for another kind) unless ``name`` fits."""
+    found = recipe_kind(name)
+    if found == kind:
+        return
+    available = ", ".join(recipe_names(kind))
+    if found is None:
+        raise ValueError(f"unknown recipe {name!r}; {LABELS[kind][1]} recipes: {available}")
+    raise ValueError(f"recipe={name} is {LABELS[found][0]} recipe: run it with python {ENTRY_POINTS[found]} "
+                     f"recipe={name} ({ENTRY_POINTS[kind].rsplit('/', 1)[1]} takes {available})")
