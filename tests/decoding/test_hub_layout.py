@@ -120,10 +120,15 @@ def test_export_carries_the_users_remote_code_over(hub_dream_dir: Path, tmp_path
         assert json.loads((out / name).read_text())["auto_map"] == json.loads((user / name).read_text())["auto_map"]
 
 
-def test_generate_cli_runs_on_the_hub_folder(hub_dream_dir: Path) -> None:
+@pytest.mark.parametrize("sampler_args", [
+    ["--sampler", "plain", "--max-new-tokens", "8", "--steps", "4"],
+    ["--sampler", "fast", "--max-new-tokens", "8", "--block-size", "4"],
+    ["--sampler", "lockstep", "--r-len", "4", "--a-len", "8"],
+], ids=["plain", "fast", "lockstep"])
+def test_generate_cli_runs_every_sampler_on_the_hub_folder(hub_dream_dir: Path, sampler_args: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "decoding.generate", "--model", str(hub_dream_dir), "--prompt", "Write add(a, b).",
-         "--max-new-tokens", "8", "--steps", "4"],
+         *sampler_args],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
