@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import hashlib
+import logging
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, as_completed
@@ -18,12 +19,13 @@ from typing import Any
 from tqdm import tqdm
 
 from .expected import ensure_expected
-from .extract import build_solution
+from .extract import ExtractedCode, build_solution
 from .judge import TaskExpected, judge
 from .sandbox import Job, SandboxConfig, SandboxPool
 from .tasks import Task, load_tasks
 
 _ALL_SETS = ("base", "plus")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +105,17 @@ class SandboxInfraError(RuntimeError):
         self.results = results
 
 
+def _extract(completion: str, task: Task, cfg: RewardConfig) -> ExtractedCode:
+    """The program to run for one completion; a completion the extractor cannot handle is that sample's
+    "syntax_error", never an exception that would evict it (or the whole batch) from an RL step."""
+    try:
+        return build_solution(completion, task.prompt, task.entry_point, completion_format=cfg.completion_format,
+                              answer_marker=cfg.answer_marker, sanitize=cfg.sanitize)
+    except (Exception, RecursionError, MemoryError) as exc:  # noqa: BLE001
+        log.warning("code extraction failed for %s: %s: %s", task.task_id, type(exc).__name__, exc)
+        return ExtractedCode(None, "syntax_error")
+
+
 class Scorer:
     """Holds tasks, their expected outputs and a warm :class:`SandboxPool`; reuse it across batches (RL steps)."""
 
@@ -174,9 +187,7 @@ class Scorer:
             task = self.tasks.get(task_id)
             if task is None:
                 raise ValueError(f"unknown task_id {task_id!r} for dataset key {self.key}")
-            ext = build_solution(completion, task.prompt, task.entry_point,
-                                 completion_format=self.cfg.completion_format,
-                                 answer_marker=self.cfg.answer_marker, sanitize=self.cfg.sanitize)
+            ext = _extract(completion, task, self.cfg)
             if ext.status != "ok":
                 results[idx] = self._no_code(task, ext)
             else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 from typing import Any
@@ -24,6 +25,7 @@ _HEX = re.compile(r"[0-9a-f]{32}")
 _OK_NO_VALUE = re.compile(rb'\[(0|[1-9][0-9]{0,8}),(0|[1-9][0-9]{0,8}),"ok","([0-9a-f]{32})",null\]')
 MAX_LINE = 3 * 65536 + 512
 _TAGS = {"t", "s", "d", "c", "b", "i", "f"}
+log = logging.getLogger(__name__)
 
 
 class ProtocolViolation(ValueError):
@@ -61,7 +63,9 @@ def decode_value(text: str) -> Any:
     """Decode one tagged-JSON value from the sandbox (plain builtins only); raises ProtocolViolation."""
     try:
         return json.loads(text, object_hook=_hook, parse_constant=_reject_constant)
-    except (TypeError, ValueError, RecursionError) as exc:  # unhashable set items, bad hex, deep nesting...
+    except ProtocolViolation:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unhashable set items, bad hex, deep nesting, complex(huge int)...
         raise ProtocolViolation(f"undecodable value: {type(exc).__name__}") from exc
 
 
@@ -137,8 +141,20 @@ class Verdict:
 
 
 def judge(task: Task, sets: tuple[str, ...], exp: TaskExpected, raw: RawResult) -> Verdict:
-    """Verdict for one sample; never raises on anything the sandbox sent."""
+    """Verdict for one sample; never raises on anything the sandbox sent.
+
+    The records are untrusted input to trusted code: every way they can fail to decode, convert or compare is a
+    protocol violation of this sample alone (an escaping exception would abort a whole evaluation or RL step)."""
     sizes = [len(task.base_inputs if s == "base" else task.plus_inputs) for s in sets]
+    try:
+        return _judge(task, sets, exp, raw, sizes)
+    except Exception as exc:  # noqa: BLE001 - a record this code did not anticipate: the sample's failure
+        log.warning("judge: %s record for %s voided the sample: %s", type(exc).__name__, task.task_id, exc)
+        return Verdict("protocol_violation", [[False] * n for n in sizes], ["fail"] * len(sets),
+                       {"protocol_violation": 1}, f"unreadable record ({type(exc).__name__})")
+
+
+def _judge(task: Task, sets: tuple[str, ...], exp: TaskExpected, raw: RawResult, sizes: list[int]) -> Verdict:
     passed = [[False] * n for n in sizes]
     errors: dict[str, int] = {}
 
@@ -155,7 +171,8 @@ def judge(task: Task, sets: tuple[str, ...], exp: TaskExpected, raw: RawResult) 
         if head == ["loaded"]:
             pass
         elif len(head) == 2 and head[0] == "load_error" and isinstance(head[1], str):
-            return Verdict("load_error", passed, ["fail"] * len(sets), {head[1][:64]: 1}, f"load error: {head[1][:64]}")
+            name = _name(head[1])
+            return Verdict("load_error", passed, ["fail"] * len(sets), {name: 1}, f"load error: {name}")
         else:
             raise ProtocolViolation("first record must be the load status")
         seen = set()
@@ -179,7 +196,7 @@ def judge(task: Task, sets: tuple[str, ...], exp: TaskExpected, raw: RawResult) 
                 if not ok:
                     errors["wrong"] = errors.get("wrong", 0) + 1
             else:
-                name = "timeout" if kind == "timeout" else str(rec[3])[:64]
+                name = "timeout" if kind == "timeout" else _name(rec[3])
                 errors[name] = errors.get(name, 0) + 1
     except ProtocolViolation as exc:
         return void("protocol_violation", str(exc))
@@ -197,12 +214,20 @@ def judge(task: Task, sets: tuple[str, ...], exp: TaskExpected, raw: RawResult) 
     return Verdict("ok", passed, set_status, errors)
 
 
+_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
+
+
+def _name(text: str) -> str:
+    """An exception type name from the sandbox as printable ASCII (it ends up in logs and result files)."""
+    return _UNPRINTABLE.sub("?", text[:64])
+
+
 def _parse(line: bytes) -> list:
     if len(line) > MAX_LINE:
         raise ProtocolViolation("record too long")
     try:
         rec = json.loads(line, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError, MemoryError) as exc:
         raise ProtocolViolation("garbled record") from exc
     if not isinstance(rec, list):
         raise ProtocolViolation("record is not a list")
