@@ -50,7 +50,7 @@ class RewardConfig:
     time_limit_factor: float = 4.0
     set_time_cap_s: float = 60.0
     sample_time_cap_s: float | None = 8.0
-    wall_factor: float = 3.0
+    wall_factor: float = 4.0
     stop_on_error: bool = False
     workers: int | None = None
     sandbox: SandboxConfig = SandboxConfig()
@@ -172,10 +172,11 @@ class Scorer:
         exp = self.expected[task.task_id]
         needs_values = bool(task.atol) or task.oracle in ("find_zero", "sum_div", "surface_area", "digit_distance") \
             or any(exp.values[_ALL_SETS.index(s)] for s in self.cfg.test_sets)
+        # wall clock only stops samples that do not compute (sleep, block): generous, so that a busy machine
+        # never turns an honest sample's CPU work into a timeout; CPU limits are enforced by the zygote
         job = Job(code=code, entry_point=task.entry_point, inputs=inputs, limits=limits, cpu_budget_s=budget,
-                  wall_budget_s=budget * 2 + 2.0, mode=task.child_mode, values=needs_values,
-                  stop_on_error=self.cfg.stop_on_error, load_limit_s=min(budget, 10.0),
-                  wall_factor=self.cfg.wall_factor)
+                  wall_budget_s=budget * self.cfg.wall_factor + 2.0, mode=task.child_mode, values=needs_values,
+                  stop_on_error=self.cfg.stop_on_error, load_limit_s=min(budget, 10.0))
         return self.pool.submit(job)
 
     def score(self, items: Iterable[tuple[str, str]]) -> list[RewardResult]:
@@ -228,7 +229,8 @@ class Scorer:
         correctness = (1.0 if all_pass else 0.0) if cfg.reward == "binary" else ratio
         statuses = dict(zip(cfg.test_sets, v.set_status))
         details = {"errors": v.errors, "extraction": ext.source, "cpu_s": raw.status.get("cpu"),
-                   "deadline": raw.status.get("deadline"), "signal": raw.status.get("sig"),
+                   "deadline": raw.status.get("deadline"), "limit_kill": raw.status.get("limit"),
+                   "signal": raw.status.get("sig"),
                    "attempts": raw.attempts, "isolation": self.pool.isolation}
         if v.detail:
             details["detail"] = v.detail

@@ -16,6 +16,7 @@ import math
 import re
 from typing import Any
 
+from ._supervise import MAX_LINE
 from .sandbox import RawResult
 from .tasks import VALUE_ORACLES, Task
 
@@ -23,7 +24,6 @@ _HEX = re.compile(r"[0-9a-f]{32}")
 # exactly the bytes the sandbox writes for an ok record without a value: JSON that _parse + _check_record would
 # read as [s, i, "ok", digest, null] (no leading zeros, at most 9 digits, no whitespace)
 _OK_NO_VALUE = re.compile(rb'\[(0|[1-9][0-9]{0,8}),(0|[1-9][0-9]{0,8}),"ok","([0-9a-f]{32})",null\]')
-MAX_LINE = 3 * 65536 + 512
 _TAGS = {"t", "s", "d", "c", "b", "i", "f"}
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,10 @@ def _judge(task: Task, sets: tuple[str, ...], exp: TaskExpected, raw: RawResult,
     def void(status: str, detail: str) -> Verdict:
         return Verdict(status, [[False] * n for n in sizes], ["fail"] * len(sets), {status: 1}, detail)
 
+    if raw.sample_fault:
+        return void("protocol_violation", f"the sample broke its own result channel: {raw.sample_fault}")
     if raw.overflow:
-        return void("output_overflow", "the sample wrote more result bytes than allowed")
+        return void("output_overflow", "the sample wrote more result records or bytes than allowed")
     recs = raw.records
     if not recs:
         return void("load_error", "no output (the process died before loading the code)")
@@ -207,7 +209,7 @@ def _judge(task: Task, sets: tuple[str, ...], exp: TaskExpected, raw: RawResult,
     for s, n in enumerate(sizes):
         if all(passed[s]):
             set_status.append("pass")
-        elif raw.status.get("deadline") and any((s, i) not in seen for i in range(n)):
+        elif (raw.status.get("deadline") or raw.status.get("limit")) and any((s, i) not in seen for i in range(n)):
             set_status.append("timeout")
         else:
             set_status.append("fail")
