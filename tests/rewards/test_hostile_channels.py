@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import tracemalloc
 
+import pytest
+
 from rewards._digest import digest
 
 ANSWER = "(x * 7919 + 13) % 1000003"
@@ -39,12 +41,12 @@ def _poisoner(body: str, ret: str) -> str:
     return ("import fcntl, os, struct\ndef {fn}:\n" + _EVERY_FD.format(body=body) + f"    return {ret}\n")
 
 
-def test_a_sample_cannot_poison_the_result_channel_of_later_samples(scorer1) -> None:
-    for name, body in POISON.items():
-        bad = scorer1.score([("secret", _poisoner(body, "0").replace("{fn}", "f(x)"))])[0]
-        assert bad.reward == 0.0 and bad.status != "infra_error", (name, bad)
-        honest = scorer1.score([("bigfloat", BIG_REF)] * 3 + [("secret", SECRET_REF)] * 2)
-        assert all(r.all_pass and r.status == "ok" for r in honest), (name, [r.details for r in honest])
+@pytest.mark.parametrize("name", sorted(POISON))
+def test_a_sample_cannot_poison_the_result_channel_of_later_samples(scorer1, name) -> None:
+    bad = scorer1.score([("secret", _poisoner(POISON[name], "0").replace("{fn}", "f(x)"))])[0]
+    assert bad.reward == 0.0 and bad.status != "infra_error", bad
+    honest = scorer1.score([("bigfloat", BIG_REF)] * 3 + [("secret", SECRET_REF)] * 2)
+    assert all(r.all_pass and r.status == "ok" for r in honest), [r.details for r in honest]
     assert scorer1.pool.stats["infra_errors_reported"] == 0
 
 
@@ -62,14 +64,16 @@ SIBLINGS = {
 }
 
 
-def test_tens_of_thousands_of_sibling_dirs_do_not_stall_the_worker(scorer) -> None:
+@pytest.mark.parametrize("where", sorted(SIBLINGS))
+def test_tens_of_thousands_of_sibling_dirs_do_not_stall_the_worker(scorer, where) -> None:
+    """The sample's result stands (it is correct), and nothing about the worker fails the batch."""
     before = dict(scorer.pool.stats)
-    for name, prefix in SIBLINGS.items():
-        code = (f"import os\ndef f(x):\n    if x == 0:\n        for i in range(30000):\n"
-                f"            try: os.mkdir('{prefix}%d' % i)\n            except OSError: break\n    return {ANSWER}\n")
-        results = scorer.score([("secret", code), ("secret", SECRET_REF), ("secret", SECRET_REF)])
-        assert [r.status for r in results] == ["ok"] * 3, (name, [r.details for r in results])
-        assert all(r.all_pass for r in results), (name, [r.details for r in results])
+    code = (f"import os\ndef f(x):\n    if x == 0:\n        for i in range(30000):\n"
+            f"            try: os.mkdir('{SIBLINGS[where]}%d' % i)\n            except OSError: break\n"
+            f"    return {ANSWER}\n")
+    results = scorer.score([("secret", code), ("secret", SECRET_REF), ("secret", SECRET_REF)])
+    assert [r.status for r in results] == ["ok"] * 3, [r.details for r in results]
+    assert all(r.all_pass for r in results), [r.details for r in results]
     assert scorer.pool.stats["infra_failures"] == before["infra_failures"]
 
 
@@ -117,12 +121,12 @@ READERS = {
 }
 
 
-def test_scratch_metadata_does_not_survive_into_the_next_job(scorer1) -> None:
-    for name, check in READERS.items():
-        reader = f"import os\ndef f(x):\n    {check}\n    return -1 if seen else {ANSWER}\n"
-        results = scorer1.score([("secret", WRITER), ("secret", reader)])
-        assert results[0].all_pass, results[0].details
-        assert results[1].all_pass, (name, results[1].details)
+@pytest.mark.parametrize("channel", sorted(READERS))
+def test_scratch_metadata_does_not_survive_into_the_next_job(scorer1, channel) -> None:
+    reader = f"import os\ndef f(x):\n    {READERS[channel]}\n    return -1 if seen else {ANSWER}\n"
+    results = scorer1.score([("secret", WRITER), ("secret", reader)])
+    assert results[0].all_pass, results[0].details
+    assert results[1].all_pass, results[1].details
 
 
 def test_a_later_sample_cannot_copy_an_earlier_answer_through_xattrs(scorer1) -> None:
@@ -149,18 +153,18 @@ FLOODS = {
 }
 
 
-def test_flooding_the_result_channel_keeps_trusted_memory_bounded(scorer) -> None:
-    for name, chunk in FLOODS.items():
-        code = (f"import os\ndef f(x):\n    chunk = {chunk}\n    for fd in range(3, 256):\n        try:\n"
-                "            for _ in range(30): os.write(fd, chunk)\n        except OSError:\n            pass\n"
-                f"    return {ANSWER}\n")
-        tracemalloc.start()
-        try:
-            results = scorer.score([("secret", code), ("secret", code)])
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-        assert all(r.reward == 0.0 and r.status in ("protocol_violation", "output_overflow") for r in results), \
-            (name, [(r.status, r.details) for r in results])
-        assert peak < 16 * 1024**2, (name, peak)  # two 30 MB floods at once
-        assert scorer.score([("secret", SECRET_REF)])[0].all_pass
+@pytest.mark.parametrize("flood", sorted(FLOODS))
+def test_flooding_the_result_channel_keeps_trusted_memory_bounded(scorer, flood) -> None:
+    code = (f"import os\ndef f(x):\n    chunk = {FLOODS[flood]}\n    for fd in range(3, 256):\n        try:\n"
+            "            for _ in range(30): os.write(fd, chunk)\n        except OSError:\n            pass\n"
+            f"    return {ANSWER}\n")
+    tracemalloc.start()
+    try:
+        results = scorer.score([("secret", code), ("secret", code)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert all(r.reward == 0.0 and r.status in ("protocol_violation", "output_overflow") for r in results), \
+        [(r.status, r.details) for r in results]
+    assert peak < 16 * 1024**2, peak  # two 30 MB floods at once (the trusted side once held ~10x the flood)
+    assert scorer.score([("secret", SECRET_REF)])[0].all_pass
