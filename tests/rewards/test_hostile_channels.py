@@ -103,14 +103,14 @@ def test_the_fallback_wipe_handles_tens_of_thousands_of_siblings() -> None:
 # --- class 4: nothing a job writes, metadata included, is visible to the next job -------------------------------
 
 STAMP_NS = 1234567890123456789
-WRITER = (
+WRITER = (  # advances the inode counters, then marks the scratch roots (last, so nothing overwrites the stamps)
     "import os\ndef f(x):\n"
+    "    for d in ('/tmp', '/dev/shm'):\n"
+    "        for i in range(3000):\n            open(f'{d}/n{i}', 'w').close()\n            os.unlink(f'{d}/n{i}')\n"
     "    for d in ('/tmp', '/dev/shm', '.', '/tmp/job'):\n"
     "        for op in (lambda: os.setxattr(d, 'user.leak', b'1'),\n"
     f"                   lambda: os.utime(d, ns=({STAMP_NS}, {STAMP_NS}))):\n"
     "            try: op()\n            except OSError: pass\n"
-    "    for d in ('/tmp', '/dev/shm'):\n"
-    "        for i in range(3000):\n            open(f'{d}/n{i}', 'w').close()\n            os.unlink(f'{d}/n{i}')\n"
     f"    return {ANSWER}\n")
 READERS = {
     "xattr": "seen = [d for d in ('/tmp', '/dev/shm', '.') if os.listxattr(d)]",
