@@ -164,9 +164,9 @@ def suite_canonical(workers: int) -> list[dict]:
 FLOOD_CHUNKS = {"newlines": "b'\\n' * (1 << 20)", "short lines": "b'12\\n' * 349525", "one long line": "b'x' * (1 << 20)"}
 
 
-def suite_flood(workers: int, mb: int = 60, rounds: int = 3) -> dict:
-    """Samples that write ``mb`` MB of newlines / short lines / one long line to every fd before returning the
-    right answer, ``workers`` at once, ``rounds`` times per kind; peak RSS of this (trusted) process before and
+def suite_flood(workers: int, mb: int = 40, rounds: int = 3) -> dict:
+    """Samples that write ``mb`` MB of newlines / short lines / one long line to every fd (in their first test)
+    before returning the right answer, ``workers`` at once, ``rounds`` times per kind; peak RSS of this (trusted) process before and
     after (the result buffer was once capped in bytes only, and split into one object per line)."""
     from rewards import SandboxConfig, Task
 
@@ -180,8 +180,8 @@ def suite_flood(workers: int, mb: int = 60, rounds: int = 3) -> dict:
         statuses: dict = {}
         t0 = time.perf_counter()
         for kind, chunk in FLOOD_CHUNKS.items():
-            code = (f"import os\ndef f(x):\n    chunk = {chunk}\n    for fd in range(3, 256):\n        try:\n"
-                    f"            for _ in range({mb}): os.write(fd, chunk)\n        except OSError:\n"
+            code = (f"import os\ndef f(x):\n    chunk = {chunk} if x == 0 else b''\n    for fd in range(3, 256):\n"
+                    f"        try:\n            for _ in range({mb}): os.write(fd, chunk)\n        except OSError:\n"
                     "            pass\n    return x * 7 + 1\n")
             for _ in range(rounds):
                 for r in s.score([("t", code)] * workers):

@@ -30,7 +30,8 @@ EXIT_SETUP = 87  # the harness failed before running any sample code (fresh scra
 MAX_LINE = 3 * 65536 + 512  # longest record an honest harness writes (a 64 KB value, JSON-escaped)
 TOLERANCE = (0.10, 0.05)  # relative, absolute (s): room for the in-child timer to report a timeout first
 EXTRA_LINES = 8
-MIN_BATCH_S = 0.001  # at most one relay wake-up per millisecond: records arriving faster are read in batches
+MIN_BATCH_S = 0.001  # long jobs: at most one relay wake-up per millisecond (records read in batches)
+BATCH_AFTER_LINES = 64  # short jobs never wait: the wait would only add to their latency
 _TEST_RECORD = re.compile(rb"\[(0|[1-9][0-9]{0,8}),(0|[1-9][0-9]{0,8}),")
 _CPUCLOCK_SCHED = 2
 
@@ -156,7 +157,7 @@ def supervise(pid: int, chan: int, ack_r: int, hdr: dict, ncpu: int) -> dict:
             elif job.reason is None:
                 job.take(data)
                 now = time.monotonic()
-                if now - last_read < MIN_BATCH_S and job.final is None:  # batch fast streams of records
+                if now - last_read < MIN_BATCH_S and job.final is None and job.lines > BATCH_AFTER_LINES:
                     select.select([pidfd], [], [], MIN_BATCH_S)
                 last_read = now
     if job.reason is None and job.partial:  # the child died mid-line: forwarded, the judge rejects it

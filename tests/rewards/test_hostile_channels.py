@@ -57,6 +57,22 @@ def test_a_sample_that_poisons_its_own_channel_still_gets_its_records_through(sc
     assert r.all_pass and r.status == "ok", r.details
 
 
+def test_a_sample_that_closes_its_channel_is_retried_then_fails_alone(scorer1) -> None:
+    """The harness cannot write its records: retried as an infrastructure failure (never scored as a plain test
+    failure); since the channel is the job's own, a failure on every attempt is the sample's, and the batch still
+    completes (no infra_error, nothing raised)."""
+    before = dict(scorer1.pool.stats)
+    closer = f"import os\ndef f(x):\n    for fd in range(3, 256):\n        try: os.close(fd)\n" \
+             f"        except OSError: pass\n    return {ANSWER}\n"
+    bad, good = scorer1.score([("secret", closer), ("secret", SECRET_REF)])
+    assert bad.status == "protocol_violation" and bad.reward == 0.0 and bad.details["attempts"] == 2, bad
+    assert good.all_pass and good.status == "ok"
+    stats = scorer1.pool.stats
+    assert stats["infra_failures"] - before["infra_failures"] == 2  # both attempts were retried as machinery
+    assert stats["sample_faults"] - before["sample_faults"] == 1
+    assert stats["infra_errors_reported"] == before["infra_errors_reported"]
+
+
 # --- class 3: clean-up must be linear; a sample never fails a batch ---------------------------------------------
 
 SIBLINGS = {
