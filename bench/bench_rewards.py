@@ -5,6 +5,7 @@ stress run and the full canonical-solution check.
     python bench/bench_rewards.py --suite compare --configs humaneval-plus   # one row only
     python bench/bench_rewards.py --suite stress    # 10,000 queued completions: none lost, peak RSS
     python bench/bench_rewards.py --suite canonical # canonical solutions on full HumanEval+ and MBPP+
+    python bench/bench_rewards.py --suite flood     # peak memory of the trusted process under result floods
     python bench/bench_rewards.py --suite smoke     # tiny version of all three (CI smoke check)
 
 Expected outputs (ours: ~/.cache/lockstep, evalplus: ~/.cache/evalplus) are computed before timing starts, and
@@ -160,9 +161,43 @@ def suite_canonical(workers: int) -> list[dict]:
     return rows
 
 
+FLOOD_CHUNKS = {"newlines": "b'\\n' * (1 << 20)", "short lines": "b'12\\n' * 349525", "one long line": "b'x' * (1 << 20)"}
+
+
+def suite_flood(workers: int, mb: int = 40, rounds: int = 3) -> dict:
+    """Samples that write ``mb`` MB of newlines / short lines / one long line to every fd (in their first test)
+    before returning the right answer, ``workers`` at once, ``rounds`` times per kind; peak RSS of this (trusted) process before and
+    after (the result buffer was once capped in bytes only, and split into one object per line)."""
+    from rewards import SandboxConfig, Task
+
+    task = Task(task_id="t", prompt="def f(x):\n", entry_point="f", base_inputs=[[i] for i in range(5)],
+                reference_solution="def f(x):\n    return x * 7 + 1\n")
+    cfg = RewardConfig.rl(workers=workers, completion_format="solution", on_infra_error="mark",
+                          sandbox=SandboxConfig(memory_bytes=1024**3))
+    with Scorer([task], cfg=cfg) as s:
+        s.score([("t", task.reference_solution)])
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        statuses: dict = {}
+        t0 = time.perf_counter()
+        for kind, chunk in FLOOD_CHUNKS.items():
+            code = (f"import os\ndef f(x):\n    chunk = {chunk} if x == 0 else b''\n    for fd in range(3, 256):\n"
+                    f"        try:\n            for _ in range({mb}): os.write(fd, chunk)\n        except OSError:\n"
+                    "            pass\n    return x * 7 + 1\n")
+            for _ in range(rounds):
+                for r in s.score([("t", code)] * workers):
+                    statuses[f"{kind}: {r.status}"] = statuses.get(f"{kind}: {r.status}", 0) + 1
+        wall = time.perf_counter() - t0
+        honest = s.score([("t", task.reference_solution)])[0].all_pass
+        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"flood_mb": mb, "at_once": workers, "rounds": rounds, "statuses": statuses, "wall_s": wall,
+           "honest_after": honest, "peak_rss_mb_before": rss0 / 1024, "peak_rss_mb_after": rss1 / 1024}
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", choices=["compare", "stress", "canonical", "smoke"], default="compare")
+    ap.add_argument("--suite", choices=["compare", "stress", "canonical", "flood", "smoke"], default="compare")
     ap.add_argument("--parallel", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--limit", type=int, default=None, help="first N tasks only (compare suite)")
     ap.add_argument("--n", type=int, default=10_000, help="completions for the stress suite")
@@ -180,6 +215,8 @@ def main() -> None:
         record["stress"] = suite_stress(args.n, args.parallel)
     elif args.suite == "canonical":
         record["canonical"] = suite_canonical(args.parallel)
+    elif args.suite == "flood":
+        record["flood"] = suite_flood(args.parallel)
     else:
         record["rows"] = suite_compare(args.parallel, 3, [("humaneval", True, True)])
         record["stress"] = suite_stress(40, args.parallel)

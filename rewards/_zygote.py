@@ -1,19 +1,23 @@
 """Fork-server that runs INSIDE the sandbox (bubblewrap or the rlimits-only fallback).
 
-This file is executed as a standalone script (``python -S -s -P -B _zygote.py RESULT_FD WORK_DIR SECCOMP [SCRATCH..]``); it must not
-import anything from the ``rewards`` package, which is not mounted in the sandbox. The trusted side imports it only
-for :func:`digest` / :func:`encode_value`, so that digests of caller-supplied expected values are computed by the
-very same code that digests untrusted outputs.
+Executed as a standalone script (``python -S -s -P -B _zygote.py WORK_DIR SECCOMP FRESH TMPFS_OPTS [SCRATCH..]``);
+it must not import anything from the ``rewards`` package, which is not mounted in the sandbox, only its two
+siblings ``_digest.py`` and ``_supervise.py``. The trusted side imports it for :func:`digest` /
+:func:`encode_value` (re-exported from ``_digest``), so that digests of caller-supplied expected values are computed
+by the very same code that digests untrusted outputs.
 
-Protocol (all frames are 4-byte big-endian length + bytes):
-  parent -> zygote (fd 0): HEADER frame (JSON: limits), then PAYLOAD frame (marshal: code, entry point, test sets)
-                           and INPUTS frame (marshal v2: list of input lists). The zygote reads only the header;
-                           the forked child reads the payload and inputs, so no job data ever lives in the zygote
-                           (a later child cannot scrape an earlier job's data from inherited memory).
-  zygote -> parent (fd 1): one JSON line per job: exit code / signal / deadline / CPU seconds / payload ack.
-  child  -> parent (RESULT_FD, a pipe owned by the trusted side): one JSON line per test:
-        [set, i, "ok", digest_hex, value_or_null, cpu_s] | [set, i, "exc", TypeName] | [set, i, "timeout"]
-     plus ["loaded"] / ["load_error", TypeName]. Digests are never checked here: expected values never enter.
+Protocol (frames are a kind byte where noted, then a 4-byte big-endian length, then the bytes):
+  parent -> zygote (fd 0): HEADER frame (JSON: rlimits, CPU limits, budgets), then PAYLOAD frame (marshal: code,
+                           entry point, options) and INPUTS frame (marshal v2: list of input lists). The zygote
+                           reads only the header; the forked child reads the payload and inputs, so no job data
+                           ever lives in the zygote (a later child cannot scrape an earlier job's data).
+  child  -> zygote (a pipe created for this child alone): one JSON line per step:
+        ["loaded"] | ["load_error", TypeName], then per test
+        [set, i, "ok", digest_hex, value_or_null(, cpu_s)] | [set, i, "exc", TypeName] | [set, i, "timeout"]
+  zygote -> parent (fd 1): "R" frames relaying the child's complete lines (see ``_supervise``: the zygote checks
+        the CPU each window of lines used and stops relaying when it kills the child), then one "S" frame per job
+        with its status (exit code / signal / why the zygote killed it / CPU seconds / payload ack).
+Digests are never checked in the sandbox: expected values never enter it.
 """
 
 from __future__ import annotations
@@ -22,12 +26,9 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import hashlib
-import itertools
 import json
 import marshal
 import math
-import operator
 import os
 import resource
 import select
@@ -36,225 +37,13 @@ import struct
 import sys
 import time
 
-DIGEST_BYTES = 16
-VALUE_CAP = 65536
-
-# ----------------------------------------------------------------------------------------------------------------
-# canonical digest: equal digests <=> equal values under Python == for plain builtins (bool==int, 1.0==1,
-# dict/set order-insensitive, list != tuple). Builtin subclasses are read through the base type's C methods.
-#
-# digest(x) = sha256(E(N(x))). N (_normalize) maps a value to its normal form: bool -> int, integral float -> int,
-# subclasses -> base types, set -> frozenset... E (_canon) is a function of the normal form alone: b"M" + marshal
-# (version 2: no object refs, so the bytes depend on values only) when the normal form is made of exact
-# list/tuple/str/int/bytes/None/float without NaN (_is_simple), else a structural encoding. The fast paths below
-# only compute N or decide E at C speed (type sets, map, list ==) for common shapes; they never change the result.
-
-
-_LEAVES = frozenset({str, int, bytes, type(None)})
-_SIMPLE = _LEAVES | {list, tuple}
-_NORMAL_LEAVES = _LEAVES | {float}  # floats are normal when not integral (a normal form holds no integral float)
-_NUMBERS = frozenset({int, float, bool})
-_NAN = struct.pack("<d", math.nan)  # every NaN encodes alike
-
-
-def _is_simple(x, leaves: frozenset = _LEAVES) -> bool:
-    """True when x is built only from exact list/tuple and ``leaves`` types (no NaN): then its marshal bytes are
-    canonical. Scans level by level with C-speed type sets (no per-element Python frames)."""
-    t = type(x)
-    if t in leaves:
-        return t is not float or x == x
-    if t is not list and t is not tuple:
-        return False
-    allowed = leaves | {list, tuple}
-    level = [x]
-    while level:
-        items = list(itertools.chain.from_iterable(level))
-        kinds = set(map(type, items))
-        if not kinds <= allowed:
-            return False
-        nested = list in kinds or tuple in kinds
-        if float in kinds:
-            floats = [e for e in items if type(e) is float] if nested else items
-            if any(map(operator.ne, floats, floats)):  # NaN is the only value unequal to itself
-                return False
-        if not nested:
-            return True
-        level = items if kinds <= {list, tuple} else [e for e in items if type(e) is list or type(e) is tuple]
-    return True
-
-
-def _normal_numbers(x):
-    """Normal form of an exact list/tuple of exact int/float/bool at C speed (one int() per item, one list ==),
-    or None when an item is inf or NaN (left to the item-by-item path)."""
-    t = type(x)
-    try:
-        ints = t(map(int, x))
-    except (OverflowError, ValueError):
-        return None
-    if ints == x:  # every float integral (int == float compares exactly)
-        return ints
-    return t([i if i == v else v for i, v in zip(ints, x)])  # keep the non-integral floats
-
-
-def _normalize(x):
-    """Plain canonical form under Python ==: bool -> int, integral float -> int, complex with zero imaginary part
-    -> its real part, builtin subclasses -> base type (read through the base type's C methods, so overridden
-    hooks do not matter), numpy values -> Python values, set/frozenset -> frozenset."""
-    t = type(x)
-    if t is str or t is int or x is None or t is bytes:
-        return x
-    if t is bool:
-        return int(x)
-    if t is float:
-        return int(x) if math.isfinite(x) and x.is_integer() else x
-    if t is list or t is tuple:
-        kinds = set(map(type, x))
-        if kinds <= _LEAVES:
-            return x  # already normal
-        if kinds <= _NUMBERS:
-            y = _normal_numbers(x)
-            if y is not None:
-                return y
-        return t([_normalize(e) for e in x])
-    if t is dict:
-        return {_normalize(k): _normalize(v) for k, v in x.items()}
-    if t is set or t is frozenset:
-        return frozenset(_normalize(e) for e in x)
-    if t is complex:
-        return _normalize(x.real) if x.imag == 0 else x
-    if t is bytearray:
-        return bytes(x)
-    return _normalize(_plain(x))
-
-
-def _canon(x, out) -> None:
-    """Stream the canonical encoding of a normalised value into ``out`` (a hash update function)."""
-    t = type(x)
-    if _is_simple(x, _NORMAL_LEAVES):
-        out(b"M" + marshal.dumps(x, 2))
-    elif t is float:
-        out(b"F" + (struct.pack("<d", x) if x == x else _NAN))
-    elif t is complex:
-        out(b"C" + struct.pack("<dd", x.real, x.imag))
-    elif t is list or t is tuple:
-        out((b"L%d:" if t is list else b"T%d:") % len(x))
-        for e in x:
-            _canon(e, out)
-    elif t is dict:
-        items = sorted(_sub(k) + _sub(v) for k, v in x.items())
-        out(b"D%d:" % len(items) + b"".join(items))
-    elif t is frozenset:
-        items = sorted(_sub(e) for e in x)
-        out(b"E%d:" % len(items) + b"".join(items))
-    else:
-        raise TypeError(f"unsupported output type {t.__name__}")
-
-
-def _plain(x):
-    """Convert builtin subclasses / numpy values to plain builtins (reading storage, not overridable hooks)."""
-    if isinstance(x, bool):
-        return bool(int.__int__(x))
-    if isinstance(x, int):
-        return int.__int__(x)
-    if isinstance(x, float):
-        return float.__float__(x)
-    if isinstance(x, str):
-        return str.__str__(x)
-    if isinstance(x, dict):
-        return dict(dict.items(x))
-    if isinstance(x, list):
-        return list.copy(x)
-    if isinstance(x, tuple):
-        return tuple.__getitem__(x, slice(None))
-    if isinstance(x, (set, frozenset)):
-        return frozenset(set.__iter__(x) if isinstance(x, set) else frozenset.__iter__(x))
-    if isinstance(x, complex):
-        return complex.__complex__(x)
-    if isinstance(x, (bytes, bytearray)):
-        return bytes(x)
-    mod = getattr(type(x), "__module__", "") or ""
-    if mod.split(".")[0] == "numpy" and hasattr(x, "tolist"):
-        return x.tolist()
-    raise TypeError(f"unsupported output type {type(x).__name__}")
-
-
-def _sub(x) -> bytes:
-    h = hashlib.sha256()
-    _canon(x, h.update)
-    return h.digest()
-
-
-def digest(x) -> str:
-    """Hex digest of a value, equal for values equal under Python == (plain builtins, dict/set order ignored,
-    list != tuple); raises TypeError for objects that are not plain data."""
-    t = type(x)
-    if t in _LEAVES or t is bool or (t is float and x == x):  # scalars whose normal form is simple
-        data = b"M" + marshal.dumps(x if t in _LEAVES else _normalize(x), 2)
-        return hashlib.sha256(data).hexdigest()[: 2 * DIGEST_BYTES]
-    h = hashlib.sha256()
-    kinds = set(map(type, x)) if t is list or t is tuple else None
-    if kinds is not None and kinds <= _LEAVES:  # flat list of str/int/...: already normal and simple
-        h.update(b"M" + marshal.dumps(x, 2))
-    elif kinds is not None and kinds <= _NUMBERS and (y := _normal_numbers(x)) is not None:
-        h.update(b"M" + marshal.dumps(y, 2))  # normal numbers hold no NaN and no integral float: simple
-    elif _is_simple(x):  # nested lists/tuples of str/int/...: one marshal call, however big
-        h.update(b"M" + marshal.dumps(x, 2))
-    else:
-        _canon(_normalize(x), h.update)
-    return h.hexdigest()[: 2 * DIGEST_BYTES]
-
-
-def small(x, budget: int = VALUE_CAP) -> bool:
-    """Cheap upper-bound check that a value's JSON form can fit in ``budget`` bytes (avoids encoding huge outputs)."""
-    stack = [x]
-    while stack:
-        y = stack.pop()
-        t = type(y)
-        if t is str or t is bytes or t is bytearray:
-            budget -= len(y)
-        elif t in (list, tuple, set, frozenset):
-            budget -= 2 + len(y)
-            if budget < 0:
-                return False
-            stack.extend(y)
-        elif t is dict:
-            budget -= 2 + 2 * len(y)
-            if budget < 0:
-                return False
-            stack.extend(y.keys())
-            stack.extend(y.values())
-        elif t is int:
-            budget -= 2 + y.bit_length() // 3
-        else:
-            budget -= 8
-        if budget < 0:
-            return False
-    return True
-
-
-def encode_value(x):
-    """Tagged-JSON form of a plain value (decoded on the trusted side by a strict object_hook)."""
-    t = type(x)
-    if x is None or t is bool or t is str:
-        return x
-    if t is int:
-        return x if -(2**53) < x < 2**53 else {"i": format(x, "x")}
-    if t is float:
-        return x if math.isfinite(x) else {"f": repr(x)}
-    if t is list:
-        return [encode_value(e) for e in x]
-    if t is tuple:
-        return {"t": [encode_value(e) for e in x]}
-    if t is dict:
-        return {"d": [[encode_value(k), encode_value(v)] for k, v in x.items()]}
-    if t is set or t is frozenset:
-        return {"s": [encode_value(e) for e in x]}
-    if t is complex:
-        return {"c": [encode_value(x.real), encode_value(x.imag)]}
-    if t is bytes or t is bytearray:
-        return {"b": bytes(x).hex()}
-    return encode_value(_plain(x))
-
+if __package__:  # imported by the trusted side
+    from ._digest import DIGEST_BYTES, VALUE_CAP, _normalize, _plain, digest, encode_value, small  # noqa: F401
+    from ._supervise import EXIT_CHANNEL, EXIT_SETUP, send_frame, supervise, wipe_tree
+else:  # the sandboxed script: the siblings are bound next to it (-P keeps its directory off sys.path)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _digest import VALUE_CAP, digest, encode_value, small
+    from _supervise import EXIT_CHANNEL, EXIT_SETUP, send_frame, supervise, wipe_tree
 
 # ----------------------------------------------------------------------------------------------------------------
 # seccomp (libseccomp through ctypes; default allow, deny-list of process/network/IPC/namespace syscalls)
@@ -270,7 +59,13 @@ _IOCTL_SIGNALLING = (0x8901, 0x8902)
 # nice 19 / SCHED_IDLE would make honest later samples hit their wall-clock limits.
 _DENY_SCHED = ["setpriority", "sched_setscheduler", "sched_setparam", "sched_setattr", "sched_setaffinity",
                "ioprio_set", "migrate_pages", "move_pages", "process_madvise", "process_mrelease"]
-_DENY_EPERM = ["fork", "vfork", "execve", "execveat", "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4", "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open", "pidfd_send_signal", "pidfd_getfd", "shmget", "shmat", "shmctl", "shmdt", "msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop", "semtimedop", "semctl", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr", "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key", "io_uring_setup", "io_uring_enter", "io_uring_register", "tkill", "personality"]
+_DENY_EPERM = ["fork", "vfork", "execve", "execveat", "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4", "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open", "pidfd_send_signal", "pidfd_getfd", "shmget", "shmat", "shmctl", "shmdt", "msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop", "semtimedop", "semctl", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr", "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key", "io_uring_setup", "io_uring_enter", "io_uring_register", "tkill", "personality",
+               # new mount API (the child drops its namespace-local CAP_SYS_ADMIN anyway) and handle-based opens
+               "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr",
+               "open_by_handle_at",
+               # pipes and memfds take inode numbers from kernel-wide counters: a sample could advance them to
+               # signal a later sample (which would read st_ino of a new pipe); a sample needs neither
+               "pipe", "pipe2", "memfd_create"]
 
 
 class _ArgCmp(ctypes.Structure):
@@ -338,6 +133,7 @@ class Seccomp:
             raise OSError(-rc, "seccomp_load failed")
 
 
+
 # ----------------------------------------------------------------------------------------------------------------
 # framing
 
@@ -366,27 +162,55 @@ class _TestTimeout(BaseException):
     pass
 
 
+class _ChannelError(Exception):
+    """The harness could not write to its own result channel."""
+
+
+class _SetupError(Exception):
+    """Preparing the child (fresh scratch mounts, dropping capabilities) failed: machinery, not the sample."""
+
+
 def _on_timer(signum, frame):
     raise _TestTimeout
 
 
-def _arm(cpu_s: float, wall_s: float) -> None:
+def _arm(cpu_s: float) -> None:
+    """The in-child CPU timer: a courtesy that turns a slow test into a "timeout" record and lets the next test
+    run. The sample can disable it; the zygote's accounting (``_supervise``) is what enforces the limit."""
     signal.setitimer(signal.ITIMER_PROF, cpu_s)
-    signal.setitimer(signal.ITIMER_REAL, wall_s)
 
 
-def _disarm() -> None:
-    signal.setitimer(signal.ITIMER_PROF, 0)
-    signal.setitimer(signal.ITIMER_REAL, 0)
+_CLONE_NEWNS, _MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 0x00020000, 2, 4, 0x4000, 1 << 18
 
 
-def _isolate(hdr: dict, result_fd: int, job_dir: str, seccomp: Seccomp | None) -> None:
+def _fresh_scratch(libc, scratch: list[str], tmpfs_opts: str) -> None:
+    """A private mount namespace with new, empty tmpfs mounts on the scratch dirs (bubblewrap mode; the zygote
+    holds CAP_SYS_ADMIN of the sandbox's own user namespace for this). Nothing an earlier job wrote, metadata
+    included (extended attributes, timestamps, the tmpfs inode counter), exists here, and the kernel frees all
+    of it when this child exits: no wipe, so no sample can stall the worker with what it leaves behind."""
+    if libc.unshare(_CLONE_NEWNS) != 0 or libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        raise _SetupError(f"private mount namespace: errno {ctypes.get_errno()}")
+    for d in scratch:
+        if libc.mount(b"tmpfs", d.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, tmpfs_opts.encode()) != 0:
+            raise _SetupError(f"tmpfs on {d}: errno {ctypes.get_errno()}")
+
+
+def _drop_capabilities(libc) -> None:
+    """Empty the effective, permitted and inheritable sets (the ambient set follows): the sample runs without
+    any capability, and with no_new_privs (set by seccomp) and execve denied it cannot regain one."""
+    hdr = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (ctypes.c_uint32 * 6)()
+    if libc.capset(hdr, data) != 0 or libc.capget(hdr, data) != 0 or any(data):
+        raise _SetupError(f"could not drop capabilities: errno {ctypes.get_errno()}")
+
+
+def _isolate(hdr: dict, chan: int, job_dir: str, seccomp: Seccomp | None) -> None:
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    os.closerange(3, result_fd)
-    os.closerange(result_fd + 1, 65536)
+    os.closerange(3, chan)
+    os.closerange(chan + 1, 65536)
     os.chdir(job_dir)
     limits = [(resource.RLIMIT_AS, hdr["mem"]), (resource.RLIMIT_DATA, hdr["mem"]),
               (resource.RLIMIT_FSIZE, hdr["fsize"]), (resource.RLIMIT_NOFILE, hdr["nofile"]),
@@ -404,127 +228,120 @@ def _isolate(hdr: dict, result_fd: int, job_dir: str, seccomp: Seccomp | None) -
         seccomp.load_for_child(os.getpid())
 
 
-def _emit(fd: int, rec: list) -> None:
-    os.write(fd, (json.dumps(rec, separators=(",", ":")) + "\n").encode())
+def _write_all(fd: int, data: bytes) -> None:
+    """Write a whole record whatever the sample did to its own channel (O_NONBLOCK, a one-page pipe)."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            try:
+                select.select([], [fd], [], 1.0)
+            except (OSError, ValueError) as exc:
+                raise _ChannelError(str(exc)) from None
+        except OSError as exc:  # e.g. the sample closed or replaced its channel fd
+            raise _ChannelError(str(exc)) from None
 
 
-def _run_child(hdr: dict, result_fd: int, job_dir: str, ack_w: int, seccomp: Seccomp | None) -> None:
+def _type_name(exc: BaseException) -> str:
+    """The exception's class name read from the type slot (a metaclass ``__name__`` property cannot run)."""
+    return type.__dict__["__name__"].__get__(type(exc))[:64]
+
+
+def _ok_line(s: int, i: int, out, payload: dict, t0: float) -> bytes:
+    mode = payload["mode"]
+    if mode == "not_none":
+        out = out if type(out) is bool else out is not None
+    elif mode == "set_eq":
+        out = set(out)
+    d = digest(out)
+    v = None
+    if payload["values"] and small(out):
+        v = json.dumps(encode_value(out), separators=(",", ":"))
+        v = v if len(v) <= VALUE_CAP else None
+    if v is None and not payload["timing"]:  # the common record, formatted without json (d is 32 hex digits)
+        return b'[%d,%d,"ok","%s",null]\n' % (s, i, d.encode())
+    rec = [s, i, "ok", d, v] + ([round(time.process_time() - t0, 6)] if payload["timing"] else [])
+    return (json.dumps(rec, separators=(",", ":")) + "\n").encode()
+
+
+def _run_tests(fn, hdr: dict, payload: dict, inputs: list, chan: int) -> None:
+    """Every test, with the output conversion (untrusted code may run in it) inside the test's CPU window."""
+    for s, (set_inputs, set_limits) in enumerate(zip(inputs, hdr["limits"])):
+        for i, inp in enumerate(set_inputs):
+            t0, stage, ok = time.process_time(), "", False
+            try:
+                _arm(set_limits[i])
+                out = fn(*inp)
+                stage = "Output"
+                line = _ok_line(s, i, out, payload, t0)
+                _arm(0)
+                ok = True
+            except _TestTimeout:
+                _arm(0)
+                line = b'[%d,%d,"timeout"]\n' % (s, i)
+            except BaseException as exc:  # noqa: BLE001 - any failure of untrusted code fails the test
+                _arm(0)
+                line = (json.dumps([s, i, "exc", (stage + _type_name(exc))[:64]]) + "\n").encode()
+            _write_all(chan, line)
+            if payload["stop_on_error"] and not ok:
+                break
+
+
+def _run_child(hdr: dict, chan: int, ack_w: int, seccomp: Seccomp | None, fresh: tuple | None,
+               job_dir: str) -> None:
     payload = marshal.loads(_read_frame(0))
     inputs = marshal.loads(_read_frame(0))
     os.write(ack_w, b"1")
     os.close(ack_w)
-    _isolate(hdr, result_fd, job_dir, seccomp)
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        if fresh is not None:
+            _fresh_scratch(libc, *fresh)
+            os.mkdir(job_dir, 0o700)
+        _drop_capabilities(libc)
+        _isolate(hdr, chan, job_dir, seccomp)
+    except _SetupError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - still the harness's own code: machinery
+        raise _SetupError(repr(exc)) from None
     signal.signal(signal.SIGPROF, _on_timer)
-    signal.signal(signal.SIGALRM, _on_timer)
     sys.stdin = sys.stdout = sys.stderr = open(os.devnull, "r+")  # noqa: SIM115 - lives until os._exit
-    wall_factor = payload["wall_factor"]
-    mode, values, timing = payload["mode"], payload["values"], payload["timing"]
     # not "__main__": like evalplus, a solution's `if __name__ == "__main__":` demo block does not run
     env: dict = {"__name__": "solution", "__builtins__": __builtins__}
     try:
-        _arm(payload["load_limit"], payload["load_limit"] * wall_factor)
+        _arm(hdr["load"])
         exec(compile(payload["code"], "<solution>", "exec"), env)
         fn = env[payload["entry_point"]]
-        _disarm()
+        _arm(0)
     except BaseException as exc:  # noqa: BLE001 - any failure of untrusted code is a load error
-        _disarm()
-        _emit(result_fd, ["load_error", type(exc).__name__[:64]])
+        _arm(0)
+        _write_all(chan, (json.dumps(["load_error", _type_name(exc)]) + "\n").encode())
         return
-    _emit(result_fd, ["loaded"])
-    for s, (set_inputs, set_limits) in enumerate(zip(inputs, payload["limits"])):
-        for i, inp in enumerate(set_inputs):
-            limit = set_limits[i]
-            t0 = time.process_time()
-            try:
-                _arm(limit, limit * wall_factor)
-                out = fn(*inp)
-                _disarm()
-            except _TestTimeout:
-                _disarm()
-                _emit(result_fd, [s, i, "timeout"])
-                if payload["stop_on_error"]:
-                    break
-                continue
-            except BaseException as exc:  # noqa: BLE001
-                _disarm()
-                _emit(result_fd, [s, i, "exc", type(exc).__name__[:64]])
-                if payload["stop_on_error"]:
-                    break
-                continue
-            cpu = time.process_time() - t0
-            try:
-                if mode == "not_none":
-                    out = out if type(out) is bool else out is not None
-                elif mode == "set_eq":
-                    out = set(out)
-                d = digest(out)
-                v = None
-                if values and small(out):
-                    v = json.dumps(encode_value(out), separators=(",", ":"))
-                    v = v if len(v) <= VALUE_CAP else None
-            except BaseException as exc:  # noqa: BLE001 - unserialisable / hostile outputs fail the test
-                _disarm()
-                _emit(result_fd, [s, i, "exc", "Output" + type(exc).__name__[:58]])
-                if payload["stop_on_error"]:
-                    break
-                continue
-            if v is None and not timing:  # the common record, formatted without json (d is 32 hex digits)
-                os.write(result_fd, b'[%d,%d,"ok","%s",null]\n' % (s, i, d.encode()))
-                continue
-            rec = [s, i, "ok", d, v]
-            if timing:
-                rec.append(round(cpu, 6))
-            os.write(result_fd, (json.dumps(rec, separators=(",", ":")) + "\n").encode())
+    _write_all(chan, b'["loaded"]\n')
+    _run_tests(fn, hdr, payload, inputs, chan)
 
 
-def _child_main(hdr, result_fd, job_dir, ack_w, ack_r, seccomp) -> None:
+def _child_main(*args) -> None:
+    code = 3
     try:
-        os.close(ack_r)
-        _run_child(hdr, result_fd, job_dir, ack_w, seccomp)
-        os._exit(0)
-    except BaseException:  # noqa: BLE001
-        os._exit(3)
+        _run_child(*args)
+        code = 0
+    except _ChannelError:
+        code = EXIT_CHANNEL
+    except _SetupError:
+        code = EXIT_SETUP
+    finally:
+        os._exit(code)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # zygote
 
 
-def wipe_tree(top: str) -> None:
-    """Delete everything below ``top`` (``top`` itself stays). Iterative and relative-path based, because a
-    sample may leave directories nested 100,000 deep (recursive rmtree overflows the stack, absolute paths exceed
-    PATH_MAX), mode-000 directories, or a chmod-ed ``top``. Raises OSError when something cannot be removed.
-    Walks by changing the working directory (restored on return), so only call it in a single-threaded process."""
-    prev = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
-    os.chdir(top)
-    stack: list[str] = []  # names from top down to the current directory
-    try:
-        while True:
-            seen, sub = False, None
-            with os.scandir(".") as it:
-                for entry in it:
-                    seen = True
-                    if entry.is_dir(follow_symlinks=False):
-                        sub = entry.name
-                    else:
-                        os.unlink(entry.name)
-            if sub is not None:
-                os.chmod(sub, 0o700)
-                os.chdir(sub)
-                stack.append(sub)
-            elif not seen:
-                if not stack:
-                    return
-                os.chdir("..")
-                os.rmdir(stack.pop())
-    finally:
-        os.fchdir(prev)
-        os.close(prev)
-
-
 def _wipe(modes: dict[str, int]) -> bool:
-    """Restore the scratch dirs' modes and empty them; False when that failed (the zygote then retires, so
-    the next job gets a fresh sandbox with fresh tmpfs mounts instead of a dirty one)."""
+    """Fallback mode: restore the scratch dirs' modes and empty them; False when that failed (the zygote then
+    retires, so the next job gets a fresh scratch dir instead of a dirty one)."""
     try:
         for d, mode in modes.items():
             os.chmod(d, mode)
@@ -534,61 +351,46 @@ def _wipe(modes: dict[str, int]) -> bool:
         return False
 
 
-def _wait_child(pid: int, ack_r: int, wall: float) -> dict:
-    pidfd = os.pidfd_open(pid)
-    deadline = time.monotonic() + wall
-    acked, timed_out = False, False
-    fds = [pidfd, ack_r]
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            os.kill(pid, signal.SIGKILL)
-            timed_out = True
-            break
-        ready, _, _ = select.select(fds, [], [], left)
-        if ack_r in ready:
-            if os.read(ack_r, 1):
-                acked = True
-            fds.remove(ack_r)
-        if pidfd in ready:
-            break
-    _, status, ru = os.wait4(pid, 0)
-    os.close(pidfd)
-    return {"exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-            "sig": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-            "deadline": timed_out, "ack": acked, "cpu": round(ru.ru_utime + ru.ru_stime, 4)}
-
-
 def main() -> None:
-    result_fd, work_root = int(sys.argv[1]), sys.argv[2]
-    use_seccomp = sys.argv[3] == "1" if len(sys.argv) > 3 else True
+    work_root, use_seccomp = sys.argv[1], sys.argv[2] == "1"
+    # bubblewrap mode: every child mounts fresh tmpfs on the scratch dirs in its own mount namespace; the rlimits
+    # fallback cannot, and empties its one private scratch dir after every job instead
+    fresh_mounts = sys.argv[3] == "fresh"
+    scratch = [work_root] + [d for d in sys.argv[5:] if os.path.isdir(d)]
+    fresh = (scratch, sys.argv[4]) if fresh_mounts else None
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0: no ptrace / procfs mem access to the zygote
     seccomp = Seccomp() if use_seccomp else None
     for mod in filter(None, os.environ.get("ZYGOTE_PRELOAD", "").split(",")):
         with contextlib.suppress(Exception):  # a missing optional package is the completion's problem
             __import__(mod)
-    # extra scratch dirs (bubblewrap's private /dev/shm) are named by the trusted side: the rlimits fallback
-    # shares the host's /dev/shm, which must never be wiped
-    scratch = [work_root] + [d for d in sys.argv[4:] if os.path.isdir(d)]
+    os.chdir("/")  # hold no directory a child mounts over or writes to
     modes = {d: os.stat(d).st_mode & 0o7777 for d in scratch}
-    os.write(1, (json.dumps({"ready": True, "pid": os.getpid(), "seccomp": use_seccomp}) + "\n").encode())
+    ncpu = max(1, len(os.sched_getaffinity(0)))
+    send_frame(b"S", json.dumps({"ready": True, "pid": os.getpid(), "seccomp": use_seccomp,
+                                 "fresh": fresh_mounts}).encode())
+    job_dir = os.path.join(work_root, "job")
     while True:
         try:
             hdr = json.loads(_read_frame(0))
         except EOFError:
             return
-        job_dir = os.path.join(work_root, "job")
-        os.makedirs(job_dir, mode=0o700)
+        if fresh is None:
+            os.makedirs(job_dir, mode=0o700)
+        chan_r, chan_w = os.pipe()  # this child's alone: no other job can see or alter it
         ack_r, ack_w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            _child_main(hdr, result_fd, job_dir, ack_w, ack_r, seccomp)
+            os.close(chan_r)
+            os.close(ack_r)
+            _child_main(hdr, chan_w, ack_w, seccomp, fresh, job_dir)
+        os.close(chan_w)
         os.close(ack_w)
-        info = _wait_child(pid, ack_r, hdr["wall"])
+        info = supervise(pid, chan_r, ack_r, hdr, ncpu)
+        os.close(chan_r)
         os.close(ack_r)
-        info["clean"] = _wipe(modes)
-        os.write(1, (json.dumps(info) + "\n").encode())
+        info["clean"] = True if fresh is not None else _wipe(modes)
+        send_frame(b"S", json.dumps(info).encode())
         if not info["clean"]:
             return
 

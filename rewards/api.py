@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import hashlib
+import logging
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, as_completed
@@ -18,12 +19,13 @@ from typing import Any
 from tqdm import tqdm
 
 from .expected import ensure_expected
-from .extract import build_solution
+from .extract import ExtractedCode, build_solution
 from .judge import TaskExpected, judge
 from .sandbox import Job, SandboxConfig, SandboxPool
 from .tasks import Task, load_tasks
 
 _ALL_SETS = ("base", "plus")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +50,7 @@ class RewardConfig:
     time_limit_factor: float = 4.0
     set_time_cap_s: float = 60.0
     sample_time_cap_s: float | None = 8.0
-    wall_factor: float = 3.0
+    wall_factor: float = 4.0
     stop_on_error: bool = False
     workers: int | None = None
     sandbox: SandboxConfig = SandboxConfig()
@@ -101,6 +103,17 @@ class SandboxInfraError(RuntimeError):
     def __init__(self, message: str, results: list[RewardResult]) -> None:
         super().__init__(message)
         self.results = results
+
+
+def _extract(completion: str, task: Task, cfg: RewardConfig) -> ExtractedCode:
+    """The program to run for one completion; a completion the extractor cannot handle is that sample's
+    "syntax_error", never an exception that would evict it (or the whole batch) from an RL step."""
+    try:
+        return build_solution(completion, task.prompt, task.entry_point, completion_format=cfg.completion_format,
+                              answer_marker=cfg.answer_marker, sanitize=cfg.sanitize)
+    except (Exception, RecursionError, MemoryError) as exc:  # noqa: BLE001
+        log.warning("code extraction failed for %s: %s: %s", task.task_id, type(exc).__name__, exc)
+        return ExtractedCode(None, "syntax_error")
 
 
 class Scorer:
@@ -159,10 +172,11 @@ class Scorer:
         exp = self.expected[task.task_id]
         needs_values = bool(task.atol) or task.oracle in ("find_zero", "sum_div", "surface_area", "digit_distance") \
             or any(exp.values[_ALL_SETS.index(s)] for s in self.cfg.test_sets)
+        # wall clock only stops samples that do not compute (sleep, block): generous, so that a busy machine
+        # never turns an honest sample's CPU work into a timeout; CPU limits are enforced by the zygote
         job = Job(code=code, entry_point=task.entry_point, inputs=inputs, limits=limits, cpu_budget_s=budget,
-                  wall_budget_s=budget * 2 + 2.0, mode=task.child_mode, values=needs_values,
-                  stop_on_error=self.cfg.stop_on_error, load_limit_s=min(budget, 10.0),
-                  wall_factor=self.cfg.wall_factor)
+                  wall_budget_s=budget * self.cfg.wall_factor + 2.0, mode=task.child_mode, values=needs_values,
+                  stop_on_error=self.cfg.stop_on_error, load_limit_s=min(budget, 10.0))
         return self.pool.submit(job)
 
     def score(self, items: Iterable[tuple[str, str]]) -> list[RewardResult]:
@@ -174,9 +188,7 @@ class Scorer:
             task = self.tasks.get(task_id)
             if task is None:
                 raise ValueError(f"unknown task_id {task_id!r} for dataset key {self.key}")
-            ext = build_solution(completion, task.prompt, task.entry_point,
-                                 completion_format=self.cfg.completion_format,
-                                 answer_marker=self.cfg.answer_marker, sanitize=self.cfg.sanitize)
+            ext = _extract(completion, task, self.cfg)
             if ext.status != "ok":
                 results[idx] = self._no_code(task, ext)
             else:
@@ -217,7 +229,8 @@ class Scorer:
         correctness = (1.0 if all_pass else 0.0) if cfg.reward == "binary" else ratio
         statuses = dict(zip(cfg.test_sets, v.set_status))
         details = {"errors": v.errors, "extraction": ext.source, "cpu_s": raw.status.get("cpu"),
-                   "deadline": raw.status.get("deadline"), "signal": raw.status.get("sig"),
+                   "deadline": raw.status.get("deadline"), "limit_kill": raw.status.get("limit"),
+                   "signal": raw.status.get("sig"),
                    "attempts": raw.attempts, "isolation": self.pool.isolation}
         if v.detail:
             details["detail"] = v.detail

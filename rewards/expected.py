@@ -34,7 +34,10 @@ def cache_dir() -> Path:
 
 
 def harness_version() -> str:
-    return hashlib.md5(Path(_zygote.__file__).read_bytes()).hexdigest()[:12]
+    """Hash of every file of the sandboxed harness (digest, child loop, supervision)."""
+    from .isolation import HARNESS_FILES
+
+    return hashlib.md5(b"".join(f.read_bytes() for f in HARNESS_FILES)).hexdigest()[:12]
 
 
 def _cache_path(key: str, directory: Path | None) -> Path:

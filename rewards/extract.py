@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import re
 import textwrap
+import threading
 
 # evalplus's chat prompt wording (evalplus/codegen + provider/utility.make_raw_chat_prompt)
 INSTRUCTION_PREFIX = ("Please provide a self-contained Python script that solves the following problem in a "
@@ -67,19 +68,31 @@ def _strip_special(text: str) -> str:
     return text
 
 
+# CPython 3.11 keeps the AST constructor's recursion counter per interpreter, not per thread, so ast.parse called
+# from several threads at once (verl's reward thread pool) can fail with "SystemError: AST constructor recursion
+# depth mismatch". Parsing is serialised; whatever ast still raises on hostile text is that text's failure.
+_AST_LOCK = threading.Lock()
+_AST_ERRORS = (SyntaxError, ValueError, MemoryError, RecursionError, SystemError, OverflowError)
+
+
+def parse_or_none(code: str) -> ast.Module | None:
+    """``ast.parse(code)``, or None when the text does not parse or the parser itself fails on it (never raises
+    for any text; thread-safe)."""
+    with _AST_LOCK:
+        try:
+            return ast.parse(code)
+        except _AST_ERRORS:
+            return None
+
+
 def _parses(code: str) -> bool:
-    try:
-        ast.parse(code)
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
-        return False
-    return True
+    return parse_or_none(code) is not None
 
 
 def defines(code: str, name: str) -> bool:
     """True when ``code`` parses and defines ``name`` at top level (function, class or assignment)."""
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
+    tree = parse_or_none(code)
+    if tree is None:
         return False
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
@@ -98,8 +111,9 @@ def _sanitize(text: str, entry_point: str | None) -> str:
     if lines > 400:  # evalplus's code_extract is quadratic in lines
         return text
     try:
-        return sanitize(text, entry_point)
-    except Exception:  # noqa: BLE001 - sanitizer failures mean "no code"
+        with _AST_LOCK:  # evalplus's sanitizer calls ast.parse itself
+            return sanitize(text, entry_point)
+    except (Exception, RecursionError, MemoryError):  # noqa: BLE001 - sanitizer failures mean "no code"
         return ""
 
 
@@ -134,9 +148,8 @@ def extract_code(completion: str, *, answer_marker: str | None = None, entry_poi
 
 def prompt_imports(prompt: str) -> str:
     """Top-level import lines of a task prompt (instruct answers often omit ``from typing import List``)."""
-    try:
-        tree = ast.parse(prompt)
-    except SyntaxError:
+    tree = parse_or_none(prompt)
+    if tree is None:
         return ""
     lines = prompt.splitlines()
     out = [("\n".join(lines[n.lineno - 1:n.end_lineno])) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]

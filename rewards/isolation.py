@@ -18,6 +18,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 ZYGOTE_PATH = Path(__file__).with_name("_zygote.py")
+# the sandboxed harness: the zygote script and the two standalone modules it imports (bound next to it)
+HARNESS_FILES = (ZYGOTE_PATH, ZYGOTE_PATH.with_name("_digest.py"), ZYGOTE_PATH.with_name("_supervise.py"))
 SANDBOX_SITE = "/sandbox/site"
 
 
@@ -38,6 +40,7 @@ class SandboxConfig:
     open_files: int = 64
     processes: int = 512
     tmpfs_bytes: int = 256 * 1024**2
+    tmpfs_inodes: int = 65536
     packages: tuple[str, ...] = ("numpy",)
     preload: tuple[str, ...] = ("numpy",)
     max_result_bytes: int = 64 * 1024**2
@@ -64,7 +67,6 @@ class Job:
     timing: bool = False
     stop_on_error: bool = False
     load_limit_s: float = 10.0
-    wall_factor: float = 3.0
 
 
 @dataclasses.dataclass
@@ -76,10 +78,17 @@ class RawResult:
     overflow: bool = False
     infra_error: str | None = None
     attempts: int = 1
+    sample_fault: str | None = None  # a failure of the machinery that followed this job on every attempt
 
 
 class InfraError(RuntimeError):
     """The sandbox machinery (not the completion) failed; the job is retried on a fresh worker."""
+
+
+class ChannelError(InfraError):
+    """The harness could not write this job's records (into a channel only this job holds). Retried like any
+    infrastructure failure; when it happens on every attempt the job's own sample broke the channel, and it is
+    that sample's failure (so no sample can fail a batch by faking it)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -118,13 +127,17 @@ def _hidden_site_dirs(prefixes: list[str]) -> list[str]:
     return out
 
 
-def bwrap_argv(result_fd: int, cfg: SandboxConfig) -> list[str]:
-    """Full command line of one sandboxed zygote (bubblewrap, read-only system + interpreter, no /proc)."""
+def bwrap_argv(cfg: SandboxConfig) -> list[str]:
+    """Full command line of one sandboxed zygote (bubblewrap, read-only system + interpreter, no /proc).
+
+    The zygote keeps CAP_SYS_ADMIN of the sandbox's own user namespace (``--unshare-user`` makes that namespace
+    mandatory, also when the trainer runs as root) so that each child can mount fresh tmpfs scratch dirs in a
+    private mount namespace; the child drops every capability before it runs any sample code."""
     python = os.path.realpath(sys.executable)
     prefix = os.path.realpath(sys.base_prefix)
     mounts = ["/usr"] + ([prefix] if not prefix.startswith("/usr/") else [])
-    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv",
-            "--ro-bind", "/usr", "/usr"]
+    argv = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--cap-add", "CAP_SYS_ADMIN", "--clearenv", "--ro-bind", "/usr", "/usr"]
     for link, target in (("/lib", "usr/lib"), ("/lib64", "usr/lib64"), ("/bin", "usr/bin"), ("/sbin", "usr/sbin")):
         if os.path.islink(link):
             argv += ["--symlink", target, link]
@@ -137,16 +150,18 @@ def bwrap_argv(result_fd: int, cfg: SandboxConfig) -> list[str]:
         argv += ["--tmpfs", hidden]
     for host, name in _package_dirs(cfg.packages):
         argv += ["--ro-bind", host, f"{SANDBOX_SITE}/{name}"]
-    argv += ["--ro-bind", str(ZYGOTE_PATH), "/sandbox/zygote.py", "--dev", "/dev",
-             "--size", str(cfg.tmpfs_bytes), "--tmpfs", "/tmp", "--size", str(cfg.tmpfs_bytes), "--tmpfs", "/dev/shm",
-             "--chdir", "/tmp", "--uid", "65534", "--gid", "65534"]
+    for f in HARNESS_FILES:
+        argv += ["--ro-bind", str(f), f"/sandbox/{f.name.removeprefix('_') if f == ZYGOTE_PATH else f.name}"]
+    # the zygote's own /tmp and /dev/shm: no child ever sees them (each mounts fresh ones over them)
+    argv += ["--dev", "/dev", "--size", str(16 * 1024**2), "--tmpfs", "/tmp", "--size", str(1024**2), "--tmpfs",
+             "/dev/shm", "--chdir", "/", "--uid", "65534", "--gid", "65534"]
     for key, val in _sandbox_env(cfg, SANDBOX_SITE).items():
         argv += ["--setenv", key, val]
-    # everything but the two scratch tmpfs read-only: bwrap's root and /dev are tmpfs mounts that the zygote does
-    # not wipe, so a writable "/" or "/dev" would carry files from one sample to the next
+    # everything else read-only: bwrap's root and /dev are tmpfs mounts too, and a writable one would carry
+    # files from one sample to the next
     argv += ["--remount-ro", "/dev", "--remount-ro", "/"]
-    argv += ["--", python, "-S", "-s", "-P", "-B", "/sandbox/zygote.py", str(result_fd), "/tmp",
-             "1" if cfg.seccomp else "0", "/dev/shm"]
+    argv += ["--", python, "-S", "-s", "-P", "-B", "/sandbox/zygote.py", "/tmp", "1" if cfg.seccomp else "0",
+             "fresh", f"size={cfg.tmpfs_bytes},nr_inodes={cfg.tmpfs_inodes},mode=700", "/dev/shm"]
     return argv
 
 
@@ -161,8 +176,10 @@ def probe_bwrap(cfg: SandboxConfig = SandboxConfig()) -> tuple[bool, str]:
     """Check once per process that bubblewrap exists and can create the namespaces we need."""
     if shutil.which("bwrap") is None:
         return False, "bubblewrap (Debian package 'bubblewrap') is not installed"
-    argv = bwrap_argv(0, cfg)
-    argv = argv[: argv.index("--") + 1] + [os.path.realpath(sys.executable), "-S", "-c", "pass"]
+    argv = bwrap_argv(cfg)
+    # the zygote's children need a private mount namespace for their fresh scratch mounts
+    check = "import ctypes, sys; sys.exit(ctypes.CDLL(None).unshare(0x20000) != 0)"
+    argv = argv[: argv.index("--") + 1] + [os.path.realpath(sys.executable), "-S", "-c", check]
     try:
         proc = subprocess.run(argv, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:

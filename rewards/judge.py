@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 from typing import Any
 
+from ._supervise import MAX_LINE
 from .sandbox import RawResult
 from .tasks import VALUE_ORACLES, Task
 
@@ -22,8 +24,8 @@ _HEX = re.compile(r"[0-9a-f]{32}")
 # exactly the bytes the sandbox writes for an ok record without a value: JSON that _parse + _check_record would
 # read as [s, i, "ok", digest, null] (no leading zeros, at most 9 digits, no whitespace)
 _OK_NO_VALUE = re.compile(rb'\[(0|[1-9][0-9]{0,8}),(0|[1-9][0-9]{0,8}),"ok","([0-9a-f]{32})",null\]')
-MAX_LINE = 3 * 65536 + 512
 _TAGS = {"t", "s", "d", "c", "b", "i", "f"}
+log = logging.getLogger(__name__)
 
 
 class ProtocolViolation(ValueError):
@@ -61,7 +63,9 @@ def decode_value(text: str) -> Any:
     """Decode one tagged-JSON value from the sandbox (plain builtins only); raises ProtocolViolation."""
     try:
         return json.loads(text, object_hook=_hook, parse_constant=_reject_constant)
-    except (TypeError, ValueError, RecursionError) as exc:  # unhashable set items, bad hex, deep nesting...
+    except ProtocolViolation:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unhashable set items, bad hex, deep nesting, complex(huge int)...
         raise ProtocolViolation(f"undecodable value: {type(exc).__name__}") from exc
 
 
@@ -137,16 +141,30 @@ class Verdict:
 
 
 def judge(task: Task, sets: tuple[str, ...], exp: TaskExpected, raw: RawResult) -> Verdict:
-    """Verdict for one sample; never raises on anything the sandbox sent."""
+    """Verdict for one sample; never raises on anything the sandbox sent.
+
+    The records are untrusted input to trusted code: every way they can fail to decode, convert or compare is a
+    protocol violation of this sample alone (an escaping exception would abort a whole evaluation or RL step)."""
     sizes = [len(task.base_inputs if s == "base" else task.plus_inputs) for s in sets]
+    try:
+        return _judge(task, sets, exp, raw, sizes)
+    except Exception as exc:  # noqa: BLE001 - a record this code did not anticipate: the sample's failure
+        log.warning("judge: %s record for %s voided the sample: %s", type(exc).__name__, task.task_id, exc)
+        return Verdict("protocol_violation", [[False] * n for n in sizes], ["fail"] * len(sets),
+                       {"protocol_violation": 1}, f"unreadable record ({type(exc).__name__})")
+
+
+def _judge(task: Task, sets: tuple[str, ...], exp: TaskExpected, raw: RawResult, sizes: list[int]) -> Verdict:
     passed = [[False] * n for n in sizes]
     errors: dict[str, int] = {}
 
     def void(status: str, detail: str) -> Verdict:
         return Verdict(status, [[False] * n for n in sizes], ["fail"] * len(sets), {status: 1}, detail)
 
+    if raw.sample_fault:
+        return void("protocol_violation", f"the sample broke its own result channel: {raw.sample_fault}")
     if raw.overflow:
-        return void("output_overflow", "the sample wrote more result bytes than allowed")
+        return void("output_overflow", "the sample wrote more result records or bytes than allowed")
     recs = raw.records
     if not recs:
         return void("load_error", "no output (the process died before loading the code)")
@@ -155,7 +173,8 @@ def judge(task: Task, sets: tuple[str, ...], exp: TaskExpected, raw: RawResult) 
         if head == ["loaded"]:
             pass
         elif len(head) == 2 and head[0] == "load_error" and isinstance(head[1], str):
-            return Verdict("load_error", passed, ["fail"] * len(sets), {head[1][:64]: 1}, f"load error: {head[1][:64]}")
+            name = _name(head[1])
+            return Verdict("load_error", passed, ["fail"] * len(sets), {name: 1}, f"load error: {name}")
         else:
             raise ProtocolViolation("first record must be the load status")
         seen = set()
@@ -179,7 +198,7 @@ def judge(task: Task, sets: tuple[str, ...], exp: TaskExpected, raw: RawResult) 
                 if not ok:
                     errors["wrong"] = errors.get("wrong", 0) + 1
             else:
-                name = "timeout" if kind == "timeout" else str(rec[3])[:64]
+                name = "timeout" if kind == "timeout" else _name(rec[3])
                 errors[name] = errors.get(name, 0) + 1
     except ProtocolViolation as exc:
         return void("protocol_violation", str(exc))
@@ -190,11 +209,19 @@ def judge(task: Task, sets: tuple[str, ...], exp: TaskExpected, raw: RawResult) 
     for s, n in enumerate(sizes):
         if all(passed[s]):
             set_status.append("pass")
-        elif raw.status.get("deadline") and any((s, i) not in seen for i in range(n)):
+        elif (raw.status.get("deadline") or raw.status.get("limit")) and any((s, i) not in seen for i in range(n)):
             set_status.append("timeout")
         else:
             set_status.append("fail")
     return Verdict("ok", passed, set_status, errors)
+
+
+_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
+
+
+def _name(text: str) -> str:
+    """An exception type name from the sandbox as printable ASCII (it ends up in logs and result files)."""
+    return _UNPRINTABLE.sub("?", text[:64])
 
 
 def _parse(line: bytes) -> list:
@@ -202,7 +229,7 @@ def _parse(line: bytes) -> list:
         raise ProtocolViolation("record too long")
     try:
         rec = json.loads(line, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError, MemoryError) as exc:
         raise ProtocolViolation("garbled record") from exc
     if not isinstance(rec, list):
         raise ProtocolViolation("record is not a list")

@@ -12,6 +12,7 @@ from rewards.tasks import Task
 
 SECRET_REF = "def f(x):\n    return (x * 7919 + 13) % 1000003\n"
 FLOAT_REF = "def g(x):\n    return x / 3\n"
+BIG_REF = "def h(n):\n    return [i / 7 for i in range(n)]\n"
 
 
 def secret_tasks() -> list[Task]:
@@ -21,16 +22,28 @@ def secret_tasks() -> list[Task]:
              plus_inputs=[[10**6 + 7], [123456789]], reference_solution=SECRET_REF),
         Task(task_id="floaty", prompt="def g(x):\n", entry_point="g", base_inputs=[[1], [2], [10]],
              plus_inputs=[[7]], reference_solution=FLOAT_REF),
+        # float lists whose records (~40 KB of JSON value each) are far larger than one pipe page
+        Task(task_id="bigfloat", prompt="def h(n):\n", entry_point="h", base_inputs=[[2000], [2100]],
+             plus_inputs=[[2200]], reference_solution=BIG_REF),
     ]
 
 
 @pytest.fixture(scope="session")
 def scorer(tmp_path_factory: pytest.TempPathFactory):
-    cfg = RewardConfig.rl(workers=2, sample_time_cap_s=2.0, min_time_limit_s=0.5, on_infra_error="mark",
-                          completion_format="solution",
-                          cache_dir=str(tmp_path_factory.mktemp("expected")),
-                          sandbox=SandboxConfig(isolation="bwrap", memory_bytes=1024**3, max_retries=1))
-    with Scorer(secret_tasks(), cfg=cfg) as s:
+    with Scorer(secret_tasks(), cfg=_cfg(2, str(tmp_path_factory.mktemp("expected")))) as s:
+        yield s
+
+
+def _cfg(workers: int, cache: str) -> RewardConfig:
+    return RewardConfig.rl(workers=workers, sample_time_cap_s=2.0, min_time_limit_s=0.5, on_infra_error="mark",
+                           completion_format="solution", cache_dir=cache,
+                           sandbox=SandboxConfig(isolation="bwrap", memory_bytes=1024**3, max_retries=1))
+
+
+@pytest.fixture(scope="session")
+def scorer1(tmp_path_factory: pytest.TempPathFactory):
+    """One worker: jobs run back to back on the same zygote, in submission order (for cross-job attacks)."""
+    with Scorer(secret_tasks(), cfg=_cfg(1, str(tmp_path_factory.mktemp("expected1")))) as s:
         yield s
 
 

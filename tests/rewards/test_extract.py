@@ -67,3 +67,62 @@ def test_prompt_formats() -> None:
     assert msgs[1]["content"].endswith("```python\n")
     assert instruct_prompt(PROMPT, lockstep=True).endswith("[R] ")
     assert prompt_imports(PROMPT) == "from typing import List\n"
+
+
+# ast.parse on hostile text, and from many threads at once (verl scores rewards in a thread pool; on CPython 3.11
+# concurrent ast construction can raise "SystemError: AST constructor recursion depth mismatch")
+DEEP = ["def add(xs):\n    return " + "-" * 3000 + "xs\n",  # RecursionError during AST construction
+        "def add(xs):\n    return " + "(" * 150 + "xs" + ")" * 150 + "\n",
+        "def add(xs):\n    return " + "[" * 90 + "xs" + "]" * 90 + "\n",
+        "```python\ndef add(xs):\n    return " + " + ".join(["xs"] * 3000) + "\n```",
+        "def add(xs):\n    return '\ud800'\n",  # a lone surrogate cannot even be encoded for the parser
+        "x = (" * 300 + "\n"]
+
+
+def _statuses(texts: list[str]) -> list[tuple]:
+    out = []
+    for t in texts:
+        ext = build_solution(t, PROMPT, "add", completion_format="auto")
+        out.append((ext.status, ext.code))
+    return out
+
+
+def test_parser_failures_on_hostile_text_are_statuses_not_exceptions() -> None:
+    got = _statuses(DEEP)
+    assert got[0][0] != "ok" and got[4][0] != "ok" and got[5][0] != "ok"
+    assert got[1][0] == got[2][0] == "ok"
+    assert prompt_imports("-" * 3000 + "x\n") == "" and prompt_imports(PROMPT) == "from typing import List\n"
+
+
+def test_extraction_from_many_threads_at_once_matches_single_threaded_results() -> None:
+    import threading
+
+    expected = _statuses(DEEP)
+    results: list = []
+    errors: list = []
+
+    def work() -> None:
+        try:
+            for _ in range(15):
+                results.append(_statuses(DEEP))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 8 * 15 and all(r == expected for r in results), errors[:3]
+
+
+def test_a_completion_the_parser_fails_on_scores_zero_without_raising(tmp_path, secret_task_list) -> None:
+    from rewards import RewardConfig, SandboxConfig, score_batch
+
+    secret_ref = "def f(x):\n    return (x * 7919 + 13) % 1000003\n"
+
+    cfg = RewardConfig.rl(workers=1, cache_dir=str(tmp_path), sandbox=SandboxConfig(isolation="bwrap"))
+    hostile = ["```python\ndef f(x):\n    return " + "-" * 3000 + "x\n```", "def f(x):\n    return '\ud800'\n"]
+    results = score_batch([("secret", t) for t in hostile] + [("secret", secret_ref)], tasks=secret_task_list, cfg=cfg)
+    assert [r.reward for r in results] == [0.0, 0.0, 1.0], [(r.status, r.details) for r in results]
+    assert all(r.status != "ok" for r in results[:2])

@@ -111,6 +111,14 @@ PROBES = {
     "write_sandbox_root": "open('/lockstep_leak', 'w')",
     "write_dev": "open('/dev/lockstep_leak', 'w')",
     "write_sandbox_dir": "open('/sandbox/lockstep_leak', 'w')",
+    # the zygote holds CAP_SYS_ADMIN of the sandbox's user namespace for the fresh scratch mounts: the child must
+    # hold no capability at all (it could remount / read-write or mount over another path)
+    "mount_tmpfs": LIBC + "if libc.mount(b'tmpfs', b'/usr', b'tmpfs', 0, None) == -1: raise OSError()",
+    "hold_capabilities": LIBC + "h = (ctypes.c_uint32 * 2)(0x20080522, 0); d = (ctypes.c_uint32 * 6)()\n"
+                                "if libc.capget(h, d) != 0 or not any(d): raise OSError()",
+    # pipes and memfds draw inode numbers from kernel-wide counters: a covert channel to later samples
+    "new_pipe": "os.pipe()",
+    "memfd": "os.memfd_create('x')",
 }
 
 
@@ -140,7 +148,7 @@ def test_cheats_score_zero_and_leave_host_unchanged(scorer) -> None:
         assert r.reward == 0.0 and not r.all_pass and r.n_passed == 0, (name, r)
         assert r.status != "infra_error", (name, r)
     by_name = dict(zip(names, results))
-    assert by_name["forge_records_and_exit"].status in ("protocol_violation", "load_error")
+    assert by_name["forge_records_and_exit"].status in ("protocol_violation", "load_error", "output_overflow")
     assert by_name["forge_duplicate"].status == "protocol_violation"
     sleeper = by_name["sleep_forever"].details
     assert sleeper["deadline"] or sleeper["errors"].get("timeout"), sleeper

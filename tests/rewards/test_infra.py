@@ -20,8 +20,9 @@ from rewards.api import SandboxInfraError
 
 ANSWER = "(x * 7919 + 13) % 1000003"
 SECRET_REF = f"def f(x):\n    return {ANSWER}\n"  # the conftest's 'secret' task
-# ~0.3 s of CPU per test: long enough to be caught in flight
-SLOW = ("import time\ndef f(x):\n    t = time.process_time()\n    while time.process_time() - t < 0.3: pass\n"
+# 0.12 s of CPU per test, 0.84 s for the 7 tests: long enough to be caught in flight, and at most half of every
+# limit (0.5 s per test, 2 s per sample in the conftest) so that a busy machine can never make it time out
+SLOW = ("import time\ndef f(x):\n    t = time.process_time()\n    while time.process_time() - t < 0.12: pass\n"
         f"    return {ANSWER}\n")
 
 
@@ -145,6 +146,18 @@ def test_wipe_tree_handles_deep_locked_trees_and_never_follows_links(tmp_path) -
     wipe_tree(str(top))
     assert list(top.iterdir()) == [] and (outside / "keep").read_text() == "x"
     assert os.getcwd() == cwd
+
+
+def test_wipe_tree_lists_each_directory_once(tmp_path) -> None:
+    """30,000 sibling directories: the old wipe re-listed the parent after every removal (quadratic, minutes)."""
+    top = tmp_path / "scratch"
+    top.mkdir()
+    for i in range(30000):
+        (top / f"s{i}").mkdir()
+    for i in range(50):
+        (top / f"s{i}" / "f").write_text("x")
+    stats = wipe_tree(str(top))
+    assert list(top.iterdir()) == [] and stats == {"dirs": 30001, "removed": 30050}
 
 
 def _deep_tree(root: str, depth: int) -> None:
