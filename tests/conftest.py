@@ -62,6 +62,12 @@ def shared_data(name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_data_dir():
+    """:func:`shared_data` for conftests of subfolders (which cannot import this module by name)."""
+    return shared_data
+
+
+@pytest.fixture(scope="session")
 def hub_dream_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Dream in exactly the layout of the downloaded ``Dream-org/Dream-v0-Instruct-7B`` folder.
 

@@ -48,11 +48,9 @@ def scorer1(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def evalplus_data() -> Path:
-    root = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "evalplus"
-    if not (root / "HumanEvalPlus-Mini.jsonl.gz").is_file():
-        pytest.skip("offline evalplus data not found at ../shared/data/evalplus")
-    return root
+def evalplus_data(shared_data_dir) -> Path:
+    """``../shared/data/evalplus`` (skips where absent, fails in CI: tests/conftest.py ``shared_data``)."""
+    return shared_data_dir("evalplus")
 
 
 @pytest.fixture(scope="session")
