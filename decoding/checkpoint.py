@@ -18,10 +18,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .config import DREAM_MODEL_TYPE, DreamConfig
+from .integrity import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, dream_weight_files
 from .model import DreamModel
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE, INDEX_FILE = SAFETENSORS_SINGLE, SAFETENSORS_INDEX
 _IGNORED_KEYS = ("rotary_emb.inv_freq",)
 
 
@@ -46,25 +46,6 @@ def read_dream_config(path: str | Path) -> DreamConfig:
     config = DreamConfig(**raw)
     config.validate_architecture()
     return config
-
-
-def _weight_files(root: Path) -> list[Path]:
-    index = root / INDEX_FILE
-    if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-        if not weight_map:
-            raise ValueError(f"{index} has an empty weight_map")
-        files = sorted({root / name for name in weight_map.values()})
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise ValueError(f"{root}: shards listed in {INDEX_FILE} are missing: {missing}")
-        return files
-    single = root / SINGLE_FILE
-    if single.is_file():
-        return [single]
-    raise ValueError(
-        f"{root} has no {SINGLE_FILE} or {INDEX_FILE}; Dream checkpoints are loaded from safetensors only"
-    )
 
 
 def _iter_tensors(files: list[Path], device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
@@ -106,7 +87,7 @@ def load_dream(
     """
     root = Path(path)
     config = read_dream_config(root)
-    files = _weight_files(root)
+    files = dream_weight_files(root)
     device = torch.device(device if device is not None else "cpu")
     if dtype == "auto":
         dtype = default_dtype(device)

@@ -68,7 +68,8 @@ def dream_weight_files(root: str | Path) -> list[Path]:
         return [root / n for n in names]
     if (root / SAFETENSORS_SINGLE).is_file():
         return [root / SAFETENSORS_SINGLE]
-    raise ValueError(f"{root} has a config.json but no weights ({SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX})")
+    raise ValueError(f"{root} has a config.json but no weights: no {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX} "
+                     "(Dream checkpoints load from safetensors only)")
 
 
 def check_dream_weights(root: str | Path) -> None:
