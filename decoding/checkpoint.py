@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .config import DREAM_MODEL_TYPE, DreamConfig
+from .devices import pick_dtype
 from .integrity import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, dream_weight_files
 from .model import DreamModel
 
@@ -59,15 +60,6 @@ def _iter_tensors(files: list[Path], device: torch.device) -> Iterator[tuple[str
             raise ValueError(f"{file} is not a readable safetensors file ({err}); re-download or re-export it") from None
 
 
-def default_dtype(device: torch.device | str | None) -> torch.dtype:
-    """The compute dtype an entry point uses when the user names none: bf16 on accelerators, fp32 on CPU.
-
-    Why: Dream's ``config.json`` says bfloat16, but CPUs without bf16 matrix units run bf16 matmuls about 10x
-    slower than fp32 (docs/benchmarks.md), so a CPU run in the checkpoint's dtype looks hung.
-    """
-    return torch.float32 if torch.device(device if device is not None else "cpu").type == "cpu" else torch.bfloat16
-
-
 def load_dream(
     path: str | Path,
     dtype: torch.dtype | str | None = "auto",
@@ -77,8 +69,9 @@ def load_dream(
 
     Args:
         path: HF checkpoint directory (single or sharded safetensors).
-        dtype: parameter dtype; ``"auto"`` (default) = :func:`default_dtype` of ``device`` (fp32 on CPU, bf16 on
-            GPUs); ``None`` keeps the dtype stored in the checkpoint.
+        dtype: parameter dtype; ``"auto"`` (default) = :func:`decoding.devices.pick_dtype` for ``device``: bf16 on
+            CUDA, fp32 elsewhere (Dream's config.json says bfloat16, which CPUs without bf16 matrix units run ~10x
+            slower); ``None`` keeps the dtype stored in the checkpoint.
         device: target device (default CPU); tensors are read directly onto it.
 
     Raises:
@@ -90,7 +83,7 @@ def load_dream(
     files = dream_weight_files(root)
     device = torch.device(device if device is not None else "cpu")
     if dtype == "auto":
-        dtype = default_dtype(device)
+        dtype = pick_dtype("auto", device)
     with torch.device("meta"):
         model = DreamModel(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -15,23 +15,28 @@ DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.floa
 DTYPE_CHOICES = ("auto", *DTYPES)
 
 
-def pick_device(name: str | None = None) -> torch.device:
-    """``None``/``auto`` = CUDA when available, else CPU; ValueError for CUDA without a GPU or a bad name."""
+def pick_device(name: str | None = None, label: str | None = None) -> torch.device:
+    """``None``/``auto`` = CUDA when available, else CPU; ValueError for CUDA without a GPU or a bad name.
+
+    ``label``: how the setting is spelled where the user wrote it (``device=cuda`` for a Hydra key); default
+    ``device 'cuda'``."""
+    label = label or f"device {name!r}"
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N") from None
+        raise ValueError(f"{label} is not one of auto, cpu, cuda, cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} but CUDA is not available (use cpu)")
+        raise ValueError(f"{label} but CUDA is not available (use cpu)")
     return device
 
 
-def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """``None``/``auto`` = bfloat16 on CUDA, float32 elsewhere; else one of :data:`DTYPES` (ValueError if not)."""
+def pick_dtype(name: str | None, device: torch.device, label: str | None = None) -> torch.dtype:
+    """``None``/``auto`` = bfloat16 on CUDA, float32 elsewhere; else one of :data:`DTYPES` (ValueError if not,
+    naming the setting as ``label``, default ``dtype 'x'``)."""
     if name in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if name not in DTYPES:
-        raise ValueError(f"dtype {name!r} is not one of {', '.join(DTYPE_CHOICES)}")
+        raise ValueError(f"{label or f'dtype {name!r}'} is not one of {', '.join(DTYPE_CHOICES)}")
     return DTYPES[name]

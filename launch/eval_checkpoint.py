@@ -38,14 +38,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from decoding.devices import pick_device, pick_dtype
 from launch import eval_store as store
 from launch.eval_model import (
     ModelSource,
     check_sampler_kwargs,
     generate_texts,
     load_model,
-    pick_device,
-    pick_dtype,
     resolve_checkpoint,
 )
 from launch.eval_tasks import ChunkScorer, CodeTasks, finalize_code_eval
@@ -142,10 +141,11 @@ def check_values(cfg: DictConfig, local: bool = True) -> None:
     _int_setting(cfg, "seed", 0)
     _int_setting(cfg, "step", 0, allow=(None,))
     try:
+        dtype_key = f"dtype={cfg.dtype}"
         if local:
-            pick_dtype(cfg.dtype, pick_device(cfg.device))
+            pick_dtype(cfg.dtype, pick_device(cfg.device, label=f"device={cfg.device}"), label=dtype_key)
         else:
-            pick_dtype(cfg.dtype, torch.device("cpu"))
+            pick_dtype(cfg.dtype, torch.device("cpu"), label=dtype_key)
             if cfg.device != "auto":
                 torch.device(cfg.device)
     except (ValueError, RuntimeError) as err:

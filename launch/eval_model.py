@@ -81,26 +81,6 @@ def resolve_checkpoint(checkpoint: str | Path, base_model: str | Path | None = N
     return ModelSource(base, found, step)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name} but CUDA is not available (use device=cpu)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device={name} is not one of auto, cpu, cuda, cuda:N") from None
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-    if name not in table:
-        raise ValueError(f"dtype={name} is not one of auto, {', '.join(table)}")
-    return table[name]
-
-
 def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device, merge_adapter: bool = True
                ) -> tuple[torch.nn.Module, Any]:
     """Load the Dream model (+ LoRA adapter, merged when ``merge_adapter``) in eval mode, and its tokenizer.
