@@ -24,7 +24,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from .checkpoint import INDEX_FILE, read_dream_config, sync_remote_code
+from .checkpoint import INDEX_FILE, read_dream_config
 from .config import DreamConfig
 from .model import DreamModel
 from .tokenizer import BEGIN_OF_TEXT, CHATML_TEMPLATE, END_OF_TEXT, IM_END, IM_START, MASK
@@ -164,7 +164,6 @@ def make_tiny_dream(
         pad_token_id=config.pad_token_id, mask_token_id=None,
     )
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    sync_remote_code(out, None)  # no auto_map pointing at code files that are not there
     return out
 
 
