@@ -96,8 +96,7 @@ class DreamRolloutServer:
         self.seed = int(rollout_config.seed) + 1000 * replica_rank
         self._queue: list[_Request] = []
         self._expected = 0  # rows announced by the trainer and not yet taken into a batch
-        self._wakeup = asyncio.Event()
-        self._arrival = asyncio.Event()
+        self._wakeup = asyncio.Event()  # set by every arrival
         self._worker_task: asyncio.Task | None = None
 
     # ---- generation -------------------------------------------------------------------------------------------
@@ -115,7 +114,6 @@ class DreamRolloutServer:
         self._queue.append(_Request(list(prompt_ids), dict(sampling_params), future,
                                     tuple(int(k) for k in key) if key is not None else ()))
         self._wakeup.set()
-        self._arrival.set()
         return await future
 
     def expect_rows(self, rows: int) -> None:
@@ -152,9 +150,9 @@ class DreamRolloutServer:
         is decoded as it is, with a warning (its batches are then not reproducible)."""
         config = self.sampler_config
         while not (self._expected and len(self._queue) >= self._expected):
-            self._arrival.clear()
+            self._wakeup.clear()
             try:
-                await asyncio.wait_for(self._arrival.wait(),
+                await asyncio.wait_for(self._wakeup.wait(),
                                        config.expect_timeout_s if self._expected else config.batch_wait_s)
             except TimeoutError:
                 if self._expected:

@@ -92,8 +92,8 @@ def fill_gif_path(gif_dir: str | None, weights_version: int) -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def announce_rows(replicas: list[Any], rows: int) -> bool:
-    """Tell the Dream server how many requests the step about to be dispatched sends it; True if announced.
+def announce_rows(replicas: list[Any], rows: int) -> None:
+    """Tell the Dream server how many requests the step about to be dispatched sends it.
 
     Only with one rollout replica: verl spreads requests over several replicas by load, so no replica knows its
     share in advance (there, batches form by the ``batch_wait_s`` quiet period and exact reproduction holds only
@@ -101,10 +101,8 @@ def announce_rows(replicas: list[Any], rows: int) -> bool:
     import ray
 
     server = getattr(replicas[0], "_server_handle", None) if len(replicas) == 1 else None
-    if server is None:
-        return False
-    ray.get(server.expect_rows.remote(rows))
-    return True
+    if server is not None:
+        ray.get(server.expect_rows.remote(rows))
 
 
 def register() -> None:

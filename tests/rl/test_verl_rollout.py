@@ -43,7 +43,7 @@ def _serve(server: DreamRolloutServer, arrival: list[int], gap_s: float = 0.0) -
 
     async def step() -> list:
         server._worker_task = None  # a fresh event loop per step
-        server._wakeup, server._arrival = asyncio.Event(), asyncio.Event()
+        server._wakeup = asyncio.Event()
         return await asyncio.gather(*[submit(i, j * gap_s) for j, i in enumerate(arrival)])
 
     outputs = asyncio.run(step())
