@@ -94,16 +94,11 @@ def usage() -> str:
 def split_recipe(argv: list[str]) -> tuple[str, list[str]]:
     """(recipe name, remaining Hydra overrides) from ``recipe=<name> key=value ...``.
 
-    ``-h``/``--help`` prints the usage and exits 0; a missing recipe, an SFT/eval recipe or an argument that
-    is not ``key=value`` raise RecipeError (exit 2).
+    A missing recipe, an SFT/eval recipe or an argument that is not ``key=value`` raise RecipeError (exit 2);
+    ``--help`` is answered by :func:`main` before this runs.
     """
-    from launch.recipes import check_recipe, quiet_verl_imports, recipe_names
-
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(usage())
-        raise SystemExit(0)
-    quiet_verl_imports()
-    from rl.config import RecipeError  # imports verl
+    from launch.recipes import check_recipe, recipe_names
+    from rl.config import RecipeError  # imports verl (quietly: quiet_verl_imports ran at import)
     recipe, overrides = None, []
     for arg in argv:
         if arg.startswith("recipe="):
@@ -127,10 +122,8 @@ def compose_recipe(recipe: str, overrides: list[str]):  # -> DictConfig
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from launch.recipes import quiet_verl_imports
     from rl.config import RecipeError
 
-    quiet_verl_imports()
     if not (RECIPES_DIR / f"{recipe}.yaml").is_file():
         from launch.recipes import recipe_names
 
