@@ -1,7 +1,17 @@
-"""Write verl's parquet prompt files from EvalPlus tasks (HumanEval+, its Mini variant, MBPP+) or the demo tasks.
+"""Write verl's parquet prompt files: a code-RL corpus to train on with a benchmark to validate on, or the demo tasks.
 
-    python launch/prepare_data.py --dataset humaneval --out runs/he/data [--train-tasks 0 --val-tasks 16]
+    python launch/prepare_data.py --corpus acecode --val humaneval --out runs/he/data [--data-files F ...]
     python launch/prepare_data.py --dataset demo --out runs/demo/data [--train-tasks 3000 --val-tasks 48]
+
+``--corpus``: the training rows are the tasks of a public code-RL corpus (:mod:`corpora`: hub or local files,
+hard subset, decontamination against HumanEval+/MBPP+, drop counts in ``corpus_report.json`` next to the
+parquet files); their ``data_source`` is the corpus name and their ``reward_model.ground_truth`` the row's tests,
+``rewards.code_tests.CodeTests.to_json()``. The validation file holds every task of ``--val`` (HumanEval+,
+HumanEval+ Mini or MBPP+), prompted exactly as the evaluation prompts them.
+
+``--dataset humaneval|humaneval_mini|mbpp`` (no recipe uses it): training rows taken from the benchmark itself,
+the first tasks, validation the last ones. It exists for machinery tests; a score on a benchmark trained on
+measures memorisation.
 
 Why: verl's ``RLHFDataset`` reads parquet rows with a chat ``prompt`` (list of messages), ``data_source`` (routes
 the reward), ``reward_model.ground_truth`` and ``extra_info``. Our reward (:mod:`rl.verl_reward`) scores a
@@ -109,6 +119,49 @@ def demo_row(task: Any, spec_json: str, index: int, split: str) -> dict[str, Any
     }
 
 
+def corpus_row(item: Any, index: int, split: str) -> dict[str, Any]:
+    """One verl parquet row for a corpus task (:class:`corpora.TrainingTask`): the tests travel as ground truth."""
+    from corpora import prompt_messages
+
+    return {
+        "data_source": item.task.corpus,
+        "prompt": prompt_messages(item.task.text),
+        "ability": "code",
+        "reward_model": {"style": "rule", "ground_truth": item.tests.to_json()},
+        "extra_info": {"task_id": item.task_id, "index": index, "split": split, "source": item.task.source},
+    }
+
+
+def write_corpus_files(selection: Any, val_dataset: str, out_dir: str | Path, *,
+                       count_tokens: Any = None, max_prompt_tokens: int | None = None,
+                       evalplus_dir: str | None = None) -> tuple[Path, Path]:
+    """``train.parquet`` (the corpus tasks of ``selection``, a :class:`corpora.CorpusSelection`), ``val.parquet``
+    (every task of the benchmark ``val_dataset``) and ``corpus_report.json`` (provenance, drop counts) under
+    ``out_dir``. ``count_tokens`` (chat messages -> prompt tokens) with ``max_prompt_tokens`` drops long prompts."""
+    import json
+
+    import pandas as pd
+
+    from corpora import CorpusError, build_tasks
+
+    if val_dataset not in DATASETS:
+        raise DataError(f"unknown validation benchmark {val_dataset!r}; choose one of {sorted(DATASETS)}")
+    val_tasks = load_tasks(val_dataset, evalplus_dir)
+    try:
+        train, report = build_tasks(selection, count_tokens=count_tokens, max_prompt_tokens=max_prompt_tokens)
+    except CorpusError as error:
+        raise DataError(str(error)) from None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report["validation"] = {"benchmark": val_dataset, "tasks": len(val_tasks)}
+    (out / "corpus_report.json").write_text(json.dumps(report, indent=1, default=str))
+    paths = out / "train.parquet", out / "val.parquet"
+    pd.DataFrame([corpus_row(t, i, "train") for i, t in enumerate(train)]).to_parquet(paths[0], index=False)
+    pd.DataFrame([task_row(t, val_dataset, i, "val") for i, t in enumerate(val_tasks)]).to_parquet(paths[1],
+                                                                                                    index=False)
+    return paths
+
+
 def write_parquet_files(dataset: str, out_dir: str | Path, train_tasks: int = 0, val_tasks: int = 0,
                         evalplus_dir: str | None = None, demo: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``train.parquet`` and ``val.parquet`` under ``out_dir``; returns their paths.
@@ -141,8 +194,17 @@ def write_parquet_files(dataset: str, out_dir: str | Path, train_tasks: int = 0,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True, choices=sorted([*DATASETS, DEMO_DATASET]))
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", help="code-RL corpus to train on (corpora.CORPUS_NAMES), e.g. acecode")
+    source.add_argument("--dataset", choices=sorted([*DATASETS, DEMO_DATASET]),
+                        help="demo tasks, or (machinery tests only) a benchmark split into train/val")
     parser.add_argument("--out", required=True, help="output folder for train.parquet / val.parquet")
+    parser.add_argument("--val", default="humaneval", choices=sorted(DATASETS),
+                        help="--corpus: the benchmark validated on (all its tasks)")
+    parser.add_argument("--data-files", nargs="+", default=None, help="--corpus: local files instead of the hub")
+    parser.add_argument("--revision", default=None, help="--corpus: hub revision (default: the corpus's pin)")
+    parser.add_argument("--all-rows", action="store_true", help="acecode: skip DiffuCoder's hard-subset filter")
+    parser.add_argument("--max-rows", type=int, default=0, help="--corpus: first N tasks (0 = all)")
     parser.add_argument("--train-tasks", type=int, default=0,
                         help="first N training tasks (0 = all; demo: train split size, 0 = default)")
     parser.add_argument("--val-tasks", type=int, default=0,
@@ -151,9 +213,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evalplus-dir", default=None, help="folder with the EvalPlus release .jsonl.gz files")
     args = parser.parse_args(argv)
     try:
-        demo = {"seed": args.demo_seed} if args.demo_seed is not None else None
-        train, val = write_parquet_files(args.dataset, args.out, args.train_tasks, args.val_tasks, args.evalplus_dir,
-                                         demo=demo)
+        if args.corpus:
+            from corpora import CorpusSelection
+
+            selection = CorpusSelection(args.corpus, tuple(args.data_files or ()), args.revision,
+                                        hard_subset=not args.all_rows, max_rows=args.max_rows,
+                                        evalplus_dir=args.evalplus_dir)
+            train, val = write_corpus_files(selection, args.val, args.out, evalplus_dir=args.evalplus_dir)
+        else:
+            demo = {"seed": args.demo_seed} if args.demo_seed is not None else None
+            train, val = write_parquet_files(args.dataset, args.out, args.train_tasks, args.val_tasks,
+                                             args.evalplus_dir, demo=demo)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -145,11 +145,37 @@ def resolve_model_path(cfg) -> Path:  # cfg: DictConfig
     return model_path
 
 
+def prompt_token_counter(model_path: Path):  # -> Callable[[list[dict]], int]
+    """Chat messages -> prompt tokens with the model's tokenizer and chat template, as verl's overlong-prompt filter
+    counts them (so the rows the corpus report counts as too long are the rows verl would drop)."""
+    from transformers import AutoTokenizer
+
+    import decoding  # noqa: F401 - registers DreamTokenizer, which the hub folder's tokenizer_config names
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+
+    def count(messages: list[dict]) -> int:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+    return count
+
+
+def corpus_selection(data):  # data: DictConfig (lockstep.data) -> corpora.CorpusSelection
+    """The training corpus a recipe names (``lockstep.data.corpus`` and its keys, docs/training.md)."""
+    from corpora import CorpusSelection
+
+    files = data.get("data_files") or ()
+    files = (files,) if isinstance(files, str) else tuple(str(f) for f in files)
+    return CorpusSelection(str(data.corpus), files, data.get("revision"), hard_subset=bool(data.get("hard_subset", True)),
+                           max_rows=int(data.get("max_rows") or 0), evalplus_dir=data.get("evalplus_dir"))
+
+
 def prepare_inputs(cfg) -> None:  # cfg: DictConfig
     """Create what the recipe asks for and is missing: a tiny Dream (demo) and the parquet prompt files."""
     from omegaconf import OmegaConf
 
-    from launch.prepare_data import write_parquet_files
+    from launch.prepare_data import DATASETS, write_corpus_files, write_parquet_files
 
     model_path = resolve_model_path(cfg)
     if cfg.lockstep.get("tiny_model", False) and not (model_path / "config.json").is_file():
@@ -159,7 +185,17 @@ def prepare_inputs(cfg) -> None:  # cfg: DictConfig
         logger.info("wrote a tiny random Dream to %s", model_path)
     data = cfg.lockstep.get("data", {})
     train_file = Path(str(cfg.data.train_files))
-    if data.get("dataset") and not train_file.is_file():
+    if train_file.is_file():
+        return
+    if data.get("corpus"):
+        write_corpus_files(corpus_selection(data), str(data.get("val") or "humaneval"), train_file.parent,
+                           count_tokens=prompt_token_counter(Path(str(cfg.actor_rollout_ref.model.path))),
+                           max_prompt_tokens=int(cfg.data.max_prompt_length), evalplus_dir=data.get("evalplus_dir"))
+        logger.info("wrote parquet prompts to %s (drop counts: corpus_report.json)", train_file.parent)
+    elif data.get("dataset"):
+        if str(data.dataset) in DATASETS:
+            logger.warning("lockstep.data.dataset=%s trains on the benchmark's own tasks: its scores then measure "
+                           "memorisation (recipes train on lockstep.data.corpus)", data.dataset)
         demo = data.get("demo")  # demo task generator settings (rl.demo_tasks.DemoTaskSpec fields)
         write_parquet_files(str(data.dataset), train_file.parent, int(data.get("train_tasks", 0)),
                             int(data.get("val_tasks", 0)), data.get("evalplus_dir"),

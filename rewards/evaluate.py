@@ -1,11 +1,17 @@
 """EvalPlus-compatible evaluation CLI on the sandboxed judge.
 
     python -m rewards.evaluate --dataset humaneval|mbpp --samples samples.jsonl [--mini] [--parallel N]
+    python -m rewards.evaluate --dataset acecode|kodcode-light|... --samples S.jsonl [--data-files F ...]
 
 Reads evalplus's sample format (one JSON object per line with ``task_id`` and ``solution`` - the whole program -
 or ``completion`` - appended to the prompt) and writes ``<samples stem>_eval_results.json`` next to the samples with
 evalplus's layout (``eval`` -> task_id -> [{task_id, solution, base_status, plus_status, base_fail_tests,
 plus_fail_tests}]) plus ``pass_at_k`` (unbiased estimator) for base and base+plus tests.
+
+A code-RL corpus name (``corpora.CORPUS_NAMES``) scores the samples on the corpus rows' own tests
+(:mod:`corpora.evaluate`; ``base_status`` = the verdict on the row's tests, ``plus_status`` equal to it), read from
+``--data-files`` or, without them, from the hub (``--revision``). A corpus whose test formats are not judged yet
+is refused with one line.
 """
 
 from __future__ import annotations
@@ -63,7 +69,10 @@ def evaluate(dataset: str, samples_path: Path, *, mini: bool = False, noextreme:
     """Evaluate a samples file and write the results JSON; returns the results document."""
     samples = read_samples(samples_path)
     if dataset not in ("humaneval", "mbpp"):
-        raise UsageError(f"unknown dataset {dataset!r}: choose 'humaneval' (HumanEval+) or 'mbpp' (MBPP+)")
+        from corpora.specs import CORPUS_NAMES
+
+        raise UsageError(f"unknown dataset {dataset!r}: choose 'humaneval' (HumanEval+), 'mbpp' (MBPP+) or a "
+                         f"code-RL corpus ({', '.join(CORPUS_NAMES)})")
     try:
         tasks, key = load_tasks(dataset, mini=mini, noextreme=noextreme)
     except (ValueError, RuntimeError) as exc:  # bad variant, or data neither offline nor downloadable
@@ -122,6 +131,20 @@ def _pass_at_k(eval_doc: dict, base_only: bool) -> dict:
     return out
 
 
+def _evaluate_corpus(args: argparse.Namespace) -> None:
+    from corpora.evaluate import evaluate_corpus
+    from corpora.specs import CorpusError
+
+    if args.mini or args.noextreme or args.base_only:
+        raise UsageError("--mini, --noextreme and --base-only apply to HumanEval+/MBPP+, not to a corpus")
+    samples = read_samples(args.samples)
+    try:
+        evaluate_corpus(args.dataset, samples, args.samples, data_files=args.data_files or (),
+                        revision=args.revision, parallel=args.parallel, isolation=args.isolation)
+    except CorpusError as exc:
+        raise UsageError(str(exc)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, no usage dump: the message says what to fix
         raise UsageError(message)
@@ -130,17 +153,27 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; user mistakes print ``python -m rewards.evaluate: error: ...`` and return 2."""
     ap = _Parser(prog="python -m rewards.evaluate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", required=True, help="humaneval (HumanEval+) or mbpp (MBPP+)")
+    ap.add_argument("--dataset", required=True,
+                    help="humaneval (HumanEval+), mbpp (MBPP+) or a code-RL corpus (acecode, kodcode-light, ...)")
     ap.add_argument("--samples", required=True, type=Path, help="evalplus-format samples .jsonl")
     ap.add_argument("--mini", action="store_true", help="HumanEval+ Mini (not available for MBPP+)")
     ap.add_argument("--noextreme", action="store_true")
     ap.add_argument("--base-only", action="store_true")
     ap.add_argument("--parallel", type=int, default=None, help="sandbox workers (default: all cores)")
     ap.add_argument("--isolation", default="auto", choices=["auto", "bwrap", "rlimits"])
+    ap.add_argument("--data-files", nargs="+", default=None, help="corpus: local files (default: the hub)")
+    ap.add_argument("--revision", default=None, help="corpus on the hub: branch, tag or commit (default: main)")
     try:
         args = ap.parse_args(argv)
         if args.parallel is not None and args.parallel < 1:
             raise UsageError(f"--parallel must be at least 1, got {args.parallel}")
+        from corpora.specs import CORPUS_NAMES
+
+        if args.dataset in CORPUS_NAMES:
+            _evaluate_corpus(args)
+            return 0
+        if args.data_files or args.revision:
+            raise UsageError("--data-files and --revision are for code-RL corpora, not HumanEval+/MBPP+")
         evaluate(args.dataset, args.samples, mini=args.mini, noextreme=args.noextreme, parallel=args.parallel,
                  base_only=args.base_only, isolation=args.isolation)
     except UsageError as exc:

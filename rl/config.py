@@ -119,6 +119,27 @@ def _check_reward(cfg: DictConfig) -> None:
         raise RecipeError(f"lockstep.reward: {error}") from None
 
 
+def _check_data(cfg: DictConfig) -> None:
+    """``lockstep.data``: a known, judged training corpus with a benchmark to validate on, and existing local
+    files (checked before anything is written; the rows themselves are read by the data preparation)."""
+    data = cfg.get("lockstep", {}).get("data", {}) or {}
+    if not data.get("corpus"):
+        return
+    from corpora import CorpusError, check_judged
+
+    try:
+        check_judged(str(data.corpus))
+    except CorpusError as error:
+        raise RecipeError(f"lockstep.data.corpus: {error}") from None
+    benchmarks = ("humaneval", "humaneval_mini", "mbpp")
+    _require(data.get("val") in benchmarks, f"lockstep.data.val must be one of {benchmarks} (the benchmark "
+                                            f"validated on), got {data.get('val')!r}")
+    files = data.get("data_files") or []
+    for file in [files] if isinstance(files, str) else list(files):
+        _require(Path(str(file)).expanduser().is_file(), f"lockstep.data.data_files: {file} does not exist")
+    _int(cfg, "lockstep.data.max_rows", minimum=0, allow_none=True)
+
+
 def check_model_dir(path: str) -> None:
     """RecipeError unless ``path`` is a Dream checkpoint folder with complete weight files (headers only)."""
     from decoding.integrity import check_dream_weights
@@ -260,6 +281,7 @@ def validate_recipe(cfg: DictConfig, check_files: bool = True) -> None:
     estimator_config(cfg)
     _check_sampler(cfg)
     _check_reward(cfg)
+    _check_data(cfg)
     if check_files:
         check_model_dir(str(arr.model.path))
         check_resume(cfg)

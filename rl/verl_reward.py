@@ -2,10 +2,15 @@
 
 Loaded by verl's reward loop from ``reward.custom_reward_function.path`` (this file) and ``.name``
 (``compute_score``; ``launch/train_grpo.py`` sets both). verl calls it once per completion inside its
-RewardLoopWorker actors with the row's ``data_source`` (``humaneval`` / ``mbpp`` / ``demo``), the decoded
-response, ``reward_model.ground_truth`` (the ``task_id``, see ``launch/prepare_data.py``) and ``extra_info``
-(``mini``: score against HumanEval+ Mini; ``demo_spec``: the generator settings of the synthetic demo tasks,
-which are regenerated once per worker process and scored on their own tests, base set only).
+RewardLoopWorker actors with the row's ``data_source``, the decoded response, ``reward_model.ground_truth`` and
+``extra_info`` (rows written by ``launch/prepare_data.py``):
+
+* a code-RL corpus (``acecode``, ... ``corpora.CORPUS_NAMES``; training rows): the ground truth is the row's
+  tests, ``rewards.code_tests.CodeTests`` as JSON, scored by ``rewards.code_tests.score_code_tests``;
+* ``humaneval`` / ``mbpp`` (validation rows): the ground truth is the EvalPlus ``task_id`` (``extra_info.mini``:
+  HumanEval+ Mini);
+* ``demo``: ``extra_info.demo_spec``, the generator settings of the synthetic demo tasks, which are regenerated
+  once per worker process and scored on their own tests, base set only.
 
 Contract: returns a dict whose ``score`` is the GRPO reward (:class:`rewards.api.RewardConfig` decides binary
 vs pass ratio and the format bonus), plus ``pass_base`` / ``pass_plus`` (1.0 when that test set passed, 0.0
@@ -22,7 +27,10 @@ import os
 import time
 from typing import Any
 
-DATA_SOURCES = ("humaneval", "mbpp", "demo")
+from corpora.specs import CORPUS_NAMES
+
+BENCHMARK_SOURCES = ("humaneval", "mbpp", "demo")
+DATA_SOURCES = (*BENCHMARK_SOURCES, *CORPUS_NAMES)
 
 
 def reward_config(mini: bool = False) -> Any:
@@ -70,6 +78,20 @@ def _reward_tasks(spec_json: str) -> tuple[Any, ...]:
     return tuple(reward_task(t) for t in tasks_from_json(spec_json).values())
 
 
+@functools.lru_cache(maxsize=4096)
+def _code_tests(ground_truth: str) -> Any:
+    from rewards.code_tests import CodeTests
+
+    return CodeTests.from_json(ground_truth)
+
+
+def _score_corpus_row(solution_str: str, ground_truth: str) -> Any:
+    """Score against the row's own tests (the JSON ``launch/prepare_data.py`` put in the ground truth)."""
+    from rewards.code_tests import score_code_tests
+
+    return score_code_tests([(solution_str, _code_tests(str(ground_truth)))], cfg=reward_config())[0]
+
+
 def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None,
                   **kwargs: Any) -> dict[str, float]:
     """Reward of one completion (see the module docstring for the returned keys)."""
@@ -79,7 +101,9 @@ def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_
         raise ValueError(f"unknown data_source {data_source!r}; expected one of {DATA_SOURCES}")
     mini = bool((extra_info or {}).get("mini", False))
     start = time.perf_counter()
-    if data_source == "demo":
+    if data_source in CORPUS_NAMES:
+        result = _score_corpus_row(solution_str, ground_truth)
+    elif data_source == "demo":
         result = _score_demo(str(ground_truth), solution_str, extra_info or {})
     else:
         result = score_batch([(str(ground_truth), solution_str)], dataset=data_source, cfg=reward_config(mini))[0]
