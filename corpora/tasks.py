@@ -49,7 +49,8 @@ def as_value(value: Any) -> Any:
 
 
 def string_leaves(value: Any, depth: int = 0) -> Iterator[str]:
-    """Every string inside a (possibly JSON-encoded, even doubly) value, for comparing test data as text."""
+    """Every string (and number, as text) inside a possibly JSON-encoded, even doubly encoded, value: test data
+    as text for decontamination."""
     value = as_value(value) if depth < 3 else value
     if isinstance(value, str):
         yield value
@@ -59,6 +60,8 @@ def string_leaves(value: Any, depth: int = 0) -> Iterator[str]:
     elif isinstance(value, (list, tuple)):
         for item in value:
             yield from string_leaves(item, depth + 1)
+    elif isinstance(value, (int, float)):
+        yield str(value)
 
 
 def _text(row: Mapping[str, Any], column: str) -> str:
