@@ -1,0 +1,155 @@
+"""Data preparation on a corpus (``launch/prepare_data.py --corpus``), the recipes that use it and the verl reward
+on its rows: train rows carry the row's tests, validation rows are the whole benchmark in the evaluation's prompt,
+no recipe trains on a benchmark, and drop counts land in the run folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from corpora import CorpusSelection  # noqa: E402
+from launch.prepare_data import DATASETS, DataError, main, write_corpus_files  # noqa: E402
+
+ACECODE_IDS = ["acecode/oss_90001", "acecode/oss_90002", "acecode/oss_90002/signature", "acecode/evol_90003",
+               "acecode/evol_90004", "acecode/evol_90004/signature", "acecode/bigcode_python_fns_90005",
+               "acecode/bigcode_python_fns_90006", "acecode/bigcode_python_fns_90006/signature",
+               "acecode/oss_90007", "acecode/evol_90008", "acecode/evol_90008/signature"]
+
+
+def acecode_solutions(parquet: Path) -> dict[str, tuple[str, str]]:
+    """AceCode row id -> (a reference program: an inference with pass rate 1, a wrong one: pass rate < 1)."""
+    out = {}
+    for row in pd.read_parquet(parquet).itertuples():
+        right = next(i["completion"] for i in row.inferences if i["pass_rate"] == 1.0)
+        wrong = next(i["completion"] for i in row.inferences if i["pass_rate"] < 1.0)
+        out[row.id] = (right, wrong)
+    return out
+
+
+@pytest.fixture(scope="module")
+def acecode_data(tmp_path_factory, shared_data_dir) -> Path:
+    out = tmp_path_factory.mktemp("acecode-data")
+    selection = CorpusSelection("acecode", (str(shared_data_dir("code_rl") / "acecode87k.sample.parquet"),),
+                                hard_subset=False)
+    write_corpus_files(selection, "humaneval", out)
+    return out
+
+
+def test_corpus_rows_carry_their_tests_and_validation_is_all_of_humaneval_plus(acecode_data) -> None:
+    from launch.eval_tasks import prompt_parts
+    from rewards.code_tests import CodeTests
+    from rewards.tasks import load_tasks
+
+    train, val = pd.read_parquet(acecode_data / "train.parquet"), pd.read_parquet(acecode_data / "val.parquet")
+    assert list(train["extra_info"].map(lambda e: e["task_id"])) == ACECODE_IDS
+    assert set(train["data_source"]) == {"acecode"}
+    tests = CodeTests.from_json(train.iloc[0]["reward_model"]["ground_truth"])
+    assert tests.format == "assert"
+    assert "Test cases: assert net_balances(" in train.iloc[0]["prompt"][0]["content"]
+    humaneval, _key = load_tasks("humaneval")
+    assert list(val["reward_model"].map(lambda r: r["ground_truth"])) == list(humaneval)  # all 164, in order
+    for row in val.itertuples():  # the evaluation's own user message
+        assert row.prompt[0]["content"] == prompt_parts(humaneval[row.reward_model["ground_truth"]].prompt, False)[0]
+    assert not set(val["reward_model"].map(lambda r: r["ground_truth"])) & set(train["extra_info"].map(
+        lambda e: e["task_id"]))
+
+
+def test_corpus_report_records_provenance_and_drop_counts(acecode_data, shared_data_dir) -> None:
+    report = json.loads((acecode_data / "corpus_report.json").read_text())
+    assert report["corpus"] == "acecode" and report["rows_loaded"] == 8 and report["tasks"] == 12
+    assert report["provenance"]["source"] == "files" and len(report["provenance"]["files"][0]["sha256"]) == 64
+    assert report["decontamination"]["dropped"] == 0 and report["decontamination"]["benchmark_tasks"] == 542
+    assert report["too_long"] == 0 and report["unparseable"] == {} and report["unjudgeable"] == {}
+    assert report["validation"] == {"benchmark": "humaneval", "tasks": 164}
+
+
+def test_prompt_budget_drops_long_prompts_and_counts_them(tmp_path, shared_data_dir) -> None:
+    from launch.train_grpo import prompt_token_counter
+
+    counter = prompt_token_counter(shared_data_dir("dream-v0-instruct-7b"))
+    selection = CorpusSelection("acecode", (str(shared_data_dir("code_rl") / "acecode87k.sample.parquet"),),
+                                hard_subset=False)
+    write_corpus_files(selection, "mbpp", tmp_path, count_tokens=counter, max_prompt_tokens=128)
+    report = json.loads((tmp_path / "corpus_report.json").read_text())
+    train = pd.read_parquet(tmp_path / "train.parquet")
+    assert report["too_long"] == 12 - len(train) == 5  # 166, 135, 138, 136, 136 tokens with Dream's template
+    assert all(counter(p) <= 128 for p in train["prompt"].map(list))
+    assert report["validation"] == {"benchmark": "mbpp", "tasks": 378}
+
+
+def test_dream_coder_mbppplus_rows_never_reach_the_training_file(tmp_path, shared_data_dir) -> None:
+    from rewards.code_tests import JUDGED_CORPORA
+
+    if "dream-coder" not in JUDGED_CORPORA:
+        pytest.skip("dream-coder's formats are not judged yet")
+    selection = CorpusSelection("dream-coder", (str(shared_data_dir("code_rl") / "dream_coder_rl_17k.sample.parquet"),))
+    write_corpus_files(selection, "mbpp", tmp_path)
+    train = pd.read_parquet(tmp_path / "train.parquet")
+    assert not [t for t in train["extra_info"].map(lambda e: e["task_id"]) if "mbppplus" in t]
+    report = json.loads((tmp_path / "corpus_report.json").read_text())
+    assert report["decontamination"]["by_reason"]["mbppplus_source"] == 1
+
+
+def test_a_corpus_not_judged_yet_is_one_line(tmp_path, capsys) -> None:
+    from rewards.code_tests import CORPORA, JUDGED_CORPORA
+
+    pending = sorted(set(CORPORA) - set(JUDGED_CORPORA))
+    if not pending:
+        pytest.skip("every corpus is judged")
+    assert main(["--corpus", pending[0], "--out", str(tmp_path / "d"), "--data-files", str(tmp_path / "x.parquet")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {pending[0]}: its test formats are not judged yet") and "\n" not in err
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(DataError, match="unknown corpus 'nope'"):
+        write_corpus_files(CorpusSelection("nope"), "humaneval", tmp_path / "e")
+
+
+def test_corpus_names_are_the_names_the_rewards_side_judges() -> None:
+    from corpora import CORPUS_NAMES
+    from rewards.code_tests import CORPORA
+
+    assert tuple(CORPORA) == CORPUS_NAMES
+
+
+def test_no_recipe_trains_on_a_benchmark() -> None:
+    """Every training recipe (GRPO, SFT) as composed: GRPO recipes train on a corpus or the synthetic demo tasks,
+    never on HumanEval+/MBPP+ rows; the HumanEval+/MBPP+ recipes validate on their benchmark."""
+    from launch.recipes import recipe_names
+    from launch.train_grpo import compose_recipe
+
+    grpo = recipe_names("grpo")
+    assert {"demo", "humaneval", "mbpp"} <= set(grpo)
+    for name in grpo:
+        data = compose_recipe(name, ["actor_rollout_ref.model.path=/models/Dream"]).lockstep.data
+        assert data.get("dataset") not in DATASETS, name
+        assert data.get("corpus") or data.get("dataset") == "demo", name
+    for name, val in (("humaneval", "humaneval"), ("mbpp", "mbpp")):
+        data = compose_recipe(name, ["actor_rollout_ref.model.path=/models/Dream"]).lockstep.data
+        assert (data.corpus, data.hard_subset, data.val) == ("acecode", True, val)
+    for name in recipe_names("sft"):  # SFT recipes train on the synthetic demo tasks
+        raw = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text())
+        assert not {"dataset", "corpus"} & set(raw.get("tasks") or {}), name
+
+
+def test_verl_reward_scores_corpus_rows_on_their_own_tests(acecode_data, shared_data_dir, monkeypatch) -> None:
+    from rl.verl_reward import compute_score
+
+    monkeypatch.setenv("LOCKSTEP_REWARD_CONFIG", json.dumps({"reward": "binary"}))
+    solutions = acecode_solutions(shared_data_dir("code_rl") / "acecode87k.sample.parquet")
+    train = pd.read_parquet(acecode_data / "train.parquet")
+    row = train.iloc[0]
+    right, wrong = solutions["oss_90001"]
+    extra = dict(row["extra_info"])
+    good = compute_score("acecode", f"```python\n{right}\n```", row["reward_model"]["ground_truth"], extra)
+    bad = compute_score("acecode", f"```python\n{wrong}\n```", row["reward_model"]["ground_truth"], extra)
+    assert (good["score"], good["pass_base"]) == (1.0, 1.0)
+    assert (bad["score"], bad["pass_base"]) == (0.0, 0.0)
