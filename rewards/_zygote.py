@@ -1,10 +1,10 @@
 """Fork-server that runs INSIDE the sandbox (bubblewrap or the rlimits-only fallback).
 
 Executed as a standalone script (``python -S -s -P -B _zygote.py WORK_DIR SECCOMP FRESH TMPFS_OPTS [SCRATCH..]``);
-it must not import anything from the ``rewards`` package, which is not mounted in the sandbox, only its two
-siblings ``_digest.py`` and ``_supervise.py``. The trusted side imports it for :func:`digest` /
-:func:`encode_value` (re-exported from ``_digest``), so that digests of caller-supplied expected values are computed
-by the very same code that digests untrusted outputs.
+it must not import anything from the ``rewards`` package, which is not mounted in the sandbox, only its siblings
+``_digest.py``, ``_supervise.py`` and ``_formats.py`` (the code-RL test runners). The trusted side imports it for
+:func:`digest` / :func:`encode_value` (re-exported from ``_digest``), so that digests of caller-supplied expected
+values are computed by the very same code that digests untrusted outputs.
 
 Protocol (frames are a kind byte where noted, then a 4-byte big-endian length, then the bytes):
   parent -> zygote (fd 0): HEADER frame (JSON: rlimits, CPU limits, budgets), then PAYLOAD frame (marshal: code,
@@ -43,6 +43,7 @@ if __package__:  # imported by the trusted side
 else:  # the sandboxed script: the siblings are bound next to it (-P keeps its directory off sys.path)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from _digest import VALUE_CAP, digest, encode_value, small
+    from _formats import call_runner, stdio_runner
     from _supervise import EXIT_CHANNEL, EXIT_SETUP, send_frame, supervise, wipe_tree
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -254,7 +255,8 @@ def _ok_line(s: int, i: int, out, payload: dict, t0: float) -> bytes:
         out = out if type(out) is bool else out is not None
     elif mode == "set_eq":
         out = set(out)
-    d = digest(out)
+    # stdio: the digest is of the whitespace-token form (what outputs too large to send whole are compared by)
+    d = digest(" ".join(out.split()) if mode == "stdio" and type(out) is str else out)
     v = None
     if payload["values"] and small(out):
         v = json.dumps(encode_value(out), separators=(",", ":"))
@@ -309,10 +311,14 @@ def _run_child(hdr: dict, chan: int, ack_w: int, seccomp: Seccomp | None, fresh:
     sys.stdin = sys.stdout = sys.stderr = open(os.devnull, "r+")  # noqa: SIM115 - lives until os._exit
     # not "__main__": like evalplus, a solution's `if __name__ == "__main__":` demo block does not run
     env: dict = {"__name__": "solution", "__builtins__": __builtins__}
+    kind = payload.get("kind", "fn")  # "fn": fn(*input); "call" / "stdio" (once per test): rewards/_formats.py
     try:
         _arm(hdr["load"])
-        exec(compile(payload["code"], "<solution>", "exec"), env)
-        fn = env[payload["entry_point"]]
+        code = compile(payload["code"], "<solution>", "exec")
+        if kind != "stdio":
+            exec(code, env)
+        fn = stdio_runner(code, __builtins__, hdr["fsize"]) if kind == "stdio" else \
+            call_runner(env) if kind == "call" else env[payload["entry_point"]]
         _arm(0)
     except BaseException as exc:  # noqa: BLE001 - any failure of untrusted code is a load error
         _arm(0)

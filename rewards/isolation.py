@@ -18,8 +18,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 ZYGOTE_PATH = Path(__file__).with_name("_zygote.py")
-# the sandboxed harness: the zygote script and the two standalone modules it imports (bound next to it)
-HARNESS_FILES = (ZYGOTE_PATH, ZYGOTE_PATH.with_name("_digest.py"), ZYGOTE_PATH.with_name("_supervise.py"))
+# the sandboxed harness: the zygote script and the standalone modules it imports (bound next to it)
+HARNESS_FILES = (ZYGOTE_PATH, ZYGOTE_PATH.with_name("_digest.py"), ZYGOTE_PATH.with_name("_supervise.py"),
+                 ZYGOTE_PATH.with_name("_formats.py"))
 SANDBOX_SITE = "/sandbox/site"
 
 
@@ -62,7 +63,8 @@ class Job:
     limits: list[list[float]]
     cpu_budget_s: float
     wall_budget_s: float
-    mode: str = "exact"  # "exact" | "not_none" | "set_eq": output conversion applied inside the child
+    mode: str = "exact"  # "exact" | "not_none" | "set_eq" | "stdio": output conversion applied inside the child
+    kind: str = "fn"  # "fn": entry_point(*input); "call" / "stdio": the runners of rewards/_formats.py
     values: bool = False
     timing: bool = False
     stop_on_error: bool = False

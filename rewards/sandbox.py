@@ -135,7 +135,7 @@ class Worker:
                "fsize": self.cfg.file_size_bytes, "nofile": self.cfg.open_files, "nproc": self.cfg.processes,
                "limits": job.limits, "load": job.load_limit_s}
         payload = {"code": job.code, "entry_point": job.entry_point, "mode": job.mode, "values": job.values,
-                   "timing": job.timing, "stop_on_error": job.stop_on_error}
+                   "timing": job.timing, "stop_on_error": job.stop_on_error, "kind": job.kind}
         import marshal  # trusted -> sandbox direction only; the sandbox never sends marshal back
 
         pending = memoryview(_frame(json.dumps(hdr).encode()) + _frame(marshal.dumps(payload, 2))
