@@ -25,12 +25,13 @@ ACECODE_IDS = ["acecode/oss_90001", "acecode/oss_90002", "acecode/oss_90002/sign
                "acecode/oss_90007", "acecode/evol_90008", "acecode/evol_90008/signature"]
 
 
-def acecode_solutions(parquet: Path) -> dict[str, tuple[str, str]]:
-    """AceCode row id -> (a reference program: an inference with pass rate 1, a wrong one: pass rate < 1)."""
+def acecode_solutions(parquet: Path) -> dict[str, tuple[str, str | None]]:
+    """AceCode row id -> (a reference program: an inference with pass rate 1, a wrong one: pass rate < 1, or
+    None when every inference of the row passes)."""
     out = {}
     for row in pd.read_parquet(parquet).itertuples():
         right = next(i["completion"] for i in row.inferences if i["pass_rate"] == 1.0)
-        wrong = next(i["completion"] for i in row.inferences if i["pass_rate"] < 1.0)
+        wrong = next((i["completion"] for i in row.inferences if i["pass_rate"] < 1.0), None)
         out[row.id] = (right, wrong)
     return out
 
