@@ -82,9 +82,13 @@ def hub_dream_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # The headline command, shrunk to CPU size: only these values differ from `recipe=humaneval` as a user runs it.
-# Prompts: the HumanEval+ tasks whose chat prompt fits 128 tokens (verl's overlong-prompt filter keeps ~30 train
-# and 2 held-out tasks); with the 152,064-token vocabulary, logits of 4 rows x 152 tokens already take ~370 MB.
+# Training data: the AceCode-87K fixture (../shared/data/code_rl) instead of the hub, all 8 rows + 4 signature copies
+# (the hard subset of 8 rows is 2), of which the 7 whose chat prompt fits 128 tokens are kept; validation: the
+# HumanEval+ tasks that fit 128 tokens (~32 of 164; verl's overlong-prompt filter), once, at step 2. With the
+# 152,064-token vocabulary, logits of 4 rows x 152 tokens already take ~370 MB.
+HEADLINE_TRAIN_FILE = SHARED_DATA / "code_rl" / "acecode87k.sample.parquet"
 HEADLINE_OVERRIDES = (
+    f"lockstep.data.data_files=[{HEADLINE_TRAIN_FILE}]", "lockstep.data.hard_subset=false",
     "trainer.device=cpu", "data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
     "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
     "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4", "actor_rollout_ref.rollout.n=2",
@@ -93,7 +97,7 @@ HEADLINE_OVERRIDES = (
     "actor_rollout_ref.rollout.custom.dream.options.a_len=12",
     "actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora_alpha=16",
     "actor_rollout_ref.model.enable_gradient_checkpointing=false",
-    "trainer.total_training_steps=2", "trainer.save_freq=2", "trainer.test_freq=-1", "trainer.val_before_train=false",
+    "trainer.total_training_steps=2", "trainer.save_freq=2", "trainer.test_freq=2", "trainer.val_before_train=false",
 )
 
 
@@ -116,8 +120,10 @@ class HeadlineRun:
 def headline_run(hub_dream_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> HeadlineRun:
     """``torchrun --standalone --nproc_per_node 2 launch/train_grpo.py recipe=humaneval`` through real torchrun,
     on the hub-layout tiny model: 2 GRPO steps (LoRA, lockstep rollouts, sandboxed rewards, W&B offline) and a
-    checkpoint at step 2. Runs once per session (~3 min on 2 cores); tests of the launcher, checkpoint export,
-    evaluation and later data work assert on its outputs."""
+    checkpoint at step 2, trained on the AceCode fixture and validated on HumanEval+ at step 2. Runs once per
+    session (~3 min on 2 cores); tests of the launcher, checkpoint export, evaluation and data work assert on its
+    outputs."""
+    shared_data("code_rl")
     root = Path(__file__).resolve().parents[1]
     run_dir = tmp_path_factory.mktemp("headline") / "run"
     torchrun = Path(sys.executable).with_name("torchrun")

@@ -5,6 +5,7 @@ fixture ``headline_run`` (tests/conftest.py); these tests assert on what it prod
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,24 @@ def test_headline_command_trains_two_steps_under_torchrun(headline_run) -> None:
     assert "global rank 1: verl runs one driver" in headline_run.output  # rank 1 stood aside, rank 0 drove
     assert (headline_run.run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
     assert list((headline_run.run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_headline_trains_on_acecode_and_validates_on_humaneval_plus(headline_run) -> None:
+    """``recipe=humaneval`` trains on the decontaminated AceCode rows (here the fixture) and validates on HumanEval+
+    in the evaluation's prompt: no HumanEval+ task is a training row."""
+    import pandas as pd
+
+    assert headline_run.returncode == 0, headline_run.output[-4000:]
+    data = headline_run.run_dir / "data"
+    train, val = pd.read_parquet(data / "train.parquet"), pd.read_parquet(data / "val.parquet")
+    train_ids = list(train["extra_info"].map(lambda e: e["task_id"]))
+    assert train_ids and all(t.startswith("acecode/") for t in train_ids) and set(train["data_source"]) == {"acecode"}
+    val_ids = list(val["reward_model"].map(lambda r: r["ground_truth"]))
+    assert val_ids == [f"HumanEval/{i}" for i in range(164)] and set(val["data_source"]) == {"humaneval"}
+    report = json.loads((data / "corpus_report.json").read_text())
+    assert (report["corpus"], report["rows_loaded"], report["tasks"], report["too_long"]) == ("acecode", 8, 7, 5)
+    assert report["decontamination"]["dropped"] == 0 and report["provenance"]["source"] == "files"
+    assert re.search(r"val-core/humaneval/reward/mean@1:\s*[0-9.]+", headline_run.output), headline_run.output[-3000:]
 
 
 def test_ray_workers_see_no_torchrun_variables(headline_run) -> None:
