@@ -141,6 +141,26 @@ def test_no_recipe_trains_on_a_benchmark() -> None:
         assert not {"dataset", "corpus"} & set(raw.get("tasks") or {}), name
 
 
+def test_the_launcher_refuses_a_bad_corpus_before_writing_anything(tmp_path) -> None:
+    from launch.train_grpo import compose_recipe
+    from rl.config import RecipeError, validate_recipe
+
+    model = "actor_rollout_ref.model.path=/models/Dream"
+    cases = [("lockstep.data.corpus=acecode87k", "lockstep.data.corpus: unknown corpus 'acecode87k'"),
+             ("lockstep.data.val=humaneval_plus", "lockstep.data.val must be one of"),
+             (f"lockstep.data.data_files=[{tmp_path / 'none.parquet'}]", "none.parquet does not exist")]
+    from rewards.code_tests import CORPORA, JUDGED_CORPORA
+
+    pending = sorted(set(CORPORA) - set(JUDGED_CORPORA))
+    if pending:
+        cases.append((f"lockstep.data.corpus={pending[0]}", "its test formats are not judged yet"))
+    for override, message in cases:
+        cfg = compose_recipe("humaneval", [model, f"lockstep.run_dir={tmp_path / 'run'}", override])
+        with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace(".", r"\.")):
+            validate_recipe(cfg, check_files=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_verl_reward_scores_corpus_rows_on_their_own_tests(acecode_data, shared_data_dir, monkeypatch) -> None:
     from rl.verl_reward import compute_score
 
