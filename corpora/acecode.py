@@ -94,7 +94,7 @@ def signature_question(row: Mapping[str, Any]) -> str | None:
     """DiffuCoder's rewritten question (the best inference's ``def`` line around the question), or None when
     the row addresses "you" or its best inference does not start with ``def``."""
     question = row.get("question")
-    if not isinstance(question, str) or "you" in question.lower():
+    if not isinstance(question, str) or not question.strip() or "you" in question.lower():
         return None
     scored = []
     for inference in _inferences(row):

@@ -151,5 +151,8 @@ def build_tasks(selection: CorpusSelection, *, count_tokens: Callable[[list[dict
         judged = judged[:selection.max_rows]
     report["tasks"] = len(judged)
     if not judged:
-        raise CorpusError(f"{selection.corpus}: no task left to train on (see the drop counts: {report})")
+        dropped = {"unparseable": sum(report["unparseable"].values()),
+                   "decontaminated": report.get("decontamination", {}).get("dropped", 0),
+                   "unjudgeable": sum(report["unjudgeable"].values()), "too_long": report["too_long"]}
+        raise CorpusError(f"{selection.corpus}: no task left of {report['rows_loaded']} rows (dropped: {dropped})")
     return judged, report

@@ -87,6 +87,25 @@ def test_prompt_budget_drops_long_prompts_and_counts_them(tmp_path, shared_data_
     assert report["validation"] == {"benchmark": "mbpp", "tasks": 378}
 
 
+def test_unjudgeable_and_unparseable_rows_are_counted_by_reason(tmp_path, shared_data_dir) -> None:
+    frame = pd.read_parquet(shared_data_dir("code_rl") / "acecode87k.sample.parquet")
+    frame.at[1, "test_cases"] = ["print('no assert here')"]  # nothing judgeable: oss_90002 and its copy go
+    frame.at[2, "question"] = ""                               # no question: evol_90003 goes
+    path = tmp_path / "train-00000-of-00001.parquet"
+    frame.to_parquet(path, index=False)
+    write_corpus_files(CorpusSelection("acecode", (str(path),), hard_subset=False), "humaneval", tmp_path / "d")
+    report = json.loads((tmp_path / "d" / "corpus_report.json").read_text())
+    assert report["unparseable"] == {"no question": 1}
+    assert sum(report["unjudgeable"].values()) == 2 and len(report["unjudgeable"]) == 1
+    train_ids = set(pd.read_parquet(tmp_path / "d" / "train.parquet")["extra_info"].map(lambda e: e["task_id"]))
+    assert train_ids == set(ACECODE_IDS) - {"acecode/oss_90002", "acecode/oss_90002/signature", "acecode/evol_90003"}
+    assert report["tasks"] == 9
+    frame["question"] = ""
+    frame.to_parquet(path, index=False)
+    with pytest.raises(DataError, match=r"acecode: no task left of 8 rows \(dropped: \{'unparseable': 8"):
+        write_corpus_files(CorpusSelection("acecode", (str(path),), hard_subset=False), "humaneval", tmp_path / "e")
+
+
 def test_dream_coder_mbppplus_rows_never_reach_the_training_file(tmp_path, shared_data_dir) -> None:
     from rewards.code_tests import JUDGED_CORPORA
 
