@@ -6,7 +6,8 @@ digest and a tagged-JSON value, ``_digest.py``); nothing here ever sees an expec
 happen in here and nothing the completion patches can change a verdict (docs/rewards.md, "Code-RL corpora").
 
 - ``call_runner``: one test = one call ``[target, args, kwargs]``; ``target`` is ``[name]`` (a function of the
-  completion's module) or ``[class_name, method]`` (a fresh instance per test, e.g. LeetCode's ``Solution``).
+  completion's module), ``[class_name, method]`` (a fresh instance per test, e.g. LeetCode's ``Solution``) or
+  ``["*", name]`` (``Solution().name`` when the module defines such a class, else the function ``name``).
 - ``stdio_runner``: one test = one run of the whole program as ``__main__`` with the test's input as its stdin
   (fd 0 and ``sys.stdin``) and a file as its stdout (fd 1 and ``sys.stdout``); returns what it wrote.
 """
@@ -24,6 +25,9 @@ def call_runner(env: dict):
     def run(target: list, args: list, kwargs: dict):
         if len(target) == 1:
             fn = env[target[0]]
+        elif target[0] == "*":  # TACO's rule: a `class Solution` method when there is one, else the function
+            cls = env.get("Solution")
+            fn = getattr(cls(), target[1]) if isinstance(cls, type) and hasattr(cls, target[1]) else env[target[1]]
         else:
             fn = getattr(env[target[0]](), target[1])
         return fn(*args, **kwargs)
@@ -37,8 +41,20 @@ class StdioRunError(Exception):
 
 def _redirect(path: str, fd: int, flags: int) -> None:
     new = os.open(path, flags, 0o600)
-    os.dup2(new, fd)
-    os.close(new)
+    if new != fd:  # the program may have closed fd (open(0) closes it when collected): then os.open reused it
+        os.dup2(new, fd)
+        os.close(new)
+
+
+def _join_threads() -> None:
+    """Wait for the threads the program started (the zygote's CPU accounting bounds how long)."""
+    threading = sys.modules.get("threading")
+    if threading is None:
+        return
+    main = threading.main_thread()
+    for t in threading.enumerate():
+        if t is not main and not t.daemon:
+            t.join()
 
 
 def stdio_runner(code, builtins_module, out_cap: int):
@@ -60,12 +76,15 @@ def stdio_runner(code, builtins_module, out_cap: int):
         env = {"__name__": "__main__", "__builtins__": builtins_module}
         try:
             exec(code, env)
+            _join_threads()  # contest programs often run main() in a thread with a larger stack
         except SystemExit as exc:
             if exc.code not in (None, 0):
                 raise StdioRunError from None
         finally:
             try:
-                sys.stdout.flush()
+                for stream in (sys.stdout, sys.__stdout__):
+                    if stream is not None:
+                        stream.flush()
             finally:
                 sys.stdout = sys.stderr
         with io.FileIO(stdout_path, "r") as f:
