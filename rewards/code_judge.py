@@ -91,10 +91,29 @@ def _compiled_check(src: str) -> Any:
     return compile(ast.parse(src, mode="eval"), "<assert>", "eval")
 
 
+_NOT_RAISED_BY_CODE = ("TargetMissing", "SystemExit", "KeyboardInterrupt", "GeneratorExit")
+
+
+def _raised(out: tuple | None, expected: str) -> bool:
+    """``pytest.raises(expected)``: the step raised an exception with a class (or base class) of that name."""
+    if out is None or out[0] != "exc" or out[1].startswith("Output"):
+        return False
+    names = out[1].split("<")
+    if expected in ("Exception", "BaseException"):
+        return names[0] not in _NOT_RAISED_BY_CODE or (expected == "BaseException" and names[0] != "TargetMissing")
+    return expected in names
+
+
 def _assert_case(case: dict, outcomes: list) -> bool:
+    """An assert (or pytest test): every step ran (or raised what ``raises`` expects), then the check holds."""
     values = {}
+    raises = case.get("raises", {})
     for k in case["calls"]:
         out = outcomes[k]
+        if str(k) in raises:
+            if not _raised(out, raises[str(k)]):
+                return False
+            continue
         if out is None or out[0] != "ok":
             return False
         values[f"__c{k}"] = out[2]
@@ -117,7 +136,7 @@ def decode_value_obj(tagged: Any) -> Any:
 
 def case_verdicts(tests: CodeTests, outcomes: list) -> list[bool]:
     """Per case: did it pass? (one entry per ``tests.data["cases"]``)."""
-    if tests.format == "assert":
+    if tests.format in ("assert", "pytest"):
         return [_assert_case(c, outcomes) for c in tests.data["cases"]]
     from .formats_judge import call_case, stdio_case
 
@@ -134,8 +153,9 @@ def case_verdicts(tests: CodeTests, outcomes: list) -> list[bool]:
 
 def job_inputs(tests: CodeTests) -> tuple[str, str, list]:
     """(job kind, child output mode, per-test inputs) of a CodeTests; inputs are decoded to Python values here."""
-    if tests.format == "assert":
-        return "call", "exact", [[t, decode_value_obj(a), decode_value_obj(k)] for t, a, k in tests.data["calls"]]
+    if tests.format in ("assert", "pytest"):  # pytest steps carry a 4th element, opts (_formats.call_runner)
+        return "call", "exact", [[t, decode_value_obj(a), decode_value_obj(k), *rest]
+                                 for t, a, k, *rest in tests.data["calls"]]
     if tests.format == "call":
         target = tests.data["target"]
         return "call", "exact", [[target, decode_value_obj(args), {}] for args, _ in tests.data["cases"]]
@@ -145,8 +165,13 @@ def job_inputs(tests: CodeTests) -> tuple[str, str, list]:
 
 
 def _entry_point(tests: CodeTests) -> str | None:
-    if tests.format == "assert":
-        return tests.data["calls"][0][0][0] if tests.data["calls"] else None
+    if tests.format in ("assert", "pytest"):
+        for target, *_ in tests.data["calls"]:
+            if len(target) == 1 or target[0] not in ("new", "on", "*"):
+                return target[0]
+            if target[0] == "new":
+                return target[2]
+        return None
     if tests.format == "call":
         return tests.data["target"][0]
     return None
@@ -209,7 +234,7 @@ class CodeScorer:
         n_passed = sum(passed)
         all_pass = status == "ok" and n_passed == n
         if status == "ok" and not all_pass:
-            errors["wrong"] = n - n_passed - sum(1 for o in outcomes if o is None or o[0] != "ok")
+            errors["failed_cases"] = n - n_passed  # the other counts are per call / run (raises included)
         verdict = "pass" if all_pass else "timeout" if (raw.status.get("deadline") or raw.status.get("limit")) \
             else "fail"
         ratio = n_passed / n if n else 0.0

@@ -119,14 +119,20 @@ def _primeintellect(row: Mapping[str, Any]) -> CodeTests:
     raise UnjudgeableRow(f"unknown test_method {method!r}")
 
 
-from .corpus_tests import deepcoder_lcbv5, deepcoder_primeintellect, deepcoder_taco, dream_coder  # noqa: E402
+from .corpus_tests import (  # noqa: E402 - they build on the classes above
+    deepcoder_lcbv5,
+    deepcoder_primeintellect,
+    deepcoder_taco,
+    dream_coder,
+    kodcode,
+)
 
 _CONVERTERS: dict[str, Any] = {"acecode": _acecode, "primeintellect": _primeintellect,
                                "deepcoder-lcbv5": deepcoder_lcbv5, "deepcoder-primeintellect": deepcoder_primeintellect,
-                               "deepcoder-taco": deepcoder_taco, "dream-coder": dream_coder}
+                               "deepcoder-taco": deepcoder_taco, "dream-coder": dream_coder,
+                               "kodcode-light": kodcode, "kodcode-v1": kodcode}
 # a corpus is listed only when every one of its formats is judged with the guarantee
-JUDGED_CORPORA: frozenset[str] = frozenset({"acecode", "primeintellect", "deepcoder-lcbv5",
-                                            "deepcoder-primeintellect", "deepcoder-taco"})
+JUDGED_CORPORA: frozenset[str] = frozenset(CORPORA)
 
 
 def tests_from_row(corpus: str, row: Mapping[str, Any]) -> CodeTests:

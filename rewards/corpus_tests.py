@@ -140,3 +140,10 @@ def dream_coder(row: Mapping[str, Any]) -> CodeTests:
 
         return autoeval_tests(info.get("test"))
     raise UnjudgeableRow(f"unknown data_source {source!r}")
+
+
+def kodcode(row: Mapping[str, Any]) -> CodeTests:
+    """KodCode-Light-RL-10K / KodCode-V1: ``test`` is a pytest file importing from ``solution``."""
+    from .pytest_tests import pytest_tests
+
+    return pytest_tests(row.get("test"), solution_import=True)
