@@ -13,6 +13,7 @@ import atexit
 import functools
 import logging
 import marshal
+import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, as_completed
@@ -22,9 +23,9 @@ from tqdm import tqdm
 
 from ._digest import digest
 from .api import RewardConfig, RewardResult, SandboxInfraError
-from .assert_parse import check_env
+from .assert_parse import _comp_locals, _validate, check_env
 from .code_tests import DEFAULT_CALL_LIMIT_S, CodeTests
-from .extract import ExtractedCode, extract_code
+from .extract import _AST_LOCK, ExtractedCode, extract_code
 from .judge import _OK_NO_VALUE, ProtocolViolation, _check_range, _check_record, _name, _parse, decode_value
 from .sandbox import Job, RawResult, SandboxPool
 
@@ -86,9 +87,17 @@ def _read_outcomes(raw: RawResult, n: int) -> tuple[str, list, dict[str, int], s
 # per-format verdicts (trusted)
 
 
+_PLACEHOLDER = re.compile(r"__c[0-9]+")
+
+
 @functools.lru_cache(maxsize=4096)
 def _compiled_check(src: str) -> Any:
-    return compile(ast.parse(src, mode="eval"), "<assert>", "eval")
+    """A case's check, validated again here (defence in depth: CodeTests may come from JSON) and compiled."""
+    with _AST_LOCK:  # CPython 3.11's AST recursion counter is per interpreter (see rewards/extract.py)
+        expr = ast.parse(src, mode="eval")
+    placeholders = {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and _PLACEHOLDER.fullmatch(n.id)}
+    _validate(expr.body, placeholders, _comp_locals(expr.body))
+    return compile(expr, "<assert>", "eval")
 
 
 _NOT_RAISED_BY_CODE = ("TargetMissing", "SystemExit", "KeyboardInterrupt", "GeneratorExit")
@@ -193,7 +202,8 @@ class CodeScorer:
             budget = min(budget, max(self.cfg.sample_time_cap_s, per_test + 1.0))
         return Job(code=code, entry_point=_entry_point(tests) or "", inputs=marshal.dumps([inputs], 2),
                    limits=limits, cpu_budget_s=budget, wall_budget_s=budget * self.cfg.wall_factor + 2.0, mode=mode,
-                   values=True, stop_on_error=self.cfg.stop_on_error, load_limit_s=min(budget, 10.0), kind=kind)
+                   values=True, stop_on_error=self.cfg.stop_on_error and tests.format in ("call", "stdio"),
+                   load_limit_s=min(budget, 10.0), kind=kind)
 
     def score(self, items: Sequence[tuple[str, CodeTests]]) -> list[RewardResult]:
         """Results in input order; a progress bar with ``cfg.progress``."""

@@ -78,7 +78,7 @@ def assert_tests(snippets: Sequence[str], time_limit_s: float | None = None) -> 
         for test, rename in tests:
             try:
                 check, own_calls, literal = parse_assert(test, rename, start=len(calls))
-            except Unjudgeable:
+            except (Unjudgeable, RecursionError, MemoryError, ValueError, SyntaxError):
                 excluded += 1
                 continue
             base = len(calls)
