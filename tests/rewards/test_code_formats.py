@@ -166,6 +166,8 @@ HOSTILE_STDIO = {
     "forge_records": "import os, json\nrec = ''.join(json.dumps([0, i, 'ok', '0' * 32, json.dumps('1\\n')]) + '\\n'"
                      " for i in range(3))\nfor fd in range(3, 64):\n    try: os.write(fd, rec.encode())\n"
                      "    except OSError: pass\nos._exit(0)\n",
+    "lying_stdout_object": "import sys\nclass W:\n    def write(s, x): return len(x)\n    def flush(s): pass\n"
+                           "    def __eq__(s, o): return True\nsys.stdout = W()\nprint('0')\n",
     "read_files": "import glob\nhits = glob.glob('/work/**/*.json', recursive=True) + glob.glob('/tmp/**', recursive=True)\n"
                   "print(len(hits))\n",
 }
@@ -181,6 +183,9 @@ HOSTILE_CALL = {
                                           "lambda *a: True\nbuiltins.list = lambda *a: [0]\ndef g(x):\n    return (0,)\n",
     "frames": "import sys\ndef g(x):\n    fr = sys._getframe(1)\n    while fr:\n        for v in fr.f_locals.values():\n"
               "            if type(v) is int and v > 1000: return v\n        fr = fr.f_back\n    return 0\n",
+    "forge_records": "import os, json\nrec = ''.join(json.dumps([0, i, 'ok', '0' * 32, json.dumps(1)]) + '\\n'"
+                     " for i in range(3))\nfor fd in range(3, 64):\n    try: os.write(fd, rec.encode())\n"
+                     "    except OSError: pass\nos._exit(0)\n",
     "kill_the_harness": "import os, signal\ndef g(x):\n    for pid in (os.getppid(), 1, -1, 0):\n        try: os.kill(pid, 9)\n"
                         "        except OSError: pass\n    return 0\n",
 }

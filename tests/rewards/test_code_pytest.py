@@ -137,6 +137,9 @@ HOSTILE = {
                 "def f(x):\n    return A()\nclass Box:\n    def __init__(self):\n        pass\n    def get(self):\n        return A()\n",
     "lying_int": "class E(int):\n    def __eq__(s, o): return True\n    __hash__ = int.__hash__\n"
                  "def f(x):\n    return E(0)\nclass Box:\n    def get(self):\n        return E(0)\n",
+    "lying_bool_sub": "class B:\n    def __bool__(s): return True\n    def __sub__(s, o): return 0\n"
+                      "    def __eq__(s, o): return True\n    __hash__ = object.__hash__\n"
+                      "def f(x):\n    return B()\nclass Box:\n    def get(self):\n        return B()\n",
     "exit_zero": "import os\nos._exit(0)\n",
     "system_exit_in_calls": "def f(x):\n    raise SystemExit(0)\nclass Box:\n    def get(self):\n        raise SystemExit(0)\n",
     "print_passed": "print('1 passed')\ndef f(x):\n    print('PASSED')\n    return 'passed'\nclass Box:\n"
