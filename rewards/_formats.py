@@ -5,8 +5,10 @@ point" the zygote's test loop calls once per test, and whatever it returns leave
 digest and a tagged-JSON value, ``_digest.py``); nothing here ever sees an expected output, so no comparison can
 happen in here and nothing the completion patches can change a verdict (docs/rewards.md, "Code-RL corpora").
 
-- ``call_runner``: one test = one call ``[target, args, kwargs]``; ``target`` is ``[name]`` (a function of the
-  completion's module) or ``[class_name, method]`` (a fresh instance per test, e.g. LeetCode's ``Solution``).
+- ``call_runner``: one test = one step ``[target, args, kwargs(, opts)]``; ``target`` is ``[name]`` (a function of
+  the completion's module), ``[class_name, method]`` (a fresh instance per test, e.g. LeetCode's ``Solution``),
+  ``["*", name]`` (``Solution().name`` when the module defines such a class, else the function ``name``), or, for
+  the stateful steps of a pytest test, ``["new", var, class_name]`` / ``["on", var, method]``.
 - ``stdio_runner``: one test = one run of the whole program as ``__main__`` with the test's input as its stdin
   (fd 0 and ``sys.stdin``) and a file as its stdout (fd 1 and ``sys.stdout``); returns what it wrote.
 """
@@ -18,17 +20,66 @@ import os
 import sys
 
 
-def call_runner(env: dict):
-    """The per-test function for call-based tests; ``env`` is the completion's loaded module namespace."""
+class TargetMissing(Exception):
+    """The function, class or stored object a step names does not exist (never a raised exception of the code)."""
 
-    def run(target: list, args: list, kwargs: dict):
-        if len(target) == 1:
-            fn = env[target[0]]
-        else:
-            fn = getattr(env[target[0]](), target[1])
-        return fn(*args, **kwargs)
+
+def _resolve(env: dict, objs: dict, target: list):
+    if len(target) == 1:
+        return env[target[0]]
+    if target[0] == "*":  # TACO's rule: a `class Solution` method when there is one, else the function
+        cls = env.get("Solution")
+        return getattr(cls(), target[1]) if isinstance(cls, type) and hasattr(cls, target[1]) else env[target[1]]
+    if target[0] == "new":  # ["new", var, Cls]: construct and keep for later "on" steps of the same test
+        cls = env[target[2]]
+        return lambda *a, **k: objs.__setitem__(target[1], cls(*a, **k))
+    if target[0] == "on":  # ["on", var, method]
+        return getattr(objs[target[1]], target[2])
+    return getattr(env[target[0]](), target[1])
+
+
+_MRO_OF, _NAME_OF = type.__dict__["__mro__"].__get__, type.__dict__["__name__"].__get__  # before any sample runs
+_BUILD_NAMES = ("datetime", "collections", "decimal", "fractions", "math")
+
+
+def call_runner(env: dict):
+    """The per-test function for call-based tests; ``env`` is the completion's loaded module namespace.
+
+    A step is ``[target, args, kwargs]`` or ``[target, args, kwargs, opts]``; ``opts["build"]`` is the source of
+    an ``(args, kwargs)`` tuple built here from the standard modules in ``_BUILD_NAMES`` (arguments that are not
+    plain data, e.g. ``datetime.date(2024, 1, 1)``), ``opts["discard"]`` drops the returned value (a statement
+    whose value no check reads)."""
+    objs: dict = {}
+
+    def run(target: list, args: list, kwargs: dict, opts: dict | None = None):
+        opts = opts or {}
+        try:
+            fn = _resolve(env, objs, target)
+            if opts.get("build"):
+                ns = {"__builtins__": {}}
+                for name in _BUILD_NAMES:
+                    ns[name] = __import__(name)
+                args, kwargs = eval(opts["build"], ns)  # noqa: S307 - the dataset's argument literals
+        except Exception as exc:  # noqa: BLE001 - a missing name is not an exception the test can expect
+            raise TargetMissing(type(exc).__name__) from None
+        out = fn(*args, **kwargs)
+        return None if opts.get("discard") else out
 
     return run
+
+
+def exc_label(exc: BaseException) -> str:
+    """Names of the raised exception's classes, most derived first, read from the type slots (no Python code of
+    the exception runs): ``"ZeroDivisionError<ArithmeticError"``; ``Exception`` and its bases are left out.
+    The trusted side matches ``pytest.raises(E)`` by name (docs/rewards.md)."""
+    mro, name_of = _MRO_OF(type(exc)), _NAME_OF
+    names = []
+    for cls in mro:
+        name = name_of(cls)
+        if name in ("Exception", "BaseException", "object"):
+            break
+        names.append(name)
+    return "<".join(names)[:64] or name_of(type(exc))[:64]
 
 
 class StdioRunError(Exception):
@@ -37,8 +88,20 @@ class StdioRunError(Exception):
 
 def _redirect(path: str, fd: int, flags: int) -> None:
     new = os.open(path, flags, 0o600)
-    os.dup2(new, fd)
-    os.close(new)
+    if new != fd:  # the program may have closed fd (open(0) closes it when collected): then os.open reused it
+        os.dup2(new, fd)
+        os.close(new)
+
+
+def _join_threads() -> None:
+    """Wait for the threads the program started (the zygote's CPU accounting bounds how long)."""
+    threading = sys.modules.get("threading")
+    if threading is None:
+        return
+    main = threading.main_thread()
+    for t in threading.enumerate():
+        if t is not main and not t.daemon:
+            t.join()
 
 
 def stdio_runner(code, builtins_module, out_cap: int):
@@ -60,12 +123,15 @@ def stdio_runner(code, builtins_module, out_cap: int):
         env = {"__name__": "__main__", "__builtins__": builtins_module}
         try:
             exec(code, env)
+            _join_threads()  # contest programs often run main() in a thread with a larger stack
         except SystemExit as exc:
             if exc.code not in (None, 0):
                 raise StdioRunError from None
         finally:
             try:
-                sys.stdout.flush()
+                for stream in (sys.stdout, sys.__stdout__):
+                    if stream is not None:
+                        stream.flush()
             finally:
                 sys.stdout = sys.stderr
         with io.FileIO(stdout_path, "r") as f:

@@ -43,7 +43,7 @@ if __package__:  # imported by the trusted side
 else:  # the sandboxed script: the siblings are bound next to it (-P keeps its directory off sys.path)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from _digest import VALUE_CAP, digest, encode_value, small
-    from _formats import call_runner, stdio_runner
+    from _formats import call_runner, exc_label, stdio_runner
     from _supervise import EXIT_CHANNEL, EXIT_SETUP, send_frame, supervise, wipe_tree
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -269,6 +269,7 @@ def _ok_line(s: int, i: int, out, payload: dict, t0: float) -> bytes:
 
 def _run_tests(fn, hdr: dict, payload: dict, inputs: list, chan: int) -> None:
     """Every test, with the output conversion (untrusted code may run in it) inside the test's CPU window."""
+    label = exc_label if payload.get("kind") == "call" else _type_name
     for s, (set_inputs, set_limits) in enumerate(zip(inputs, hdr["limits"])):
         for i, inp in enumerate(set_inputs):
             t0, stage, ok = time.process_time(), "", False
@@ -284,7 +285,7 @@ def _run_tests(fn, hdr: dict, payload: dict, inputs: list, chan: int) -> None:
                 line = b'[%d,%d,"timeout"]\n' % (s, i)
             except BaseException as exc:  # noqa: BLE001 - any failure of untrusted code fails the test
                 _arm(0)
-                line = (json.dumps([s, i, "exc", (stage + _type_name(exc))[:64]]) + "\n").encode()
+                line = (json.dumps([s, i, "exc", (stage + label(exc))[:64]]) + "\n").encode()
             _write_all(chan, line)
             if payload["stop_on_error"] and not ok:
                 break

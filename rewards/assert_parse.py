@@ -120,7 +120,10 @@ def _contains(node: ast.AST, names: set[str]) -> bool:
 
 
 def _validate(node: ast.expr, placeholders: set[str], local: set[str]) -> None:
-    """Raise Unjudgeable unless evaluating ``node`` here is safe whatever plain values the placeholders hold."""
+    """Raise Unjudgeable unless evaluating ``node`` here is safe whatever plain values the placeholders hold.
+
+    Comprehension variables count as returned values too (they iterate over them)."""
+    tainted = placeholders | local if placeholders else set()
     for n in ast.walk(node):
         if not isinstance(n, _ALLOWED_NODES):
             raise Unjudgeable(f"{type(n).__name__} in assert")
@@ -131,19 +134,30 @@ def _validate(node: ast.expr, placeholders: set[str], local: set[str]) -> None:
                 raise Unjudgeable(f"attribute {n.attr!r}")
             if isinstance(n.value, ast.Name) and n.value.id == "math" and n.attr not in MATH_FUNCS:
                 raise Unjudgeable(f"math.{n.attr}")
-        if isinstance(n, ast.BinOp) and isinstance(n.op, _BOUNDED_OPS) and _contains(n, placeholders):
-            other, mine = (n.right, n.left) if _contains(n.left, placeholders) else (n.left, n.right)
-            small = isinstance(other, ast.Constant) and type(other.value) in (int, float) \
-                and abs(other.value) <= 64
-            if _contains(other, placeholders) or not small or (isinstance(n.op, ast.Pow) and mine is n.right):
-                raise Unjudgeable("unbounded arithmetic on a returned value")
+        if isinstance(n, ast.BinOp) and _contains(n, tainted):
+            _check_bounded(n, tainted)
+        if isinstance(n, (ast.ListComp, ast.SetComp, ast.GeneratorExp)) and len(n.generators) > 1 \
+                and _contains(n, tainted):
+            raise Unjudgeable("nested comprehension over a returned value")
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr not in VALUE_ARG_METHODS \
                 and not (isinstance(n.func.value, ast.Name) and n.func.value.id in ("math", "pytest")) \
-                and any(_contains(a, placeholders) for a in [*n.args, *(k.value for k in n.keywords)]):
+                and any(_contains(a, tainted) for a in [*n.args, *(k.value for k in n.keywords)]):
             raise Unjudgeable(f"method {n.func.attr!r} with a returned value as argument")
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "range" \
-                and _contains(n, placeholders):
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "range" and _contains(n, tainted):
             raise Unjudgeable("range over a returned value")
+
+
+def _check_bounded(n: ast.BinOp, tainted: set[str]) -> None:
+    """``*``, ``**``, ``<<`` and ``%``-formatting whose cost a returned value could blow up: only with a small number
+    literal as the other operand (and never a returned exponent)."""
+    if isinstance(n.op, ast.Mod) and isinstance(n.left, ast.Constant) and isinstance(n.left.value, (str, bytes)):
+        raise Unjudgeable("%-formatting of a returned value")
+    if not isinstance(n.op, _BOUNDED_OPS):
+        return
+    other, mine = (n.right, n.left) if _contains(n.left, tainted) else (n.left, n.right)
+    small = isinstance(other, ast.Constant) and type(other.value) in (int, float) and abs(other.value) <= 64
+    if _contains(other, tainted) or not small or (isinstance(n.op, ast.Pow) and mine is n.right):
+        raise Unjudgeable("unbounded arithmetic on a returned value")
 
 
 def _comp_locals(node: ast.AST) -> set[str]:

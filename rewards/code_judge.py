@@ -13,6 +13,7 @@ import atexit
 import functools
 import logging
 import marshal
+import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, as_completed
@@ -22,9 +23,9 @@ from tqdm import tqdm
 
 from ._digest import digest
 from .api import RewardConfig, RewardResult, SandboxInfraError
-from .assert_parse import check_env
+from .assert_parse import _comp_locals, _validate, check_env
 from .code_tests import DEFAULT_CALL_LIMIT_S, CodeTests
-from .extract import ExtractedCode, extract_code
+from .extract import _AST_LOCK, ExtractedCode, extract_code
 from .judge import _OK_NO_VALUE, ProtocolViolation, _check_range, _check_record, _name, _parse, decode_value
 from .sandbox import Job, RawResult, SandboxPool
 
@@ -86,15 +87,42 @@ def _read_outcomes(raw: RawResult, n: int) -> tuple[str, list, dict[str, int], s
 # per-format verdicts (trusted)
 
 
+_PLACEHOLDER = re.compile(r"__c[0-9]+")
+
+
 @functools.lru_cache(maxsize=4096)
 def _compiled_check(src: str) -> Any:
-    return compile(ast.parse(src, mode="eval"), "<assert>", "eval")
+    """A case's check, validated again here (defence in depth: CodeTests may come from JSON) and compiled."""
+    with _AST_LOCK:  # CPython 3.11's AST recursion counter is per interpreter (see rewards/extract.py)
+        expr = ast.parse(src, mode="eval")
+    placeholders = {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and _PLACEHOLDER.fullmatch(n.id)}
+    _validate(expr.body, placeholders, _comp_locals(expr.body))
+    return compile(expr, "<assert>", "eval")
+
+
+_NOT_RAISED_BY_CODE = ("TargetMissing", "SystemExit", "KeyboardInterrupt", "GeneratorExit")
+
+
+def _raised(out: tuple | None, expected: str) -> bool:
+    """``pytest.raises(expected)``: the step raised an exception with a class (or base class) of that name."""
+    if out is None or out[0] != "exc" or out[1].startswith("Output"):
+        return False
+    names = out[1].split("<")
+    if expected in ("Exception", "BaseException"):
+        return names[0] not in _NOT_RAISED_BY_CODE or (expected == "BaseException" and names[0] != "TargetMissing")
+    return expected in names
 
 
 def _assert_case(case: dict, outcomes: list) -> bool:
+    """An assert (or pytest test): every step ran (or raised what ``raises`` expects), then the check holds."""
     values = {}
+    raises = case.get("raises", {})
     for k in case["calls"]:
         out = outcomes[k]
+        if str(k) in raises:
+            if not _raised(out, raises[str(k)]):
+                return False
+            continue
         if out is None or out[0] != "ok":
             return False
         values[f"__c{k}"] = out[2]
@@ -117,7 +145,7 @@ def decode_value_obj(tagged: Any) -> Any:
 
 def case_verdicts(tests: CodeTests, outcomes: list) -> list[bool]:
     """Per case: did it pass? (one entry per ``tests.data["cases"]``)."""
-    if tests.format == "assert":
+    if tests.format in ("assert", "pytest"):
         return [_assert_case(c, outcomes) for c in tests.data["cases"]]
     from .formats_judge import call_case, stdio_case
 
@@ -134,8 +162,9 @@ def case_verdicts(tests: CodeTests, outcomes: list) -> list[bool]:
 
 def job_inputs(tests: CodeTests) -> tuple[str, str, list]:
     """(job kind, child output mode, per-test inputs) of a CodeTests; inputs are decoded to Python values here."""
-    if tests.format == "assert":
-        return "call", "exact", [[t, decode_value_obj(a), decode_value_obj(k)] for t, a, k in tests.data["calls"]]
+    if tests.format in ("assert", "pytest"):  # pytest steps carry a 4th element, opts (_formats.call_runner)
+        return "call", "exact", [[t, decode_value_obj(a), decode_value_obj(k), *rest]
+                                 for t, a, k, *rest in tests.data["calls"]]
     if tests.format == "call":
         target = tests.data["target"]
         return "call", "exact", [[target, decode_value_obj(args), {}] for args, _ in tests.data["cases"]]
@@ -145,8 +174,13 @@ def job_inputs(tests: CodeTests) -> tuple[str, str, list]:
 
 
 def _entry_point(tests: CodeTests) -> str | None:
-    if tests.format == "assert":
-        return tests.data["calls"][0][0][0] if tests.data["calls"] else None
+    if tests.format in ("assert", "pytest"):
+        for target, *_ in tests.data["calls"]:
+            if len(target) == 1 or target[0] not in ("new", "on", "*"):
+                return target[0]
+            if target[0] == "new":
+                return target[2]
+        return None
     if tests.format == "call":
         return tests.data["target"][0]
     return None
@@ -168,7 +202,8 @@ class CodeScorer:
             budget = min(budget, max(self.cfg.sample_time_cap_s, per_test + 1.0))
         return Job(code=code, entry_point=_entry_point(tests) or "", inputs=marshal.dumps([inputs], 2),
                    limits=limits, cpu_budget_s=budget, wall_budget_s=budget * self.cfg.wall_factor + 2.0, mode=mode,
-                   values=True, stop_on_error=self.cfg.stop_on_error, load_limit_s=min(budget, 10.0), kind=kind)
+                   values=True, stop_on_error=self.cfg.stop_on_error and tests.format in ("call", "stdio"),
+                   load_limit_s=min(budget, 10.0), kind=kind)
 
     def score(self, items: Sequence[tuple[str, CodeTests]]) -> list[RewardResult]:
         """Results in input order; a progress bar with ``cfg.progress``."""
@@ -209,7 +244,7 @@ class CodeScorer:
         n_passed = sum(passed)
         all_pass = status == "ok" and n_passed == n
         if status == "ok" and not all_pass:
-            errors["wrong"] = n - n_passed - sum(1 for o in outcomes if o is None or o[0] != "ok")
+            errors["failed_cases"] = n - n_passed  # the other counts are per call / run (raises included)
         verdict = "pass" if all_pass else "timeout" if (raw.status.get("deadline") or raw.status.get("limit")) \
             else "fail"
         ratio = n_passed / n if n else 0.0

@@ -78,7 +78,7 @@ def assert_tests(snippets: Sequence[str], time_limit_s: float | None = None) -> 
         for test, rename in tests:
             try:
                 check, own_calls, literal = parse_assert(test, rename, start=len(calls))
-            except Unjudgeable:
+            except (Unjudgeable, RecursionError, MemoryError, ValueError, SyntaxError):
                 excluded += 1
                 continue
             base = len(calls)
@@ -104,22 +104,35 @@ def _acecode(row: Mapping[str, Any]) -> CodeTests:
 
 
 def _primeintellect(row: Mapping[str, Any]) -> CodeTests:
+    """Gen-Verse/PrimeIntellect (TraceRL): stdio rows with TraceRL's whitespace rule, function rows as asserts."""
     method = row.get("test_method")
-    limit = row.get("test_time_limit") or 1.0
+    limit = float(row.get("test_time_limit") or 1.0)
     if method == "function":
         tests = row.get("test_list")
         if not isinstance(tests, (list, tuple)) or not all(isinstance(t, str) for t in tests):
             raise UnjudgeableRow("unparseable test_list")
-        return assert_tests(list(tests), time_limit_s=float(limit))
+        return assert_tests(list(tests), time_limit_s=limit)
     if method == "stdio":
-        from .stdio_tests import stdio_tests
+        from .formats_judge import stdio_tests
 
-        return stdio_tests(row.get("test_input"), row.get("test_output"), float(limit), rule="primeintellect")
+        return stdio_tests(row.get("test_input"), row.get("test_output"), limit, rule="primeintellect")
     raise UnjudgeableRow(f"unknown test_method {method!r}")
 
 
-_CONVERTERS: dict[str, Any] = {"acecode": _acecode, "primeintellect": _primeintellect}
-JUDGED_CORPORA: frozenset[str] = frozenset({"acecode"})
+from .corpus_tests import (  # noqa: E402 - they build on the classes above
+    deepcoder_lcbv5,
+    deepcoder_primeintellect,
+    deepcoder_taco,
+    dream_coder,
+    kodcode,
+)
+
+_CONVERTERS: dict[str, Any] = {"acecode": _acecode, "primeintellect": _primeintellect,
+                               "deepcoder-lcbv5": deepcoder_lcbv5, "deepcoder-primeintellect": deepcoder_primeintellect,
+                               "deepcoder-taco": deepcoder_taco, "dream-coder": dream_coder,
+                               "kodcode-light": kodcode, "kodcode-v1": kodcode}
+# a corpus is listed only when every one of its formats is judged with the guarantee
+JUDGED_CORPORA: frozenset[str] = frozenset(CORPORA)
 
 
 def tests_from_row(corpus: str, row: Mapping[str, Any]) -> CodeTests:

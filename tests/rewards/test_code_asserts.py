@@ -125,6 +125,9 @@ def test_python_semantics_are_exact(code_scorer, test: str, body: str | None, ok
     ("assert f(1) == '{0.__class__}'.format(1)", "format"),
     ("assert True", "no call"),
     ("assert list(range(f(1))) == [0]", "range"),
+    ("assert [[0] * x for x in f(1)] == [[0]]", "unbounded"),
+    ("assert len([1 for x in f(1) for y in f(2)]) == 1", "nested comprehension"),
+    ("assert '%*d' % (f(1), 1) == ' 1'", "formatting"),
     ("assert f(list(range(3))) == 1 and g(f(1)) == 1", "nested call"),
 ])
 def test_unjudgeable_asserts_are_excluded(test: str, reason: str) -> None:
@@ -179,3 +182,13 @@ def test_the_naive_harness_is_fooled() -> None:
     for name in ("lying_eq", "lying_int_subclass", "lying_bool_and_sub", "exit_zero_at_import", "system_exit"):
         program = HOSTILE[name] + "\n" + "\n".join(SECRET_ASSERTS) + "\n"
         assert subprocess.run([sys.executable, "-c", program], capture_output=True).returncode == 0, name
+
+
+def test_tampered_checks_are_refused_on_the_trusted_side(code_scorer) -> None:
+    """A CodeTests read back from JSON is validated again before its checks run on the trusted side."""
+    tests = assert_tests(["assert f(1) == 7932"])
+    evil = json.loads(tests.to_json())
+    evil["data"]["cases"][0]["check"] = "__c0.__class__.__base__ is object or __import__('os')"
+    [honest, tampered] = code_scorer.score([(_fenced(SECRET), tests),
+                                            (_fenced(SECRET), CodeTests.from_json(json.dumps(evil)))])
+    assert honest.reward == 1.0 and tampered.reward == 0.0
