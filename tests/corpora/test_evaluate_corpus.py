@@ -77,3 +77,68 @@ def test_what_cannot_be_evaluated_is_one_line_exit_2(acecode_file, tmp_path) -> 
         assert line.startswith("python -m rewards.evaluate: error: ") and message in line, (args, line)
         assert "Traceback" not in result.stderr, args
     assert not (tmp_path / "samples_eval_results.json").exists()
+
+
+FIXTURES = {"kodcode-light": "kodcode_light_rl_10k.sample.parquet", "kodcode-v1": "kodcode_v1.sample.parquet",
+            "deepcoder-lcbv5": "deepcoder_preview.lcbv5.sample.parquet",
+            "deepcoder-primeintellect": "deepcoder_preview.primeintellect.sample.parquet",
+            "deepcoder-taco": "deepcoder_preview.taco.sample.parquet",
+            "primeintellect": "primeintellect_genverse.sample.json", "dream-coder": "dream_coder_rl_17k.sample.parquet"}
+WRONG_PROGRAM = "```python\nprint('wrong answer 7d1f')\n```"
+WRONG_OUTPUT = '{"output": "wrong answer 7d1f"}'
+
+
+def fenced(code: str) -> str:
+    return code if "```" in code else f"```python\n{code}\n```"
+
+
+def references(corpus: str, code_rl: Path) -> list[tuple[str, str]]:
+    """(task id, reference completion) of every row: the row's own solution column, else the fixture folder's
+    reference_solutions.json (prompt-only corpora); a Dream-Coder codeio answer is the answer text itself."""
+    from corpora.load import load_rows
+    from corpora.specs import spec_for
+
+    rows, _ = load_rows(spec_for(corpus), [code_rl / FIXTURES[corpus]])
+    refs = json.loads((code_rl / "reference_solutions.json").read_text()).get(FIXTURES[corpus], {})
+    out = []
+    for index, row in enumerate(rows):
+        task_id = spec_for(corpus).task_id(row, index)
+        if corpus.startswith("kodcode"):
+            code = row["solution"]
+        elif corpus in ("deepcoder-primeintellect", "deepcoder-taco"):
+            code = row["solutions"][0]
+        else:
+            code = refs[str(index)]
+        out.append((task_id, code if row.get("data_source") == "codeio" else fenced(code)))
+    return out
+
+
+@pytest.mark.parametrize("corpus", sorted(FIXTURES))
+def test_every_corpus_evaluates_references_as_pass_and_wrong_answers_as_fail(corpus, shared_data_dir,
+                                                                             tmp_path) -> None:
+    code_rl = shared_data_dir("code_rl")
+    refs = [(t, c) for t, c in references(corpus, code_rl) if "/mbppplus/" not in t]  # refused: next test
+    samples = []
+    for task_id, completion in refs:
+        wrong = WRONG_OUTPUT if completion.startswith("{") else WRONG_PROGRAM
+        samples += [{"task_id": task_id, "completion": completion}, {"task_id": task_id, "completion": wrong}]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    result = evaluate("--dataset", corpus, "--data-files", str(code_rl / FIXTURES[corpus]), "--samples", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = json.loads((tmp_path / "samples_eval_results.json").read_text())
+    statuses = {t: [r["base_status"] for r in rs] for t, rs in doc["eval"].items()}
+    assert statuses == {task_id: ["pass", "fail"] for task_id, _ in refs}
+    assert doc["pass_at_k"]["base"]["pass@1"] == pytest.approx(0.5)
+
+
+def test_an_mbppplus_row_of_dream_coder_is_refused_in_one_line(shared_data_dir, tmp_path) -> None:
+    path = tmp_path / "samples.jsonl"
+    path.write_text(json.dumps({"task_id": "dream-coder/mbppplus/900005", "completion": WRONG_PROGRAM}) + "\n")
+    code_rl = shared_data_dir("code_rl")
+    result = evaluate("--dataset", "dream-coder", "--data-files", str(code_rl / FIXTURES["dream-coder"]),
+                      "--samples", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "python -m rewards.evaluate: error: 1 sampled task(s) of dream-coder cannot be judged: "
+        "{'mbppplus rows are MBPP+ evaluation tasks': 1}")

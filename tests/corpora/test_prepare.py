@@ -184,3 +184,27 @@ def test_verl_reward_scores_corpus_rows_on_their_own_tests(acecode_data, shared_
     bad = compute_score("acecode", f"```python\n{wrong}\n```", row["reward_model"]["ground_truth"], extra)
     assert (good["score"], good["pass_base"]) == (1.0, 1.0)
     assert (bad["score"], bad["pass_base"]) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("corpus", ["kodcode-light", "kodcode-v1", "deepcoder-lcbv5", "deepcoder-primeintellect",
+                                    "deepcoder-taco", "primeintellect", "dream-coder"])
+def test_every_corpus_fixture_prepares_into_judged_training_rows(corpus, fixture_file, tmp_path) -> None:
+    """Each corpus end to end: every fixture row becomes a training row with its tests as ground truth (nothing is
+    dropped but Dream-Coder's MBPP+ row), and the report accounts for every row."""
+    from corpora.build import corpus_tasks
+    from corpora.load import load_rows
+    from corpora.specs import spec_for
+    from rewards.code_tests import CodeTests, tests_from_row
+
+    rows, provenance = load_rows(spec_for(corpus), [fixture_file(corpus)])
+    tasks, _ = corpus_tasks(CorpusSelection(corpus), rows, provenance, progress=False)
+    write_corpus_files(CorpusSelection(corpus, (str(fixture_file(corpus)),)), "mbpp", tmp_path)
+    train = pd.read_parquet(tmp_path / "train.parquet")
+    report = json.loads((tmp_path / "corpus_report.json").read_text())
+    expected = [t for t in tasks if "/mbppplus/" not in t.task_id]
+    assert list(train["extra_info"].map(lambda e: e["task_id"])) == [t.task_id for t in expected]
+    assert set(train["data_source"]) == {corpus}
+    for row, task in zip(train.itertuples(), expected):
+        assert CodeTests.from_json(row.reward_model["ground_truth"]) == tests_from_row(corpus, task.row)
+    assert report["tasks"] == len(expected) == report["rows_loaded"] - report["decontamination"]["dropped"]
+    assert report["unjudgeable"] == {} and report["unparseable"] == {} and report["too_long"] == 0
