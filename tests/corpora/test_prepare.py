@@ -208,3 +208,14 @@ def test_every_corpus_fixture_prepares_into_judged_training_rows(corpus, fixture
         assert CodeTests.from_json(row.reward_model["ground_truth"]) == tests_from_row(corpus, task.row)
     assert report["tasks"] == len(expected) == report["rows_loaded"] - report["decontamination"]["dropped"]
     assert report["unjudgeable"] == {} and report["unparseable"] == {} and report["too_long"] == 0
+
+
+def test_prepare_data_cli_writes_a_corpus_with_a_row_cap(fixture_file, tmp_path, capsys) -> None:
+    out = tmp_path / "data"
+    assert main(["--corpus", "acecode", "--data-files", str(fixture_file("acecode")), "--all-rows",
+                 "--max-rows", "3", "--val", "mbpp", "--out", str(out)]) == 0
+    assert list(pd.read_parquet(out / "train.parquet")["extra_info"].map(lambda e: e["task_id"])) == ACECODE_IDS[:3]
+    assert len(pd.read_parquet(out / "val.parquet")) == 378
+    assert main(["--corpus", "acecode", "--data-files", str(fixture_file("acecode")), "--out", str(tmp_path / "h")]) == 0
+    hard = pd.read_parquet(tmp_path / "h" / "train.parquet")  # the hard subset by default
+    assert list(hard["extra_info"].map(lambda e: e["task_id"])) == ["acecode/oss_90001", "acecode/oss_90007"]
