@@ -127,6 +127,8 @@ def _check_data(cfg: DictConfig) -> None:
         return
     from corpora import CorpusError, check_judged
 
+    _require(not data.get("dataset"),
+             f"lockstep.data: set corpus ({data.corpus}) or dataset ({data.get('dataset')}), not both")
     try:
         check_judged(str(data.corpus))
     except CorpusError as error:

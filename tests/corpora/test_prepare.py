@@ -5,6 +5,7 @@ no recipe trains on a benchmark, and drop counts land in the run folder."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -162,11 +163,12 @@ def test_the_launcher_refuses_a_bad_corpus_before_writing_anything(tmp_path, mon
     cases = [("lockstep.data.corpus=acecode87k", "lockstep.data.corpus: unknown corpus 'acecode87k'"),
              ("lockstep.data.val=humaneval_plus", "lockstep.data.val must be one of"),
              (f"lockstep.data.data_files=[{tmp_path / 'none.parquet'}]", "none.parquet does not exist"),
-             ("lockstep.data.corpus=dream-coder", "its test formats are not judged yet")]
+             ("lockstep.data.corpus=dream-coder", "its test formats are not judged yet"),
+             ("+lockstep.data.dataset=humaneval", "lockstep.data: set corpus (acecode) or dataset (humaneval), not both")]
     monkeypatch.setattr("rewards.code_tests.JUDGED_CORPORA", frozenset({"acecode"}))
     for override, message in cases:
         cfg = compose_recipe("humaneval", [model, f"lockstep.run_dir={tmp_path / 'run'}", override])
-        with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        with pytest.raises(RecipeError, match=re.escape(message)):
             validate_recipe(cfg, check_files=False)
     assert not (tmp_path / "run").exists()
 
