@@ -15,6 +15,7 @@ happen in here and nothing the completion patches can change a verdict (docs/rew
 
 from __future__ import annotations
 
+import builtins
 import io
 import os
 import sys
@@ -56,7 +57,7 @@ def call_runner(env: dict):
         try:
             fn = _resolve(env, objs, target)
             if opts.get("build"):
-                ns = {"__builtins__": {}}
+                ns = {"__builtins__": builtins}
                 for name in _BUILD_NAMES:
                     ns[name] = __import__(name)
                 args, kwargs = eval(opts["build"], ns)  # noqa: S307 - the dataset's argument literals
