@@ -15,6 +15,7 @@ happen in here and nothing the completion patches can change a verdict (docs/rew
 
 from __future__ import annotations
 
+import builtins
 import io
 import os
 import sys
@@ -56,7 +57,7 @@ def call_runner(env: dict):
         try:
             fn = _resolve(env, objs, target)
             if opts.get("build"):
-                ns = {"__builtins__": {}}
+                ns = {"__builtins__": builtins}
                 for name in _BUILD_NAMES:
                     ns[name] = __import__(name)
                 args, kwargs = eval(opts["build"], ns)  # noqa: S307 - the dataset's argument literals
@@ -141,3 +142,15 @@ def stdio_runner(code, builtins_module, out_cap: int):
         return data.decode("utf-8", errors="replace")
 
     return run
+
+
+def load_entry(payload: dict, env: dict, out_cap: int):
+    """Compile the job's code and return the function the zygote calls once per test: ``env[entry_point]`` for
+    EvalPlus jobs (kind "fn"), :func:`call_runner` for "call", :func:`stdio_runner` for "stdio" (the program then
+    runs once per test, not here)."""
+    kind = payload.get("kind", "fn")
+    code = compile(payload["code"], "<solution>", "exec")
+    if kind == "stdio":
+        return stdio_runner(code, builtins, out_cap)
+    exec(code, env)
+    return call_runner(env) if kind == "call" else env[payload["entry_point"]]

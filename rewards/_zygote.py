@@ -43,7 +43,7 @@ if __package__:  # imported by the trusted side
 else:  # the sandboxed script: the siblings are bound next to it (-P keeps its directory off sys.path)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from _digest import VALUE_CAP, digest, encode_value, small
-    from _formats import call_runner, exc_label, stdio_runner
+    from _formats import exc_label, load_entry
     from _supervise import EXIT_CHANNEL, EXIT_SETUP, send_frame, supervise, wipe_tree
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -312,14 +312,9 @@ def _run_child(hdr: dict, chan: int, ack_w: int, seccomp: Seccomp | None, fresh:
     sys.stdin = sys.stdout = sys.stderr = open(os.devnull, "r+")  # noqa: SIM115 - lives until os._exit
     # not "__main__": like evalplus, a solution's `if __name__ == "__main__":` demo block does not run
     env: dict = {"__name__": "solution", "__builtins__": __builtins__}
-    kind = payload.get("kind", "fn")  # "fn": fn(*input); "call" / "stdio" (once per test): rewards/_formats.py
     try:
         _arm(hdr["load"])
-        code = compile(payload["code"], "<solution>", "exec")
-        if kind != "stdio":
-            exec(code, env)
-        fn = stdio_runner(code, __builtins__, hdr["fsize"]) if kind == "stdio" else \
-            call_runner(env) if kind == "call" else env[payload["entry_point"]]
+        fn = load_entry(payload, env, hdr["fsize"])  # the per-test callable of the job's kind (_formats.py)
         _arm(0)
     except BaseException as exc:  # noqa: BLE001 - any failure of untrusted code is a load error
         _arm(0)

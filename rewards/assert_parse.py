@@ -136,6 +136,8 @@ def _validate(node: ast.expr, placeholders: set[str], local: set[str]) -> None:
                 raise Unjudgeable(f"math.{n.attr}")
         if isinstance(n, ast.BinOp) and _contains(n, tainted):
             _check_bounded(n, tainted)
+        elif isinstance(n, ast.BinOp) and _huge_literal_op(n):
+            raise Unjudgeable("literal arithmetic too large to evaluate")
         if isinstance(n, (ast.ListComp, ast.SetComp, ast.GeneratorExp)) and len(n.generators) > 1 \
                 and _contains(n, tainted):
             raise Unjudgeable("nested comprehension over a returned value")
@@ -145,6 +147,39 @@ def _validate(node: ast.expr, placeholders: set[str], local: set[str]) -> None:
             raise Unjudgeable(f"method {n.func.attr!r} with a returned value as argument")
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "range" and _contains(n, tainted):
             raise Unjudgeable("range over a returned value")
+
+
+def _small_number(node: ast.expr, limit: float) -> bool:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        node = node.operand
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float) and abs(node.value) <= limit
+
+
+def _huge_literal_op(n: ast.BinOp) -> bool:
+    """Dataset arithmetic that could stall the trusted side (``10**10**10``, ``[0] * 10**12``): powers and shifts
+    need a literal exponent of at most 10,000; a sequence may be repeated at most 10**7 times."""
+    if isinstance(n.op, (ast.Pow, ast.LShift)):
+        return not _small_number(n.right, 10_000)
+    if isinstance(n.op, ast.Mult):
+        seq = (ast.List, ast.Tuple, ast.ListComp)
+        for a, b in ((n.left, n.right), (n.right, n.left)):
+            is_seq = isinstance(a, seq) or (isinstance(a, ast.Constant) and isinstance(a.value, (str, bytes)))
+            if is_seq and not _small_number(b, 10**7) and not (isinstance(b, ast.BinOp) and _bounded_int(b)):
+                return True
+    return False
+
+
+def _bounded_int(node: ast.expr) -> bool:
+    """A literal integer expression whose value is at most 10**7 (evaluated only when its parts are small)."""
+    if _small_number(node, 10**7):
+        return True
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Pow)) \
+            and _small_number(node.left, 10**7) and _small_number(node.right, 64):
+        try:
+            return abs(trusted_eval(node)) <= 10**7
+        except Exception:  # noqa: BLE001
+            return False
+    return False
 
 
 def _check_bounded(n: ast.BinOp, tainted: set[str]) -> None:

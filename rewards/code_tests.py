@@ -14,10 +14,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .assert_parse import NO_LITERAL as _NO_LITERAL
 from .assert_parse import Unjudgeable, asserts_of, encode_calls, parse_assert
+
+if TYPE_CHECKING:
+    from .api import RewardConfig, RewardResult
 
 CORPORA = ("acecode", "kodcode-light", "kodcode-v1", "deepcoder-lcbv5", "deepcoder-primeintellect",
            "deepcoder-taco", "primeintellect", "dream-coder")
@@ -149,7 +152,8 @@ def tests_from_row(corpus: str, row: Mapping[str, Any]) -> CodeTests:
 tests_from_row.__test__ = False  # type: ignore[attr-defined] - not a pytest test when imported into a test module
 
 
-def score_code_tests(items: Sequence[tuple[str, CodeTests]], cfg: Any = None) -> list:
+def score_code_tests(items: Sequence[tuple[str, CodeTests]], cfg: RewardConfig | None = None,
+                     ) -> list[RewardResult]:
     """Score ``(completion text, tests)`` pairs; results (``RewardResult``) in input order. ``base_status`` is the
     verdict on the row's tests and ``plus_status`` equals it; the reward follows ``cfg.reward`` (binary /
     pass_ratio) plus ``cfg.format_weight`` x format. The sandbox pool is cached per ``cfg`` (warm across calls);

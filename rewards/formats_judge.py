@@ -20,6 +20,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ._digest import digest, encode_value
+from .api import RewardConfig, RewardResult
 from .code_tests import CodeTests, UnjudgeableRow
 
 STDIO_RULES = ("lcb", "primeintellect", "sandboxfusion")
@@ -200,6 +201,7 @@ def codeio_tests(ground_truth: Any) -> CodeTests:
 
 
 def codeio_pass(completion: str, gt: dict) -> bool:
+    """The last JSON object of the completion has the ground truth's key (``output``, else ``input``), equal."""
     pred = last_json_object(completion)
     if pred is None:
         return False
@@ -207,8 +209,8 @@ def codeio_pass(completion: str, gt: dict) -> bool:
     return key in pred and pred[key] == gt[key]
 
 
-def codeio_result(completion: str, tests: CodeTests, cfg: Any) -> Any:
-    from .api import RewardResult
+def codeio_result(completion: str, tests: CodeTests, cfg: RewardConfig) -> RewardResult:
+    """A codeio sample's result (binary; no format reward: the answer is JSON, not a code block)."""
 
     ok = codeio_pass(completion, tests.data["cases"][0])
     verdict = "pass" if ok else "fail"

@@ -128,7 +128,10 @@ def test_python_semantics_are_exact(code_scorer, test: str, body: str | None, ok
     ("assert [[0] * x for x in f(1)] == [[0]]", "unbounded"),
     ("assert len([1 for x in f(1) for y in f(2)]) == 1", "nested comprehension"),
     ("assert '%*d' % (f(1), 1) == ' 1'", "formatting"),
+    ("assert f(10 ** 10 ** 10) == 1", "too large"),
+    ("assert f([0] * 10 ** 9) == 1", "too large"),
     ("assert f(list(range(3))) == 1 and g(f(1)) == 1", "nested call"),
+    ("assert f([0] * 10 ** 5, 2 ** 31 - 1, 10 ** 9 + 7) == 1 and g(f(1)) == 1", "nested call"),
 ])
 def test_unjudgeable_asserts_are_excluded(test: str, reason: str) -> None:
     with pytest.raises(Unjudgeable, match=reason):

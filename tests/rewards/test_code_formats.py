@@ -201,3 +201,21 @@ def test_hostile_stdio_and_call_score_zero(code_scorer) -> None:
     for name, res in zip([*HOSTILE_STDIO, *HOSTILE_CALL], results):
         assert res.reward == 0.0 and res.n_passed == 0, (name, res)
     assert [r.reward for r in results[-2:]] == [1.0, 1.0]  # the pool survived every attack
+
+
+GARBAGE_ROWS = [{}, {"tests": None, "info": None, "test": None, "test_cases": None}, {"tests": "[1, 2]", "info": "{]"},
+                {"tests": '{"inputs": [1], "outputs": []}', "info": '{"test": 5}', "data_source": "code_contests",
+                 "test_cases": [5], "test_method": "stdio", "test_input": ["1"], "test_output": [2], "test": "def ("},
+                {"tests": '[{"testtype": "functional", "type": "other", "input": "[1", "output": "1"}]', "metadata": "{'func_name': 'f'}",
+                 "data_source": "livecodebench", "info": '{"test": "{\\"input_output\\": 3}"}',
+                 "test_method": "function", "test_list": ["assert True"], "test": "def test_x(capsys):\n    pass\n"}]
+
+
+@pytest.mark.parametrize("row", GARBAGE_ROWS)
+@pytest.mark.parametrize("corpus", ["acecode", "kodcode-light", "kodcode-v1", "deepcoder-lcbv5", "deepcoder-primeintellect",
+                                    "deepcoder-taco", "primeintellect", "dream-coder"])
+def test_malformed_rows_raise_unjudgeable_row(corpus: str, row: dict) -> None:
+    """Loaders count drops by reason: a malformed row is UnjudgeableRow with a short reason, never a crash."""
+    with pytest.raises(UnjudgeableRow) as info:
+        tests_from_row(corpus, row)
+    assert 0 < len(str(info.value)) <= 80
