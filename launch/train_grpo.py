@@ -156,7 +156,7 @@ def prompt_token_counter(model_path: Path):  # -> Callable[[list[dict]], int]
 
     def count(messages: list[dict]) -> int:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        return len(ids["input_ids"] if hasattr(ids, "keys") else ids)  # transformers 5 returns a BatchEncoding
 
     return count
 

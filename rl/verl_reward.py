@@ -29,8 +29,7 @@ from typing import Any
 
 from corpora.specs import CORPUS_NAMES
 
-BENCHMARK_SOURCES = ("humaneval", "mbpp", "demo")
-DATA_SOURCES = (*BENCHMARK_SOURCES, *CORPUS_NAMES)
+DATA_SOURCES = ("humaneval", "mbpp", "demo", *CORPUS_NAMES)
 
 
 def reward_config(mini: bool = False) -> Any:
