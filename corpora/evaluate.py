@@ -46,10 +46,9 @@ def evaluate_corpus(corpus: str, samples: list[dict], samples_path: Path, *, dat
     tests, write ``<stem>_eval_results.json`` next to them and return the document."""
     import dataclasses
 
-    from rewards.code_tests import score_code_tests
-
     from rewards.api import RewardConfig
-    from rewards.evaluate import _pass_at_k
+    from rewards.code_tests import score_code_tests
+    from rewards.evaluate import pass_at_k_table
     from rewards.sandbox import SandboxConfig
 
     tests, provenance = corpus_tests(corpus, {s["task_id"] for s in samples}, data_files, revision)
@@ -72,7 +71,7 @@ def evaluate_corpus(corpus: str, samples: list[dict], samples_path: Path, *, dat
             "task_id": sample["task_id"], "solution": sample.get("solution", sample.get("completion")),
             "base_status": status, "plus_status": status, "base_fail_tests": [], "plus_fail_tests": []})
     doc["eval"] = dict(doc["eval"])
-    doc["pass_at_k"] = _pass_at_k(doc["eval"], base_only=False)
+    doc["pass_at_k"] = pass_at_k_table(doc["eval"], base_only=False)
     out = samples_path.with_name(samples_path.stem + "_eval_results.json")
     out.write_text(json.dumps(doc, default=str))
     for name, values in doc["pass_at_k"].items():

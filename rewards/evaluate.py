@@ -98,7 +98,7 @@ def evaluate(dataset: str, samples_path: Path, *, mini: bool = False, noextreme:
             "base_fail_tests": _fails(task.base_inputs, passed.get("base"), r.base_status),
             "plus_fail_tests": [] if base_only else _fails(task.plus_inputs, passed.get("plus"), r.plus_status)})
     doc["eval"] = dict(doc["eval"])
-    doc["pass_at_k"] = _pass_at_k(doc["eval"], base_only)
+    doc["pass_at_k"] = pass_at_k_table(doc["eval"], base_only)
     out = samples_path.with_name(samples_path.stem + "_eval_results.json")
     out.write_text(json.dumps(doc))
     for name, vals in doc["pass_at_k"].items():
@@ -118,7 +118,9 @@ def _fails(inputs: list, passed: list[bool] | None, status: str | None) -> list:
         return []
 
 
-def _pass_at_k(eval_doc: dict, base_only: bool) -> dict:
+def pass_at_k_table(eval_doc: dict, base_only: bool) -> dict:
+    """``pass_at_k`` of a results document: per test set ("base", "plus" = base and plus), the mean unbiased
+    pass@k over tasks for each k in (1, 10, 100) that every task has enough samples for."""
     out = {}
     for name in ("base",) if base_only else ("base", "plus"):
         counts = [(len(rs), sum(r["base_status"] == "pass" and (name == "base" or r["plus_status"] == "pass")
