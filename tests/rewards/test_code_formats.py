@@ -219,3 +219,16 @@ def test_malformed_rows_raise_unjudgeable_row(corpus: str, row: dict) -> None:
     with pytest.raises(UnjudgeableRow) as info:
         tests_from_row(corpus, row)
     assert 0 < len(str(info.value)) <= 80
+
+
+def test_mixed_batch_keeps_input_order(code_scorer) -> None:
+    """One batch mixing formats, unparseable completions and codeio: results come back in input order."""
+    stdio = stdio_tests(["1 2\n"], ["3\n"], 1.0, "primeintellect")
+    call = call_tests(["*", "g"], [([2], 4)])
+    codeio = codeio_tests('{"output": 1}')
+    items = [("```python\nprint(sum(map(int, input().split())))\n```", stdio), ("```python\ndef g(:\n```", call),
+             ('{"output": 1}', codeio), ("```python\ndef g(x):\n    return x * 2\n```", call),
+             ("", stdio), ("```python\nprint(4)\n```", stdio)]
+    results = code_scorer.score(items)
+    assert [r.reward for r in results] == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    assert [r.status for r in results] == ["ok", "syntax_error", "ok", "ok", "no_code", "ok"]
