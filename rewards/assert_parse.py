@@ -208,20 +208,56 @@ class _Extract(ast.NodeTransformer):
         self.rename, self.start = rename, start
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
-        target = _is_target_call(node, _TRUSTED_NAMES)
-        if target is None:
+        inner, wrap = wrapped_call(node, lambda n: _is_target_call(n, _TRUSTED_NAMES) is not None
+                                   or constructed_method(n, _TRUSTED_NAMES) is not None)
+        ctor = constructed_method(inner, _TRUSTED_NAMES)
+        target = _is_target_call(inner, _TRUSTED_NAMES)
+        if ctor is not None:  # Cls(a).method(b): construct (kept in the sandbox), then call the method on it
+            var = f"__o{self.start + len(self.calls)}"
+            self._add(["new", var, self.rename.get(ctor.func.id, ctor.func.id)], ctor, {"discard": True})
+            target = ["on", var, inner.func.attr]
+        elif target is None:
             return self.generic_visit(node)
-        target[0] = self.rename.get(target[0], target[0])
+        else:
+            target[0] = self.rename.get(target[0], target[0])
+        name = self._add(target, inner, {"wrap": wrap} if wrap else {})
+        return ast.copy_location(ast.Name(id=name, ctx=ast.Load()), node)
+
+    def _add(self, target: list, call: ast.Call, opts: dict) -> str:
         args, kwargs = [], {}
-        for a in node.args:
+        for a in call.args:
             args.append(_literal(a))
-        for k in node.keywords:
+        for k in call.keywords:
             if k.arg is None:
                 raise Unjudgeable("**kwargs in a call")
             kwargs[k.arg] = _literal(k.value)
         name = f"__c{self.start + len(self.calls)}"
-        self.calls.append([target, args, kwargs])
-        return ast.copy_location(ast.Name(id=name, ctx=ast.Load()), node)
+        self.calls.append([target, args, kwargs] + ([opts] if opts else []))
+        return name
+
+
+def constructed_method(node: ast.Call, names: frozenset[str]) -> ast.Call | None:
+    """The constructor call of ``Cls(args).method(...)`` (a capitalised class of the completion, with arguments;
+    ``Cls().method()`` is the plain ``[Cls, method]`` target), else None."""
+    f = node.func
+    if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Call) and isinstance(f.value.func, ast.Name) \
+            and f.value.func.id not in names and f.value.func.id[:1].isupper() \
+            and (f.value.args or f.value.keywords):
+        return f.value
+    return None
+
+
+# conversions a check applies directly to a returned value: applied in the sandbox instead, so that iterators and
+# generators (which cannot cross) are judged by the plain value they produce (rewards/_formats.py, "wrap")
+WRAPPERS = frozenset({"list", "tuple", "set", "frozenset", "sorted", "dict"})
+
+
+def wrapped_call(node: ast.Call, is_target: Any) -> tuple[ast.Call, str | None]:
+    """``list(f(x))`` -> (the inner call, "list"); anything else -> (node, None)."""
+    if isinstance(node.func, ast.Name) and node.func.id in WRAPPERS and len(node.args) == 1 and not node.keywords \
+            and isinstance(node.args[0], ast.Call) and is_target(node.args[0]):
+        return node.args[0], node.func.id
+    return node, None
 
 
 def _literal(node: ast.expr) -> Any:
@@ -309,5 +345,5 @@ def asserts_of(source: str) -> tuple[list[tuple[ast.expr, dict[str, str]]], int]
 
 
 def encode_calls(calls: list[list]) -> list[list]:
-    """Calls as JSON-able data: ``[target, tagged args, tagged kwargs]``."""
-    return [[t, encode_value(a), encode_value(k)] for t, a, k in calls]
+    """Calls as JSON-able data: ``[target, tagged args, tagged kwargs(, opts)]``."""
+    return [[t, encode_value(a), encode_value(k), *rest] for t, a, k, *rest in calls]
