@@ -105,6 +105,11 @@ def _redirect(path: str, fd: int, flags: int) -> None:
         os.close(new)
 
 
+def site_exit(code=None):
+    """``exit()`` / ``quit()`` as the ``site`` module defines them (the sandbox's Python runs with ``-S``)."""
+    raise SystemExit(code)
+
+
 def _join_threads() -> None:
     """Wait for the threads the program started (the zygote's CPU accounting bounds how long)."""
     threading = sys.modules.get("threading")
@@ -132,7 +137,7 @@ def stdio_runner(code, builtins_module, out_cap: int):
         _redirect(stdout_path, 1, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 - replaced by the next test
         sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
-        env = {"__name__": "__main__", "__builtins__": builtins_module}
+        env = {"__name__": "__main__", "__builtins__": builtins_module, "exit": site_exit, "quit": site_exit}
         try:
             exec(code, env)
             _join_threads()  # contest programs often run main() in a thread with a larger stack
@@ -161,6 +166,8 @@ def load_entry(payload: dict, env: dict, out_cap: int):
     runs once per test, not here)."""
     kind = payload.get("kind", "fn")
     code = compile(payload["code"], "<solution>", "exec")
+    env.setdefault("exit", site_exit)
+    env.setdefault("quit", site_exit)
     if kind == "stdio":
         return stdio_runner(code, builtins, out_cap)
     exec(code, env)

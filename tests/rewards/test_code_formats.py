@@ -110,14 +110,17 @@ def test_stdio_rules(rule: str, out: str, expected: str, ok: bool) -> None:
 
 
 def test_stdio_program_shapes(code_scorer) -> None:
-    """What contest programs do: open(0), sys.stdin.buffer, os.write(1), sys.exit() after printing, a thread with
-    a larger stack, `if __name__ == "__main__":`; a non-zero exit code fails."""
+    """What contest programs do: open(0), sys.stdin.buffer, os.write(1), sys.exit() / exit() / quit() after
+    printing (the sandbox runs python -S, without site's exit), a thread with a larger stack,
+    `if __name__ == "__main__":`; a non-zero exit code fails."""
     tests = stdio_tests(["2 3\n", "10 20\n"], ["5\n", "30\n"], 1.0, "lcb")
     programs = {
         "open0": "a, b = map(int, open(0).read().split())\nprint(a + b)\n",
         "buffer": "import sys\na, b = map(int, sys.stdin.buffer.read().split())\nsys.stdout.buffer.write(b'%d\\n' % (a + b))\n",
         "os_write": "import os, sys\na, b = map(int, input().split())\nos.write(1, str(a + b).encode() + b'\\n')\n",
         "exit_after": "import sys\na, b = map(int, input().split())\nprint(a + b)\nsys.exit()\n",
+        "site_exit": "a, b = map(int, input().split())\nprint(a + b)\nexit()\nprint('unreachable')\n",
+        "site_quit": "a, b = map(int, input().split())\nprint(a + b)\nquit(0)\n",
         "thread": "import threading, sys\ndef main():\n    a, b = map(int, input().split())\n    print(a + b)\n"
                   "threading.stack_size(1 << 26)\nthreading.Thread(target=main).start()\n",
         "main_guard": "def main():\n    print(sum(map(int, input().split())))\nif __name__ == '__main__':\n    main()\n",
