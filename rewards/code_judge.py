@@ -206,6 +206,11 @@ class CodeScorer:
         budget = min(self.cfg.set_time_cap_s, per_test * n) + 1.0
         if self.cfg.sample_time_cap_s is not None:
             budget = min(budget, max(self.cfg.sample_time_cap_s, per_test + 1.0))
+        prelude = tests.data.get("prelude")
+        if prelude:
+            from .formats_judge import PRELUDES
+
+            code = PRELUDES.get(prelude, "") + code
         return Job(code=code, entry_point=_entry_point(tests) or "", inputs=blob, limits=limits, cpu_budget_s=budget,
                    wall_budget_s=budget * self.cfg.wall_factor + 2.0, mode=mode, values=True,
                    stop_on_error=self.cfg.stop_on_error and tests.format in ("call", "stdio"),

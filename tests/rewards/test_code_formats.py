@@ -235,3 +235,19 @@ def test_mixed_batch_keeps_input_order(code_scorer) -> None:
     results = code_scorer.score(items)
     assert [r.reward for r in results] == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
     assert [r.status for r in results] == ["ok", "syntax_error", "ok", "ok", "no_code", "ok"]
+
+
+def test_lcb_rows_get_lcb_imports(code_scorer, shared_data_dir) -> None:
+    """LiveCodeBench's harness runs programs after its import lines (typing, collections, ...): a LeetCode answer
+    that uses `defaultdict` / `Counter` without importing them passes DeepCoder's lcbv5 functional rows, as under
+    rLLM's checker."""
+    rows = pq.read_table(shared_data_dir("code_rl") / "deepcoder_preview.lcbv5.sample.parquet").to_pylist()
+    tests = tests_from_row("deepcoder-lcbv5", rows[2])  # minChangesToPalindrome
+    assert tests.data["prelude"] == "lcb"
+    code = ("class Solution:\n    seen = defaultdict(int)\n    def minChangesToPalindrome(self, s: str) -> int:\n"
+            "        c = Counter(s[i] != s[-1 - i] for i in range(len(s) // 2))\n        return c[True]\n")
+    [res] = code_scorer.score([(_fenced(code), tests)])
+    assert res.reward == 1.0, res.details
+    plain = call_tests(["Solution", "minChangesToPalindrome"], [(["ab"], 1)])
+    [res] = code_scorer.score([(_fenced(code), plain)])
+    assert res.status == "load_error"  # without the prelude, defaultdict is undefined at class definition
