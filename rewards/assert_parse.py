@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import copy
 import math
 from typing import Any
 
@@ -264,6 +265,16 @@ def _literal(node: ast.expr) -> Any:
     """An argument of a completion call: a pure expression of literals and safe builtins, evaluated here."""
     if isinstance(node, ast.Starred):
         raise Unjudgeable("*args in a call")
+    try:
+        value = ast.literal_eval(node)  # the common case, without compiling anything
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        pass
+    else:
+        try:
+            encode_value(value)
+        except (TypeError, RecursionError):
+            raise Unjudgeable("argument not plain data") from None
+        return value
     for n in ast.walk(node):
         if isinstance(n, ast.Call) and _is_target_call(n, _TRUSTED_NAMES) is not None:
             raise Unjudgeable("nested call of the completion")
@@ -276,12 +287,13 @@ def _literal(node: ast.expr) -> Any:
     return value
 
 
-def parse_assert(test: ast.expr, rename: dict[str, str] | None = None, start: int = 0) -> tuple[str, list[list], Any]:
-    """(check expression source with ``__cK`` placeholders, K from ``start``, calls ``[target, args, kwargs]``, the
-    expected value when the check is exactly ``__cK == <literal>`` (for digest comparison of returned values too large to send),
-    else a sentinel ``NO_LITERAL``); raises Unjudgeable."""
+def parse_assert(test: ast.expr, rename: dict[str, str] | None = None, start: int = 0,
+                 ) -> tuple[str, list[list], Any]:
+    """(check expression source with ``__cK`` placeholders, K from ``start``; calls ``[target, args, kwargs]``;
+    the expected value when the check is exactly ``__cK == <literal>``, for the digest comparison of returned
+    values too large to send, else the sentinel ``NO_LITERAL``). Raises Unjudgeable; rewrites ``test`` in place."""
     ext = _Extract(rename or {}, start)
-    expr = ext.visit(ast.parse(ast.unparse(test), mode="eval").body)
+    expr = ext.visit(test)  # in place: asserts_of hands out nodes no one else holds
     if not ext.calls:
         raise Unjudgeable("no call of the completion")
     placeholders = {f"__c{start + k}" for k in range(len(ext.calls))}
@@ -336,7 +348,7 @@ def asserts_of(source: str) -> tuple[list[tuple[ast.expr, dict[str, str]]], int]
             rename = {params[0]: stmt.value.args[0].id}
             for inner in fdef.body:
                 if isinstance(inner, ast.Assert):
-                    out.append((inner.test, rename))
+                    out.append((copy.deepcopy(inner.test), rename))  # check() may be called more than once
                 elif not (isinstance(inner, ast.Expr) and isinstance(inner.value, ast.Constant)):
                     skipped += 1  # a statement other than an assert (or a docstring) in check()
         else:
