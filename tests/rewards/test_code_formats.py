@@ -251,3 +251,22 @@ def test_lcb_rows_get_lcb_imports(code_scorer, shared_data_dir) -> None:
     plain = call_tests(["Solution", "minChangesToPalindrome"], [(["ab"], 1)])
     [res] = code_scorer.score([(_fenced(code), plain)])
     assert res.status == "load_error"  # without the prelude, defaultdict is undefined at class definition
+
+
+def test_score_code_tests_reuses_its_pool() -> None:
+    """The loaders' entry point: one warm pool per RewardConfig, reused across calls (RL steps), input order kept."""
+    from rewards.code_judge import close_code_scorers, get_code_scorer
+    from rewards.code_tests import score_code_tests
+
+    cfg = RewardConfig.rl(workers=1, sandbox=SandboxConfig(isolation="bwrap", max_retries=1))
+    tests = call_tests(["*", "g"], [([2], 4), ([5], 10)])
+    try:
+        first = score_code_tests([("```python\ndef g(x):\n    return 2 * x\n```", tests),
+                                  ("```python\ndef g(x):\n    return x + 2\n```", tests)], cfg)
+        pool = get_code_scorer(cfg).pool
+        second = score_code_tests([("```python\ndef g(x):\n    return x * 2\n```", tests)], cfg)
+        assert get_code_scorer(cfg).pool is pool and pool.stats["jobs"] == 3
+        assert [r.reward for r in first + second] == [1.0, 0.0, 1.0]
+        assert first[1].base_status == first[1].plus_status == "fail" and first[1].n_passed == 1
+    finally:
+        close_code_scorers()
