@@ -174,6 +174,7 @@ def job_inputs(tests: CodeTests) -> tuple[str, str, list]:
 
 
 def _entry_point(tests: CodeTests) -> str | None:
+    """The name code extraction should prefer a fenced block to define (None: any)."""
     if tests.format in ("assert", "pytest"):
         for target, *_ in tests.data["calls"]:
             if len(target) == 1 or target[0] not in ("new", "on", "*"):
@@ -181,8 +182,9 @@ def _entry_point(tests: CodeTests) -> str | None:
             if target[0] == "new":
                 return target[2]
         return None
-    if tests.format == "call":
-        return tests.data["target"][0]
+    if tests.format == "call":  # ["Solution", fn] -> the class; ["*", fn] -> fn
+        target = tests.data["target"]
+        return target[-1] if target[0] == "*" else target[0]
     return None
 
 
