@@ -23,6 +23,7 @@ back into calls, generators consumed in the test, ``try``/``if`` blocks, ``match
 from __future__ import annotations
 
 import ast
+import builtins
 import itertools
 from typing import Any
 
@@ -38,6 +39,7 @@ from .assert_parse import (
 )
 from .code_tests import DEFAULT_CALL_LIMIT_S, CodeTests, UnjudgeableRow
 
+_BUILTIN_NAMES = frozenset(dir(builtins))  # never the completion's (in a file without `from solution import`)
 BUILD_MODULES = frozenset({"datetime", "collections", "decimal", "fractions", "math"})
 _ALLOWED_IMPORTS = BUILD_MODULES | {"pytest"}
 
@@ -96,7 +98,9 @@ class _Module:
     def is_target(self, name: str) -> bool:
         if name in self.foreign or name in self.modules or name in self.constants:
             return False
-        return name in self.targets if self.targets is not None else name not in _TRUSTED_NAMES
+        if self.targets is not None:
+            return name in self.targets
+        return name not in _TRUSTED_NAMES and name not in _BUILTIN_NAMES
 
 
 def _literal_ast(value: Any) -> ast.expr:
@@ -253,6 +257,9 @@ class _Case:
             self.checks.append(self._expr(s.test))
         elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant):
             return  # docstring
+        elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Name) \
+                and s.value.func.id == "print" and not self.mod.is_target("print"):
+            return  # a debugging print of the test: no effect on its verdict
         elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call):
             self._step(s.value, {"discard": True})
         elif isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name):
