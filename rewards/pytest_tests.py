@@ -74,7 +74,8 @@ class _Module:
         self.modules: set[str] = set()
         for stmt in tree.body:
             if isinstance(stmt, ast.ImportFrom) and stmt.module == "solution" and self.targets is not None:
-                self.targets |= {a.asname or a.name for a in stmt.names}
+                names = {a.asname or a.name for a in stmt.names}
+                self.targets = None if "*" in names else self.targets | names  # *: any name not defined here
             elif isinstance(stmt, ast.Import):
                 for a in stmt.names:
                     if a.name == "solution" and self.targets is not None:

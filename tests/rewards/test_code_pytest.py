@@ -160,6 +160,16 @@ class Bag:
 '''
 
 
+def test_star_import_and_module_import(code_scorer) -> None:
+    star = pytest_tests("from solution import *\n\ndef test_a():\n    assert evens(5) is not None\n"
+                        "    assert list(evens(5)) == [0, 2, 4]\n")
+    module = pytest_tests("import solution\n\ndef test_a():\n    assert sorted(solution.evens(5)) == [0, 2, 4]\n")
+    assert star.n_cases == module.n_cases == 1
+    results = code_scorer.score([(_fenced(MUTATION_SOLUTION), star), (_fenced(MUTATION_SOLUTION), module)])
+    assert results[1].reward == 1.0
+    assert results[0].reward == 0.0  # `evens(5) is not None` needs the generator itself to cross: it cannot
+
+
 def test_in_place_mutation_and_generators(code_scorer) -> None:
     """A list passed to the completion is read back after the call (as pytest sees it); generators are converted
     in the sandbox (list(f(x)), sorted(f(x))); an argument an object keeps is not read as a stale literal."""
