@@ -8,7 +8,8 @@ happen in here and nothing the completion patches can change a verdict (docs/rew
 - ``call_runner``: one test = one step ``[target, args, kwargs(, opts)]``; ``target`` is ``[name]`` (a function of
   the completion's module), ``[class_name, method]`` (a fresh instance per test, e.g. LeetCode's ``Solution``),
   ``["*", name]`` (``Solution().name`` when the module defines such a class, else the function ``name``), or, for
-  the stateful steps of a pytest test, ``["new", var, class_name]`` / ``["on", var, method]``.
+  the stateful steps of a pytest test, ``["new", var, class_name]`` / ``["on", var, method]`` / ``["arg", k, i]``
+  (positional argument ``i`` of step ``k`` after that call, for tests that check in-place mutation).
 - ``stdio_runner``: one test = one run of the whole program as ``__main__`` with the test's input as its stdin
   (fd 0 and ``sys.stdin``) and a file as its stdout (fd 1 and ``sys.stdout``); returns what it wrote.
 """
@@ -36,10 +37,15 @@ def _resolve(env: dict, objs: dict, target: list):
         return lambda *a, **k: objs.__setitem__(target[1], cls(*a, **k))
     if target[0] == "on":  # ["on", var, method]
         return getattr(objs[target[1]], target[2])
+    if target[0] == "arg":  # ["arg", k, i]: positional argument i of step k after that call
+        args, kwargs = objs[f"args:{target[1]}"]
+        value = kwargs[target[2]] if isinstance(target[2], str) else args[target[2]]
+        return lambda: value
     return getattr(env[target[0]](), target[1])
 
 
 _MRO_OF, _NAME_OF = type.__dict__["__mro__"].__get__, type.__dict__["__name__"].__get__  # before any sample runs
+_WRAPS = {f.__name__: f for f in (list, tuple, set, frozenset, sorted, dict)}
 _BUILD_NAMES = ("datetime", "collections", "decimal", "fractions", "math")
 
 
@@ -49,7 +55,8 @@ def call_runner(env: dict):
     A step is ``[target, args, kwargs]`` or ``[target, args, kwargs, opts]``; ``opts["build"]`` is the source of
     an ``(args, kwargs)`` tuple built here from the standard modules in ``_BUILD_NAMES`` (arguments that are not
     plain data, e.g. ``datetime.date(2024, 1, 1)``), ``opts["discard"]`` drops the returned value (a statement
-    whose value no check reads)."""
+    whose value no check reads), ``opts["wrap"]`` converts it first (``list(f(x))``: generators), and
+    ``opts["keep"] = k`` keeps the arguments for ``["arg", k, i]`` steps (``i``: position, or keyword name)."""
     objs: dict = {}
 
     def run(target: list, args: list, kwargs: dict, opts: dict | None = None):
@@ -64,6 +71,10 @@ def call_runner(env: dict):
         except Exception as exc:  # noqa: BLE001 - a missing name is not an exception the test can expect
             raise TargetMissing(type(exc).__name__) from None
         out = fn(*args, **kwargs)
+        if "keep" in opts:  # the arguments after the call, for later ["arg", k, i] steps (in-place mutation)
+            objs[f"args:{opts['keep']}"] = (args, kwargs)
+        if opts.get("wrap"):  # list(f(x)) and the like, applied here: a generator's values can cross, it cannot
+            out = _WRAPS[opts["wrap"]](out)
         return None if opts.get("discard") else out
 
     return run
@@ -94,6 +105,11 @@ def _redirect(path: str, fd: int, flags: int) -> None:
         os.close(new)
 
 
+def site_exit(code=None):
+    """``exit()`` / ``quit()`` as the ``site`` module defines them (the sandbox's Python runs with ``-S``)."""
+    raise SystemExit(code)
+
+
 def _join_threads() -> None:
     """Wait for the threads the program started (the zygote's CPU accounting bounds how long)."""
     threading = sys.modules.get("threading")
@@ -121,7 +137,7 @@ def stdio_runner(code, builtins_module, out_cap: int):
         _redirect(stdout_path, 1, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 - replaced by the next test
         sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
-        env = {"__name__": "__main__", "__builtins__": builtins_module}
+        env = {"__name__": "__main__", "__builtins__": builtins_module, "exit": site_exit, "quit": site_exit}
         try:
             exec(code, env)
             _join_threads()  # contest programs often run main() in a thread with a larger stack
@@ -150,6 +166,8 @@ def load_entry(payload: dict, env: dict, out_cap: int):
     runs once per test, not here)."""
     kind = payload.get("kind", "fn")
     code = compile(payload["code"], "<solution>", "exec")
+    env.setdefault("exit", site_exit)
+    env.setdefault("quit", site_exit)
     if kind == "stdio":
         return stdio_runner(code, builtins, out_cap)
     exec(code, env)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import copy
 import math
 from typing import Any
 
@@ -208,26 +209,72 @@ class _Extract(ast.NodeTransformer):
         self.rename, self.start = rename, start
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
-        target = _is_target_call(node, _TRUSTED_NAMES)
-        if target is None:
+        inner, wrap = wrapped_call(node, lambda n: _is_target_call(n, _TRUSTED_NAMES) is not None
+                                   or constructed_method(n, _TRUSTED_NAMES) is not None)
+        ctor = constructed_method(inner, _TRUSTED_NAMES)
+        target = _is_target_call(inner, _TRUSTED_NAMES)
+        if ctor is not None:  # Cls(a).method(b): construct (kept in the sandbox), then call the method on it
+            var = f"__o{self.start + len(self.calls)}"
+            self._add(["new", var, self.rename.get(ctor.func.id, ctor.func.id)], ctor, {"discard": True})
+            target = ["on", var, inner.func.attr]
+        elif target is None:
             return self.generic_visit(node)
-        target[0] = self.rename.get(target[0], target[0])
+        else:
+            target[0] = self.rename.get(target[0], target[0])
+        name = self._add(target, inner, {"wrap": wrap} if wrap else {})
+        return ast.copy_location(ast.Name(id=name, ctx=ast.Load()), node)
+
+    def _add(self, target: list, call: ast.Call, opts: dict) -> str:
         args, kwargs = [], {}
-        for a in node.args:
+        for a in call.args:
             args.append(_literal(a))
-        for k in node.keywords:
+        for k in call.keywords:
             if k.arg is None:
                 raise Unjudgeable("**kwargs in a call")
             kwargs[k.arg] = _literal(k.value)
         name = f"__c{self.start + len(self.calls)}"
-        self.calls.append([target, args, kwargs])
-        return ast.copy_location(ast.Name(id=name, ctx=ast.Load()), node)
+        self.calls.append([target, args, kwargs] + ([opts] if opts else []))
+        return name
+
+
+def constructed_method(node: ast.Call, names: frozenset[str]) -> ast.Call | None:
+    """The constructor call of ``Cls(args).method(...)`` (a capitalised class of the completion, with arguments;
+    ``Cls().method()`` is the plain ``[Cls, method]`` target), else None."""
+    f = node.func
+    if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Call) and isinstance(f.value.func, ast.Name) \
+            and f.value.func.id not in names and f.value.func.id[:1].isupper() \
+            and (f.value.args or f.value.keywords):
+        return f.value
+    return None
+
+
+# conversions a check applies directly to a returned value: applied in the sandbox instead, so that iterators and
+# generators (which cannot cross) are judged by the plain value they produce (rewards/_formats.py, "wrap")
+WRAPPERS = frozenset({"list", "tuple", "set", "frozenset", "sorted", "dict"})
+
+
+def wrapped_call(node: ast.Call, is_target: Any) -> tuple[ast.Call, str | None]:
+    """``list(f(x))`` -> (the inner call, "list"); anything else -> (node, None)."""
+    if isinstance(node.func, ast.Name) and node.func.id in WRAPPERS and len(node.args) == 1 and not node.keywords \
+            and isinstance(node.args[0], ast.Call) and is_target(node.args[0]):
+        return node.args[0], node.func.id
+    return node, None
 
 
 def _literal(node: ast.expr) -> Any:
     """An argument of a completion call: a pure expression of literals and safe builtins, evaluated here."""
     if isinstance(node, ast.Starred):
         raise Unjudgeable("*args in a call")
+    try:
+        value = ast.literal_eval(node)  # the common case, without compiling anything
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        pass
+    else:
+        try:
+            encode_value(value)
+        except (TypeError, RecursionError):
+            raise Unjudgeable("argument not plain data") from None
+        return value
     for n in ast.walk(node):
         if isinstance(n, ast.Call) and _is_target_call(n, _TRUSTED_NAMES) is not None:
             raise Unjudgeable("nested call of the completion")
@@ -240,12 +287,13 @@ def _literal(node: ast.expr) -> Any:
     return value
 
 
-def parse_assert(test: ast.expr, rename: dict[str, str] | None = None, start: int = 0) -> tuple[str, list[list], Any]:
-    """(check expression source with ``__cK`` placeholders, K from ``start``, calls ``[target, args, kwargs]``, the
-    expected value when the check is exactly ``__cK == <literal>`` (for digest comparison of returned values too large to send),
-    else a sentinel ``NO_LITERAL``); raises Unjudgeable."""
+def parse_assert(test: ast.expr, rename: dict[str, str] | None = None, start: int = 0,
+                 ) -> tuple[str, list[list], Any]:
+    """(check expression source with ``__cK`` placeholders, K from ``start``; calls ``[target, args, kwargs]``;
+    the expected value when the check is exactly ``__cK == <literal>``, for the digest comparison of returned
+    values too large to send, else the sentinel ``NO_LITERAL``). Raises Unjudgeable; rewrites ``test`` in place."""
     ext = _Extract(rename or {}, start)
-    expr = ext.visit(ast.parse(ast.unparse(test), mode="eval").body)
+    expr = ext.visit(test)  # in place: asserts_of hands out nodes no one else holds
     if not ext.calls:
         raise Unjudgeable("no call of the completion")
     placeholders = {f"__c{start + k}" for k in range(len(ext.calls))}
@@ -300,7 +348,7 @@ def asserts_of(source: str) -> tuple[list[tuple[ast.expr, dict[str, str]]], int]
             rename = {params[0]: stmt.value.args[0].id}
             for inner in fdef.body:
                 if isinstance(inner, ast.Assert):
-                    out.append((inner.test, rename))
+                    out.append((copy.deepcopy(inner.test), rename))  # check() may be called more than once
                 elif not (isinstance(inner, ast.Expr) and isinstance(inner.value, ast.Constant)):
                     skipped += 1  # a statement other than an assert (or a docstring) in check()
         else:
@@ -309,5 +357,5 @@ def asserts_of(source: str) -> tuple[list[tuple[ast.expr, dict[str, str]]], int]
 
 
 def encode_calls(calls: list[list]) -> list[list]:
-    """Calls as JSON-able data: ``[target, tagged args, tagged kwargs]``."""
-    return [[t, encode_value(a), encode_value(k)] for t, a, k in calls]
+    """Calls as JSON-able data: ``[target, tagged args, tagged kwargs(, opts)]``."""
+    return [[t, encode_value(a), encode_value(k), *rest] for t, a, k, *rest in calls]

@@ -174,6 +174,7 @@ def job_inputs(tests: CodeTests) -> tuple[str, str, list]:
 
 
 def _entry_point(tests: CodeTests) -> str | None:
+    """The name code extraction should prefer a fenced block to define (None: any)."""
     if tests.format in ("assert", "pytest"):
         for target, *_ in tests.data["calls"]:
             if len(target) == 1 or target[0] not in ("new", "on", "*"):
@@ -181,8 +182,9 @@ def _entry_point(tests: CodeTests) -> str | None:
             if target[0] == "new":
                 return target[2]
         return None
-    if tests.format == "call":
-        return tests.data["target"][0]
+    if tests.format == "call":  # ["Solution", fn] -> the class; ["*", fn] -> fn
+        target = tests.data["target"]
+        return target[-1] if target[0] == "*" else target[0]
     return None
 
 
@@ -193,22 +195,34 @@ class CodeScorer:
         self.cfg = cfg or RewardConfig()
         self.pool = SandboxPool(self.cfg.workers, self.cfg.sandbox)
 
-    def _job(self, code: str, tests: CodeTests) -> Job:
-        kind, mode, inputs = job_inputs(tests)
+    def _job(self, code: str, tests: CodeTests, prepared: dict[int, tuple]) -> Job:
+        """``prepared`` caches, per CodeTests object of this batch, its decoded and marshalled inputs (the samples
+        of one prompt share their tests)."""
+        parts = prepared.get(id(tests))
+        if parts is None:
+            kind, mode, inputs = job_inputs(tests)
+            parts = prepared[id(tests)] = (kind, mode, marshal.dumps([inputs], 2), len(inputs))
+        kind, mode, blob, n = parts
         per_test = max(self.cfg.min_time_limit_s, float(tests.data.get("time_limit_s") or DEFAULT_CALL_LIMIT_S))
-        limits = [[per_test] * len(inputs)]
-        budget = min(self.cfg.set_time_cap_s, sum(limits[0])) + 1.0
+        limits = [[per_test] * n]
+        budget = min(self.cfg.set_time_cap_s, per_test * n) + 1.0
         if self.cfg.sample_time_cap_s is not None:
             budget = min(budget, max(self.cfg.sample_time_cap_s, per_test + 1.0))
-        return Job(code=code, entry_point=_entry_point(tests) or "", inputs=marshal.dumps([inputs], 2),
-                   limits=limits, cpu_budget_s=budget, wall_budget_s=budget * self.cfg.wall_factor + 2.0, mode=mode,
-                   values=True, stop_on_error=self.cfg.stop_on_error and tests.format in ("call", "stdio"),
+        prelude = tests.data.get("prelude")
+        if prelude:
+            from .formats_judge import PRELUDES
+
+            code = PRELUDES.get(prelude, "") + code
+        return Job(code=code, entry_point=_entry_point(tests) or "", inputs=blob, limits=limits, cpu_budget_s=budget,
+                   wall_budget_s=budget * self.cfg.wall_factor + 2.0, mode=mode, values=True,
+                   stop_on_error=self.cfg.stop_on_error and tests.format in ("call", "stdio"),
                    load_limit_s=min(budget, 10.0), kind=kind)
 
     def score(self, items: Sequence[tuple[str, CodeTests]]) -> list[RewardResult]:
         """Results in input order; a progress bar with ``cfg.progress``."""
         results: list[RewardResult | None] = [None] * len(items)
         pending: dict[Future, tuple[int, CodeTests, ExtractedCode]] = {}
+        prepared: dict[int, tuple] = {}  # id(tests) -> job parts; the items list keeps every tests object alive
         for idx, (completion, tests) in enumerate(items):
             if tests.format == "codeio":
                 from .formats_judge import codeio_result
@@ -220,7 +234,7 @@ class CodeScorer:
                 results[idx] = RewardResult("", self.cfg.no_code_reward, 0.0, False, 0.0, ext.status, None, None,
                                             tests.n_cases, 0, {"extraction": ext.source, "excluded": tests.excluded})
                 continue
-            pending[self.pool.submit(self._job(ext.code, tests))] = (idx, tests, ext)
+            pending[self.pool.submit(self._job(ext.code, tests, prepared))] = (idx, tests, ext)
         bar = tqdm(total=len(pending), desc="scoring", unit="sample", disable=not self.cfg.progress)
         for fut in as_completed(pending):
             idx, tests, ext = pending.pop(fut)
@@ -239,7 +253,8 @@ class CodeScorer:
         if raw.infra_error:
             return RewardResult("", None, 0.0, False, fmt, "infra_error", None, None, n, 0,
                                 {"infra_error": raw.infra_error, "attempts": raw.attempts})
-        status, outcomes, errors, detail = read_outcomes(raw, len(job_inputs(tests)[2]))
+        n_steps = len(tests.data["calls"]) if tests.format in ("assert", "pytest") else n
+        status, outcomes, errors, detail = read_outcomes(raw, n_steps)
         passed = case_verdicts(tests, outcomes) if status == "ok" else [False] * n
         n_passed = sum(passed)
         all_pass = status == "ok" and n_passed == n

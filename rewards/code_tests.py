@@ -109,7 +109,12 @@ def _acecode(row: Mapping[str, Any]) -> CodeTests:
 def _primeintellect(row: Mapping[str, Any]) -> CodeTests:
     """Gen-Verse/PrimeIntellect (TraceRL): stdio rows with TraceRL's whitespace rule, function rows as asserts."""
     method = row.get("test_method")
-    limit = float(row.get("test_time_limit") or 1.0)
+    try:
+        limit = float(row.get("test_time_limit") or 1.0)
+    except (TypeError, ValueError):
+        raise UnjudgeableRow("unparseable test_time_limit") from None
+    if not 0 < limit < float("inf"):
+        limit = 1.0
     if method == "function":
         tests = row.get("test_list")
         if not isinstance(tests, (list, tuple)) or not all(isinstance(t, str) for t in tests):
@@ -143,10 +148,7 @@ def tests_from_row(corpus: str, row: Mapping[str, Any]) -> CodeTests:
     excluded format, unparseable) and ValueError for an unknown corpus."""
     if corpus not in CORPORA:
         raise ValueError(f"unknown corpus {corpus!r}; choose from {', '.join(CORPORA)}")
-    convert = _CONVERTERS.get(corpus)
-    if convert is None:
-        raise UnjudgeableRow(f"{corpus} tests are not judged yet")
-    return convert(row)
+    return _CONVERTERS[corpus](row)
 
 
 tests_from_row.__test__ = False  # type: ignore[attr-defined] - not a pytest test when imported into a test module

@@ -62,9 +62,10 @@ def deepcoder_lcbv5(row: Mapping[str, Any]) -> CodeTests:
         if not isinstance(fn, str) or not fn:
             raise UnjudgeableRow("functional tests without metadata.func_name")
         cases = _lcb_call_cases([t.get("input") for t in tests], [t.get("output") for t in tests])
-        return call_tests(["Solution", fn], cases, LCB_LIMIT_S)
+        return call_tests(["Solution", fn], cases, LCB_LIMIT_S, prelude="lcb")
     if kinds <= {"stdin", "stdin_stdout"}:
-        return stdio_tests([t.get("input") for t in tests], [t.get("output") for t in tests], LCB_LIMIT_S, "lcb")
+        return stdio_tests([t.get("input") for t in tests], [t.get("output") for t in tests], LCB_LIMIT_S, "lcb",
+                           prelude="lcb")
     raise UnjudgeableRow(f"test types {sorted(map(str, kinds))}")
 
 
@@ -80,9 +81,10 @@ def deepcoder_primeintellect(row: Mapping[str, Any]) -> CodeTests:
         if len(names) != 1 or not isinstance(next(iter(names)), str):
             raise UnjudgeableRow("function_call tests without one fn_name")
         cases = [(t.get("input"), _unwrap(t.get("output"))) for t in tests]
-        return call_tests(["*", names.pop()], cases, LCB_LIMIT_S)
+        return call_tests(["*", names.pop()], cases, LCB_LIMIT_S, prelude="lcb")
     if kinds <= {"stdin_stdout", None}:
-        return stdio_tests([t.get("input") for t in tests], [t.get("output") for t in tests], LCB_LIMIT_S, "lcb")
+        return stdio_tests([t.get("input") for t in tests], [t.get("output") for t in tests], LCB_LIMIT_S, "lcb",
+                           prelude="lcb")
     raise UnjudgeableRow(f"test types {sorted(map(str, kinds))}")
 
 
@@ -101,8 +103,9 @@ def deepcoder_taco(row: Mapping[str, Any]) -> CodeTests:
         raise UnjudgeableRow("unparseable tests")
     fn = tests.get("fn_name")
     if fn:
-        return call_tests(["*", str(fn)], [(i, _unwrap(o)) for i, o in zip(inputs, outputs)], LCB_LIMIT_S)
-    return stdio_tests(inputs, outputs, LCB_LIMIT_S, "lcb")
+        return call_tests(["*", str(fn)], [(i, _unwrap(o)) for i, o in zip(inputs, outputs)], LCB_LIMIT_S,
+                          prelude="lcb")
+    return stdio_tests(inputs, outputs, LCB_LIMIT_S, "lcb", prelude="lcb")
 
 
 def dream_coder(row: Mapping[str, Any]) -> CodeTests:
@@ -129,8 +132,9 @@ def dream_coder(row: Mapping[str, Any]) -> CodeTests:
         if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != len(outputs):
             raise UnjudgeableRow("unparseable input_output")
         if io.get("fn_name"):
-            return call_tests(["Solution", str(io["fn_name"])], _lcb_call_cases(inputs, outputs), LCB_LIMIT_S)
-        return stdio_tests(inputs, outputs, LCB_LIMIT_S, "sandboxfusion")
+            return call_tests(["Solution", str(io["fn_name"])], _lcb_call_cases(inputs, outputs), LCB_LIMIT_S,
+                              prelude="lcb")
+        return stdio_tests(inputs, outputs, LCB_LIMIT_S, "sandboxfusion", prelude="lcb")
     if source == "codeio":
         return codeio_tests(info.get("ground_truth"))
     if source == "mbppplus":

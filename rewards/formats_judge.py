@@ -24,6 +24,15 @@ from .api import RewardConfig, RewardResult
 from .code_tests import CodeTests, UnjudgeableRow
 
 STDIO_RULES = ("lcb", "primeintellect", "sandboxfusion")
+# LiveCodeBench's harness runs every program after these lines (lcb_runner testing_util ``import_string``, kept by
+# rLLM for DeepCoder): LeetCode-style answers use ``List`` / ``defaultdict`` without importing them
+LCB_PRELUDE = "".join(f"from {m} import *\n" for m in (
+    "string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random", "statistics",
+    "itertools", "functools", "operator", "io", "sys", "json", "builtins", "typing")) + "".join(
+    f"import {m}\n" for m in ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random",
+                               "statistics", "itertools", "functools", "operator", "io", "sys", "json")) \
+    + "sys.setrecursionlimit(50000)\n"
+PRELUDES = {"lcb": LCB_PRELUDE}
 MAX_STDIO_CHARS = 8 * 1024**2  # expected outputs above this are not kept in a row's tests
 
 
@@ -31,9 +40,11 @@ MAX_STDIO_CHARS = 8 * 1024**2  # expected outputs above this are not kept in a r
 # builders
 
 
-def call_tests(target: list[str], cases: list[tuple[Any, Any]], time_limit_s: float | None = None) -> CodeTests:
+def call_tests(target: list[str], cases: list[tuple[Any, Any]], time_limit_s: float | None = None,
+               prelude: str | None = None) -> CodeTests:
     """``cases`` = [(argument list, expected value)] of plain data; ``target`` = ``[fn]``, ``["Solution", fn]``
-    or ``["*", fn]`` (``Solution().fn`` when the program defines such a class, else the free function ``fn``)."""
+    or ``["*", fn]`` (``Solution().fn`` when the program defines such a class, else the free function ``fn``);
+    ``prelude``: a key of PRELUDES, lines run before the program (the consuming harness's imports)."""
     out = []
     for args, expected in cases:
         if not isinstance(args, list):
@@ -47,11 +58,15 @@ def call_tests(target: list[str], cases: list[tuple[Any, Any]], time_limit_s: fl
     data = {"target": list(target), "cases": out, "rule": "lcb"}
     if time_limit_s:
         data["time_limit_s"] = float(time_limit_s)
+    if prelude:
+        data["prelude"] = prelude
     return CodeTests("call", data)
 
 
-def stdio_tests(inputs: Any, outputs: Any, time_limit_s: float | None, rule: str) -> CodeTests:
-    """stdin/stdout pairs (strings) compared under ``rule`` (one of STDIO_RULES)."""
+def stdio_tests(inputs: Any, outputs: Any, time_limit_s: float | None, rule: str,
+                prelude: str | None = None) -> CodeTests:
+    """stdin/stdout pairs (strings) compared under ``rule`` (one of STDIO_RULES); ``prelude`` as for
+    :func:`call_tests`."""
     if rule not in STDIO_RULES:
         raise ValueError(f"unknown stdio rule {rule!r}")
     if not isinstance(inputs, (list, tuple)) or not isinstance(outputs, (list, tuple)) or len(inputs) != len(outputs):
@@ -65,6 +80,8 @@ def stdio_tests(inputs: Any, outputs: Any, time_limit_s: float | None, rule: str
     data: dict[str, Any] = {"cases": [[i, o] for i, o in zip(inputs, outputs)], "rule": rule}
     if time_limit_s is not None and math.isfinite(time_limit_s) and time_limit_s > 0:
         data["time_limit_s"] = float(time_limit_s)
+    if prelude:
+        data["prelude"] = prelude
     return CodeTests("stdio", data)
 
 

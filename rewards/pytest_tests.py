@@ -9,7 +9,9 @@ test in order so objects keep their state); their values cross as plain data and
 assert format's evaluator (``rewards/assert_parse.py``). ``with pytest.raises(E):`` steps pass when the call raised
 an exception whose class, or a base class, is named ``E``.
 
-What a test may contain: asserts; ``x = <call | Class(...) | literal>``; bare calls; ``for v in <literal>:``
+What a test may contain: asserts; ``x = <call | Class(...) | literal>``; bare calls (a list/dict/set variable passed
+in is read back after the call: in-place changes); ``list(f(x))`` and the like (converted in the sandbox, so
+generators work); ``Cls(args).method(...)``; ``for v in <literal>:``
 loops (unrolled); ``with pytest.raises(E):`` blocks without ``match=``; ``@pytest.mark.parametrize`` with literal
 values (expanded, one case per parameter set); arguments that are literals, or built in the sandbox from
 ``datetime`` / ``collections`` / ``decimal`` / ``fractions`` / ``math`` (values that cannot cross). Anything else
@@ -21,16 +23,45 @@ back into calls, generators consumed in the test, ``try``/``if`` blocks, ``match
 from __future__ import annotations
 
 import ast
-import copy
+import builtins
 import itertools
 from typing import Any
 
 from ._digest import encode_value
-from .assert_parse import _TRUSTED_NAMES, Unjudgeable, _comp_locals, _validate, trusted_eval
+from .assert_parse import (
+    _TRUSTED_NAMES,
+    Unjudgeable,
+    _comp_locals,
+    _validate,
+    constructed_method,
+    trusted_eval,
+    wrapped_call,
+)
 from .code_tests import DEFAULT_CALL_LIMIT_S, CodeTests, UnjudgeableRow
 
+_BUILTIN_NAMES = frozenset(dir(builtins))  # never the completion's (in a file without `from solution import`)
 BUILD_MODULES = frozenset({"datetime", "collections", "decimal", "fractions", "math"})
 _ALLOWED_IMPORTS = BUILD_MODULES | {"pytest"}
+
+
+def _copy(node: Any) -> Any:
+    """A copy of an AST (3x faster than ``copy.deepcopy``; positions are not kept: unparse does not need them)."""
+    if isinstance(node, ast.AST):
+        new = node.__class__()
+        for field, value in ast.iter_fields(node):
+            setattr(new, field, _copy(value))
+        return new
+    if isinstance(node, list):
+        return [_copy(v) for v in node]
+    return node
+
+
+def _value(node: ast.expr) -> Any:
+    """A validated pure expression's value: ``ast.literal_eval`` when it is a literal, else evaluated here."""
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return trusted_eval(node)
 
 
 class _Module:
@@ -43,7 +74,8 @@ class _Module:
         self.modules: set[str] = set()
         for stmt in tree.body:
             if isinstance(stmt, ast.ImportFrom) and stmt.module == "solution" and self.targets is not None:
-                self.targets |= {a.asname or a.name for a in stmt.names}
+                names = {a.asname or a.name for a in stmt.names}
+                self.targets = None if "*" in names else self.targets | names  # *: any name not defined here
             elif isinstance(stmt, ast.Import):
                 for a in stmt.names:
                     if a.name == "solution" and self.targets is not None:
@@ -57,7 +89,7 @@ class _Module:
             elif isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
                 try:
                     _validate(stmt.value, set(), _comp_locals(stmt.value))
-                    self.constants[stmt.targets[0].id] = trusted_eval(copy.deepcopy(stmt.value))
+                    self.constants[stmt.targets[0].id] = trusted_eval(_copy(stmt.value))
                 except Exception:  # noqa: BLE001 - not a literal constant
                     self.foreign.add(stmt.targets[0].id)
             elif isinstance(stmt, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) \
@@ -67,7 +99,9 @@ class _Module:
     def is_target(self, name: str) -> bool:
         if name in self.foreign or name in self.modules or name in self.constants:
             return False
-        return name in self.targets if self.targets is not None else name not in _TRUSTED_NAMES
+        if self.targets is not None:
+            return name in self.targets
+        return name not in _TRUSTED_NAMES and name not in _BUILTIN_NAMES
 
 
 def _literal_ast(value: Any) -> ast.expr:
@@ -91,6 +125,7 @@ class _Case:
         self.own: list[int] = []
         self.checks: list[str] = []
         self.raises: dict[str, str] = {}
+        self.mutable: set[str] = set()  # names bound to list/dict/set literals (a call may change them in place)
 
     # --- expressions -------------------------------------------------------------------------------------------
 
@@ -105,11 +140,11 @@ class _Case:
                     if n.id in case.mod.constants:
                         return _literal_ast(case.mod.constants[n.id])
                     return n
-                if isinstance(b, tuple):
+                if isinstance(b, tuple):  # ("obj", var) or ("held", name): its state lives in the sandbox
                     raise Unjudgeable("an object of the completion used as a value")
-                return copy.deepcopy(b)
+                return _copy(b)
 
-        return Sub().visit(copy.deepcopy(node))
+        return Sub().visit(_copy(node))
 
     def _call_target(self, node: ast.Call) -> list | None:
         f = node.func
@@ -117,8 +152,10 @@ class _Case:
             return [f.id]
         if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
             b = self.bound.get(f.value.id)
-            if isinstance(b, tuple):
+            if isinstance(b, tuple) and b[0] == "obj":
                 return ["on", b[1], f.attr]
+            if isinstance(b, tuple):
+                raise Unjudgeable("a value an object of the completion holds")
             if f.value.id in self.mod.modules and f.value.id not in _ALLOWED_IMPORTS:  # solution.f(...)
                 return [f.attr]
         if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Call) and isinstance(f.value.func, ast.Name) \
@@ -139,8 +176,8 @@ class _Case:
         try:
             for e in exprs:
                 _validate(e, set(), _comp_locals(e))
-            args = [trusted_eval(a) for a in exprs[: len(node.args)]]
-            kwargs = {k.arg: trusted_eval(v) for k, v in zip(node.keywords, exprs[len(node.args):])}
+            args = [_value(a) for a in exprs[: len(node.args)]]
+            kwargs = {k.arg: _value(v) for k, v in zip(node.keywords, exprs[len(node.args):])}
             encode_value([args, kwargs])
             return args, kwargs, {}
         except Exception:  # noqa: BLE001 - not plain data: build it in the sandbox from the standard modules
@@ -154,14 +191,44 @@ class _Case:
             [ast.Constant(k.arg) for k in node.keywords], exprs[len(node.args):])], ast.Load()))
         return [], {}, {"build": src}
 
-    def _step(self, node: ast.Call, opts: dict) -> int:
-        target = self._call_target(node)
+    def _new_object(self, name: str, ctor: ast.Call) -> str:
+        """A ``new`` step constructing the completion's class; returns the sandbox-side variable."""
+        var = f"{len(self.steps)}:{name}"  # unique in the row (the sample's objects live for all its steps)
+        args, kwargs, build = self._args(ctor)
+        for a in [*ctor.args, *(k.value for k in ctor.keywords)]:  # the object may keep and change them
+            if isinstance(a, ast.Name) and a.id in self.mutable:
+                self.bound[a.id] = ("held", a.id)
+                self.mutable.discard(a.id)
+        self.steps.append([["new", var, ctor.func.id], args, kwargs, {**build, "discard": True}])
+        self.own.append(len(self.steps) - 1)
+        return var
+
+    def _ctor(self, node: ast.Call) -> ast.Call | None:
+        ctor = constructed_method(node, _TRUSTED_NAMES)
+        return ctor if ctor is not None and self.mod.is_target(ctor.func.id) else None
+
+    def _step(self, node: ast.Call, opts: dict, peek: bool = True, target: list | None = None) -> int:
+        target = target or self._call_target(node)
         if target is None:
             raise Unjudgeable("a call of something other than the completion")
         args, kwargs, build = self._args(node)
         k = len(self.steps)
         self.steps.append([target, args, kwargs, {**build, **opts}])
         self.own.append(k)
+        # a list/dict/set variable passed in may be changed in place: later reads see it after the call
+        passed = [(i, a.id) for i, a in enumerate(node.args) if isinstance(a, ast.Name) and a.id in self.mutable]
+        passed += [(kw.arg, kw.value.id) for kw in node.keywords
+                   if isinstance(kw.value, ast.Name) and kw.value.id in self.mutable]
+        if passed and (not peek or build):
+            raise Unjudgeable("a mutable argument whose later state cannot be read")
+        if passed:
+            self.steps[k][3]["keep"] = k
+        for where, name in passed:
+            p = len(self.steps)
+            self.steps.append([["arg", k, where], [], {}, {}])
+            self.own.append(p)
+            self.bound[name] = ast.Name(id=f"__c{p}", ctx=ast.Load())
+            self.mutable.discard(name)
         return k
 
     def _expr(self, node: ast.expr) -> str:
@@ -170,11 +237,16 @@ class _Case:
 
         class Ext(ast.NodeTransformer):
             def visit_Call(self, n: ast.Call) -> ast.AST:
-                if case._call_target(n) is None:
+                inner, wrap = wrapped_call(n, lambda c: case._call_target(c) is not None or case._ctor(c) is not None)
+                ctor, target = case._ctor(inner), None
+                if ctor is not None:  # Cls(a).method(b): construct, then call the method on the object
+                    target = ["on", case._new_object("tmp", ctor), inner.func.attr]
+                elif case._call_target(inner) is None:
                     return self.generic_visit(n)
-                return ast.copy_location(ast.Name(id=f"__c{case._step(n, {})}", ctx=ast.Load()), n)
+                step = case._step(inner, {"wrap": wrap} if wrap else {}, target=target)
+                return ast.copy_location(ast.Name(id=f"__c{step}", ctx=ast.Load()), n)
 
-        expr = self._subst(Ext().visit(copy.deepcopy(node)))  # calls first: `s.top()` is a step on object s
+        expr = self._subst(Ext().visit(_copy(node)))  # calls first: `s.top()` is a step on object s
         placeholders = {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and n.id.startswith("__c")}
         _validate(expr, placeholders, _comp_locals(expr))
         return ast.unparse(expr)
@@ -186,6 +258,9 @@ class _Case:
             self.checks.append(self._expr(s.test))
         elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant):
             return  # docstring
+        elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Name) \
+                and s.value.func.id == "print" and not self.mod.is_target("print"):
+            return  # a debugging print of the test: no effect on its verdict
         elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call):
             self._step(s.value, {"discard": True})
         elif isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name):
@@ -211,18 +286,19 @@ class _Case:
     def _assign(self, name: str, value: ast.expr) -> None:
         if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and self.mod.is_target(value.func.id) \
                 and value.func.id[:1].isupper():
-            var = f"{len(self.steps)}:{name}"  # unique in the row (the sample's objects live for all its steps)
-            target = ["new", var, value.func.id]
-            args, kwargs, build = self._args(value)
-            self.steps.append([target, args, kwargs, {**build, "discard": True}])
-            self.own.append(len(self.steps) - 1)
-            self.bound[name] = ("obj", var)
+            self.bound[name] = ("obj", self._new_object(name, value))
         elif isinstance(value, ast.Call) and self._call_target(value) is not None:
             self.bound[name] = ast.Name(id=f"__c{self._step(value, {})}", ctx=ast.Load())
         else:
+            if isinstance(value, ast.Name) and value.id in self.mutable:
+                raise Unjudgeable("an alias of a mutable value")
             expr = ast.parse(self._expr(value), mode="eval").body  # steps inside become placeholders
+            self.mutable.discard(name)
             if not any(isinstance(n, ast.Name) and n.id.startswith("__c") for n in ast.walk(expr)):
-                expr = _literal_ast(trusted_eval(expr))
+                literal = trusted_eval(expr)
+                expr = _literal_ast(literal)
+                if isinstance(literal, (list, dict, set)):
+                    self.mutable.add(name)
             self.bound[name] = expr
 
     def _raises(self, ctx: ast.expr, body: list[ast.stmt]) -> None:
@@ -237,7 +313,8 @@ class _Case:
         calls = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
         if len(calls) != 1 or not isinstance(calls[0], (ast.Expr, ast.Assign)) or not isinstance(calls[0].value, ast.Call):
             raise Unjudgeable("pytest.raises block that is not one call")
-        self.raises[str(self._step(calls[0].value, {"discard": True}))] = name  # pytest stops at the raise
+        # pytest stops at the raise; a mutable argument's later state is not read after it
+        self.raises[str(self._step(calls[0].value, {"discard": True}, peek=False))] = name
 
     def case(self) -> dict:
         out: dict[str, Any] = {"check": " and ".join(f"({c})" for c in self.checks) or "True", "calls": self.own}
@@ -251,7 +328,7 @@ def _parametrizations(fn: ast.FunctionDef, mod: _Module) -> list[dict[str, Any]]
     for dec in fn.decorator_list:
         if not (isinstance(dec, ast.Call) and ast.unparse(dec.func) == "pytest.mark.parametrize" and len(dec.args) == 2):
             raise Unjudgeable("decorator other than pytest.mark.parametrize")
-        names = trusted_eval(copy.deepcopy(dec.args[0]))
+        names = trusted_eval(_copy(dec.args[0]))
         names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
         values_node = _Case(mod, [], {})._validated(dec.args[1])
         rows = []

@@ -100,12 +100,15 @@ SEMANTICS = [  # (assert, completion body of g, passes?)
     ("assert isinstance(g(), list)", "return (1,)", False),
     ("assert g() in ('a', 'b')", "return 'b'", True),
     ("assert Solution().g() == 5", None, True),
+    ("assert Solution(2).g() == 5 and list(Solution(3).gen()) == [0, 1, 2]", None, True),
+    ("assert sorted(Solution(1).gen()) == [0]", None, True),
 ]
 
 
 @pytest.mark.parametrize(("test", "body", "ok"), SEMANTICS, ids=[s[0] + " / " + str(s[1]) for s in SEMANTICS])
 def test_python_semantics_are_exact(code_scorer, test: str, body: str | None, ok: bool) -> None:
-    code = "class Solution:\n    def g(self):\n        return 5\n" if body is None else f"def g():\n    {body}\n"
+    code = ("class Solution:\n    def __init__(self, n=0):\n        self.n = n\n    def g(self):\n        return 5\n"
+            "    def gen(self):\n        yield from range(self.n)\n") if body is None else f"def g():\n    {body}\n"
     [res] = code_scorer.score([(_fenced(code), assert_tests([test]))])
     assert res.all_pass is ok, res.details
     # the same verdict as running the assert next to the code (for honest code the formats agree)

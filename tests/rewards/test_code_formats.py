@@ -110,14 +110,17 @@ def test_stdio_rules(rule: str, out: str, expected: str, ok: bool) -> None:
 
 
 def test_stdio_program_shapes(code_scorer) -> None:
-    """What contest programs do: open(0), sys.stdin.buffer, os.write(1), sys.exit() after printing, a thread with
-    a larger stack, `if __name__ == "__main__":`; a non-zero exit code fails."""
+    """What contest programs do: open(0), sys.stdin.buffer, os.write(1), sys.exit() / exit() / quit() after
+    printing (the sandbox runs python -S, without site's exit), a thread with a larger stack,
+    `if __name__ == "__main__":`; a non-zero exit code fails."""
     tests = stdio_tests(["2 3\n", "10 20\n"], ["5\n", "30\n"], 1.0, "lcb")
     programs = {
         "open0": "a, b = map(int, open(0).read().split())\nprint(a + b)\n",
         "buffer": "import sys\na, b = map(int, sys.stdin.buffer.read().split())\nsys.stdout.buffer.write(b'%d\\n' % (a + b))\n",
         "os_write": "import os, sys\na, b = map(int, input().split())\nos.write(1, str(a + b).encode() + b'\\n')\n",
         "exit_after": "import sys\na, b = map(int, input().split())\nprint(a + b)\nsys.exit()\n",
+        "site_exit": "a, b = map(int, input().split())\nprint(a + b)\nexit()\nprint('unreachable')\n",
+        "site_quit": "a, b = map(int, input().split())\nprint(a + b)\nquit(0)\n",
         "thread": "import threading, sys\ndef main():\n    a, b = map(int, input().split())\n    print(a + b)\n"
                   "threading.stack_size(1 << 26)\nthreading.Thread(target=main).start()\n",
         "main_guard": "def main():\n    print(sum(map(int, input().split())))\nif __name__ == '__main__':\n    main()\n",
@@ -219,3 +222,51 @@ def test_malformed_rows_raise_unjudgeable_row(corpus: str, row: dict) -> None:
     with pytest.raises(UnjudgeableRow) as info:
         tests_from_row(corpus, row)
     assert 0 < len(str(info.value)) <= 80
+
+
+def test_mixed_batch_keeps_input_order(code_scorer) -> None:
+    """One batch mixing formats, unparseable completions and codeio: results come back in input order."""
+    stdio = stdio_tests(["1 2\n"], ["3\n"], 1.0, "primeintellect")
+    call = call_tests(["*", "g"], [([2], 4)])
+    codeio = codeio_tests('{"output": 1}')
+    items = [("```python\nprint(sum(map(int, input().split())))\n```", stdio), ("```python\ndef g(:\n```", call),
+             ('{"output": 1}', codeio), ("```python\ndef g(x):\n    return x * 2\n```", call),
+             ("", stdio), ("```python\nprint(4)\n```", stdio)]
+    results = code_scorer.score(items)
+    assert [r.reward for r in results] == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    assert [r.status for r in results] == ["ok", "syntax_error", "ok", "ok", "no_code", "ok"]
+
+
+def test_lcb_rows_get_lcb_imports(code_scorer, shared_data_dir) -> None:
+    """LiveCodeBench's harness runs programs after its import lines (typing, collections, ...): a LeetCode answer
+    that uses `defaultdict` / `Counter` without importing them passes DeepCoder's lcbv5 functional rows, as under
+    rLLM's checker."""
+    rows = pq.read_table(shared_data_dir("code_rl") / "deepcoder_preview.lcbv5.sample.parquet").to_pylist()
+    tests = tests_from_row("deepcoder-lcbv5", rows[2])  # minChangesToPalindrome
+    assert tests.data["prelude"] == "lcb"
+    code = ("class Solution:\n    seen = defaultdict(int)\n    def minChangesToPalindrome(self, s: str) -> int:\n"
+            "        c = Counter(s[i] != s[-1 - i] for i in range(len(s) // 2))\n        return c[True]\n")
+    [res] = code_scorer.score([(_fenced(code), tests)])
+    assert res.reward == 1.0, res.details
+    plain = call_tests(["Solution", "minChangesToPalindrome"], [(["ab"], 1)])
+    [res] = code_scorer.score([(_fenced(code), plain)])
+    assert res.status == "load_error"  # without the prelude, defaultdict is undefined at class definition
+
+
+def test_score_code_tests_reuses_its_pool() -> None:
+    """The loaders' entry point: one warm pool per RewardConfig, reused across calls (RL steps), input order kept."""
+    from rewards.code_judge import close_code_scorers, get_code_scorer
+    from rewards.code_tests import score_code_tests
+
+    cfg = RewardConfig.rl(workers=1, sandbox=SandboxConfig(isolation="bwrap", max_retries=1))
+    tests = call_tests(["*", "g"], [([2], 4), ([5], 10)])
+    try:
+        first = score_code_tests([("```python\ndef g(x):\n    return 2 * x\n```", tests),
+                                  ("```python\ndef g(x):\n    return x + 2\n```", tests)], cfg)
+        pool = get_code_scorer(cfg).pool
+        second = score_code_tests([("```python\ndef g(x):\n    return x * 2\n```", tests)], cfg)
+        assert get_code_scorer(cfg).pool is pool and pool.stats["jobs"] == 3
+        assert [r.reward for r in first + second] == [1.0, 0.0, 1.0]
+        assert first[1].base_status == first[1].plus_status == "fail" and first[1].n_passed == 1
+    finally:
+        close_code_scorers()

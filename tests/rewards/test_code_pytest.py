@@ -82,6 +82,7 @@ def test_div(a, b, expected):
     assert safe_div(a, b) == pytest.approx(expected)
 
 def test_div_zero():
+    print("dividing by zero")
     with pytest.raises(ZeroDivisionError):
         safe_div(1, 0)
 
@@ -114,6 +115,75 @@ def test_stateful_objects_parametrize_raises_and_sandbox_built_arguments(code_sc
     results = code_scorer.score([(_fenced(c), tests) for c in (STACK_SOLUTION, no_raise, stale)])
     assert results[0].reward == 1.0, results[0].details
     assert results[1].n_passed == 4 and results[2].n_passed == 5
+
+
+MUTATION_TESTS = '''
+from solution import sort_in_place, evens, Bag
+
+def test_sorts_in_place():
+    data = [3, 1, 2]
+    result = sort_in_place(data)
+    assert result is None
+    assert data == [1, 2, 3]
+
+def test_keyword_argument():
+    d = {"b": 1}
+    sort_in_place(items=d)
+    assert d == {"b": 1, "sorted": True}
+
+def test_generator():
+    assert list(evens(7)) == [0, 2, 4, 6]
+    assert sorted(evens(3)) == [0, 2]
+
+def test_held_by_object():
+    items = [1]
+    b = Bag(items)
+    b.add(2)
+    assert b.size() == 2
+'''
+MUTATION_SOLUTION = '''
+def sort_in_place(items):
+    if isinstance(items, dict):
+        items["sorted"] = True
+    else:
+        items.sort()
+def evens(n):
+    for i in range(0, n, 2):
+        yield i
+class Bag:
+    def __init__(self, items):
+        self.items = items
+    def add(self, x):
+        self.items.append(x)
+    def size(self):
+        return len(self.items)
+'''
+
+
+def test_star_import_and_module_import(code_scorer) -> None:
+    star = pytest_tests("from solution import *\n\ndef test_a():\n    assert evens(5) is not None\n"
+                        "    assert list(evens(5)) == [0, 2, 4]\n")
+    module = pytest_tests("import solution\n\ndef test_a():\n    assert sorted(solution.evens(5)) == [0, 2, 4]\n")
+    assert star.n_cases == module.n_cases == 1
+    results = code_scorer.score([(_fenced(MUTATION_SOLUTION), star), (_fenced(MUTATION_SOLUTION), module)])
+    assert results[1].reward == 1.0
+    assert results[0].reward == 0.0  # `evens(5) is not None` needs the generator itself to cross: it cannot
+
+
+def test_in_place_mutation_and_generators(code_scorer) -> None:
+    """A list passed to the completion is read back after the call (as pytest sees it); generators are converted
+    in the sandbox (list(f(x)), sorted(f(x))); an argument an object keeps is not read as a stale literal."""
+    tests = pytest_tests(MUTATION_TESTS)
+    assert (tests.n_cases, tests.excluded) == (4, 0)
+    copying = MUTATION_SOLUTION.replace("items.sort()", "items = sorted(items)")
+    [ok, bad] = code_scorer.score([(_fenced(MUTATION_SOLUTION), tests), (_fenced(copying), tests)])
+    assert ok.reward == 1.0, ok.details
+    assert bad.n_passed == 3  # the copy leaves the caller's list unsorted: test_sorts_in_place fails
+    later_read = pytest_tests("from solution import Bag\ndef test_x():\n    items = [1]\n    b = Bag(items)\n"
+                              "    assert items == [1]\n\ndef test_ok():\n    assert Bag([1, 5]).size() == 2\n")
+    assert (later_read.n_cases, later_read.excluded) == (1, 1)
+    [res] = code_scorer.score([(_fenced(MUTATION_SOLUTION), later_read)])
+    assert res.reward == 1.0, res.details  # Bag([1, 5]).size(): constructed in the sandbox, only the size crosses
 
 
 @pytest.mark.parametrize(("test", "why"), [
