@@ -12,6 +12,7 @@ import ast
 import atexit
 import dataclasses
 import functools
+import json
 import logging
 import marshal
 import re
@@ -138,9 +139,8 @@ def _assert_case(case: dict, outcomes: list) -> bool:
 
 
 def decode_value_obj(tagged: Any) -> Any:
-    """A tagged-JSON value already parsed into Python lists/dicts (as stored in CodeTests.data) -> plain value."""
-    import json
-
+    """A tagged-JSON value already parsed into Python lists/dicts (as stored in CodeTests.data) -> plain value,
+    through the same strict decoder as the sandbox's records (a tampered CodeTests cannot smuggle objects in)."""
     return decode_value(json.dumps(tagged))
 
 
