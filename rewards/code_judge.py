@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ast
 import atexit
+import dataclasses
 import functools
+import json
 import logging
 import marshal
 import re
@@ -137,9 +139,8 @@ def _assert_case(case: dict, outcomes: list) -> bool:
 
 
 def decode_value_obj(tagged: Any) -> Any:
-    """A tagged-JSON value already parsed into Python lists/dicts (as stored in CodeTests.data) -> plain value."""
-    import json
-
+    """A tagged-JSON value already parsed into Python lists/dicts (as stored in CodeTests.data) -> plain value,
+    through the same strict decoder as the sandbox's records (a tampered CodeTests cannot smuggle objects in)."""
     return decode_value(json.dumps(tagged))
 
 
@@ -192,8 +193,12 @@ class CodeScorer:
     """A warm sandbox pool for code-RL tests; reuse it across batches (RL steps)."""
 
     def __init__(self, cfg: RewardConfig | None = None) -> None:
+        from .formats_judge import LCB_MODULES
+
         self.cfg = cfg or RewardConfig()
-        self.pool = SandboxPool(self.cfg.workers, self.cfg.sandbox)
+        # the zygotes import the LCB prelude's modules once, so the children forked per sample find them loaded
+        preload = self.cfg.sandbox.preload + tuple(m for m in LCB_MODULES if m not in self.cfg.sandbox.preload)
+        self.pool = SandboxPool(self.cfg.workers, dataclasses.replace(self.cfg.sandbox, preload=preload))
 
     def _job(self, code: str, tests: CodeTests, prepared: dict[int, tuple]) -> Job:
         """``prepared`` caches, per CodeTests object of this batch, its decoded and marshalled inputs (the samples

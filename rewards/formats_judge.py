@@ -26,9 +26,9 @@ from .code_tests import CodeTests, UnjudgeableRow
 STDIO_RULES = ("lcb", "primeintellect", "sandboxfusion")
 # LiveCodeBench's harness runs every program after these lines (lcb_runner testing_util ``import_string``, kept by
 # rLLM for DeepCoder): LeetCode-style answers use ``List`` / ``defaultdict`` without importing them
-LCB_PRELUDE = "".join(f"from {m} import *\n" for m in (
-    "string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random", "statistics",
-    "itertools", "functools", "operator", "io", "sys", "json", "builtins", "typing")) + "".join(
+LCB_MODULES = ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random", "statistics",
+               "itertools", "functools", "operator", "io", "sys", "json", "builtins", "typing")
+LCB_PRELUDE = "".join(f"from {m} import *\n" for m in LCB_MODULES) + "".join(
     f"import {m}\n" for m in ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random",
                                "statistics", "itertools", "functools", "operator", "io", "sys", "json")) \
     + "sys.setrecursionlimit(50000)\n"
