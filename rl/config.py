@@ -258,6 +258,7 @@ def validate_recipe(cfg: DictConfig, check_files: bool = True) -> None:
              f"actor_rollout_ref.actor.ppo_mini_batch_size ({mini})")
     _require(int(cfg.data.max_response_length) > 0, "data.max_response_length must be > 0")
     estimator_config(cfg)
+    _check_filter(cfg)
     _check_sampler(cfg)
     _check_reward(cfg)
     if check_files:
@@ -268,6 +269,22 @@ def validate_recipe(cfg: DictConfig, check_files: bool = True) -> None:
             files = [files] if isinstance(files, str) else list(files)
             for file in files:
                 _require(Path(file).is_file(), f"data.{key}: {file} does not exist (see launch/prepare_data.py)")
+
+
+def _check_filter(cfg: DictConfig) -> None:
+    """Dynamic filtering (``algorithm.filter_groups``, rl/verl_filter.py): metric ``reward``, a round cap >= 0,
+    and the ``lockstep`` trainer mode that implements it."""
+    from rl.verl_filter import filter_settings
+
+    try:
+        enabled, max_rounds = filter_settings(cfg)
+    except (ValueError, TypeError) as error:
+        raise RecipeError(str(error)) from None
+    _require(max_rounds >= 0, f"algorithm.filter_groups.max_num_gen_batches must be >= 0 (0 = no cap), got {max_rounds}")
+    if enabled:
+        mode = cfg.trainer.get("v1", {}).get("trainer_mode")
+        _require(mode == "lockstep", "algorithm.filter_groups.enable needs trainer.v1.trainer_mode=lockstep "
+                                     f"(whole-batch refills, rl/verl_filter.py), got {mode!r}")
 
 
 RAY_LOCAL_ONLY_KEYS = ("ray_kwargs.ray_init.num_cpus", "ray_kwargs.ray_init.num_gpus")
