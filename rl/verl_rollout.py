@@ -31,6 +31,8 @@ from typing import Any
 import ray
 import torch
 
+from rl.rollout_fit import DEVICE_ENV, decode_row_bytes, fit_max_batch, release_cache, rollout_device
+
 logger = logging.getLogger(__name__)
 
 ROLLOUT_NAME = "dream"
@@ -86,11 +88,13 @@ class DreamRolloutServer:
         self.replica_rank = replica_rank
         custom = dict((rollout_config.custom or {}).get("dream", {}) or {})
         self.sampler_config = DreamSamplerConfig.from_dict(custom, response_length=rollout_config.response_length)
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = rollout_device(os.environ.get(DEVICE_ENV))
         self.model, self.tokenizer = load_rollout_model(
             _model_path(model_config), dtype=rollout_config.dtype, device=self.device,
             trust_remote_code=bool(model_config.get("trust_remote_code", False)),
         )
+        if self.device == "cuda":
+            self._fit_max_batch(int(rollout_config.prompt_length))
         self.global_steps: int | None = None
         self._gif_steps: set[int] = set()
         self.seed = int(rollout_config.seed) + 1000 * replica_rank
@@ -98,6 +102,19 @@ class DreamRolloutServer:
         self._expected = 0  # rows announced by the trainer and not yet taken into a batch
         self._wakeup = asyncio.Event()  # set by every arrival
         self._worker_task: asyncio.Task | None = None
+
+    def _fit_max_batch(self, prompt_len: int) -> None:
+        """Lower ``max_batch`` to what the GPU's free memory holds (rl/rollout_fit.py), logged once."""
+        import dataclasses
+
+        free, _ = torch.cuda.mem_get_info()
+        dtype_bytes = next(self.model.parameters()).element_size()
+        row = decode_row_bytes(self.model.config, prompt_len, self.sampler_config.response_length, dtype_bytes)
+        fitted = fit_max_batch(self.sampler_config.max_batch, free, row)
+        if fitted < self.sampler_config.max_batch:
+            logger.warning("rollout server %d: max_batch %d -> %d to fit the GPU (%.1f GiB free, ~%.2f GiB per row)",
+                           self.replica_rank, self.sampler_config.max_batch, fitted, free / 2**30, row / 2**30)
+            self.sampler_config = dataclasses.replace(self.sampler_config, max_batch=fitted)
 
     # ---- generation -------------------------------------------------------------------------------------------
     async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any],
@@ -180,8 +197,11 @@ class DreamRolloutServer:
 
         seed = _batch_seed(self.seed, self.global_steps or 0, [r.prompt_ids for r in batch])
         start = time.perf_counter()
-        result = sample_batch(self.model, self.tokenizer, [r.prompt_ids for r in batch],
-                              batch[0].sampling_params, self.sampler_config, seed=seed)
+        try:
+            result = sample_batch(self.model, self.tokenizer, [r.prompt_ids for r in batch],
+                                  batch[0].sampling_params, self.sampler_config, seed=seed)
+        finally:
+            release_cache(self.device)
         elapsed = time.perf_counter() - start
         self._maybe_save_gif(result)
         total_tokens = sum(len(ids) for ids in result.completions)
