@@ -11,9 +11,13 @@ decode a 7B on the CPU in fp32 when the worker finds no GPU (:func:`rollout_devi
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 # Recipe's trainer.device, exported to every worker by rl/config.py:prepare_runtime.
 DEVICE_ENV = "LOCKSTEP_DEVICE"
@@ -55,6 +59,20 @@ def fit_max_batch(configured: int, free_bytes: int, row_bytes: int, share: float
     if configured < 1 or row_bytes < 1:
         raise ValueError(f"need max_batch >= 1 and row_bytes >= 1, got {configured}, {row_bytes}")
     return max(1, min(configured, int(free_bytes * share) // row_bytes))
+
+
+def fit_to_gpu(sampler_config: Any, model: torch.nn.Module, prompt_len: int, who: str) -> Any:
+    """``sampler_config`` (a :class:`rl.verl_sampler.DreamSamplerConfig`) with ``max_batch`` lowered to what the
+    current CUDA device's free memory holds for ``model``'s rows; logs a warning when it lowers it."""
+    free, _ = torch.cuda.mem_get_info()
+    dtype_bytes = next(model.parameters()).element_size()
+    row = decode_row_bytes(model.config, prompt_len, sampler_config.response_length, dtype_bytes)
+    fitted = fit_max_batch(sampler_config.max_batch, free, row)
+    if fitted >= sampler_config.max_batch:
+        return sampler_config
+    logger.warning("%s: max_batch %d -> %d to fit the GPU (%.1f GiB free, ~%.2f GiB per row)", who,
+                   sampler_config.max_batch, fitted, free / 2**30, row / 2**30)
+    return dataclasses.replace(sampler_config, max_batch=fitted)
 
 
 def release_cache(device: str) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import ray
 import torch
 
-from rl.rollout_fit import DEVICE_ENV, decode_row_bytes, fit_max_batch, release_cache, rollout_device
+from rl.rollout_fit import DEVICE_ENV, fit_to_gpu, release_cache, rollout_device
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ class DreamRolloutServer:
             trust_remote_code=bool(model_config.get("trust_remote_code", False)),
         )
         if self.device == "cuda":
-            self._fit_max_batch(int(rollout_config.prompt_length))
+            self.sampler_config = fit_to_gpu(self.sampler_config, self.model, int(rollout_config.prompt_length),
+                                             f"rollout server {replica_rank}")
         self.global_steps: int | None = None
         self._gif_steps: set[int] = set()
         self.seed = int(rollout_config.seed) + 1000 * replica_rank
@@ -102,19 +103,6 @@ class DreamRolloutServer:
         self._expected = 0  # rows announced by the trainer and not yet taken into a batch
         self._wakeup = asyncio.Event()  # set by every arrival
         self._worker_task: asyncio.Task | None = None
-
-    def _fit_max_batch(self, prompt_len: int) -> None:
-        """Lower ``max_batch`` to what the GPU's free memory holds (rl/rollout_fit.py), logged once."""
-        import dataclasses
-
-        free, _ = torch.cuda.mem_get_info()
-        dtype_bytes = next(self.model.parameters()).element_size()
-        row = decode_row_bytes(self.model.config, prompt_len, self.sampler_config.response_length, dtype_bytes)
-        fitted = fit_max_batch(self.sampler_config.max_batch, free, row)
-        if fitted < self.sampler_config.max_batch:
-            logger.warning("rollout server %d: max_batch %d -> %d to fit the GPU (%.1f GiB free, ~%.2f GiB per row)",
-                           self.replica_rank, self.sampler_config.max_batch, fitted, free / 2**30, row / 2**30)
-            self.sampler_config = dataclasses.replace(self.sampler_config, max_batch=fitted)
 
     # ---- generation -------------------------------------------------------------------------------------------
     async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any],

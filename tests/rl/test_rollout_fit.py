@@ -85,3 +85,14 @@ def test_cuda_recipe_without_a_gpu_is_a_one_line_error(tmp_path, capsys) -> None
     assert err == ("error: trainer.device=cuda but torch finds no CUDA GPU on this machine: run on a GPU node "
                    "(and a CUDA build of torch), or pass trainer.device=cpu for a CPU run\n")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.gpu
+def test_fit_to_gpu_lowers_an_impossible_max_batch(tiny_dream_factory) -> None:
+    from rl.rollout_fit import fit_to_gpu
+    from rl.verl_sampler import DreamSamplerConfig
+
+    model = tiny_dream_factory(seed=0).cuda()
+    config = DreamSamplerConfig(sampler="lockstep", max_batch=10**9, response_length=64)
+    fitted = fit_to_gpu(config, model, prompt_len=64, who="test")
+    assert 1 <= fitted.max_batch < 10**9 and fitted.response_length == 64
