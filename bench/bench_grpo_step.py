@@ -263,12 +263,13 @@ def run_step(pipe: Pipeline, scorer: Any, task_ids: Sequence[str], settings: Ste
         advantages = grpo_advantages(rewards, settings.n)
     with clock.phase("old_logprob"):
         old = pipe.actor.log_probs(rows)
+    reference = None
     if settings.kl_coef > 0.0:
         with clock.phase("ref_logprob"):
-            pipe.actor.log_probs(rows, reference=True)
+            reference = pipe.actor.log_probs(rows, reference=True)
     with clock.phase("update"):
         update = pipe.actor.update(rows, advantages, old, seed=settings.seed, mini_batch_rows=settings.mini_batch,
-                                   epochs=settings.ppo_epochs)
+                                   epochs=settings.ppo_epochs, ref_log_probs=reference)
     with clock.phase("update_weights"):
         named, peft_config = pipe.actor.exported_weights()
         pipe.rollout_model = apply_weights(pipe.rollout_model, named, peft_config)

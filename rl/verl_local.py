@@ -131,16 +131,22 @@ class LocalActor:
         return list(response_from_nested(output["log_probs"], data["response_mask"]).unbind())
 
     def update(self, rows: Rows, advantages: torch.Tensor, old_log_probs: list[torch.Tensor], seed: int = 0,
-               mini_batch_rows: int | None = None, epochs: int | None = None) -> dict[str, float]:
+               mini_batch_rows: int | None = None, epochs: int | None = None,
+               ref_log_probs: list[torch.Tensor] | None = None) -> dict[str, float]:
         """verl's PPO update of the actor on ``rows`` (default: the recipe's mini-batch size x ``rollout.n``
-        rows per optimizer step, ``ppo_epochs`` passes); returns the metrics averaged over optimizer steps."""
+        rows per optimizer step, ``ppo_epochs`` passes); returns the metrics averaged over optimizer steps.
+        ``ref_log_probs`` (from :meth:`log_probs` with ``reference``) are required when ``actor.use_kl_loss``."""
         from verl.utils import tensordict_utils as tu
 
         actor = self.cfg.actor_rollout_ref.actor
         mini_batch = mini_batch_rows or int(actor.ppo_mini_batch_size) * int(self.cfg.actor_rollout_ref.rollout.n)
         per_token = [torch.full((r.numel(),), float(a)) for r, a in zip(rows.responses, advantages.tolist())]
-        data = _tensordict(rows, self.pad_token_id, {"advantages": per_token,
-                                                      "old_log_probs": [lp.float() for lp in old_log_probs]})
+        extra = {"advantages": per_token, "old_log_probs": [lp.float() for lp in old_log_probs]}
+        if bool(actor.use_kl_loss):
+            if ref_log_probs is None:
+                raise ValueError("actor.use_kl_loss needs the reference log-probs (log_probs(rows, reference=True))")
+            extra["ref_log_prob"] = [lp.float() for lp in ref_log_probs]
+        data = _tensordict(rows, self.pad_token_id, extra)
         tu.assign_non_tensor(data, calculate_entropy=False, global_batch_size=mini_batch, mini_batch_size=mini_batch,
                              epochs=int(epochs or actor.ppo_epochs), seed=int(seed),
                              dataloader_kwargs={"shuffle": bool(actor.shuffle)},
