@@ -96,3 +96,14 @@ def test_fit_to_gpu_lowers_an_impossible_max_batch(tiny_dream_factory) -> None:
     config = DreamSamplerConfig(sampler="lockstep", max_batch=10**9, response_length=64)
     fitted = fit_to_gpu(config, model, prompt_len=64, who="test")
     assert 1 <= fitted.max_batch < 10**9 and fitted.response_length == 64
+
+
+@pytest.mark.gpu
+def test_release_cache_returns_the_decode_memory_to_the_device() -> None:
+    from rl.rollout_fit import release_cache
+
+    scratch = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+    del scratch
+    held = torch.cuda.memory_reserved()
+    release_cache("cuda")
+    assert torch.cuda.memory_reserved() <= held - 256 * 2**20
