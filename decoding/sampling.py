@@ -21,9 +21,11 @@ Memory: the reference order of operations allocates several copies of the logits
 cumulative softmax, a removal mask, the filtered logits, probabilities). The decoders' commit step therefore uses
 :func:`sample_masked_rows`: the masked rows in chunks (:func:`chunk_rows`), each chunk a private copy that is
 tempered, banned and filtered in place (:func:`top_p_logits_lean`: top-p within top-k, no full-vocabulary sort),
-with the same tokens and confidences as the reference on the same generator (tested on exact small cases;
-measured in ``bench/bench_sampler_memory.py``). Sampling is per chunk: a chunk whose distribution is invalid (NaN
-logits) falls back to argmax alone, where the reference would fall back for all rows.
+with the same tokens and confidences as the reference on the same CPU generator (tested on exact small cases;
+measured in ``bench/bench_sampler_memory.py``). Sampling is per chunk: on CUDA the draws come from the same
+distributions but the generator is consumed chunk by chunk, so tokens can differ from an unchunked draw; a chunk
+whose distribution is invalid (NaN logits) falls back to argmax alone, where the reference would fall back for all
+rows.
 """
 
 from __future__ import annotations
