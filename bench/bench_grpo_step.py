@@ -1,31 +1,35 @@
-"""One GRPO step of Dream with LoRA, timed phase by phase: rollout / reward / log-prob / update, plus peak memory.
+"""One GRPO step of Dream through the verl path, timed phase by phase: rollout / reward / log-prob / update /
+weight sync, plus peak memory.
 
-Why: issue 6 asks what one training step of the full-size Dream-7B costs on one GPU and where the time goes.
-The step is the real pipeline of ``rl/``: lockstep Gauss-Seidel R/A rollouts (``DreamActor.rollout``, prompt KV
-cache on, temperature 1, top-p 0.95 as in ``recipes/humaneval.yaml``), sandboxed EvalPlus rewards
-(``rewards.api.Scorer`` on HumanEval+ tasks), one coupled complementary mask plan drawn for the batch, the old
-log-prob pass, then ``rl.grpo.grpo_update`` (LoRA r=16 on all linear layers, bf16 base weights, non-reentrant
-gradient checkpointing, AdamW, the recipe's 2 PPO epochs / mini-batch 16 / micro-batch 4).
+Why: issue 6 asks what one training step of the full-size Dream-7B costs on one GPU and where the time goes,
+and issue 17 asks that it be the step training really runs. Each phase calls the code a run executes:
 
-On the GPU machine (random-init full-size Dream-7B, 7.6B parameters, bf16; 4 prompts x 4 samples, prompt 256,
-R 128 + A 256, at most 64 lockstep steps)::
+* rollout: :func:`rl.verl_sampler.sample_batch` on a rollout copy of the model, as the Dream rollout server
+  (``rl/verl_rollout.py``) calls it, with the recipe's ``rollout.custom.dream`` decoder (lockstep Gauss-Seidel
+  R/A, prompt KV cache, temperature 1, top-p 0.95 in ``recipes/humaneval.yaml``) at the shapes below;
+* reward: sandboxed EvalPlus scoring (``rewards.api.Scorer`` on HumanEval+ tasks);
+* advantages: verl's ``compute_grpo_outcome_advantage``;
+* old_logprob / ref_logprob / update: verl's actor ``TrainingWorker`` with our Dream engine (FSDP2, LoRA via
+  peft, the coupled estimator, verl's PPO loss and optimizer) built in this process by :mod:`rl.verl_local`,
+  with the recipe's settings (LoRA r/alpha, gradient checkpointing, PPO epochs, mini/micro batches);
+* update_weights: the engine's exported weights installed into the rollout copy
+  (:func:`rl.verl_sampler.apply_weights`, what the server does after every step).
 
-    python bench/bench_grpo_step.py --json runs/bench_grpo_step.json
-    python bench/bench_grpo_step.py --tiny           # the tiny Dream on CPU: smoke test of the same code
+On the GPU machine (a Dream-v0-Instruct-7B folder, bf16; 4 prompts x 4 samples, prompt 256, R 128 + A 256, at
+most 64 lockstep steps)::
+
+    python bench/bench_grpo_step.py --model /models/Dream-v0-Instruct-7B --json runs/bench_grpo_step.json
+    python bench/bench_grpo_step.py --tiny           # a tiny random Dream on CPU: smoke test of the same code
 
 Honest caveats, also written into the JSON:
 
-* Random weights write garbage, so nearly every answer fails code extraction and never reaches the sandbox;
+* Prompts are random token ids (cost depends on length only); their answers rarely extract as code, so
   ``reward`` is what this step's reward stage really cost. ``reward_all_tests`` scores the tasks' canonical
   solutions for the same number of rows (every test executed in the sandbox): the reward latency once a
   policy writes working code. Expected outputs are computed and the sandbox is warmed before timing.
-* Equal rewards give every group zero advantage, which GRPO's dynamic filtering would drop; the benchmark
-  turns filtering off so the update runs (and is timed) on every row. ``groups_all_equal_fraction`` says
-  how many groups training would have skipped.
-* Random weights are never confident, so the threshold policy runs to the step cap (``--steps``): the rollout
-  numbers are cost per step at the cap. Prompts are random token ids (cost depends on length only). Without
-  ``--tokenizer`` (a Dream checkpoint folder) texts come from the tiny code BPE and the rollout samples ids
-  inside it, so answers decode in full (sampling cost is the same).
+* Equal rewards give every group zero advantage; the update still runs (and is timed) on every row.
+  ``groups_all_equal_fraction`` says how many groups dynamic filtering would drop.
+* The threshold policy stops when confident; on random prompts it often runs to the step cap (``--steps``).
 
 Before the timed step a warm-up step with tiny shapes runs every phase (kernels, allocator, sandbox workers).
 Peak memory: ``torch.cuda.max_memory_allocated`` per phase on CUDA; peak RSS of this process on CPU.
@@ -35,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import socket
 import sys
 import tempfile
 import time
@@ -46,6 +52,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,13 +60,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_decoding  # noqa: E402
 
-from decoding import dream_7b_config, load_dream, load_tokenizer, make_tiny_dream  # noqa: E402
-from decoding.lockstep import DEFAULT_DELIMITER, LockstepCfg  # noqa: E402
-from rl.actor import ActorConfig, DreamActor, LoraSettings, Rollout, RolloutConfig  # noqa: E402
-from rl.grpo import GRPOConfig, batch_logprob, grpo_update, informative_groups, make_grpo_batch  # noqa: E402
-
-PHASES = ("rollout", "reward", "mask_plan", "old_logprob", "ref_logprob", "update")
+PHASES = ("rollout", "reward", "advantages", "old_logprob", "ref_logprob", "update", "update_weights")
 DEFAULT_TASKS = ("HumanEval/0", "HumanEval/2")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -89,6 +92,9 @@ class StepSettings:
         for name in ("prompts", "prompt_len", "a_len", "steps", "ppo_epochs", "mini_batch", "micro_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if (self.prompts * self.n) % self.mini_batch or self.mini_batch % self.n:
+            raise ValueError(f"mini_batch ({self.mini_batch} rows) must be a multiple of n ({self.n}) and divide "
+                             f"the {self.prompts * self.n} rows of a step (verl's mini-batches are whole groups)")
 
     def warmup(self) -> StepSettings:
         """Tiny shapes that still run every phase once (2 rows, short canvas, 2 steps)."""
@@ -118,18 +124,67 @@ class PhaseClock:
         self.seconds[name] = time.perf_counter() - start
 
 
-def build_actor(tiny: bool, device: torch.device, dtype: str, settings: StepSettings, workdir: Path,
-                tokenizer_dir: Path | None) -> tuple[DreamActor, Any]:
-    """The LoRA actor (tiny Dream checkpoint, or random-init Dream-7B built on the device) and a tokenizer."""
-    tiny_dir = make_tiny_dream(workdir / "tiny-dream", seed=settings.seed)
-    tokenizer = load_tokenizer(tokenizer_dir or tiny_dir)
-    if tiny:
-        model = load_dream(tiny_dir, dtype=torch.float32, device=device)
-    else:
-        model = bench_decoding.build_random_model(dream_7b_config(), torch.bfloat16, device, seed=settings.seed)
-    lora = LoraSettings(rank=settings.lora_rank, alpha=settings.lora_alpha)
-    actor = DreamActor(model, ActorConfig(lora=lora, gradient_checkpointing=True, param_dtype=dtype))
-    return actor.train(), tokenizer
+def setup_process(device: torch.device) -> None:
+    """What verl's worker needs before verl is imported: a one-rank process group, the CPU platform shim."""
+    if device.type == "cpu":
+        os.environ["VERL_PLATFORM"] = "cpu"
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        os.environ.setdefault(key, value)
+
+
+def step_recipe(model_dir: Path, settings: StepSettings, device: torch.device, run_dir: Path) -> Any:
+    """``recipe=humaneval`` with this benchmark's shapes; ``trainer.device=cpu`` applies the CPU settings."""
+    from launch.train_grpo import compose_recipe
+    from rl.config import prepare_runtime
+
+    arr, dream = "actor_rollout_ref", "actor_rollout_ref.rollout.custom.dream"
+    overrides = [
+        f"{arr}.model.path={model_dir}", f"{arr}.model.lora_rank={settings.lora_rank}",
+        f"{arr}.model.lora_alpha={settings.lora_alpha}", f"{arr}.rollout.n={settings.n}",
+        f"{arr}.actor.ppo_mini_batch_size={settings.mini_batch // settings.n}",
+        f"{arr}.actor.ppo_micro_batch_size_per_gpu={settings.micro_batch}",
+        f"{arr}.rollout.log_prob_micro_batch_size_per_gpu={settings.micro_batch}",
+        f"{arr}.actor.ppo_epochs={settings.ppo_epochs}", f"{arr}.actor.optim.lr={settings.lr}",
+        f"{arr}.actor.use_kl_loss={str(settings.kl_coef > 0).lower()}", f"{arr}.actor.kl_loss_coef={settings.kl_coef}",
+        f"{dream}.options.mode={settings.mode}", f"{dream}.options.r_len={settings.r_len}",
+        f"{dream}.options.a_len={settings.a_len}", f"{dream}.options.use_cache={str(settings.use_cache).lower()}",
+        f"+{dream}.options.max_steps={settings.steps}", f"{dream}.max_batch={settings.prompts * settings.n}",
+        f"data.max_response_length={settings.r_len + settings.a_len + 16}",
+        f"trainer.device={'cpu' if device.type == 'cpu' else 'cuda'}", f"lockstep.run_dir={run_dir}",
+    ]
+    cfg = compose_recipe("humaneval", overrides)
+    prepare_runtime(cfg, ROOT)
+    return cfg
+
+
+@dataclass
+class Pipeline:
+    """The pieces one step runs: verl's actor worker, the rollout copy and its decoder settings."""
+
+    cfg: Any
+    actor: Any
+    rollout_model: Any
+    tokenizer: Any
+    sampler: Any
+
+
+def build_pipeline(settings: StepSettings, model_dir: Path, device: torch.device, run_dir: Path) -> Pipeline:
+    from rl.verl_local import LocalActor
+    from rl.verl_sampler import DreamSamplerConfig, load_rollout_model
+
+    cfg = step_recipe(model_dir, settings, device, run_dir)
+    torch.manual_seed(settings.seed)
+    actor = LocalActor(cfg)
+    rollout = cfg.actor_rollout_ref.rollout
+    model, tokenizer = load_rollout_model(str(model_dir), str(rollout.dtype), device.type)
+    custom = dict(rollout.custom.dream)
+    custom["options"] = dict(custom["options"])
+    sampler = DreamSamplerConfig.from_dict(custom, int(cfg.data.max_response_length))
+    return Pipeline(cfg, actor, model, tokenizer, sampler)
 
 
 def reward_scorer(task_ids: Sequence[str], workers: int | None) -> Any:
@@ -161,86 +216,117 @@ def score_rows(scorer: Any, texts: Sequence[str], task_ids: Sequence[str], n: in
     return rewards, summary
 
 
-def run_step(actor: DreamActor, tokenizer: Any, scorer: Any, task_ids: Sequence[str], settings: StepSettings,
-             optimizer: torch.optim.Optimizer, clock: PhaseClock, progress: bool = False) -> dict:
+def rollout_rows(pipe: Pipeline, settings: StepSettings, prompts: list[list[int]]) -> tuple[Any, list[str], dict]:
+    """Decode ``n`` samples per prompt as the rollout server does; rows for the actor, texts for the reward."""
+    from rl.verl_local import Rows
+    from rl.verl_sampler import sample_batch
+
+    requests = [p for p in prompts for _ in range(settings.n)]
+    rollout = pipe.cfg.actor_rollout_ref.rollout
+    params = {"temperature": float(rollout.temperature), "top_p": float(rollout.top_p)}
+    sampler = replace(pipe.sampler, options={**pipe.sampler.options, "r_len": settings.r_len, "a_len": settings.a_len,
+                                             "max_steps": settings.steps})
+    result = sample_batch(pipe.rollout_model, pipe.tokenizer, requests, params, sampler, seed=settings.seed)
+    masks = []
+    for completion, span in zip(result.completions, result.fixed_spans or [None] * len(requests)):
+        mask = torch.ones(len(completion), dtype=torch.long)
+        if span is not None:
+            mask[span[0]:span[0] + span[1]] = 0
+        masks.append(mask)
+    rows = Rows([torch.tensor(p) for p in requests], [torch.tensor(c) for c in result.completions], masks)
+    texts = [pipe.tokenizer.decode(c, skip_special_tokens=True) for c in result.completions]
+    return rows, texts, result.row_extras[0] if result.row_extras else {}
+
+
+def grpo_advantages(rewards: torch.Tensor, n: int) -> torch.Tensor:
+    """verl's GRPO advantage of each row (groups = consecutive ``n`` rows, std-normalised as the recipe)."""
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    index = np.arange(rewards.numel()) // n
+    advantages, _ = compute_grpo_outcome_advantage(rewards.float().unsqueeze(1), torch.ones(rewards.numel(), 1),
+                                                   index, norm_adv_by_std_in_grpo=True)
+    return advantages[:, 0]
+
+
+def run_step(pipe: Pipeline, scorer: Any, task_ids: Sequence[str], settings: StepSettings, clock: PhaseClock) -> dict:
     """One GRPO step, each phase timed by ``clock``; returns the step's non-timing facts."""
-    valid_vocab = len(tokenizer)
-    delimiter = tuple(tokenizer.encode(DEFAULT_DELIMITER, add_special_tokens=False))
+    from rl.verl_sampler import apply_weights
+
+    valid_vocab = len(pipe.tokenizer)
     generator = torch.Generator().manual_seed(settings.seed)
-    prompts = torch.randint(0, valid_vocab, (settings.prompts, settings.prompt_len), generator=generator).tolist()
-    lockstep = LockstepCfg(mode=settings.mode, r_len=settings.r_len, a_len=settings.a_len, max_steps=settings.steps,
-                           temperature=1.0, top_p=0.95, use_cache=settings.use_cache)
-    rollout_cfg = RolloutConfig(lockstep=lockstep, delimiter_ids=delimiter, seed=settings.seed,
-                                valid_vocab_size=valid_vocab, progress=progress)
+    prompts = torch.randint(0, valid_vocab - 300, (settings.prompts, settings.prompt_len), generator=generator)
     with clock.phase("rollout"):
-        rollout: Rollout = actor.rollout(prompts, settings.n, rollout_cfg, tokenizer=tokenizer)
-    texts = [r + DEFAULT_DELIMITER + a for r, a in zip(rollout.reasonings or [], rollout.answers or [])]
+        rows, texts, rollout_metrics = rollout_rows(pipe, settings, prompts.tolist())
     with clock.phase("reward"):
         rewards, reward_summary = score_rows(scorer, texts, task_ids, settings.n)
-    cfg = GRPOConfig(ppo_epochs=settings.ppo_epochs, mini_batch_size=settings.mini_batch,
-                     micro_batch_size=settings.micro_batch, kl_coef=settings.kl_coef, filter_groups=False,
-                     shuffle_seed=settings.seed)
-    with clock.phase("mask_plan"):
-        plan = rollout.draw_plan("coupled", generator=torch.Generator().manual_seed(settings.seed))
-        batch = make_grpo_batch(rollout.input_ids, rollout.attention_mask, rollout.loss_mask, plan, rewards,
-                                settings.n, cfg)
+    with clock.phase("advantages"):
+        advantages = grpo_advantages(rewards, settings.n)
     with clock.phase("old_logprob"):
-        batch = replace(batch, old_logp=batch_logprob(actor, batch, cfg.micro_batch_size))
-    if cfg.kl_coef > 0.0:
+        old = pipe.actor.log_probs(rows)
+    reference = None
+    if settings.kl_coef > 0.0:
         with clock.phase("ref_logprob"):
-            batch = replace(batch, ref_logp=batch_logprob(actor, batch, cfg.micro_batch_size, reference=True))
+            reference = pipe.actor.log_probs(rows, reference=True)
     with clock.phase("update"):
-        update = grpo_update(actor, batch, optimizer, cfg)
-    rows = rollout.input_ids.shape[0]
-    generated = int(rollout.maskable.sum())
+        update = pipe.actor.update(rows, advantages, old, seed=settings.seed, mini_batch_rows=settings.mini_batch,
+                                   epochs=settings.ppo_epochs, ref_log_probs=reference)
+    with clock.phase("update_weights"):
+        named, peft_config = pipe.actor.exported_weights()
+        pipe.rollout_model = apply_weights(pipe.rollout_model, named, peft_config)
+    grouped = rewards.view(-1, settings.n)
     return {
-        "rows": rows, "sequence_len": int(rollout.input_ids.shape[1]), "generated_tokens": generated,
-        "scored_tokens": int(batch.loss_mask.sum()), "rollout_metrics": rollout.metrics,
-        "rewards": reward_summary, "texts": texts,
-        "groups_all_equal_fraction": 1.0 - informative_groups(rewards, settings.n).float().mean().item(),
+        "rows": len(rows), "sequence_len": max(p.numel() + r.numel() for p, r in zip(rows.prompts, rows.responses)),
+        "generated_tokens": int(sum(int(m.sum()) for m in rows.response_masks)),
+        "rollout_metrics": rollout_metrics, "rewards": reward_summary, "texts": texts,
+        "groups_all_equal_fraction": float((grouped.max(1).values == grouped.min(1).values).float().mean()),
         "update": update,
     }
 
 
-def parameter_counts(actor: DreamActor) -> dict[str, int]:
+def parameter_counts(actor: Any) -> dict[str, int]:
     """Total (base + adapters), trainable (the LoRA adapters) and base-model parameter counts."""
-    params = list(actor.module.parameters())
+    params = list(actor.engine.module.parameters())
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     return {"total": total, "trainable": trainable, "base": total - trainable}
 
 
-def run_benchmark(settings: StepSettings, *, tiny: bool, device: str | None = None,
+def run_benchmark(settings: StepSettings, *, model_dir: Path | None, device: str | None = None,
                   task_ids: Sequence[str] = DEFAULT_TASKS, reward_workers: int | None = None,
-                  tokenizer_dir: Path | None = None, warmup: bool = True) -> dict:
-    """Build the actor and scorer, warm up, run one timed GRPO step; returns the JSON report."""
+                  warmup: bool = True) -> dict:
+    """Build verl's actor, the rollout copy and the scorer, warm up, run one timed GRPO step; the JSON report.
+    ``model_dir=None``: a tiny random Dream on CPU (the smoke test)."""
+    tiny = model_dir is None
     dev = torch.device(device or ("cpu" if tiny or not torch.cuda.is_available() else "cuda"))
+    setup_process(dev)
     if tiny:
         torch.set_num_threads(1)  # a 64-wide model only oversubscribes extra CPU threads
-    dtype = "float32" if dev.type == "cpu" else "bfloat16"
-    torch.manual_seed(settings.seed)
     with tempfile.TemporaryDirectory() as workdir:
-        actor, tokenizer = build_actor(tiny, dev, dtype, settings, Path(workdir), tokenizer_dir)
-    optimizer = torch.optim.AdamW(actor.trainable_parameters(), lr=settings.lr, weight_decay=0.0)
-    scorer = reward_scorer(task_ids, reward_workers)
-    try:
-        if warmup:  # zero advantages: AdamW moves no weight, so the timed step sees the initial policy
-            run_step(actor, tokenizer, scorer, task_ids, settings.warmup(), optimizer, PhaseClock(dev))
-        clock = PhaseClock(dev)
-        start = time.perf_counter()
-        step = run_step(actor, tokenizer, scorer, task_ids, settings, optimizer, clock, progress=not tiny)
-        step_s = time.perf_counter() - start
-        references = [scorer.tasks[task_ids[(row // settings.n) % len(task_ids)]].reference_solution
-                      for row in range(step["rows"])]
-        with clock.phase("reward_all_tests"):
-            _, all_tests = score_rows(scorer, references, task_ids, settings.n)
-    finally:
-        scorer.close()
-    return build_report(settings, dev, dtype, tiny, task_ids, actor, clock, step, step_s, all_tests)
+        if tiny:
+            from decoding import make_tiny_dream
+
+            model_dir = make_tiny_dream(Path(workdir) / "tiny-dream", seed=settings.seed)
+        pipe = build_pipeline(settings, Path(model_dir), dev, Path(workdir) / "run")
+        scorer = reward_scorer(task_ids, reward_workers)
+        try:
+            if warmup:
+                run_step(pipe, scorer, task_ids, settings.warmup(), PhaseClock(dev))
+            clock = PhaseClock(dev)
+            start = time.perf_counter()
+            step = run_step(pipe, scorer, task_ids, settings, clock)
+            step_s = time.perf_counter() - start
+            references = [scorer.tasks[task_ids[(row // settings.n) % len(task_ids)]].reference_solution
+                          for row in range(step["rows"])]
+            with clock.phase("reward_all_tests"):
+                _, all_tests = score_rows(scorer, references, task_ids, settings.n)
+        finally:
+            scorer.close()
+        dtype = str(pipe.cfg.actor_rollout_ref.rollout.dtype) if dev.type == "cuda" else "float32"
+        return build_report(settings, dev, dtype, tiny, task_ids, pipe.actor, clock, step, step_s, all_tests)
 
 
 def build_report(settings: StepSettings, dev: torch.device, dtype: str, tiny: bool, task_ids: Sequence[str],
-                 actor: DreamActor, clock: PhaseClock, step: dict, step_s: float, all_tests: dict) -> dict:
+                 actor: Any, clock: PhaseClock, step: dict, step_s: float, all_tests: dict) -> dict:
     """The JSON report: settings, parameter counts, per-phase seconds/shares/peaks, rollout and reward facts."""
     timed = [p for p in PHASES if p in clock.seconds]
     total = sum(clock.seconds[p] for p in timed)
@@ -252,18 +338,20 @@ def build_report(settings: StepSettings, dev: torch.device, dtype: str, tiny: bo
     return {
         "environment": bench_decoding.environment(dev),
         "model": {"config": "tiny" if tiny else "dream-7b", "dtype": dtype, "lora_rank": settings.lora_rank,
-                  "gradient_checkpointing": True, "params": parameter_counts(actor)},
-        "settings": {**asdict(settings), "reward_tasks": list(task_ids), "estimator": "coupled"},
+                  "params": parameter_counts(actor)},
+        "path": "verl actor TrainingWorker + Dream engine (rl/verl_local.py), rollout via rl/verl_sampler.py",
+        "settings": {**asdict(settings), "reward_tasks": list(task_ids), "estimator": "coupled",
+                     "recipe": "humaneval"},
         "phases": phases,
         "step_seconds": round(step_s, 4),
         "rollout": {"rows": step["rows"], "sequence_len": step["sequence_len"],
-                    "generated_tokens": step["generated_tokens"], "nfe": metrics.get("lockstep/nfe"),
-                    "steps": metrics.get("lockstep/steps"),
+                    "generated_tokens": step["generated_tokens"], "nfe": metrics.get("rollout/nfe"),
+                    "steps": metrics.get("rollout/steps"),
                     "tokens_per_s": round(step["generated_tokens"] / rollout_s, 2),
-                    "ms_per_forward": round(1000 * rollout_s / max(metrics.get("lockstep/nfe", 1.0), 1.0), 3)},
+                    "ms_per_forward": round(1000 * rollout_s / max(metrics.get("rollout/nfe", 1.0), 1.0), 3)},
         "reward": {**step["rewards"], "groups_all_equal_fraction": step["groups_all_equal_fraction"]},
         "reward_all_tests": {**all_tests, "seconds": round(clock.seconds["reward_all_tests"], 4)},
-        "update": {**{k: round(v, 6) for k, v in step["update"].items()}, "scored_tokens": step["scored_tokens"]},
+        "update": {k: round(v, 6) for k, v in step["update"].items()},
         "peak_memory_gib": round(max(clock.peak_gib.values()), 3) if clock.peak_gib else None,
         "peak_rss_gib": round(peak_rss_gib, 3),
         "sample_text": step["texts"][0][:200] if step["texts"] else "",
@@ -308,7 +396,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kl-coef", type=float, default=d.kl_coef, help="> 0 adds the reference log-prob pass")
     parser.add_argument("--reward-tasks", nargs="+", default=list(DEFAULT_TASKS), help="HumanEval+ task ids")
     parser.add_argument("--reward-workers", type=int, default=None, help="sandbox workers (default: CPU count)")
-    parser.add_argument("--tokenizer", type=Path, default=None, help="a Dream checkpoint folder (tokenizer only)")
+    parser.add_argument("--model", type=Path, default=None, help="a Dream checkpoint folder (full-size run)")
     parser.add_argument("--no-warmup", action="store_true")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
@@ -331,12 +419,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if not args.tiny and not torch.cuda.is_available() and args.device in (None, "cuda"):
         raise SystemExit("the full-size GRPO step needs a CUDA GPU; use --tiny for the CPU smoke test")
+    if args.tiny == (args.model is not None):
+        raise SystemExit("bench_grpo_step: give either --tiny or --model DIR (a Dream checkpoint folder)")
+    if args.model is not None and not (args.model / "config.json").is_file():
+        raise SystemExit(f"bench_grpo_step: {args.model} is not a Dream checkpoint folder (no config.json)")
     try:
         settings = settings_from_args(args)
-        LoraSettings(rank=settings.lora_rank, alpha=settings.lora_alpha)
-        report = run_benchmark(settings, tiny=args.tiny, device=args.device, task_ids=args.reward_tasks,
-                               reward_workers=args.reward_workers, tokenizer_dir=args.tokenizer,
-                               warmup=not args.no_warmup)
+        if settings.lora_rank < 1:
+            raise ValueError(f"the benchmark measures a LoRA step: --lora-rank must be >= 1, got {settings.lora_rank}")
+        report = run_benchmark(settings, model_dir=args.model, device=args.device, task_ids=args.reward_tasks,
+                               reward_workers=args.reward_workers, warmup=not args.no_warmup)
     except ValueError as err:
         raise SystemExit(f"bench_grpo_step: {err}") from err
     text = json.dumps(report, indent=2)

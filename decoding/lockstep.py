@@ -2,7 +2,7 @@
 
 Canvas = prompt (left-padded) + R block (``r_len`` masks) + fixed delimiter ids + A block (``a_len`` masks).
 Both blocks are filled side by side with the same sampling core as :func:`decoding.generate.diffusion_generate`
-(:func:`decoding.policy.score_tokens` -> ``sample_tokens``) and the same shifted logits.
+(:func:`decoding.policy.decide_block` -> :func:`decoding.sampling.sample_masked_rows`) and the same shifted logits.
 
 * ``mode="gauss_seidel"``: each step commits in R first, then re-runs the model so A decides on logits that see
   the freshly committed R tokens (2 forwards per step while both blocks are unfinished).

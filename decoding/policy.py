@@ -13,38 +13,17 @@ on top of the sampling core of ``diffusion_generate`` (:func:`decoding.sampling.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from .sampling import invalid_token_mask, sample_tokens
+from .sampling import sample_masked_rows
 
 ALGS = ("maskgit_plus", "topk_margin", "entropy")
 
 
 # --------------------------------------------------------------------------------------------- scoring
-def score_tokens(
-    logits: torch.Tensor,
-    alg: str,
-    temperature: float = 0.0,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(score, x0) for each row of ``logits [M, V]`` with the shared sampling core (:func:`sample_tokens`).
-
-    The score is the remasking confidence of ``alg`` on Dream's scale: max/sampled prob (maskgit_plus),
-    top1 - top2 prob (topk_margin) or negative entropy (entropy, <= 0). Use :func:`raw_threshold` to compare a
-    probability-scale threshold with it.
-    """
-    if alg not in ALGS:
-        raise ValueError(f"alg must be one of {ALGS}, got {alg!r}")
-    return sample_tokens(
-        logits, temperature=temperature, top_p=top_p, top_k=top_k,
-        margin_confidence=alg == "topk_margin", neg_entropy=alg == "entropy", generator=generator,
-    )
-
-
 def raw_threshold(tau: float, alg: str) -> float:
     """A threshold ``tau`` in (0, 1] on the score scale of ``alg`` (entropy: ``exp(-H) >= tau`` i.e. ``-H >= log tau``).
 
@@ -151,6 +130,7 @@ def end_guard(
     logits: torch.Tensor,
     end_ids: torch.Tensor,
     min_frontier: int = 0,
+    adjust: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """End-of-text guard for one block: an end token may only be committed at the block's *frontier*.
 
@@ -162,7 +142,8 @@ def end_guard(
     candidate, so the top-1 rule commits it; its score stays the position's confidence).
 
     Args: ``x0``, ``masked`` ``[B, W]``; ``logits [B, W, V]`` (the block's shifted logits);
-    ``end_ids`` 1-D ids. Returns ``(candidates, x0)`` (x0 changed only at fallback frontiers).
+    ``end_ids`` 1-D ids; ``adjust``: the in-place penalty/ban the sampler applied to its copy of the logits.
+    Returns ``(candidates, x0)`` (x0 changed only at fallback frontiers).
     """
     width = masked.shape[1]
     col = torch.arange(width, device=masked.device)[None, :]
@@ -174,7 +155,8 @@ def end_guard(
     if bool(stuck.any()):
         rows = stuck.nonzero().squeeze(-1)
         cols = frontier[rows]
-        front_logits = logits[rows, cols].float().clone()
+        front_logits = logits[rows, cols].clone()
+        front_logits = (adjust(front_logits) if adjust is not None else front_logits).float()
         front_logits[:, end_ids] = float("-inf")
         x0, candidates = x0.clone(), candidates.clone()
         x0[rows, cols] = front_logits.argmax(-1).to(x0.dtype)
@@ -192,6 +174,26 @@ def tail_after_end(x: torch.Tensor, ended: torch.Tensor, lo: int, region_end: in
     first_end = torch.where(ended, torch.arange(ended.shape[1], device=x.device)[None, :], width).min(-1).values
     col = torch.arange(width, device=x.device)[None, :]
     return (x[:, lo:region_end] == mask_token_id) & (col > first_end[:, None])
+
+
+def _logit_adjustment(rule: CommitRule, mask_token_id: int, vocab: int
+                      ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """In-place edit of copied logit rows: the end-of-text penalty, then the vocabulary ban
+    (:func:`decoding.sampling.invalid_token_mask`'s values), or None when the rule asks for neither."""
+    if not rule.eos_penalty and rule.valid_vocab_size is None:
+        return None
+
+    def adjust(rows: torch.Tensor) -> torch.Tensor:
+        if rule.eos_penalty:
+            rows[..., rule.penalty_id] -= rule.eos_penalty
+        if rule.valid_vocab_size is not None:
+            if rule.valid_vocab_size < vocab:
+                rows[..., rule.valid_vocab_size:] = float("-inf")
+            if mask_token_id < vocab:
+                rows[..., mask_token_id] = float("-inf")
+        return rows
+
+    return adjust
 
 
 def decide_block(
@@ -219,19 +221,17 @@ def decide_block(
     masked = x[:, lo:hi] == mask_token_id
     x0 = torch.full_like(x[:, lo:hi], mask_token_id)
     score = torch.full(masked.shape, float("-inf"), device=x.device)
-    if rule.eos_penalty:
-        logits = logits.clone()
-        logits[..., rule.penalty_id] -= rule.eos_penalty
-    if rule.valid_vocab_size is not None:
-        logits = invalid_token_mask(logits, mask_token_id, rule.valid_vocab_size)
+    adjust = _logit_adjustment(rule, mask_token_id, logits.shape[-1])
     if bool(masked.any()):
-        conf, tok = score_tokens(logits[masked], rule.alg, rule.temperature, rule.top_p, rule.top_k, generator)
+        conf, tok = sample_masked_rows(logits, masked, adjust, generator, temperature=rule.temperature,
+                                       top_p=rule.top_p, top_k=rule.top_k, margin_confidence=rule.alg == "topk_margin",
+                                       neg_entropy=rule.alg == "entropy")
         x0[masked] = tok.to(x0.dtype)
         score[masked] = conf.float()
     candidates = masked
     if rule.end_ids and not commit_all and n_commit is None:
         end_ids = torch.tensor(rule.end_ids, device=x.device)
-        candidates, x0 = end_guard(x0, masked, logits, end_ids, max(0, rule.min_content - content_offset))
+        candidates, x0 = end_guard(x0, masked, logits, end_ids, max(0, rule.min_content - content_offset), adjust)
     prob = prob_scale(score, rule.alg).masked_fill(~masked, float("-inf"))
     if force_first:  # clears any threshold and outranks everything; its recorded prob stays the real one
         score = score.clone()

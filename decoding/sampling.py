@@ -16,9 +16,21 @@ entropy         sum p * log(p + 1e-10) (negative entropy; higher = surer)
 
 All confidences use the filtered, tempered distribution. Reference-exact mode keeps the mask id and ids beyond the
 tokenizer as legal predictions; :func:`invalid_token_mask` is the opt-in fix (Dream issue #54).
+
+Memory: the reference order of operations allocates several copies of the logits (division, an int64 sort, the
+cumulative softmax, a removal mask, the filtered logits, probabilities). The decoders' commit step therefore uses
+:func:`sample_masked_rows`: the masked rows in chunks (:func:`chunk_rows`), each chunk a private copy that is
+tempered, banned and filtered in place (:func:`top_p_logits_lean`: top-p within top-k, no full-vocabulary sort),
+with the same tokens and confidences as the reference on the same CPU generator (tested on exact small cases;
+measured in ``bench/bench_sampler_memory.py``). Sampling is per chunk: on CUDA the draws come from the same
+distributions but the generator is consumed chunk by chunk, so tokens can differ from an unchunked draw; a chunk
+whose distribution is invalid (NaN logits) falls back to argmax alone, where the reference would fall back for all
+rows.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +48,28 @@ def top_p_logits(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     remove_sorted[..., 0] = False
     remove = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, sorted_indices, remove_sorted)
     return logits.masked_fill(remove, torch.finfo(logits.dtype).min)
+
+
+def top_p_logits_lean(logits: torch.Tensor, top_p: float, first_k: int = 256) -> torch.Tensor:
+    """:func:`top_p_logits` in place, without sorting the vocabulary: the nucleus is found among the ``k`` most
+    probable tokens (``k`` doubles until each row's top-``k`` mass exceeds ``top_p``); the kept set is the same.
+    Extra memory: one softmax of ``logits`` plus ``[N, k]`` tensors."""
+    vocab = logits.size(-1)
+    probs = F.softmax(logits, dim=-1)
+    k = min(first_k, vocab)
+    while True:
+        top_probs, top_ids = torch.topk(probs, k, dim=-1)
+        cumulative = torch.cumsum(top_probs, dim=-1)
+        if k == vocab or bool((cumulative[..., -1] > top_p).all()):
+            break
+        k = min(2 * k, vocab)
+    del probs
+    keep = cumulative <= top_p
+    keep[..., 1:] = keep[..., :-1].clone()  # the first token over the threshold is kept too
+    keep[..., 0] = True
+    kept_values = torch.gather(logits, -1, top_ids).masked_fill(~keep, torch.finfo(logits.dtype).min)
+    logits.fill_(torch.finfo(logits.dtype).min)
+    return logits.scatter_(-1, top_ids, kept_values)
 
 
 def top_k_logits(logits: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -65,15 +99,20 @@ def sample_tokens(
     margin_confidence: bool = False,
     neg_entropy: bool = False,
     generator: torch.Generator | None = None,
+    in_place: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(confidence [N], x0 [N])`` for logits ``[N, V]`` of N masked positions (reference semantics)."""
+    """``(confidence [N], x0 [N])`` for logits ``[N, V]`` of N masked positions (reference semantics).
+
+    ``in_place``: ``logits`` is a scratch copy the caller gives away; temperature and filters then modify it in
+    place and top-p uses :func:`top_p_logits_lean` (same result, a fraction of the memory)."""
     if temperature > 0:
-        logits = logits / temperature
+        logits = logits.div_(temperature) if in_place else logits / temperature
     if top_p is not None and top_p < 1:
-        logits = top_p_logits(logits, top_p)
+        logits = top_p_logits_lean(logits, top_p) if in_place else top_p_logits(logits, top_p)
     if top_k is not None:
         logits = top_k_logits(logits, top_k)
     probs = torch.softmax(logits, dim=-1)
+    del logits
     x0 = _categorical_sample(probs, generator) if temperature > 0 and probs.shape[0] > 0 else None
     if x0 is not None:
         confidence = torch.gather(probs, -1, x0.unsqueeze(-1)).squeeze(-1)
@@ -85,6 +124,48 @@ def sample_tokens(
     if neg_entropy:
         confidence = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
     return confidence, x0
+
+
+CHUNK_MIN_ELEMENTS = 1 << 20
+CHUNK_MAX_ELEMENTS = 1 << 26
+
+
+def chunk_rows(rows: int, vocab: int, block_elements: int) -> int:
+    """Rows of ``vocab`` logits per sampling chunk: an eighth of the block's logits, at least 2**20 and at most
+    2**26 elements (at least one row), so a commit step's scratch memory stays well under the block's logits."""
+    budget = min(max(block_elements // 8, CHUNK_MIN_ELEMENTS), CHUNK_MAX_ELEMENTS)
+    return max(1, min(rows, budget // max(vocab, 1)))
+
+
+def sample_masked_rows(
+    logits: torch.Tensor,
+    masked: torch.Tensor,
+    adjust: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    **sampling: object,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample_tokens` of ``logits[masked]`` (``logits [B, W, V]``, ``masked [B, W]``) without copying it whole.
+
+    Rows are taken in row-major order, in chunks of :func:`chunk_rows`; ``adjust`` modifies a chunk's private
+    copy in place before sampling (the vocabulary ban, an end-of-text penalty). Returns ``(confidence [M],
+    x0 [M])`` for the M masked positions, equal to the reference on the same generator (module docstring).
+    """
+    rows, cols = masked.nonzero(as_tuple=True)
+    count = int(rows.numel())
+    step = chunk_rows(count, logits.shape[-1], logits.numel())
+    confidences, tokens = [], []
+    for start in range(0, count, step):
+        chunk = logits[rows[start:start + step], cols[start:start + step]]  # a copy of this chunk only
+        if adjust is not None:
+            chunk = adjust(chunk)
+        confidence, x0 = sample_tokens(chunk, generator=generator, in_place=True, **sampling)
+        confidences.append(confidence)
+        tokens.append(x0)
+        del chunk
+    if not confidences:
+        empty = logits.new_empty(0)
+        return empty, empty.long()
+    return torch.cat(confidences), torch.cat(tokens)
 
 
 def confidence_for(alg: str) -> dict[str, bool]:

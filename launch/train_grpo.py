@@ -231,7 +231,7 @@ def build_config(argv: list[str]):  # -> DictConfig
     (``lockstep.tiny_model``) are created only once the recipe, the overrides, the model folder (including
     its weight files) and the checkpoint an auto-resume would load have been checked.
     """
-    from rl.config import check_model_dir, check_resume, prepare_runtime, validate_recipe
+    from rl.config import check_device, check_model_dir, check_resume, prepare_runtime, validate_recipe
 
     recipe, overrides = split_recipe(argv)
     cfg = compose_recipe(recipe, overrides)
@@ -241,6 +241,7 @@ def build_config(argv: list[str]):  # -> DictConfig
     model_path = resolve_model_path(cfg)
     if not (cfg.lockstep.get("tiny_model", False) and not (model_path / "config.json").is_file()):
         check_model_dir(str(cfg.actor_rollout_ref.model.path))
+    check_device(cfg)
     prepare_runtime(cfg, PROJECT_ROOT)
     check_resume(cfg)
     verl_validate(cfg)

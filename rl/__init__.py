@@ -1,8 +1,8 @@
-"""rl package: GRPO for the Dream diffusion LM (actor wrapper, diffusion log-prob estimators, GRPO math,
-and the VERL plugin).
+"""rl package: GRPO for the Dream diffusion LM trained through verl (the Dream engine, rollout server, reward
+adapter and trainer mode of the VERL plugin) and the diffusion log-prob estimators it uses.
 
 The public names below load lazily: ``import rl.verl_plugin`` runs in every VERL worker and should not pay for
-peft or the decoding stack unless it uses them.
+the decoding stack unless it uses them.
 """
 
 from __future__ import annotations
@@ -11,21 +11,6 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ActorConfig": "rl.actor",
-    "DreamActor": "rl.actor",
-    "LoraSettings": "rl.actor",
-    "Rollout": "rl.actor",
-    "RolloutConfig": "rl.actor",
-    "left_pad": "rl.actor",
-    "shard_fsdp2": "rl.actor",
-    "GRPOBatch": "rl.grpo",
-    "GRPOConfig": "rl.grpo",
-    "group_advantages": "rl.grpo",
-    "grpo_token_loss": "rl.grpo",
-    "grpo_update": "rl.grpo",
-    "informative_groups": "rl.grpo",
-    "k3_kl": "rl.grpo",
-    "make_grpo_batch": "rl.grpo",
     "MaskPlan": "rl.logprob",
     "TokenLogProbs": "rl.logprob",
     "completion_loss_mask": "rl.logprob",

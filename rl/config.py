@@ -15,7 +15,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from rl.rollout_fit import DEVICE_ENV
 from rl.verl_engine import ENGINE_MODEL_TYPE, ESTIMATOR_ENV, EstimatorConfig
+from rl.verl_reward import REWARD_WORKERS_ENV
 from rl.verl_rollout import AGENT_LOOP_NAME, ROLLOUT_NAME
 from rl.worker_record import RUN_DIR_ENV
 
@@ -281,6 +283,7 @@ def validate_recipe(cfg: DictConfig, check_files: bool = True) -> None:
              f"actor_rollout_ref.actor.ppo_mini_batch_size ({mini})")
     _require(int(cfg.data.max_response_length) > 0, "data.max_response_length must be > 0")
     estimator_config(cfg)
+    _check_filter(cfg)
     _check_sampler(cfg)
     _check_reward(cfg)
     _check_data(cfg)
@@ -292,6 +295,32 @@ def validate_recipe(cfg: DictConfig, check_files: bool = True) -> None:
             files = [files] if isinstance(files, str) else list(files)
             for file in files:
                 _require(Path(file).is_file(), f"data.{key}: {file} does not exist (see launch/prepare_data.py)")
+
+
+def check_device(cfg: DictConfig) -> None:
+    """``trainer.device=cuda`` on a machine without a CUDA GPU is a mistake (verl would start and the rollout
+    server would find no GPU): one line, before anything is written."""
+    import torch
+
+    _require(cfg.trainer.device != "cuda" or torch.cuda.is_available(),
+             "trainer.device=cuda but torch finds no CUDA GPU on this machine: run on a GPU node "
+             "(and a CUDA build of torch), or pass trainer.device=cpu for a CPU run")
+
+
+def _check_filter(cfg: DictConfig) -> None:
+    """Dynamic filtering (``algorithm.filter_groups``, rl/verl_filter.py): metric ``reward``, a round cap >= 0,
+    and the ``lockstep`` trainer mode that implements it."""
+    from rl.verl_filter import filter_settings
+
+    try:
+        enabled, max_rounds = filter_settings(cfg)
+    except (ValueError, TypeError) as error:
+        raise RecipeError(str(error)) from None
+    _require(max_rounds >= 0, f"algorithm.filter_groups.max_num_gen_batches must be >= 0 (0 = no cap), got {max_rounds}")
+    if enabled:
+        mode = cfg.trainer.get("v1", {}).get("trainer_mode")
+        _require(mode == "lockstep", "algorithm.filter_groups.enable needs trainer.v1.trainer_mode=lockstep "
+                                     f"(whole-batch refills, rl/verl_filter.py), got {mode!r}")
 
 
 RAY_LOCAL_ONLY_KEYS = ("ray_kwargs.ray_init.num_cpus", "ray_kwargs.ray_init.num_gpus")
@@ -316,6 +345,9 @@ def prepare_runtime(cfg: DictConfig, project_root: Path) -> None:
     """Apply run-time settings in place and export the environment the Ray workers need.
 
     * ``trainer.device=cpu``: ``VERL_PLATFORM=cpu`` + the CPU shim's settings (fake GPU slot, gloo, ...);
+    * ``trainer.device`` -> ``$LOCKSTEP_DEVICE`` (the rollout server refuses to fall back to CPU when it says
+      ``cuda``); reward workers per node -> ``$LOCKSTEP_REWARD_WORKERS_PER_NODE`` (each one's sandbox pool gets
+      its share of the node's CPUs, rl/verl_reward.py);
     * ``rollout.agent.default_agent_loop``: verl's single-turn loop -> ours (reproducible rollouts, exact resume);
     * ``$RAY_ADDRESS`` set (:func:`joins_ray_cluster`): no Ray resource counts (Ray rejects them when joining);
     * estimator settings -> ``$LOCKSTEP_ESTIMATOR`` (read by the Dream engine in every worker);
@@ -328,7 +360,9 @@ def prepare_runtime(cfg: DictConfig, project_root: Path) -> None:
 
     from rl.verl_cpu import CPU_SETTINGS
 
-    env: dict[str, str] = {ESTIMATOR_ENV: estimator_config(cfg).to_env()}
+    env: dict[str, str] = {ESTIMATOR_ENV: estimator_config(cfg).to_env(), DEVICE_ENV: str(cfg.trainer.device)}
+    nodes = max(1, int(cfg.trainer.get("nnodes", 1) or 1))
+    env[REWARD_WORKERS_ENV] = str(max(1, -(-int(cfg.reward.get("num_workers", 1) or 1) // nodes)))
     env["TQ_NUM_THREADS"] = os.environ.get("TQ_NUM_THREADS") or str(min(8, psutil.cpu_count(logical=False) or 1))
     cluster = joins_ray_cluster()
     with open_dict(cfg):

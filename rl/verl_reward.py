@@ -16,7 +16,8 @@ Contract: returns a dict whose ``score`` is the GRPO reward (:class:`rewards.api
 vs pass ratio and the format bonus), plus ``pass_base`` / ``pass_plus`` (1.0 when that test set passed, 0.0
 otherwise, -1.0 when it was not run), ``pass_ratio`` and ``reward_latency_s``; verl logs these as reward extras.
 Settings come from the recipe group ``lockstep.reward`` (exported as ``$LOCKSTEP_REWARD_CONFIG``). The sandbox
-scorer is cached per worker process, so tasks and expected outputs load once.
+scorer is cached per worker process, so tasks and expected outputs load once; unless ``lockstep.reward.workers``
+is set, its sandbox pool gets the worker's share of the node's CPUs (:func:`sandbox_workers`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ from typing import Any
 from corpora.specs import CORPUS_NAMES
 
 DATA_SOURCES = ("humaneval", "mbpp", "demo", *CORPUS_NAMES)
+# Reward workers (verl's RewardLoopWorker actors) per node, exported by rl/config.py:prepare_runtime.
+REWARD_WORKERS_ENV = "LOCKSTEP_REWARD_WORKERS_PER_NODE"
+
+
+def sandbox_workers(cpu_count: int | None, reward_workers_per_node: int) -> int:
+    """Sandbox processes of one reward worker: its share of the node's CPUs (at least 1).
+
+    Why: every reward worker keeps its own sandbox pool, and a pool defaults to one process per CPU; with verl's
+    8 reward workers per node that was 8 x cpu_count() sandbox zygotes competing for the same cores.
+    """
+    return max(1, (cpu_count or 1) // max(1, reward_workers_per_node))
 
 
 def reward_config(mini: bool = False) -> Any:
@@ -46,6 +58,8 @@ def reward_config(mini: bool = False) -> Any:
     if "test_sets" in raw:
         raw["test_sets"] = tuple(raw["test_sets"])
     raw["mini"] = bool(mini)
+    if raw.get("workers") is None:  # lockstep.reward.workers unset: a share of the node, not a whole node each
+        raw["workers"] = sandbox_workers(os.cpu_count(), int(os.environ.get(REWARD_WORKERS_ENV) or 1))
     return RewardConfig(**raw)
 
 

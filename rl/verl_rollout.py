@@ -31,6 +31,8 @@ from typing import Any
 import ray
 import torch
 
+from rl.rollout_fit import DEVICE_ENV, fit_to_gpu, release_cache, rollout_device
+
 logger = logging.getLogger(__name__)
 
 ROLLOUT_NAME = "dream"
@@ -86,11 +88,14 @@ class DreamRolloutServer:
         self.replica_rank = replica_rank
         custom = dict((rollout_config.custom or {}).get("dream", {}) or {})
         self.sampler_config = DreamSamplerConfig.from_dict(custom, response_length=rollout_config.response_length)
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = rollout_device(os.environ.get(DEVICE_ENV))
         self.model, self.tokenizer = load_rollout_model(
             _model_path(model_config), dtype=rollout_config.dtype, device=self.device,
             trust_remote_code=bool(model_config.get("trust_remote_code", False)),
         )
+        if self.device == "cuda":
+            self.sampler_config = fit_to_gpu(self.sampler_config, self.model, int(rollout_config.prompt_length),
+                                             f"rollout server {replica_rank}")
         self.global_steps: int | None = None
         self._gif_steps: set[int] = set()
         self.seed = int(rollout_config.seed) + 1000 * replica_rank
@@ -180,8 +185,11 @@ class DreamRolloutServer:
 
         seed = _batch_seed(self.seed, self.global_steps or 0, [r.prompt_ids for r in batch])
         start = time.perf_counter()
-        result = sample_batch(self.model, self.tokenizer, [r.prompt_ids for r in batch],
-                              batch[0].sampling_params, self.sampler_config, seed=seed)
+        try:
+            result = sample_batch(self.model, self.tokenizer, [r.prompt_ids for r in batch],
+                                  batch[0].sampling_params, self.sampler_config, seed=seed)
+        finally:
+            release_cache(self.device)
         elapsed = time.perf_counter() - start
         self._maybe_save_gif(result)
         total_tokens = sum(len(ids) for ids in result.completions)

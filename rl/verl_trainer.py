@@ -12,6 +12,8 @@ and adds, every step, the means of those per-sample fields to the metrics verl s
   pass), ``reward/pass_ratio``, ``reward/latency_s``;
 * ``rollout/tokens_per_s``, ``rollout/batch_seconds``, ``rollout/batch_size`` and the sampler's own counters
   (``rollout/nfe``, ``rollout/steps``, ...);
+* ``filter/*``: dynamic filtering (DAPO) of groups whose rewards are all equal, with whole-batch refills
+  (:mod:`rl.verl_filter`; ``algorithm.filter_groups``), and the zero-advantage fraction of every step;
 * ``rollout/lockstep_fill``: the lockstep canvas-fill GIF the rollout server saves every
   ``rollout.custom.dream.gif_every`` steps (W&B only).
 """
@@ -111,6 +113,8 @@ def register() -> None:
     from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
     from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+    from rl.verl_filter import build_buffer_class, filter_settings
+
     if TRAINER_MODE in TRAINER_REGISTRY:
         return
 
@@ -126,6 +130,20 @@ def register() -> None:
             metrics.update(lockstep_metrics(list(data.pop("extra_fields").tolist()), test_sets))
             self._log_fill_gif(global_steps)
             return result
+
+        def _build_replay_buffer(self) -> Any:
+            """verl's replay buffer with our round-based dynamic filtering (:mod:`rl.verl_filter`), unless the
+            recipe names a custom sampler (``trainer.v1.sampler.custom_sampler``)."""
+            sampler = self.config.trainer.v1.sampler
+            custom = sampler.get("custom_sampler", None)
+            if custom is not None and custom.get("path") and custom.get("name"):
+                return super()._build_replay_buffer()
+            enabled, max_rounds = filter_settings(self.config)
+            return build_buffer_class()(
+                trainer_mode=self.trainer_mode, trainer_config=self.config.trainer.v1.get(self.trainer_mode, {}),
+                max_off_policy_threshold=sampler.max_off_policy_threshold,
+                max_off_policy_strategy=sampler.max_off_policy_strategy, sampler_kwargs=sampler.sampler_kwargs,
+                refill_fn=self._add_prompts_to_generate, filter_enabled=enabled, max_rounds=max_rounds)
 
         def _submit_batch_to_rollout(self, batch: Any) -> int:
             """verl's dispatch, after announcing the step's rows to the Dream server: it decodes them as one

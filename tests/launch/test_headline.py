@@ -45,6 +45,25 @@ def test_headline_trains_on_acecode_and_validates_on_humaneval_plus(headline_run
     assert re.search(r"val-core/humaneval/reward/mean@1:(np\.float64\()?[0-9.]+", headline_run.output), headline_run.output[-3000:]
 
 
+def test_dynamic_filtering_refills_whole_batches_and_logs_the_zero_advantage_fraction(headline_run) -> None:
+    """recipe=humaneval filters all-equal groups (DAPO, rl/verl_filter.py). A random tiny model never passes a test,
+    so every group is all-zero: each step refills the 2 missing prompts as one batch (2 x n=2 rows decoded
+    together by the Dream server) until the recipe's cap of 4 rounds, then completes the batch with
+    zero-advantage groups — and says so in the logged metrics."""
+    from launch.demo import parse_step_line
+
+    assert headline_run.returncode == 0, headline_run.output[-4000:]
+    steps = dict(parsed for parsed in map(parse_step_line, headline_run.output.splitlines()) if parsed)
+    assert sorted(steps) == [1, 2]
+    for metrics in steps.values():
+        assert metrics["critic/score/mean"] == 0.0
+        assert metrics["filter/refill_rounds"] == 3.0 and metrics["filter/generated_groups"] == 8.0
+        assert metrics["filter/uninformative_fraction"] == 1.0
+        assert metrics["filter/kept_uninformative_groups"] == 2.0
+        assert metrics["filter/zero_advantage_fraction"] == 1.0
+        assert metrics["rollout/batch_size"] == 4.0  # every round decoded as one batch of 2 prompts x 2 samples
+
+
 def test_ray_workers_see_no_torchrun_variables(headline_run) -> None:
     """The hang: torchrun's TORCHELASTIC_USE_AGENT_STORE=True reached verl's workers, whose process groups then
     waited for torchrun's agent store. Every worker records the environment it actually got."""

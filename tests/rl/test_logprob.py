@@ -264,3 +264,31 @@ def test_trajectory_rejects_scoring_fixed_positions() -> None:
     commit, loss, _ = _trajectory_batch()
     with pytest.raises(ValueError, match="never masked"):
         draw_trajectory_masks(commit, torch.ones_like(loss))
+
+
+def test_trajectory_estimate_of_a_real_lockstep_rollout_is_the_sampler_probability(tiny_dream) -> None:
+    """A Gauss-Seidel lockstep rollout (maskgit_plus, temperature 1, no cache, left-padded rows): replaying every
+    stage of its commit order scores each token in the context the sampler drew it in, so the estimate is the
+    log of the probability it was drawn with (``commit_prob``); the fixed delimiter is neither masked nor scored."""
+    from decoding.lockstep import LockstepCfg, lockstep_sample
+    from rl.verl_sampler import left_pad
+
+    ids, attention = left_pad([[3, 7, 1], [5, 2]], EOS_ID, "cpu")
+    ids, attention = ids.repeat_interleave(3, 0), attention.repeat_interleave(3, 0)
+    cfg = LockstepCfg(mode="gauss_seidel", r_len=4, a_len=3, tau_r=0.3, tau_a=0.3, temperature=1.0, eos_guard=False,
+                      use_cache=False)
+    result = lockstep_sample(tiny_dream, ids, attention, cfg, delimiter_ids=(13,), mask_token_id=MASK_ID,
+                             eos_token_id=EOS_ID, generator=torch.Generator().manual_seed(0))
+    prompt_len = result.layout.prompt_len
+    sequences = result.sequences
+    assert sequences.shape == (6, 3 + 4 + 1 + 3) and sequences[:, prompt_len + 4].eq(13).all()
+    commit = result.commit_nfe[:, prompt_len:]
+    maskable = commit >= 0
+    assert maskable[:, 4].eq(False).all() and int(maskable.sum()) == 6 * 7
+    scored = completion_loss_mask(sequences[:, prompt_len:], EOS_ID, maskable)
+    full_attention = torch.cat([attention, attention.new_ones(6, sequences.shape[1] - prompt_len)], 1)
+    plan = draw_trajectory_masks(commit, scored, num_draws=64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        estimate = masked_logprob(tiny_dream, sequences, full_attention, plan, MASK_ID).logp
+    expected = result.commit_prob[:, prompt_len:][scored].log()
+    torch.testing.assert_close(estimate[scored], expected, atol=1e-5, rtol=1e-5)
