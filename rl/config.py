@@ -8,6 +8,7 @@ composed recipe needs at run time (CPU shim, estimator settings for the workers,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rl.verl_engine import ENGINE_MODEL_TYPE, ESTIMATOR_ENV, EstimatorConfig
 from rl.verl_rollout import AGENT_LOOP_NAME, ROLLOUT_NAME
+from rl.verl_trainer import TRAINER_MODE
 from rl.worker_record import RUN_DIR_ENV
 
 DEVICES = ("cpu", "cuda")
@@ -64,7 +66,23 @@ def estimator_config(cfg: DictConfig) -> EstimatorConfig:
     _require(0.0 <= config.t_min < config.t_max <= 1.0 and abs(config.t_min + config.t_max - 1.0) < 1e-6,
              f"lockstep.estimator.t_min/t_max must satisfy 0 <= t_min < t_max <= 1 and t_min + t_max = 1, "
              f"got {config.t_min}, {config.t_max}")
-    return config
+    _require(config.fixed_start is None and config.fixed_text is None,
+             "lockstep.estimator.fixed_start/fixed_text are set from the rollout's lockstep options; leave them out")
+    return dataclasses.replace(config, **rollout_layout(cfg))
+
+
+def rollout_layout(cfg: DictConfig) -> dict[str, Any]:
+    """Where the rollout puts fixed tokens in every response: the lockstep delimiter right after the R block
+    (``fixed_start = r_len``, ``fixed_text`` = the delimiter); none for the other samplers."""
+    from decoding.lockstep import DEFAULT_DELIMITER, LockstepCfg
+
+    dream = OmegaConf.to_container(cfg.actor_rollout_ref.rollout.get("custom") or {}, resolve=True) or {}
+    dream = dict(dream.get("dream") or {})
+    if dream.get("sampler", "fast") != "lockstep":
+        return {"fixed_start": None, "fixed_text": None}
+    options = dict(dream.get("options") or {})
+    r_len = int(options.get("r_len", LockstepCfg.r_len))
+    return {"fixed_start": r_len, "fixed_text": str(options.get("delimiter", DEFAULT_DELIMITER))}
 
 
 def _check_sampler(cfg: DictConfig) -> None:
@@ -90,7 +108,7 @@ def _check_sampler(cfg: DictConfig) -> None:
         if sampler.sampler == "lockstep":
             from decoding.lockstep import LockstepCfg
 
-            options = {k: v for k, v in sampler.options.items() if k not in ("delimiter", "keep_reasoning_pad")}
+            options = {k: v for k, v in sampler.options.items() if k != "delimiter"}
             lockstep = LockstepCfg(**options)
             _require(lockstep.r_len + lockstep.a_len < sampler.response_length,
                      f"rollout.custom.dream.options: r_len + a_len ({lockstep.r_len + lockstep.a_len}) must fit in "
@@ -223,6 +241,9 @@ def validate_recipe(cfg: DictConfig, check_files: bool = True) -> None:
     _require(cfg.algorithm.adv_estimator == "grpo",
              f"algorithm.adv_estimator must be 'grpo', got {cfg.algorithm.adv_estimator!r}")
     _require(cfg.trainer.device in DEVICES, f"trainer.device must be one of {DEVICES}, got {cfg.trainer.device!r}")
+    trainer_mode = OmegaConf.select(cfg, "trainer.v1.trainer_mode")
+    _require(trainer_mode == TRAINER_MODE, f"trainer.v1.trainer_mode must be '{TRAINER_MODE}' (it hands the Dream "
+                                           f"engine the global step that salts its masks), got {trainer_mode!r}")
     _require(arr.rollout.name == ROLLOUT_NAME,
              f"actor_rollout_ref.rollout.name must be '{ROLLOUT_NAME}' (verl's vLLM/SGLang cannot serve Dream)")
     _require(arr.model.model_type == ENGINE_MODEL_TYPE,

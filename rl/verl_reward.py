@@ -5,7 +5,9 @@ Loaded by verl's reward loop from ``reward.custom_reward_function.path`` (this f
 RewardLoopWorker actors with the row's ``data_source`` (``humaneval`` / ``mbpp`` / ``demo``), the decoded
 response, ``reward_model.ground_truth`` (the ``task_id``, see ``launch/prepare_data.py``) and ``extra_info``
 (``mini``: score against HumanEval+ Mini; ``demo_spec``: the generator settings of the synthetic demo tasks,
-which are regenerated once per worker process and scored on their own tests, base set only).
+which are regenerated once per worker process and scored on their own tests, base set only; and, merged in by
+verl from the rollout's extra fields, ``lockstep_reward_text``: the rollout's text of the completion, scored
+instead of verl's decode of the whole canvas, whose runs after the stop tokens are context only).
 
 Contract: returns a dict whose ``score`` is the GRPO reward (:class:`rewards.api.RewardConfig` decides binary
 vs pass ratio and the format bonus), plus ``pass_base`` / ``pass_plus`` (1.0 when that test set passed, 0.0
@@ -23,6 +25,8 @@ import time
 from typing import Any
 
 DATA_SOURCES = ("humaneval", "mbpp", "demo")
+# extra field of a rollout row (rl/verl_sampler.py sets it, verl merges it into extra_info): the rollout's own text
+REWARD_TEXT_FIELD = "lockstep_reward_text"
 
 
 def reward_config(mini: bool = False) -> Any:
@@ -78,6 +82,9 @@ def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_
     if data_source not in DATA_SOURCES:
         raise ValueError(f"unknown data_source {data_source!r}; expected one of {DATA_SOURCES}")
     mini = bool((extra_info or {}).get("mini", False))
+    # the Dream rollout's own text of the completion (R text + delimiter + A text, each block cut at its first
+    # stop): verl decodes the whole canvas, whose runs after the stops are context, not text the user reads
+    solution_str = str((extra_info or {}).get(REWARD_TEXT_FIELD) or solution_str)
     start = time.perf_counter()
     if data_source == "demo":
         result = _score_demo(str(ground_truth), solution_str, extra_info or {})

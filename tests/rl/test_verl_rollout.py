@@ -9,7 +9,7 @@ import uuid
 import pytest
 from omegaconf import OmegaConf
 
-from rl.verl_rollout import DreamRolloutServer, _SampleKeyedClient, mask_fixed_span, sample_key
+from rl.verl_rollout import DreamRolloutServer, _SampleKeyedClient, apply_scored_mask, sample_key
 
 PROMPTS = ("def add(a, b):", "Write a function that returns the square of x.\ndef square(x):")
 SAMPLES_PER_PROMPT = 3
@@ -101,10 +101,10 @@ def test_announced_rows_that_never_come_are_decoded_after_the_timeout(server, ca
     assert "6 of 7 announced requests arrived" in caplog.text
 
 
-def test_the_delimiter_span_leaves_the_response_mask() -> None:
-    assert mask_fixed_span([1] * 6, (2, 3)) == [1, 1, 0, 0, 0, 1]
-    assert mask_fixed_span([1, 1, 1], (2, 3)) == [1, 1, 0]  # a span cut by the response length
-    assert mask_fixed_span([1, 0, 1], None) == [1, 0, 1]
+def test_the_scored_mask_becomes_the_response_mask() -> None:
+    assert apply_scored_mask([1] * 6, [1, 1, 0, 0, 0, 1]) == [1, 1, 0, 0, 0, 1]
+    assert apply_scored_mask([1, 1, 1], [1, 0, 0, 1, 1]) == [1, 0, 0]  # a canvas cut by the response length
+    assert apply_scored_mask([1, 0, 1], None) == [1, 0, 1]
 
 
 def test_sample_key_is_dataset_index_and_sample_number() -> None:
