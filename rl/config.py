@@ -62,6 +62,8 @@ def estimator_config(cfg: DictConfig) -> EstimatorConfig:
         config = EstimatorConfig(**raw)  # type: ignore[arg-type]
     except TypeError as error:
         raise RecipeError(f"lockstep.estimator: {error}") from None
+    if config.name == "trajectory":
+        raise RecipeError(refuse_trajectory(cfg))
     _require(config.name == "coupled", f"lockstep.estimator.name must be 'coupled', got {config.name!r}")
     _require(0.0 <= config.t_min < config.t_max <= 1.0 and abs(config.t_min + config.t_max - 1.0) < 1e-6,
              f"lockstep.estimator.t_min/t_max must satisfy 0 <= t_min < t_max <= 1 and t_min + t_max = 1, "
@@ -69,6 +71,29 @@ def estimator_config(cfg: DictConfig) -> EstimatorConfig:
     _require(config.fixed_start is None and config.fixed_text is None,
              "lockstep.estimator.fixed_start/fixed_text are set from the rollout's lockstep options; leave them out")
     return dataclasses.replace(config, **rollout_layout(cfg))
+
+
+def refuse_trajectory(cfg: DictConfig) -> str:
+    """Why ``lockstep.estimator.name=trajectory`` is refused: the reasons its estimate would not be the sampler's
+    log-prob for this recipe's rollout (:func:`rl.logprob.trajectory_inexact_reasons`); the Dream rollout server
+    always bans invalid ids, so no training rollout qualifies and the estimator is not wired into the engine."""
+    from decoding.lockstep import LockstepCfg
+    from rl.logprob import trajectory_inexact_reasons
+
+    rollout = cfg.actor_rollout_ref.rollout
+    dream = OmegaConf.to_container(rollout.get("custom") or {}, resolve=True) or {}
+    options = {k: v for k, v in dict((dream.get("dream") or {}).get("options") or {}).items() if k != "delimiter"}
+    top_p, top_k = rollout.get("top_p"), rollout.get("top_k")
+    options.update(temperature=float(rollout.get("temperature", 1.0)),
+                   top_p=None if top_p is None or float(top_p) >= 1.0 else float(top_p),
+                   top_k=None if top_k is None or int(top_k) <= 0 else int(top_k))
+    try:
+        reasons = trajectory_inexact_reasons(LockstepCfg(**options), vocab_ban=True)
+    except (TypeError, ValueError):
+        reasons = ["a rollout that is not a valid lockstep decoder"]
+    return ("lockstep.estimator.name=trajectory is not available for training: its estimate equals the sampler's "
+            "log-prob only without use_cache, vocabulary ban, top-p/top-k, eos_penalty and early_exit, at "
+            f"temperature 1 (docs/rl.md); this recipe's rollout has {'; '.join(reasons)}. Use name=coupled")
 
 
 def rollout_layout(cfg: DictConfig) -> dict[str, Any]:
