@@ -34,6 +34,8 @@ from .lockstep_trace import CanvasLayout, LockstepResult, Trace
 from .policy import CommitRule, decide_block, schedule_counts, tail_after_end
 
 MODES = ("gauss_seidel", "jacobi")
+# One source of truth for what training, rollout checks, evaluation and the tools decode with: the delimiter
+# below and the field defaults of LockstepCfg (the code-task canvas of recipes/humaneval.yaml and mbpp.yaml).
 DEFAULT_DELIMITER = "\n```python\n"  # the A block of a code task opens a Python fence
 POLICIES = ("threshold", "schedule")
 Hook = Callable[[int | None, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -42,6 +44,9 @@ Hook = Callable[[int | None, torch.Tensor, torch.Tensor | None], torch.Tensor]
 @dataclass(frozen=True)
 class LockstepCfg:
     """Knobs of the lockstep decoder (validated on construction; see the module doc for semantics).
+
+    The defaults are the canvas the GRPO code recipes train with (they set only what differs) and what checkpoint
+    evaluation decodes with when it finds no run config (``docs/evaluation.md``).
 
     ``max_steps``: schedule policy = its number of steps (required); threshold policy = an optional hard cap
     (default ``max(r_len, a_len)``, the termination bound); the last step commits everything left.
@@ -52,7 +57,7 @@ class LockstepCfg:
 
     mode: str = "gauss_seidel"
     r_len: int = 128
-    a_len: int = 256
+    a_len: int = 320
     tau_r: float = 0.9
     tau_a: float = 0.9
     max_fill_frac: float = 1.0
