@@ -367,8 +367,8 @@ def prompt_text(tokenizer: Any, task: DemoTask) -> str:
 
 
 def completion_text(task: DemoTask) -> str:
-    """The target completion as the rollout compacts it (R text + delimiter + A text), i.e. what the reward
-    parses; scoring it must pass every test."""
+    """The target completion as the reward reads it (R text + delimiter + A text, the rollout's reward text);
+    scoring it must pass every test."""
     return f"{task.reasoning()}{DELIMITER}{task.answer_code()}```"
 
 
