@@ -41,7 +41,6 @@ from rl.worker_record import record_worker
 
 ENGINE_MODEL_TYPE = "dllm"
 ESTIMATOR_ENV = "LOCKSTEP_ESTIMATOR"
-STEP_KEY = ESTIMATOR_STEP_KEY  # non-tensor field of a micro-batch: the global step salting its masks
 
 
 @dataclass(frozen=True)
@@ -232,9 +231,9 @@ def _build_engine_class() -> type:
             pad_id = int(tu.get_non_tensor_data(data=micro_batch, key="pad_token_id", default=0))
             input_ids, attention_mask, positions, _ = build_dense_batch(prompts, responses, pad_id)
             response_masks = list(micro_batch["response_mask"].unbind()) if "response_mask" in micro_batch else None
-            step = tu.get_non_tensor_data(data=micro_batch, key=STEP_KEY, default=None)
+            step = tu.get_non_tensor_data(data=micro_batch, key=ESTIMATOR_STEP_KEY, default=None)
             if step is None:
-                raise ValueError(f"micro-batch without {STEP_KEY}: the Dream engine salts its masks with the global "
+                raise ValueError(f"micro-batch without {ESTIMATOR_STEP_KEY}: the Dream engine salts its masks with the global "
                                  "step, which trainer.v1.trainer_mode=lockstep provides (rl/verl_trainer.py)")
             plan = draw_row_plans(prompts, responses, positions, self._estimator(), response_masks,
                                   fixed_ids=self._fixed_ids(), step=int(step))
