@@ -193,6 +193,8 @@ class DreamRolloutServer:
                      "rollout_tokens_per_s": total_tokens / max(elapsed, 1e-9)}
             extra.update(result.row_extras[row])
             extra[SCORED_MASK_FIELD] = list(result.scored_masks[row])
+            # verl's response_length/* count the whole canvas; this is what the loss sees
+            extra["rollout/scored_tokens"] = float(sum(result.scored_masks[row]))
             extra[REWARD_TEXT_FIELD] = result.reward_texts[row]
             span = result.fixed_spans[row] if result.fixed_spans else None
             last_block = block_spans(len(token_ids), span)[-1]  # finished = the (answer) block holds a stop token

@@ -39,8 +39,9 @@ class DreamSamplerConfig:
     requests accumulate before decoding when nobody announced how many to expect (validation); ``expect_timeout_s``:
     how long it waits for the rows a training step announced (:meth:`rl.verl_rollout.DreamRolloutServer.expect_rows`)
     before it decodes what arrived and warns; ``gif_every``/``gif_dir``: every N training steps, save an animated GIF
-    of the lockstep canvas fill of the first row (lockstep sampler only; 0 = never). Temperature/top-p/top-k
-    come from verl's rollout config.
+    of the lockstep canvas fill of the first row (lockstep sampler only; 0 = never); ``score_reasoning_run``: also
+    score the R block's run after its first stop (default: context only; ``recipe=demo`` turns it on, measured in
+    ``docs/demo.md``). Temperature/top-p/top-k come from verl's rollout config.
     """
 
     sampler: str = "fast"
@@ -50,6 +51,7 @@ class DreamSamplerConfig:
     response_length: int = 512
     gif_every: int = 0
     gif_dir: str | None = None
+    score_reasoning_run: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -136,12 +138,15 @@ def block_spans(length: int, fixed_span: tuple[int, int] | None) -> list[tuple[i
     return [(0, start), (start + size, length)]
 
 
-def scored_mask(tokens: list[int], stop_ids: set[int], fixed_span: tuple[int, int] | None) -> list[int]:
+def scored_mask(tokens: list[int], stop_ids: set[int], fixed_span: tuple[int, int] | None,
+                score_reasoning_run: bool = False) -> list[int]:
     """1 on each generated block's content through its first stop token, 0 on the run after it and on the
-    fixed span: what enters the loss (the stop token carries the length decision; the rest is context)."""
+    fixed span: what enters the loss (the stop token carries the length decision; the rest is context).
+    ``score_reasoning_run``: the first block of a lockstep canvas (R) is scored whole, its run included."""
     mask = [0] * len(tokens)
     for lo, hi in block_spans(len(tokens), fixed_span):
-        kept = len(cut_after_stop(tokens[lo:hi], stop_ids))
+        whole = score_reasoning_run and fixed_span is not None and lo == 0
+        kept = hi - lo if whole else len(cut_after_stop(tokens[lo:hi], stop_ids))
         mask[lo:lo + kept] = [1] * kept
     return mask
 
@@ -232,7 +237,8 @@ def sample_batch(model: Any, tokenizer: Any, prompts: list[list[int]], sampling_
     stops = stop_token_ids(tokenizer)
     extras = [{f"rollout/{k}": v for k, v in metrics.items()} for _ in completions]
     return SampleResult(completions=completions, stop_ids=stops, row_extras=extras, trace=trace, fixed_spans=spans,
-                        scored_masks=[scored_mask(row, stops, span) for row, span in zip(completions, spans)],
+                        scored_masks=[scored_mask(row, stops, span, config.score_reasoning_run)
+                                      for row, span in zip(completions, spans)],
                         reward_texts=[reward_text(tokenizer, row, span) for row, span in zip(completions, spans)])
 
 

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from omegaconf import OmegaConf
 
-from rl.verl_rollout import DreamRolloutServer, _SampleKeyedClient, apply_scored_mask, sample_key
+from rl.verl_rollout import DreamRolloutServer, _Request, _SampleKeyedClient, apply_scored_mask, sample_key
 
 PROMPTS = ("def add(a, b):", "Write a function that returns the square of x.\ndef square(x):")
 SAMPLES_PER_PROMPT = 3
@@ -72,6 +72,24 @@ def test_each_sample_gets_the_same_completion_whatever_the_arrival_order(server)
     assert len(set(group)) > 1  # the samples of a prompt differ, so a permutation would be visible
     server.set_global_steps(4)
     assert _serve(server, list(range(samples))) != in_order  # a new weights version draws new rollouts
+
+
+def test_a_response_is_the_canvas_with_its_scored_mask_and_reward_text(server) -> None:
+    """What the agent loop and the reward receive: the whole decoded canvas (R 4 + delimiter + A 12), the mask
+    of the tokens the loss scores and the text the reward reads."""
+    from rl.verl_reward import REWARD_TEXT_FIELD
+    from rl.verl_sampler import SCORED_MASK_FIELD
+
+    tokenizer = server.tokenizer
+    delimiter = tokenizer.encode("\n```python\n", add_special_tokens=False)
+    batch = [_Request(tokenizer.encode(PROMPTS[0], add_special_tokens=False), {"temperature": 1.0}, None, (0, 0))]
+    (output,) = server._decode(batch)
+    tokens, extra = output.token_ids, output.extra_fields
+    assert len(tokens) == 4 + len(delimiter) + 12 and tokens[4:4 + len(delimiter)] == delimiter
+    scored = extra[SCORED_MASK_FIELD]
+    assert len(scored) == len(tokens) and scored[4:4 + len(delimiter)] == [0] * len(delimiter)
+    assert extra["rollout/scored_tokens"] == sum(scored) > 0
+    assert "```python" in extra[REWARD_TEXT_FIELD] and "<|endoftext|>" not in extra[REWARD_TEXT_FIELD]
 
 
 def test_announced_rows_decode_as_one_batch_however_late_they_arrive(server) -> None:

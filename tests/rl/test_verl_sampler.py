@@ -73,6 +73,7 @@ def test_scored_mask_and_reward_text_per_block() -> None:
     assert scored_mask([5, 9, 7, 1, 2, 6, 9, 9], {9}, (3, 2)) == [1, 1, 0, 0, 0, 1, 1, 0]
     assert scored_mask([5, 6, 1, 2, 7], {9}, (2, 2)) == [1, 1, 0, 0, 1]  # no stop: the whole block is scored
     assert scored_mask([9, 5], {9}, None) == [1, 0]
+    assert scored_mask([5, 9, 7, 1, 2, 6, 9, 9], {9}, (3, 2), score_reasoning_run=True) == [1, 1, 1, 0, 0, 1, 1, 0]
 
 
 def test_lockstep_completion_is_the_decoded_canvas(rollout_model, tmp_path) -> None:
