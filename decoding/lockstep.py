@@ -23,8 +23,9 @@ trajectory-consistent RL estimator needs: the canvas seen by forward ``k`` has e
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -110,6 +111,14 @@ class LockstepCfg:
     def step_bound(self) -> int:
         """Steps after which every block is complete."""
         return self.max_steps if self.max_steps is not None else max(self.r_len, self.a_len)
+
+
+def resolve_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """(``LockstepCfg`` keyword arguments, delimiter text) from recipe-style options: null values and a missing
+    or null ``delimiter`` take this module's defaults, so recipes can name a key (overridable from the command
+    line) without restating its value."""
+    kwargs = {k: v for k, v in options.items() if v is not None and k != "delimiter"}
+    return kwargs, str(options.get("delimiter") or DEFAULT_DELIMITER)
 
 
 def delimiter_ids(tokenizer, text: str = DEFAULT_DELIMITER) -> list[int]:

@@ -58,8 +58,12 @@ def rollout_decoder(run_config: Path) -> tuple[str, dict[str, Any], str | None]:
     if sampler not in EVAL_SAMPLER_OF:
         raise ValueError(f"{run_config}: unknown rollout sampler {sampler!r}")
     options = dict(dream.get("options") or {})
-    delimiter = options.pop("delimiter", None)
-    if sampler != "lockstep":
+    delimiter = None
+    if sampler == "lockstep":
+        from decoding.lockstep import resolve_options
+
+        options, delimiter = resolve_options(options)
+    else:
         options.setdefault("max_new_tokens", response_length)
     return EVAL_SAMPLER_OF[sampler], options, delimiter
 

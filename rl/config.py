@@ -82,7 +82,9 @@ def refuse_trajectory(cfg: DictConfig) -> str:
 
     rollout = cfg.actor_rollout_ref.rollout
     dream = OmegaConf.to_container(rollout.get("custom") or {}, resolve=True) or {}
-    options = {k: v for k, v in dict((dream.get("dream") or {}).get("options") or {}).items() if k != "delimiter"}
+    from decoding.lockstep import resolve_options
+
+    options = resolve_options(dict((dream.get("dream") or {}).get("options") or {}))[0]
     top_p, top_k = rollout.get("top_p"), rollout.get("top_k")
     options.update(temperature=float(rollout.get("temperature", 1.0)),
                    top_p=None if top_p is None or float(top_p) >= 1.0 else float(top_p),
@@ -99,15 +101,14 @@ def refuse_trajectory(cfg: DictConfig) -> str:
 def rollout_layout(cfg: DictConfig) -> dict[str, Any]:
     """Where the rollout puts fixed tokens in every response: the lockstep delimiter right after the R block
     (``fixed_start = r_len``, ``fixed_text`` = the delimiter); none for the other samplers."""
-    from decoding.lockstep import DEFAULT_DELIMITER, LockstepCfg
+    from decoding.lockstep import LockstepCfg, resolve_options
 
     dream = OmegaConf.to_container(cfg.actor_rollout_ref.rollout.get("custom") or {}, resolve=True) or {}
     dream = dict(dream.get("dream") or {})
     if dream.get("sampler", "fast") != "lockstep":
         return {"fixed_start": None, "fixed_text": None}
-    options = dict(dream.get("options") or {})
-    r_len = int(options.get("r_len", LockstepCfg.r_len))
-    return {"fixed_start": r_len, "fixed_text": str(options.get("delimiter", DEFAULT_DELIMITER))}
+    kwargs, delimiter = resolve_options(dict(dream.get("options") or {}))
+    return {"fixed_start": int(kwargs.get("r_len", LockstepCfg.r_len)), "fixed_text": delimiter}
 
 
 def _check_sampler(cfg: DictConfig) -> None:
@@ -131,10 +132,9 @@ def _check_sampler(cfg: DictConfig) -> None:
             _require(not unknown, f"actor_rollout_ref.rollout.custom.dream.options: {unknown} are not options of "
                                   f"the {sampler.sampler} sampler ({function.__module__}.{function.__name__})")
         if sampler.sampler == "lockstep":
-            from decoding.lockstep import LockstepCfg
+            from decoding.lockstep import LockstepCfg, resolve_options
 
-            options = {k: v for k, v in sampler.options.items() if k != "delimiter"}
-            lockstep = LockstepCfg(**options)
+            lockstep = LockstepCfg(**resolve_options(sampler.options)[0])
             _require(lockstep.r_len + lockstep.a_len < sampler.response_length,
                      f"rollout.custom.dream.options: r_len + a_len ({lockstep.r_len + lockstep.a_len}) must fit in "
                      f"data.max_response_length ({sampler.response_length}) with the delimiter")

@@ -180,11 +180,11 @@ def _lockstep_canvas(model: Any, tokenizer: Any, input_ids: torch.Tensor, attent
                      kwargs: dict[str, Any]) -> tuple[list[list[int]], Any, dict, list[tuple[int, int] | None]]:
     """Lockstep R/A decode; each completion is the canvas after the prompt, exactly as decoded:
     R block (``r_len`` tokens, pad run included), delimiter, A block (``a_len`` tokens, tail included)."""
-    from decoding.lockstep import DEFAULT_DELIMITER, LockstepCfg, lockstep_sample
+    from decoding.lockstep import LockstepCfg, lockstep_sample, resolve_options
 
     options = dict(kwargs)
-    delimiter = options.pop("delimiter", DEFAULT_DELIMITER)
     budget = options.pop("max_new_tokens")
+    options, delimiter = resolve_options(options)
     cfg = LockstepCfg(**options)
     delimiter_ids = tokenizer.encode(delimiter, add_special_tokens=False)
     if cfg.r_len + len(delimiter_ids) + cfg.a_len > budget:

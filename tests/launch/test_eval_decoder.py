@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # launch/ is scripts, not an installed package
     sys.path.insert(0, str(ROOT))
 
-from decoding.lockstep import DEFAULT_DELIMITER, LockstepCfg  # noqa: E402
+from decoding.lockstep import DEFAULT_DELIMITER, LockstepCfg, resolve_options  # noqa: E402
 from launch.eval_checkpoint import compose_config, sample_settings, sampler_kwargs  # noqa: E402
 from launch.eval_checkpoint import main as eval_main  # noqa: E402
 from launch.eval_decoder import compare_argvs  # noqa: E402
@@ -38,12 +38,12 @@ def test_a_runs_checkpoint_is_evaluated_with_its_rollout_decoder(tmp_path: Path,
     checkpoint, dream = _training_run(tmp_path / "run", recipe)
     argv = ["recipe=eval/humaneval", f"checkpoint={checkpoint}"]
     cfg = compose_config(argv)
-    trained = {k: v for k, v in dream["options"].items() if k != "delimiter"}
+    trained, trained_delimiter = resolve_options(dream["options"])  # recipe nulls = decoding/lockstep.py defaults
     assert cfg.generation.sampler == "lockstep" and "config.yaml" in cfg.generation.decoder_source
     assert sampler_kwargs(cfg) == {**trained, "temperature": 0.0}  # greedy pass@1, the run's decoder otherwise
     # the very canvas the rollout decoded: defaults (r_len/a_len/delimiter) come from the same dataclass
     assert LockstepCfg(**sampler_kwargs(cfg)) == dataclasses.replace(LockstepCfg(**trained), temperature=0.0)
-    assert cfg.generation.delimiter == dream["options"].get("delimiter", DEFAULT_DELIMITER) == DEFAULT_DELIMITER
+    assert cfg.generation.delimiter == trained_delimiter == DEFAULT_DELIMITER
     assert sample_settings(cfg)["sampler"] == "lockstep"
     assert compare_argvs(cfg, argv) == [[*argv, "generation.sampler=plain", "generation.compare=[]"]]
     plain = compose_config(compare_argvs(cfg, argv)[0])
@@ -60,7 +60,8 @@ def test_a_bare_model_is_evaluated_with_the_training_defaults(tiny_dream_dir: Pa
     assert sampler_kwargs(cfg) == {"temperature": 0.0}
     assert cfg.generation.delimiter == DEFAULT_DELIMITER
     trained = compose_recipe("mbpp", [])  # what recipe=mbpp trains with: the same LockstepCfg defaults
-    options = OmegaConf.to_container(trained.actor_rollout_ref.rollout.custom.dream.options, resolve=True)
+    options = resolve_options(OmegaConf.to_container(trained.actor_rollout_ref.rollout.custom.dream.options,
+                                                     resolve=True))[0]
     lockstep = LockstepCfg(**sampler_kwargs(cfg))
     assert (lockstep.r_len, lockstep.a_len) == (LockstepCfg(**options).r_len, LockstepCfg(**options).a_len)
 
