@@ -310,15 +310,15 @@ def run_sampler(model, tokenizer, args: argparse.Namespace, input_ids: torch.Ten
         out = fast_generate(model, input_ids, attention_mask, max_new_tokens=args.max_new_tokens, **options,
                             **sampling, valid_vocab_size=vocab, generator=generator, progress=True)
         return decode_completion(tokenizer, out.sequences[0, prompt_len:]), out.metrics()
-    from .lockstep import LockstepCfg, lockstep_sample
+    from .lockstep import DEFAULT_DELIMITER, LockstepCfg, lockstep_sample
 
-    options = {"r_len": 64, "a_len": 128, **_given(args, "mode", "r_len", "a_len", "tau_r", "tau_a", "max_fill_frac",
+    options = {**_given(args, "mode", "r_len", "a_len", "tau_r", "tau_a", "max_fill_frac",
                                                  "max_steps", "use_cache", "eps", "first_logit", "min_content",
                                                  "eos_penalty")}
     if args.no_eos_guard:
         options["eos_guard"] = False
     cfg = LockstepCfg(**options, **sampling)
-    delimiter = "\n```python\n" if args.delimiter is None else args.delimiter
+    delimiter = DEFAULT_DELIMITER if args.delimiter is None else args.delimiter
     out = lockstep_sample(model, input_ids, attention_mask, cfg,
                           delimiter_ids=tokenizer.encode(delimiter, add_special_tokens=False),
                           valid_vocab_size=vocab, generator=generator, progress=True)

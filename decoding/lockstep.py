@@ -23,8 +23,9 @@ trajectory-consistent RL estimator needs: the canvas seen by forward ``k`` has e
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -34,6 +35,8 @@ from .lockstep_trace import CanvasLayout, LockstepResult, Trace
 from .policy import CommitRule, decide_block, schedule_counts, tail_after_end
 
 MODES = ("gauss_seidel", "jacobi")
+# One source of truth for what training, rollout checks, evaluation and the tools decode with: the delimiter
+# below and the field defaults of LockstepCfg (the code-task canvas of recipes/humaneval.yaml and mbpp.yaml).
 DEFAULT_DELIMITER = "\n```python\n"  # the A block of a code task opens a Python fence
 POLICIES = ("threshold", "schedule")
 Hook = Callable[[int | None, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -42,6 +45,9 @@ Hook = Callable[[int | None, torch.Tensor, torch.Tensor | None], torch.Tensor]
 @dataclass(frozen=True)
 class LockstepCfg:
     """Knobs of the lockstep decoder (validated on construction; see the module doc for semantics).
+
+    The defaults are the canvas the GRPO code recipes train with (they set only what differs) and what checkpoint
+    evaluation decodes with when it finds no run config (``docs/evaluation.md``).
 
     ``max_steps``: schedule policy = its number of steps (required); threshold policy = an optional hard cap
     (default ``max(r_len, a_len)``, the termination bound); the last step commits everything left.
@@ -52,7 +58,7 @@ class LockstepCfg:
 
     mode: str = "gauss_seidel"
     r_len: int = 128
-    a_len: int = 256
+    a_len: int = 320
     tau_r: float = 0.9
     tau_a: float = 0.9
     max_fill_frac: float = 1.0
@@ -105,6 +111,14 @@ class LockstepCfg:
     def step_bound(self) -> int:
         """Steps after which every block is complete."""
         return self.max_steps if self.max_steps is not None else max(self.r_len, self.a_len)
+
+
+def resolve_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """(``LockstepCfg`` keyword arguments, delimiter text) from recipe-style options: null values and a missing
+    or null ``delimiter`` take this module's defaults, so recipes can name a key (overridable from the command
+    line) without restating its value."""
+    kwargs = {k: v for k, v in options.items() if v is not None and k != "delimiter"}
+    return kwargs, str(options.get("delimiter") or DEFAULT_DELIMITER)
 
 
 def delimiter_ids(tokenizer, text: str = DEFAULT_DELIMITER) -> list[int]:

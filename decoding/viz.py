@@ -25,6 +25,7 @@ import torch
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
+from .lockstep import DEFAULT_DELIMITER
 from .lockstep_trace import LockstepResult
 
 CELL_W, CELL_H, LABEL_W, PAD = 58, 20, 44, 4
@@ -128,9 +129,9 @@ def save_strip(frames: Sequence[Image.Image], path: str | Path, n: int = 6) -> P
 
 # Defaults = the lockstep rollout of recipes/demo.yaml (the settings the demo checkpoint was trained with), so
 # `python -m decoding.viz --model recipes/assets/demo_warmstart --prompt ...` shows what the demo's rollouts look
-# like in a GIF small enough to read; for Dream-7B pass longer blocks (e.g. --r-len 128 --a-len 256).
+# like in a GIF small enough to read; for Dream-7B pass longer blocks (e.g. --r-len 128 --a-len 320).
 VIZ_DEFAULTS = {"mode": "jacobi", "r_len": 18, "a_len": 32, "tau_r": 0.9, "tau_a": 0.9, "max_fill_frac": 1.0,
-                "alg": "entropy", "delimiter": "\n```python\n"}
+                "alg": "entropy", "delimiter": DEFAULT_DELIMITER}
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

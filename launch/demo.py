@@ -145,7 +145,7 @@ def plan_from_recipe(overrides: list[str], settings: DemoSettings) -> DemoPlan:
         raise DemoError(str(error)) from None
     # the rollout's own lockstep settings (rl/verl_sampler.py), so evaluation decodes exactly like training
     options = {k: v for k, v in dream.get("options", {}).items()
-               if k not in ("delimiter", "r_len", "a_len", "keep_reasoning_pad")}
+               if k not in ("delimiter", "r_len", "a_len")}
     rollout = cfg.actor_rollout_ref.rollout
     top_p = float(rollout.get("top_p") or 1.0)
     options.setdefault("top_p", None if top_p >= 1.0 else top_p)

@@ -35,11 +35,12 @@ if __package__ in (None, ""):  # run as a script: make the project root importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from decoding.devices import pick_device, pick_dtype
 from launch import eval_store as store
+from launch.eval_decoder import compare_argvs, resolve_decoder
 from launch.eval_model import (
     ModelSource,
     check_sampler_kwargs,
@@ -67,7 +68,9 @@ the run's results table. checkpoint= is a Dream folder, a peft adapter folder, o
 
 Key overrides (all keys: recipes/eval/_defaults.yaml, docs/evaluation.md):
   base_model=DIR                    base Dream for an adapter (default: the adapter's base_model_name_or_path)
-  generation.sampler=plain|fast|lockstep   generation.<sampler>.* that sampler's settings
+  generation.sampler=rollout|plain|fast|lockstep   rollout (default): the decoder the run trained with, from
+                                    <run>/config.yaml (or run_config=PATH); generation.<sampler>.* its settings
+  generation.compare=[plain]        samplers also evaluated, one more results row each ([] = none)
   generation.n_samples=N            samples per task;  generation.batch_size=N  prompts per batch
   dataset.limit=N  dataset.task_ids=[...]  dataset.mini=true
   scoring.k=[1,10]                  pass@k reported;  scoring.chunk_size=N
@@ -117,6 +120,13 @@ def compose_config(argv: list[str], local: bool = True) -> DictConfig:
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task} is not one of {', '.join(TASKS)}")
     check_values(cfg, local)
+    if cfg.task != "persona":
+        try:
+            source = resolve_decoder(cfg)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        with open_dict(cfg):
+            cfg.generation.decoder_source = source
     return cfg
 
 
@@ -198,6 +208,8 @@ def sampler_kwargs(cfg: DictConfig) -> dict[str, Any]:
     if name not in cfg.generation:
         raise ConfigError(f"generation.sampler={name} has no generation.{name} settings block")
     kwargs = OmegaConf.to_container(cfg.generation[name], resolve=True)
+    if name == "lockstep":  # null = LockstepCfg's default (decoding/lockstep.py: the one source of truth)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
     check_sampler_kwargs(name, kwargs)
     return kwargs
 
@@ -354,7 +366,9 @@ def run_code_eval(plan: Plan, argv: list[str]) -> int:
         tasks = CodeTasks.load(plan.cfg)
         store.check_settings(plan.out_dir, plan.settings)
         print(f"evaluating {plan.source.describe()} on {len(tasks.prompts)} {plan.cfg.task} task(s) "
-              f"x {plan.cfg.generation.n_samples} sample(s) -> {plan.out_dir}", flush=True)
+              f"x {plan.cfg.generation.n_samples} sample(s) -> {plan.out_dir}\n"
+              f"decoder: {plan.cfg.generation.sampler}, settings from {plan.cfg.generation.decoder_source}",
+              flush=True)
         scorer = Scorer(plan, tasks)
     except ValueError as err:  # unknown task ids, bad limit or reward settings, another run's settings in out_dir
         print(f"error: {err}", file=sys.stderr)
@@ -444,18 +458,31 @@ def main(argv: list[str] | None = None) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         print(usage())
         return 0
+    worker = RANK_ENV in os.environ  # a generation worker started by run_workers
     try:
         cfg = compose_config(argv)
+        # generation.compare (the plain sampler by default): checked now (settings first: cheap, the likelier
+        # typo), run after the main evaluation
+        configs = [] if worker or cfg.task == "persona" else [(a, compose_config(a)) for a in compare_argvs(cfg, argv)]
+        for _, extra_cfg in configs:
+            sample_settings(extra_cfg)
         plan = make_plan(cfg)
+        compare = [(extra, make_plan(extra_cfg)) for extra, extra_cfg in configs]
     except ValueError as err:  # ConfigError, the checkpoint-resolution and weight-file errors
         print(f"error: {err}", file=sys.stderr)
         return 2
-    worker = RANK_ENV in os.environ  # a generation worker started by run_workers
     try:
         if worker:
             generate_shard(plan, CodeTasks.load(cfg), int(os.environ[RANK_ENV]), int(os.environ[WORLD_ENV]))
             return 0
-        return run_persona(plan) if cfg.task == "persona" else run_code_eval(plan, argv)
+        if cfg.task == "persona":
+            return run_persona(plan)
+        code = run_code_eval(plan, argv)
+        for extra, extra_plan in compare if code == 0 else []:
+            print(f"also evaluating with generation.sampler={extra_plan.cfg.generation.sampler} "
+                  "(generation.compare)", flush=True)
+            code = run_code_eval(extra_plan, extra)
+        return code
     except KeyboardInterrupt:  # Ctrl-C: every finished batch / scored chunk is already on disk
         if not worker:  # the workers share the terminal's SIGINT; the main process says it once
             print("\ninterrupted; run the same command to resume", file=sys.stderr)

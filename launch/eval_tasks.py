@@ -82,14 +82,18 @@ class CodeTasks:
         if n < 1:
             raise ValueError(f"generation.n_samples must be >= 1, got {n}")
         tasks = {t: all_tasks[t] for t in ids}
-        lockstep = cfg.generation.sampler == "lockstep"
-        prompts = {t: prompt_parts(task.prompt, lockstep) for t, task in tasks.items()}
+        prompts = {t: prompt_parts(task.prompt, marked_lockstep(cfg), training=cfg.generation.sampler == "lockstep")
+                   for t, task in tasks.items()}
         items = [(t, s) for t in ids for s in range(n)]
         return cls(cfg.task, key, tasks, prompts, items)
 
 
-def prompt_parts(task_prompt: str, lockstep: bool) -> tuple[str, str]:
-    """(user message, assistant prefix) in the rewards package's evalplus-style instruct format."""
+def prompt_parts(task_prompt: str, lockstep: bool, training: bool = False) -> tuple[str, str]:
+    """(user message, assistant prefix) in the rewards package's evalplus-style instruct format.
+
+    ``training``: the GRPO prompt (``launch/prepare_data.py``: the user turn only, the R block opens the assistant
+    turn), what a lockstep decoder with the training delimiter was trained on. ``lockstep`` (wins): the marked
+    ``[R]``/``[A]`` format, for a delimiter that carries the ``[A]`` marker."""
     from rewards.extract import instruct_messages, instruct_prompt
 
     if lockstep:  # "...Think in the [R] block, then give only the final code in the [A] block.\n[R] "
@@ -97,10 +101,17 @@ def prompt_parts(task_prompt: str, lockstep: bool) -> tuple[str, str]:
         cut = text.rfind("[R]")
         return text[:cut], text[cut:]
     user, assistant = instruct_messages(task_prompt)
-    return user["content"], assistant["content"]
+    return user["content"], "" if training else assistant["content"]
 
 
 ANSWER_MARKER = "[A]"
+
+
+def marked_lockstep(cfg: DictConfig) -> bool:
+    """Lockstep with a delimiter carrying the ``[A]`` marker: the marked prompt format and answer extraction.
+    The training delimiter (``decoding.lockstep.DEFAULT_DELIMITER``) has none: the A block is a python fence."""
+    gen = cfg.generation
+    return gen.sampler == "lockstep" and ANSWER_MARKER in str(gen.get("delimiter") or "")
 
 
 def reward_config(cfg: DictConfig) -> Any:
@@ -114,7 +125,7 @@ def reward_config(cfg: DictConfig) -> Any:
         overrides["sandbox"] = SandboxConfig(**overrides["sandbox"])
     if "test_sets" in overrides:
         overrides["test_sets"] = tuple(overrides["test_sets"])
-    marker = ANSWER_MARKER if cfg.generation.sampler == "lockstep" else None
+    marker = ANSWER_MARKER if marked_lockstep(cfg) else None
     try:
         return RewardConfig.evaluation(mini=bool(cfg.dataset.get("mini", False)), answer_marker=marker, **overrides)
     except TypeError as err:  # unknown key

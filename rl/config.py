@@ -8,6 +8,7 @@ composed recipe needs at run time (CPU shim, estimator settings for the workers,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -19,6 +20,7 @@ from rl.rollout_fit import DEVICE_ENV
 from rl.verl_engine import ENGINE_MODEL_TYPE, ESTIMATOR_ENV, EstimatorConfig
 from rl.verl_reward import REWARD_WORKERS_ENV
 from rl.verl_rollout import AGENT_LOOP_NAME, ROLLOUT_NAME
+from rl.verl_trainer import TRAINER_MODE
 from rl.worker_record import RUN_DIR_ENV
 
 DEVICES = ("cpu", "cuda")
@@ -62,11 +64,53 @@ def estimator_config(cfg: DictConfig) -> EstimatorConfig:
         config = EstimatorConfig(**raw)  # type: ignore[arg-type]
     except TypeError as error:
         raise RecipeError(f"lockstep.estimator: {error}") from None
+    if config.name == "trajectory":
+        raise RecipeError(refuse_trajectory(cfg))
     _require(config.name == "coupled", f"lockstep.estimator.name must be 'coupled', got {config.name!r}")
     _require(0.0 <= config.t_min < config.t_max <= 1.0 and abs(config.t_min + config.t_max - 1.0) < 1e-6,
              f"lockstep.estimator.t_min/t_max must satisfy 0 <= t_min < t_max <= 1 and t_min + t_max = 1, "
              f"got {config.t_min}, {config.t_max}")
-    return config
+    _require(config.fixed_start is None and config.fixed_text is None,
+             "lockstep.estimator.fixed_start/fixed_text are set from the rollout's lockstep options; leave them out")
+    return dataclasses.replace(config, **rollout_layout(cfg))
+
+
+def refuse_trajectory(cfg: DictConfig) -> str:
+    """Why ``lockstep.estimator.name=trajectory`` is refused: the reasons its estimate would not be the sampler's
+    log-prob for this recipe's rollout (:func:`rl.logprob.trajectory_inexact_reasons`); the Dream rollout server
+    always bans invalid ids, so no training rollout qualifies and the estimator is not wired into the engine."""
+    from decoding.lockstep import LockstepCfg
+    from rl.logprob import trajectory_inexact_reasons
+
+    rollout = cfg.actor_rollout_ref.rollout
+    dream = OmegaConf.to_container(rollout.get("custom") or {}, resolve=True) or {}
+    from decoding.lockstep import resolve_options
+
+    options = resolve_options(dict((dream.get("dream") or {}).get("options") or {}))[0]
+    top_p, top_k = rollout.get("top_p"), rollout.get("top_k")
+    options.update(temperature=float(rollout.get("temperature", 1.0)),
+                   top_p=None if top_p is None or float(top_p) >= 1.0 else float(top_p),
+                   top_k=None if top_k is None or int(top_k) <= 0 else int(top_k))
+    try:
+        reasons = trajectory_inexact_reasons(LockstepCfg(**options), vocab_ban=True)
+    except (TypeError, ValueError):
+        reasons = ["a rollout that is not a valid lockstep decoder"]
+    return ("lockstep.estimator.name=trajectory is not available for training: its estimate equals the sampler's "
+            "log-prob only without use_cache, vocabulary ban, top-p/top-k, eos_penalty and early_exit, at "
+            f"temperature 1 (docs/rl.md); this recipe's rollout has {'; '.join(reasons)}. Use name=coupled")
+
+
+def rollout_layout(cfg: DictConfig) -> dict[str, Any]:
+    """Where the rollout puts fixed tokens in every response: the lockstep delimiter right after the R block
+    (``fixed_start = r_len``, ``fixed_text`` = the delimiter); none for the other samplers."""
+    from decoding.lockstep import LockstepCfg, resolve_options
+
+    dream = OmegaConf.to_container(cfg.actor_rollout_ref.rollout.get("custom") or {}, resolve=True) or {}
+    dream = dict(dream.get("dream") or {})
+    if dream.get("sampler", "fast") != "lockstep":
+        return {"fixed_start": None, "fixed_text": None}
+    kwargs, delimiter = resolve_options(dict(dream.get("options") or {}))
+    return {"fixed_start": int(kwargs.get("r_len", LockstepCfg.r_len)), "fixed_text": delimiter}
 
 
 def _check_sampler(cfg: DictConfig) -> None:
@@ -90,10 +134,9 @@ def _check_sampler(cfg: DictConfig) -> None:
             _require(not unknown, f"actor_rollout_ref.rollout.custom.dream.options: {unknown} are not options of "
                                   f"the {sampler.sampler} sampler ({function.__module__}.{function.__name__})")
         if sampler.sampler == "lockstep":
-            from decoding.lockstep import LockstepCfg
+            from decoding.lockstep import LockstepCfg, resolve_options
 
-            options = {k: v for k, v in sampler.options.items() if k not in ("delimiter", "keep_reasoning_pad")}
-            lockstep = LockstepCfg(**options)
+            lockstep = LockstepCfg(**resolve_options(sampler.options)[0])
             _require(lockstep.r_len + lockstep.a_len < sampler.response_length,
                      f"rollout.custom.dream.options: r_len + a_len ({lockstep.r_len + lockstep.a_len}) must fit in "
                      f"data.max_response_length ({sampler.response_length}) with the delimiter")
@@ -248,6 +291,9 @@ def validate_recipe(cfg: DictConfig, check_files: bool = True) -> None:
     _require(cfg.algorithm.adv_estimator == "grpo",
              f"algorithm.adv_estimator must be 'grpo', got {cfg.algorithm.adv_estimator!r}")
     _require(cfg.trainer.device in DEVICES, f"trainer.device must be one of {DEVICES}, got {cfg.trainer.device!r}")
+    trainer_mode = OmegaConf.select(cfg, "trainer.v1.trainer_mode")
+    _require(trainer_mode == TRAINER_MODE, f"trainer.v1.trainer_mode must be '{TRAINER_MODE}' (it hands the Dream "
+                                           f"engine the global step that salts its masks), got {trainer_mode!r}")
     _require(arr.rollout.name == ROLLOUT_NAME,
              f"actor_rollout_ref.rollout.name must be '{ROLLOUT_NAME}' (verl's vLLM/SGLang cannot serve Dream)")
     _require(arr.model.model_type == ENGINE_MODEL_TYPE,

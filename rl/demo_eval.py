@@ -2,8 +2,8 @@
 
 Why: the demo's claims (SFT gives a low but non-zero pass rate, GRPO raises it) must be measured with the same
 sampler and the same reward path as training, not with an in-process ``exec``. Contract:
-:func:`evaluate_pass_rate` decodes every task once (greedy by default, so the number is reproducible), compacts
-each canvas the way the VERL rollout does (R text + delimiter + A text) and scores it with
+:func:`evaluate_pass_rate` decodes every task once (greedy by default, so the number is reproducible), reads
+each canvas the way the VERL rollout's reward does (R text + delimiter + A text) and scores it with
 :func:`rewards.api.score_batch` on the task's own tests. It returns scalar metrics plus the per-task samples.
 """
 

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from decoding.lockstep import DEFAULT_DELIMITER
+
 # --------------------------------------------------------------------------------------------- operations
 # Each operation: kind of argument, return annotation, docstring sentence, return expression, plan sentence.
 # Placeholders: {a} = argument name, {k} = integer constant, {c} = one-letter constant.
@@ -335,7 +337,7 @@ def tasks_from_json(spec_json: str) -> dict[str, DemoTask]:
 # The demo uses the HumanEval recipe's format exactly: evalplus's instruct user turn (rewards.extract), Dream's
 # ChatML with the default system turn, and a lockstep canvas R block + "\n```python\n" + A block
 # (recipes/humaneval.yaml: actor_rollout_ref.rollout.custom.dream.options.delimiter).
-DELIMITER = "\n```python\n"
+DELIMITER = DEFAULT_DELIMITER
 
 
 @dataclass(frozen=True)
@@ -365,8 +367,8 @@ def prompt_text(tokenizer: Any, task: DemoTask) -> str:
 
 
 def completion_text(task: DemoTask) -> str:
-    """The target completion as the rollout compacts it (R text + delimiter + A text), i.e. what the reward
-    parses; scoring it must pass every test."""
+    """The target completion as the reward reads it (R text + delimiter + A text, the rollout's reward text);
+    scoring it must pass every test."""
     return f"{task.reasoning()}{DELIMITER}{task.answer_code()}```"
 
 

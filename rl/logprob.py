@@ -335,3 +335,30 @@ def draw_trajectory_masks(
         picked = torch.randperm(count, generator=generator)[: min(num_draws, count)]
         stages[: picked.numel(), row] = picked.to(stages.device)
     return trajectory_plan(ranks, num_stages, loss_mask, stages, score)
+
+
+def trajectory_inexact_reasons(lockstep: object, *, vocab_ban: bool) -> list[str]:
+    """Why :func:`draw_trajectory_masks` estimates would NOT equal the log-probs the sampler drew with.
+
+    ``lockstep`` is a :class:`decoding.lockstep.LockstepCfg` (the rollout's settings, temperature and top-p/top-k
+    included); ``vocab_ban``: the rollout passed ``valid_vocab_size`` (the Dream rollout server always does).
+    The estimate replays each stage with a fresh full forward and scores ``log_softmax`` over the whole
+    vocabulary at temperature 1; it is exact only when the sampler drew every scored token from exactly that
+    distribution on exactly that canvas (``docs/rl.md``, Trajectory-consistent estimator). Empty list = exact,
+    up to the end-of-text guard's rare stuck-frontier fallback (a greedy, not sampled, token) and float rounding.
+    """
+    reasons = []
+    if getattr(lockstep, "use_cache", False):
+        reasons.append("use_cache=true (the sampler reused a stale prompt K/V; measured 0.16-0.18 nats/token off)")
+    if vocab_ban:
+        reasons.append("the vocabulary ban (the sampler renormalised over the tokenizer's ids without the mask id)")
+    top_p, top_k = getattr(lockstep, "top_p", None), getattr(lockstep, "top_k", None)
+    if (top_p is not None and top_p < 1.0) or (top_k is not None and top_k > 0):
+        reasons.append(f"top_p={top_p} / top_k={top_k} (the sampler drew from a truncated distribution)")
+    if float(getattr(lockstep, "temperature", 1.0)) != 1.0:
+        reasons.append(f"temperature={getattr(lockstep, 'temperature', None)} (the estimator scores temperature 1)")
+    if getattr(lockstep, "eos_penalty", 0.0):
+        reasons.append("eos_penalty (the sampler shifted the end-of-text logit)")
+    if getattr(lockstep, "early_exit", None) is not None:
+        reasons.append("early_exit (bulk commits from an earlier forward's proposals)")
+    return reasons

@@ -12,9 +12,17 @@ Contracts (verl 0.9.1, `verl.md` §5.2):
 * input micro-batches are jagged (no padding): ``input_ids`` = prompt + response per row, ``prompts`` and
   ``responses`` give the split; output ``log_probs`` and ``entropy`` are nested tensors laid out like
   ``input_ids`` with slot j-1 scoring token j (verl slices the response with that shift);
-* **coupling**: the mask plan of a row is a pure function of (prompt ids, response ids, estimator seed), so the
-  old-policy, current-policy and reference passes of a step see identical masks and the PPO ratio is exactly
-  1 before the first update — without storing masks in verl's TransferQueue.
+* **two masks** (``docs/rl.md``, Masks and salts): a response is the lockstep canvas exactly as decoded; verl's
+  ``response_mask`` is the *scored* mask (each block's content through its first stop, set by our agent loop),
+  so verl's loss and token-mean use only those tokens; every other response token is *context*. The estimator
+  masks every generated token (the runs after the stops included) and never the delimiter, whose position it
+  knows from the rollout's layout (``EstimatorConfig.fixed_start``/``fixed_text``);
+* **coupling and fresh noise**: the mask plan of a row is a pure function of (prompt ids, response ids,
+  estimator seed, global step). verl's old-policy, current-policy and reference passes of one step see identical
+  masks — the PPO ratio is exactly 1 before the first update — without storing masks in verl's TransferQueue,
+  while every step draws fresh masks (a string sampled again later is not scored with frozen noise). The step
+  reaches the engine as the non-tensor field ``lockstep_estimator_step`` set by our trainer mode
+  (:mod:`rl.verl_trainer`); it is restored with ``global_steps`` on resume, so resumed runs stay bit-exact.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from typing import Any
 
 import torch
 
+from rl.verl_trainer import ESTIMATOR_STEP_KEY
 from rl.worker_record import record_worker
 
 ENGINE_MODEL_TYPE = "dllm"
@@ -39,7 +48,10 @@ class EstimatorConfig:
     """Settings of the log-prob estimator (recipe group ``lockstep.estimator``).
 
     ``t_min``/``t_max``: masking-rate interval of the coupled pair (symmetric around 1/2); ``seed``: salt of
-    the per-row mask seeds (change it to redraw all masks); ``mask_token_id``: None = the tokenizer's mask token.
+    the per-row mask seeds, together with the global step (change it to redraw all masks); ``mask_token_id``:
+    None = the tokenizer's mask token. ``fixed_start``/``fixed_text``: where the lockstep delimiter sits in every
+    response (``r_len``) and its text; filled in from the rollout's options by :func:`rl.config.estimator_config`
+    (None: no fixed tokens, every response token was generated).
     """
 
     name: str = "coupled"
@@ -47,6 +59,8 @@ class EstimatorConfig:
     t_max: float = 0.8
     seed: int = 0
     mask_token_id: int | None = None
+    fixed_start: int | None = None
+    fixed_text: str | None = None
 
     def to_env(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -57,10 +71,11 @@ class EstimatorConfig:
         return cls(**json.loads(raw)) if raw else cls()
 
 
-def row_seed(prompt_ids: torch.Tensor, response_ids: torch.Tensor, salt: int) -> int:
-    """Deterministic 63-bit seed of one (prompt, response) pair: the same row always gets the same masks."""
+def row_seed(prompt_ids: torch.Tensor, response_ids: torch.Tensor, salt: int, step: int = 0) -> int:
+    """Deterministic 63-bit seed of one (prompt, response) pair at one global step: the same row gets the same
+    masks in every pass of a step and fresh masks at every other step."""
     digest = hashlib.blake2b(digest_size=8)
-    digest.update(str(int(salt)).encode())
+    digest.update(f"{int(salt)}:{int(step)}".encode())
     digest.update(prompt_ids.detach().to("cpu", torch.int64).numpy().tobytes())
     digest.update(b"|")
     digest.update(response_ids.detach().to("cpu", torch.int64).numpy().tobytes())
@@ -90,12 +105,33 @@ def build_dense_batch(prompts: list[torch.Tensor], responses: list[torch.Tensor]
     return input_ids, attention_mask, response_positions, window
 
 
+def generated_mask(response: torch.Tensor, fixed_start: int | None, fixed_ids: list[int]) -> torch.Tensor:
+    """Bool ``[L]``: the response tokens the sampler generated (all but the fixed delimiter at ``fixed_start``).
+
+    Raises ValueError when the delimiter is not where the layout says: the rollout and the estimator disagree on
+    the canvas, and scoring would mask tokens the sampler never chose.
+    """
+    generated = torch.ones(int(response.numel()), dtype=torch.bool)
+    if fixed_start is None or not fixed_ids:
+        return generated
+    end = fixed_start + len(fixed_ids)
+    found = response.detach().to("cpu").reshape(-1)[fixed_start:end].tolist()
+    if found != list(fixed_ids):
+        raise ValueError(f"the response holds {found} at positions [{fixed_start}, {end}), not the lockstep "
+                         f"delimiter {list(fixed_ids)}: the rollout's canvas and lockstep.estimator disagree")
+    generated[fixed_start:end] = False
+    return generated
+
+
 def draw_row_plans(prompts: list[torch.Tensor], responses: list[torch.Tensor], response_positions: torch.Tensor,
-                   config: EstimatorConfig, response_masks: list[torch.Tensor] | None = None) -> Any:
+                   config: EstimatorConfig, response_masks: list[torch.Tensor] | None = None, *,
+                   fixed_ids: list[int] | None = None, step: int = 0) -> Any:
     """The coupled mask plan of a micro-batch, drawn row by row from :func:`row_seed` generators.
 
-    ``response_masks`` (verl's per-row ``response_mask``, optional): tokens at 0 were not generated (the lockstep
-    delimiter), so they are never masked and never scored; the model sees them in every pass, as when decoding.
+    Two masks per row: *generated* (:func:`generated_mask`: masked in one of the two passes) and *scored*
+    (``response_masks``, verl's per-row ``response_mask``: weight != 0; default = generated). The delimiter
+    (``config.fixed_start``, tokens ``fixed_ids``) is never masked nor scored; the model sees it in every pass,
+    as when decoding. Runs after a block's first stop are masked like any generated token but carry no weight.
     """
     from rl.logprob import MaskPlan, draw_coupled_masks
 
@@ -104,14 +140,16 @@ def draw_row_plans(prompts: list[torch.Tensor], responses: list[torch.Tensor], r
     weights = torch.zeros(2, len(prompts), window, dtype=torch.float32)
     for row, (prompt, response) in enumerate(zip(prompts, responses)):
         # drawn over the row's own response only, so the masks do not depend on the micro-batch's window
-        generator = torch.Generator(device="cpu").manual_seed(row_seed(prompt, response, config.seed))
-        maskable = torch.ones(1, int(response.numel()), dtype=torch.bool)
+        generator = torch.Generator(device="cpu").manual_seed(row_seed(prompt, response, config.seed, step))
+        maskable = generated_mask(response, config.fixed_start, list(fixed_ids or [])).reshape(1, -1)
+        scored = maskable
         if response_masks is not None:
-            maskable = response_masks[row].detach().to("cpu").bool().reshape(1, -1)
-            if maskable.shape[1] != response.numel():
-                raise ValueError(f"row {row}: response_mask has {maskable.shape[1]} entries for a "
+            scored = response_masks[row].detach().to("cpu").bool().reshape(1, -1)
+            if scored.shape[1] != response.numel():
+                raise ValueError(f"row {row}: response_mask has {scored.shape[1]} entries for a "
                                  f"{response.numel()}-token response")
-        plan = draw_coupled_masks(maskable, maskable, t_min=config.t_min, t_max=config.t_max, generator=generator)
+            scored = scored & maskable
+        plan = draw_coupled_masks(maskable, scored, t_min=config.t_min, t_max=config.t_max, generator=generator)
         masks[:, row, window - response.numel():] = plan.masks[:, 0]
         weights[:, row, window - response.numel():] = plan.weights[:, 0].float()
     device = response_positions.device
@@ -167,6 +205,10 @@ def _build_engine_class() -> type:
                     raise ValueError(f"unknown lockstep.estimator.name {self._estimator_config.name!r}")
             return self._estimator_config
 
+        def _fixed_ids(self) -> list[int]:
+            text = self._estimator().fixed_text
+            return self.model_config.tokenizer.encode(text, add_special_tokens=False) if text else []
+
         def _mask_token_id(self) -> int:
             configured = self._estimator().mask_token_id
             if configured is not None:
@@ -189,7 +231,12 @@ def _build_engine_class() -> type:
             pad_id = int(tu.get_non_tensor_data(data=micro_batch, key="pad_token_id", default=0))
             input_ids, attention_mask, positions, _ = build_dense_batch(prompts, responses, pad_id)
             response_masks = list(micro_batch["response_mask"].unbind()) if "response_mask" in micro_batch else None
-            plan = draw_row_plans(prompts, responses, positions, self._estimator(), response_masks)
+            step = tu.get_non_tensor_data(data=micro_batch, key=ESTIMATOR_STEP_KEY, default=None)
+            if step is None:
+                raise ValueError(f"micro-batch without {ESTIMATOR_STEP_KEY}: the Dream engine salts its masks with the global "
+                                 "step, which trainer.v1.trainer_mode=lockstep provides (rl/verl_trainer.py)")
+            plan = draw_row_plans(prompts, responses, positions, self._estimator(), response_masks,
+                                  fixed_ids=self._fixed_ids(), step=int(step))
             calculate_entropy = tu.get_non_tensor_data(data=micro_batch, key="calculate_entropy", default=False)
 
             autocast_dtype = getattr(self, "_autocast_dtype", torch.bfloat16)

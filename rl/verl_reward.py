@@ -12,6 +12,10 @@ RewardLoopWorker actors with the row's ``data_source``, the decoded response, ``
 * ``demo``: ``extra_info.demo_spec``, the generator settings of the synthetic demo tasks, which are regenerated
   once per worker process and scored on their own tests, base set only.
 
+``extra_info`` may also hold, merged in by verl from the rollout's extra fields, ``lockstep_reward_text``: the
+rollout's text of the completion (R text + delimiter + A text, each cut at its first stop), scored instead of
+verl's decode of the whole canvas, whose runs after the stop tokens are context only.
+
 Contract: returns a dict whose ``score`` is the GRPO reward (:class:`rewards.api.RewardConfig` decides binary
 vs pass ratio and the format bonus), plus ``pass_base`` / ``pass_plus`` (1.0 when that test set passed, 0.0
 otherwise, -1.0 when it was not run), ``pass_ratio`` and ``reward_latency_s``; verl logs these as reward extras.
@@ -42,6 +46,8 @@ def sandbox_workers(cpu_count: int | None, reward_workers_per_node: int) -> int:
     8 reward workers per node that was 8 x cpu_count() sandbox zygotes competing for the same cores.
     """
     return max(1, (cpu_count or 1) // max(1, reward_workers_per_node))
+# extra field of a rollout row (rl/verl_sampler.py sets it, verl merges it into extra_info): the rollout's own text
+REWARD_TEXT_FIELD = "lockstep_reward_text"
 
 
 def reward_config(mini: bool = False) -> Any:
@@ -113,6 +119,9 @@ def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_
     if data_source not in DATA_SOURCES:
         raise ValueError(f"unknown data_source {data_source!r}; expected one of {DATA_SOURCES}")
     mini = bool((extra_info or {}).get("mini", False))
+    # the Dream rollout's own text of the completion (R text + delimiter + A text, each block cut at its first
+    # stop): verl decodes the whole canvas, whose runs after the stops are context, not text the user reads
+    solution_str = str((extra_info or {}).get(REWARD_TEXT_FIELD) or solution_str)
     start = time.perf_counter()
     if data_source in CORPUS_NAMES:
         result = _score_corpus_row(solution_str, ground_truth)

@@ -8,8 +8,9 @@ through decoding's fast path), which is what makes diffusion rollouts affordable
 Pieces (all registered by :func:`register`):
 
 * :class:`DreamRolloutServer` — Ray actor holding a Dream copy (+ peft LoRA adapter when training LoRA);
-  ``generate(request_id, prompt_ids=..., sampling_params=...) -> TokenOutput`` with ``token_ids`` cut after
-  the first EOS, ``extra_fields`` carrying ``global_steps`` (the v1 trainer needs it) and rollout metrics.
+  ``generate(request_id, prompt_ids=..., sampling_params=...) -> TokenOutput`` with ``token_ids`` the decoded
+  canvas, ``extra_fields`` carrying ``global_steps`` (the v1 trainer needs it), the scored mask, the reward
+  text (:mod:`rl.verl_sampler`) and rollout metrics.
 * :class:`DreamReplica` — ``RolloutReplica`` that starts one server per replica on the node (and GPU) of the
   replica's first training worker; selected by ``actor_rollout_ref.rollout.name=dream``.
 * :class:`DreamRolloutAdapter` — the worker-side ``BaseRollout``: pushes LoRA adapter tensors (or, for full
@@ -181,7 +182,7 @@ class DreamRolloutServer:
     def _decode(self, batch: list[_Request]) -> list[Any]:
         from verl.workers.rollout.replica import TokenOutput
 
-        from rl.verl_sampler import FIXED_SPAN_FIELD, sample_batch
+        from rl.verl_sampler import REWARD_TEXT_FIELD, SCORED_MASK_FIELD, block_spans, sample_batch
 
         seed = _batch_seed(self.seed, self.global_steps or 0, [r.prompt_ids for r in batch])
         start = time.perf_counter()
@@ -199,10 +200,13 @@ class DreamRolloutServer:
                      "rollout_seconds": elapsed, "rollout_batch_size": len(batch),
                      "rollout_tokens_per_s": total_tokens / max(elapsed, 1e-9)}
             extra.update(result.row_extras[row])
+            extra[SCORED_MASK_FIELD] = list(result.scored_masks[row])
+            # verl's response_length/* count the whole canvas; this is what the loss sees
+            extra["rollout/scored_tokens"] = float(sum(result.scored_masks[row]))
+            extra[REWARD_TEXT_FIELD] = result.reward_texts[row]
             span = result.fixed_spans[row] if result.fixed_spans else None
-            if span is not None:
-                extra[FIXED_SPAN_FIELD] = (int(span[0]), int(span[1]))
-            finished = bool(token_ids) and token_ids[-1] in result.stop_ids
+            last_block = block_spans(len(token_ids), span)[-1]  # finished = the (answer) block holds a stop token
+            finished = any(t in result.stop_ids for t in token_ids[last_block[0]:last_block[1]])
             outputs.append(TokenOutput(token_ids=token_ids, log_probs=None,
                                        stop_reason="completed" if finished else "length", extra_fields=extra))
         return outputs
@@ -418,30 +422,31 @@ def _single_turn_base() -> type:
     return SingleTurnAgentLoop
 
 
-def mask_fixed_span(response_mask: list[int], span: tuple[int, int] | None) -> list[int]:
-    """``response_mask`` with the fixed tokens of ``span`` = (start, length) set to 0 (positions past the end,
-    cut by the response length, are ignored).
+def apply_scored_mask(response_mask: list[int], scored: list[int] | None) -> list[int]:
+    """``response_mask`` restricted to the scored positions the rollout reported (positions past the reported
+    mask, cut by the response length or absent, keep their value).
 
-    Why: the lockstep delimiter is placed by the sampler, not generated; verl's loss skips response_mask = 0
-    tokens and our engine (:mod:`rl.verl_engine`) keeps them unmasked in every estimator pass, as in decoding.
+    Why: verl's loss, token-mean and advantages use ``response_mask``; the completion is the whole decoded canvas,
+    but only each block's content through its first stop is scored (``rl/verl_sampler.py``). The delimiter and
+    the runs after the stops stay in the response as context; our engine (:mod:`rl.verl_engine`) still masks the
+    runs in its estimator passes and never masks the delimiter.
     """
-    if span is None:
+    if scored is None:
         return list(response_mask)
-    start, length = int(span[0]), int(span[1])
-    return [0 if start <= i < start + length else m for i, m in enumerate(response_mask)]
+    return [m if i >= len(scored) else int(m) * int(scored[i]) for i, m in enumerate(response_mask)]
 
 
 class DreamSingleTurnAgentLoop(_single_turn_base()):  # type: ignore[misc]
     """verl's single-turn agent loop whose requests carry the sample's key (see :func:`canonical_order`) and
-    whose response mask excludes the lockstep delimiter (:func:`mask_fixed_span`)."""
+    whose response mask is the rollout's scored mask (:func:`apply_scored_mask`)."""
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> Any:
-        from rl.verl_sampler import FIXED_SPAN_FIELD
+        from rl.verl_sampler import SCORED_MASK_FIELD
 
         self.server_manager = _SampleKeyedClient(self.server_manager, sample_key(kwargs))
         output = await super().run(sampling_params, **kwargs)
-        span = output.extra_fields.pop(FIXED_SPAN_FIELD, None)
-        output.response_mask = mask_fixed_span(output.response_mask, span)
+        scored = output.extra_fields.pop(SCORED_MASK_FIELD, None)
+        output.response_mask = apply_scored_mask(output.response_mask, scored)
         return output
 
 

@@ -4,8 +4,13 @@ Why a separate module: :mod:`rl.verl_rollout` is verl plumbing (actors, registri
 touches the model and :mod:`decoding`, and it is usable (and tested) without Ray or verl.
 
 Contract of :func:`sample_batch`: prompts are token-id lists (the agent loop already applied the chat
-template); every completion is cut right after its first stop token (``<|endoftext|>`` / ``<|im_end|>``), so
-the pad/EOS tail of the diffusion canvas never reaches the trainer, the reward or the loss.
+template); every completion is the canvas exactly as it was decoded (lockstep: the whole R block with its
+pad/EOS run, the delimiter, the whole A block with its tail; other samplers: all ``max_new_tokens`` positions),
+so the trainer scores each token at the position and in the context the sampler committed it in. Two per-row
+views come with it: the *scored* mask (each generated block's content through its first stop token
+``<|endoftext|>`` / ``<|im_end|>``; the run after it and the delimiter are context only) and the *reward text*
+(R text + delimiter + A text, each block cut at its first stop), what a user reads and the reward scores.
+``docs/rl.md`` (Masks and salts) explains the choice.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
+
+from rl.verl_reward import REWARD_TEXT_FIELD  # noqa: F401  (re-exported: the rollout server sets it)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
            "float32": torch.float32, "fp32": torch.float32}
@@ -32,8 +39,9 @@ class DreamSamplerConfig:
     requests accumulate before decoding when nobody announced how many to expect (validation); ``expect_timeout_s``:
     how long it waits for the rows a training step announced (:meth:`rl.verl_rollout.DreamRolloutServer.expect_rows`)
     before it decodes what arrived and warns; ``gif_every``/``gif_dir``: every N training steps, save an animated GIF
-    of the lockstep canvas fill of the first row (lockstep sampler only; 0 = never). Temperature/top-p/top-k
-    come from verl's rollout config.
+    of the lockstep canvas fill of the first row (lockstep sampler only; 0 = never); ``score_reasoning_run``: also
+    score the R block's run after its first stop (default: context only; ``recipe=demo`` turns it on, measured in
+    ``docs/demo.md``). Temperature/top-p/top-k come from verl's rollout config.
     """
 
     sampler: str = "fast"
@@ -43,6 +51,7 @@ class DreamSamplerConfig:
     response_length: int = 512
     gif_every: int = 0
     gif_dir: str | None = None
+    score_reasoning_run: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -69,19 +78,22 @@ class DreamSamplerConfig:
 
 @dataclass
 class SampleResult:
-    """Completions (token ids, cut after the first stop id), the stop ids, per-row extra fields and, for the
-    lockstep sampler, the decoder's trace (:class:`decoding.lockstep_trace.LockstepResult`)."""
+    """Completions (the decoded canvas of each row, whole), their scored masks and reward texts (module
+    docstring), the stop ids, per-row extra fields and, for the lockstep sampler, the decoder's trace
+    (:class:`decoding.lockstep_trace.LockstepResult`)."""
 
     completions: list[list[int]]
+    scored_masks: list[list[int]]
+    reward_texts: list[str]
     stop_ids: set[int]
     row_extras: list[dict[str, Any]]
     trace: Any = None
     fixed_spans: list[tuple[int, int] | None] | None = None  # per row: (start, length) of tokens not generated
 
 
-# Extra field of a rollout row: (start, length) of the fixed lockstep delimiter inside the completion. The agent
-# loop turns it into response_mask = 0, so the trainer neither scores nor masks tokens the sampler never chose.
-FIXED_SPAN_FIELD = "lockstep_fixed_span"
+# Extra fields of a rollout row. The scored mask (1 = in the loss) becomes verl's response_mask in our agent loop
+# (rl/verl_rollout.py); the reward text reaches rl/verl_reward.py:compute_score through verl's extra_info.
+SCORED_MASK_FIELD = "lockstep_scored_mask"
 
 
 def load_rollout_model(path: str, dtype: str, device: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
@@ -118,6 +130,38 @@ def cut_after_stop(tokens: list[int], stop_ids: set[int]) -> list[int]:
     return tokens
 
 
+def block_spans(length: int, fixed_span: tuple[int, int] | None) -> list[tuple[int, int]]:
+    """(start, end) of the generated blocks of a completion: the parts before and after the fixed span."""
+    if fixed_span is None:
+        return [(0, length)]
+    start, size = fixed_span
+    return [(0, start), (start + size, length)]
+
+
+def scored_mask(tokens: list[int], stop_ids: set[int], fixed_span: tuple[int, int] | None,
+                score_reasoning_run: bool = False) -> list[int]:
+    """1 on each generated block's content through its first stop token, 0 on the run after it and on the
+    fixed span: what enters the loss (the stop token carries the length decision; the rest is context).
+    ``score_reasoning_run``: the first block of a lockstep canvas (R) is scored whole, its run included."""
+    mask = [0] * len(tokens)
+    for lo, hi in block_spans(len(tokens), fixed_span):
+        whole = score_reasoning_run and fixed_span is not None and lo == 0
+        kept = hi - lo if whole else len(cut_after_stop(tokens[lo:hi], stop_ids))
+        mask[lo:lo + kept] = [1] * kept
+    return mask
+
+
+def reward_text(tokenizer: Any, tokens: list[int], fixed_span: tuple[int, int] | None) -> str:
+    """The text a user reads: each generated block cut at its first stop, the fixed span (delimiter) between."""
+    from decoding.tokenizer import decode_completion
+
+    blocks = [decode_completion(tokenizer, tokens[lo:hi]) for lo, hi in block_spans(len(tokens), fixed_span)]
+    if fixed_span is None:
+        return blocks[0]
+    start, size = fixed_span
+    return blocks[0] + tokenizer.decode(tokens[start:start + size]) + blocks[1]
+
+
 def _generation_kwargs(sampling_params: dict[str, Any], config: DreamSamplerConfig) -> dict[str, Any]:
     temperature = float(sampling_params.get("temperature", 1.0) or 0.0)
     top_p = sampling_params.get("top_p")
@@ -134,20 +178,13 @@ def _generation_kwargs(sampling_params: dict[str, Any], config: DreamSamplerConf
 
 def _lockstep_canvas(model: Any, tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      kwargs: dict[str, Any]) -> tuple[list[list[int]], Any, dict, list[tuple[int, int] | None]]:
-    """Lockstep R/A decode, compacted to one completion: R (cut before its end-of-text) + delimiter + A.
-
-    The R block's end-of-text run is dropped so the decoded completion reads ``reasoning``, the delimiter
-    (default a python code fence), then the answer — what the reward parses and the estimator scores.
-    """
-    from decoding.lockstep import LockstepCfg, lockstep_sample
-    from decoding.tokenizer import stop_token_ids
+    """Lockstep R/A decode; each completion is the canvas after the prompt, exactly as decoded:
+    R block (``r_len`` tokens, pad run included), delimiter, A block (``a_len`` tokens, tail included)."""
+    from decoding.lockstep import LockstepCfg, lockstep_sample, resolve_options
 
     options = dict(kwargs)
-    delimiter = options.pop("delimiter", "\n```python\n")
-    # keep_reasoning_pad: return the R block whole (its end-of-text run included), so the trainer scores the
-    # completion in the canvas layout the model decoded it in (a model SFT-trained on that canvas: the demo)
-    keep_reasoning_pad = bool(options.pop("keep_reasoning_pad", False))
     budget = options.pop("max_new_tokens")
+    options, delimiter = resolve_options(options)
     cfg = LockstepCfg(**options)
     delimiter_ids = tokenizer.encode(delimiter, add_special_tokens=False)
     if cfg.r_len + len(delimiter_ids) + cfg.a_len > budget:
@@ -155,15 +192,8 @@ def _lockstep_canvas(model: Any, tokenizer: Any, input_ids: torch.Tensor, attent
                          f"exceeds the response length {budget} (data.max_response_length)")
     result = lockstep_sample(model, input_ids, attention_mask, cfg, delimiter_ids=delimiter_ids,
                              valid_vocab_size=len(tokenizer))
-    stops = stop_token_ids(tokenizer)
-    rows: list[list[int]] = []
-    spans: list[tuple[int, int] | None] = []
-    for reasoning, answer in zip(result.reasoning_ids.tolist(), result.answer_ids.tolist()):
-        kept = list(reasoning) if keep_reasoning_pad else cut_after_stop(reasoning, stops)
-        if kept and kept[-1] in stops and not keep_reasoning_pad:
-            kept = kept[:-1]
-        rows.append(kept + delimiter_ids + cut_after_stop(answer, stops))
-        spans.append((len(kept), len(delimiter_ids)))
+    rows = result.sequences[:, result.layout.prompt_len:].tolist()
+    spans: list[tuple[int, int] | None] = [(cfg.r_len, len(delimiter_ids))] * len(rows)
     metrics = {"nfe": float(result.nfe), "steps": float(result.steps), "wall_s": float(result.wall_s),
                "tokens_per_s": float(sum(len(r) for r in rows)) / max(float(result.wall_s), 1e-9)}
     return rows, result, metrics, spans
@@ -172,17 +202,15 @@ def _lockstep_canvas(model: Any, tokenizer: Any, input_ids: torch.Tensor, attent
 def generate_canvas(model: Any, tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     kwargs: dict[str, Any], sampler: str
                     ) -> tuple[list[list[int]], Any, dict, list[tuple[int, int] | None]]:
-    """Run decoding's sampler: completions (cut after the first stop), its trace (or None), metrics and per row
-    the (start, length) of fixed tokens inside the completion (the lockstep delimiter; None for other samplers)."""
-    from decoding.tokenizer import stop_token_ids
-
-    stops = stop_token_ids(tokenizer)
+    """Run decoding's sampler: completions (the decoded canvas after the prompt, whole), its trace (or None),
+    metrics and per row the (start, length) of fixed tokens inside the completion (the lockstep delimiter; None
+    for other samplers)."""
     prompt_len = input_ids.shape[1]
     if sampler == "fast":
         from decoding.fast import fast_generate
 
         result = fast_generate(model, input_ids, attention_mask, **kwargs)
-        rows = [cut_after_stop(row, stops) for row in result.sequences[:, prompt_len:].tolist()]
+        rows = result.sequences[:, prompt_len:].tolist()
         return rows, None, result.metrics(""), [None] * len(rows)
     if sampler == "lockstep":
         return _lockstep_canvas(model, tokenizer, input_ids, attention_mask, kwargs)
@@ -190,7 +218,7 @@ def generate_canvas(model: Any, tokenizer: Any, input_ids: torch.Tensor, attenti
     sequences = generate.diffusion_generate(model, input_ids, attention_mask=attention_mask, **kwargs)
     if hasattr(sequences, "sequences"):
         sequences = sequences.sequences
-    rows = [cut_after_stop(row, stops) for row in sequences[:, prompt_len:].tolist()]
+    rows = sequences[:, prompt_len:].tolist()
     return rows, None, {}, [None] * len(rows)
 
 
@@ -208,7 +236,10 @@ def sample_batch(model: Any, tokenizer: Any, prompts: list[list[int]], sampling_
                                                           _generation_kwargs(sampling_params, config), config.sampler)
     stops = stop_token_ids(tokenizer)
     extras = [{f"rollout/{k}": v for k, v in metrics.items()} for _ in completions]
-    return SampleResult(completions=completions, stop_ids=stops, row_extras=extras, trace=trace, fixed_spans=spans)
+    return SampleResult(completions=completions, stop_ids=stops, row_extras=extras, trace=trace, fixed_spans=spans,
+                        scored_masks=[scored_mask(row, stops, span, config.score_reasoning_run)
+                                      for row, span in zip(completions, spans)],
+                        reward_texts=[reward_text(tokenizer, row, span) for row, span in zip(completions, spans)])
 
 
 def save_fill_gif(trace: Any, tokenizer: Any, folder: str, global_steps: int) -> str:

@@ -5,7 +5,8 @@ rollout server's ``extra_fields`` (rollout throughput, decoder steps), and it or
 completion time. Selecting ``trainer.v1.trainer_mode=lockstep`` keeps the training loop exactly verl's
 ``sync`` trainer, puts each step's rows in a canonical order (:func:`canonical_row_order`, for exact resume)
 and adds, every step, the means of those per-sample fields to the metrics verl sends to its loggers
-(console, W&B):
+(console, W&B); it also hands the Dream engine the global step that salts its coupled masks
+(``lockstep_estimator_step``, :mod:`rl.verl_engine`):
 
 * ``reward/pass_base``, ``reward/pass_plus`` (fraction of the step's samples that pass each configured EvalPlus
   test set, ``lockstep.reward.test_sets``; a sample whose tests never ran — no extractable code — did not
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 TRAINER_MODE = "lockstep"
+ESTIMATOR_STEP_KEY = "lockstep_estimator_step"  # non-tensor field: the global step the Dream engine salts masks with
 PASS_KEYS = {"base": ("pass_base", "reward/pass_base"), "plus": ("pass_plus", "reward/pass_plus")}
 REWARD_KEYS = {"pass_ratio": "reward/pass_ratio", "reward_latency_s": "reward/latency_s"}
 ROLLOUT_KEYS = {"rollout_tokens_per_s": "rollout/tokens_per_s", "rollout_seconds": "rollout/batch_seconds",
@@ -144,6 +146,20 @@ def register() -> None:
                 max_off_policy_threshold=sampler.max_off_policy_threshold,
                 max_off_policy_strategy=sampler.max_off_policy_strategy, sampler_kwargs=sampler.sampler_kwargs,
                 refill_fn=self._add_prompts_to_generate, filter_enabled=enabled, max_rounds=max_rounds)
+
+        # the Dream engine salts its coupled masks with the global step (rl/verl_engine.py): the same step for
+        # the old-policy, reference and update passes of a batch, fresh masks every step, restored on resume
+        def _compute_old_log_prob(self, batch: Any, metrics: dict) -> Any:
+            batch.extra_info[ESTIMATOR_STEP_KEY] = int(self.global_steps)
+            return super()._compute_old_log_prob(batch, metrics)
+
+        def _compute_ref_log_prob(self, batch: Any, metrics: dict) -> Any:
+            batch.extra_info[ESTIMATOR_STEP_KEY] = int(self.global_steps)
+            return super()._compute_ref_log_prob(batch, metrics)
+
+        def _update_actor(self, batch: Any, metrics: dict) -> Any:
+            batch.extra_info[ESTIMATOR_STEP_KEY] = int(self.global_steps)
+            return super()._update_actor(batch, metrics)
 
         def _submit_batch_to_rollout(self, batch: Any) -> int:
             """verl's dispatch, after announcing the step's rows to the Dream server: it decodes them as one

@@ -85,13 +85,14 @@ def test_defaults_are_the_demo_rollout_and_give_a_readable_gif_of_the_demo_check
 
     from omegaconf import OmegaConf
 
+    from decoding.lockstep import DEFAULT_DELIMITER
     from decoding.viz import CELL_H, VIZ_DEFAULTS, _colour
 
     root = Path(__file__).resolve().parents[2]
     rollout = OmegaConf.load(root / "recipes" / "demo.yaml").actor_rollout_ref.rollout.custom.dream.options
-    for key, value in VIZ_DEFAULTS.items():
-        assert rollout.get(key, LockstepCfg.__dataclass_fields__.get(key) and
-                           LockstepCfg.__dataclass_fields__[key].default) == value, key
+    for key, value in VIZ_DEFAULTS.items():  # unset in the recipe: the defaults of decoding/lockstep.py
+        default = DEFAULT_DELIMITER if key == "delimiter" else LockstepCfg.__dataclass_fields__[key].default
+        assert (rollout.get(key) if rollout.get(key) is not None else default) == value, key
     prompt = ("Please provide a self-contained Python script that solves the following problem in a markdown code "
               "block:\n```\ndef find_score(s: str) -> int:\n    \"\"\"Return the length of s.\n    >>> "
               "find_score('tree')\n    4\n    \"\"\"\n```\n")

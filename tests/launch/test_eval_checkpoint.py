@@ -31,7 +31,9 @@ from launch.eval_tasks import mean_pass_at_k, pass_at_k
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = ROOT / "launch" / "eval_checkpoint.py"
 STEPS = (1, 2)
-FAST_GEN = ["generation.plain.max_new_tokens=16", "generation.plain.steps=4", "device=cpu"]
+# the plain sampler alone (the default decoder is the run's rollout, then plain: tests/launch/test_eval_decoder.py)
+FAST_GEN = ["generation.sampler=plain", "generation.compare=[]", "generation.plain.max_new_tokens=16",
+            "generation.plain.steps=4", "device=cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +340,7 @@ def test_help_lists_recipes_and_key_overrides() -> None:
     run = entry("--help")
     assert run.returncode == 0 and run.stderr == ""
     assert "recipe=<eval/humaneval|eval/mbpp|eval/persona> checkpoint=PATH" in run.stdout
-    for key in ("generation.sampler=plain|fast|lockstep", "dtype=auto", "persona.fixture=true", "130 interrupted"):
+    for key in ("generation.sampler=rollout|plain|fast|lockstep", "dtype=auto", "persona.fixture=true", "130 interrupted"):
         assert key in run.stdout, key
 
 

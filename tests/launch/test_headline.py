@@ -107,10 +107,15 @@ def test_eval_checkpoint_scores_the_headline_checkpoint(headline_run, tmp_path) 
          "generation.plain.max_new_tokens=8", "generation.plain.steps=2"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    summaries = list(out.glob("*/summary.json"))
-    assert len(summaries) == 1
-    results = json.loads((summaries[0].parent / "samples_eval_results.json").read_text())
-    assert sorted(results["eval"]) == ["HumanEval/0", "HumanEval/1"]
+    # the decoder the run trained with (its config.yaml: lockstep, R 4 / A 12), then the plain sampler
+    summaries = sorted(out.glob("*/summary.json"))
+    assert [s.parent.name.split("-")[1] for s in summaries] == ["lockstep", "plain"]
+    assert f"settings from the run's rollout ({headline_run.run_dir / 'config.yaml'})" in result.stdout
+    for summary in summaries:
+        results = json.loads((summary.parent / "samples_eval_results.json").read_text())
+        assert sorted(results["eval"]) == ["HumanEval/0", "HumanEval/1"]
+    generated = [json.loads(line) for line in (summaries[0].parent / "generations.rank0.jsonl").read_text().splitlines()]
+    assert all(row["num_tokens"] <= 4 + 12 for row in generated)  # the run's canvas, not the 128 + 320 default
 
 
 def test_train_sft_fine_tunes_the_hub_folder_and_exports_a_valid_one(hub_dream_dir, tmp_path) -> None:

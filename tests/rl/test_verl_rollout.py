@@ -9,7 +9,7 @@ import uuid
 import pytest
 from omegaconf import OmegaConf
 
-from rl.verl_rollout import DreamRolloutServer, _SampleKeyedClient, mask_fixed_span, sample_key
+from rl.verl_rollout import DreamRolloutServer, _Request, _SampleKeyedClient, apply_scored_mask, sample_key
 
 PROMPTS = ("def add(a, b):", "Write a function that returns the square of x.\ndef square(x):")
 SAMPLES_PER_PROMPT = 3
@@ -74,6 +74,24 @@ def test_each_sample_gets_the_same_completion_whatever_the_arrival_order(server)
     assert _serve(server, list(range(samples))) != in_order  # a new weights version draws new rollouts
 
 
+def test_a_response_is_the_canvas_with_its_scored_mask_and_reward_text(server) -> None:
+    """What the agent loop and the reward receive: the whole decoded canvas (R 4 + delimiter + A 12), the mask
+    of the tokens the loss scores and the text the reward reads."""
+    from rl.verl_reward import REWARD_TEXT_FIELD
+    from rl.verl_sampler import SCORED_MASK_FIELD
+
+    tokenizer = server.tokenizer
+    delimiter = tokenizer.encode("\n```python\n", add_special_tokens=False)
+    batch = [_Request(tokenizer.encode(PROMPTS[0], add_special_tokens=False), {"temperature": 1.0}, None, (0, 0))]
+    (output,) = server._decode(batch)
+    tokens, extra = output.token_ids, output.extra_fields
+    assert len(tokens) == 4 + len(delimiter) + 12 and tokens[4:4 + len(delimiter)] == delimiter
+    scored = extra[SCORED_MASK_FIELD]
+    assert len(scored) == len(tokens) and scored[4:4 + len(delimiter)] == [0] * len(delimiter)
+    assert extra["rollout/scored_tokens"] == sum(scored) > 0
+    assert "```python" in extra[REWARD_TEXT_FIELD] and "<|endoftext|>" not in extra[REWARD_TEXT_FIELD]
+
+
 def test_announced_rows_decode_as_one_batch_however_late_they_arrive(server) -> None:
     """On a loaded machine a step's requests arrive spread out, past any quiet period: the batches (and so the
     rollouts) must come out as if they had arrived together once the trainer announced the step's rows."""
@@ -101,10 +119,10 @@ def test_announced_rows_that_never_come_are_decoded_after_the_timeout(server, ca
     assert "6 of 7 announced requests arrived" in caplog.text
 
 
-def test_the_delimiter_span_leaves_the_response_mask() -> None:
-    assert mask_fixed_span([1] * 6, (2, 3)) == [1, 1, 0, 0, 0, 1]
-    assert mask_fixed_span([1, 1, 1], (2, 3)) == [1, 1, 0]  # a span cut by the response length
-    assert mask_fixed_span([1, 0, 1], None) == [1, 0, 1]
+def test_the_scored_mask_becomes_the_response_mask() -> None:
+    assert apply_scored_mask([1] * 6, [1, 1, 0, 0, 0, 1]) == [1, 1, 0, 0, 0, 1]
+    assert apply_scored_mask([1, 1, 1], [1, 0, 0, 1, 1]) == [1, 0, 0]  # a canvas cut by the response length
+    assert apply_scored_mask([1, 0, 1], None) == [1, 0, 1]
 
 
 def test_sample_key_is_dataset_index_and_sample_number() -> None:

@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from PIL import Image
 
 from decoding import load_dream
-from decoding.tokenizer import stop_token_ids
+from decoding.tokenizer import decode_completion, stop_token_ids
 from rl.verl_sampler import (
     DreamSamplerConfig,
     apply_weights,
@@ -17,6 +17,7 @@ from rl.verl_sampler import (
     load_rollout_model,
     sample_batch,
     save_fill_gif,
+    scored_mask,
 )
 
 SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": -1}
@@ -52,7 +53,7 @@ def test_config_rejects_unknown_keys_and_samplers() -> None:
     ("fast", {"alg": "entropy", "block_size": 4, "threshold": 0.9}),
     ("diffusion", {"alg": "entropy", "steps": 6}),
 ])
-def test_sample_batch_is_seeded_and_cut_at_the_first_stop(rollout_model, sampler, options) -> None:
+def test_sample_batch_is_seeded_and_scores_through_the_first_stop(rollout_model, sampler, options) -> None:
     model, tokenizer = rollout_model
     assert next(model.parameters()).dtype == torch.float32  # CPU rollouts always run fp32
     config = DreamSamplerConfig(sampler=sampler, response_length=12, options=options)
@@ -61,29 +62,33 @@ def test_sample_batch_is_seeded_and_cut_at_the_first_stop(rollout_model, sampler
     again = sample_batch(model, tokenizer, prompts, SAMPLING, config, seed=7)
     assert first.completions == again.completions
     stops = stop_token_ids(tokenizer)
-    for tokens in first.completions:
-        assert 1 <= len(tokens) <= 12
-        assert all(t not in stops for t in tokens[:-1])  # nothing after the first stop token survives
-        assert tokenizer.mask_token_id not in tokens
+    for tokens, scored, text in zip(first.completions, first.scored_masks, first.reward_texts):
+        assert len(tokens) == 12 and tokenizer.mask_token_id not in tokens  # the whole decoded canvas
+        kept = len(cut_after_stop(tokens, stops))
+        assert scored == [1] * kept + [0] * (12 - kept)  # scored through the first stop, the run after: context
+        assert text == decode_completion(tokenizer, tokens)
 
 
-def test_lockstep_completion_is_reasoning_delimiter_answer(rollout_model, tmp_path) -> None:
+def test_scored_mask_and_reward_text_per_block() -> None:
+    assert scored_mask([5, 9, 7, 1, 2, 6, 9, 9], {9}, (3, 2)) == [1, 1, 0, 0, 0, 1, 1, 0]
+    assert scored_mask([5, 6, 1, 2, 7], {9}, (2, 2)) == [1, 1, 0, 0, 1]  # no stop: the whole block is scored
+    assert scored_mask([9, 5], {9}, None) == [1, 0]
+    assert scored_mask([5, 9, 7, 1, 2, 6, 9, 9], {9}, (3, 2), score_reasoning_run=True) == [1, 1, 1, 0, 0, 1, 1, 0]
+
+
+def test_lockstep_completion_is_the_decoded_canvas(rollout_model, tmp_path) -> None:
     model, tokenizer = rollout_model
     delimiter = "\n```python\n"
     config = DreamSamplerConfig(sampler="lockstep", response_length=24, options={
         "r_len": 6, "a_len": 8, "tau_r": 0.9, "tau_a": 0.9, "delimiter": delimiter})
     result = sample_batch(model, tokenizer, _prompts(tokenizer), SAMPLING, config, seed=0)
     delimiter_ids = tokenizer.encode(delimiter, add_special_tokens=False)
-    stops = stop_token_ids(tokenizer)
-    for tokens, span in zip(result.completions, result.fixed_spans):
-        starts = [i for i in range(len(tokens)) if tokens[i:i + len(delimiter_ids)] == delimiter_ids]
-        assert starts and starts[0] <= 6
-        assert span == (starts[0], len(delimiter_ids))  # the fixed tokens the trainer must leave alone
-        assert all(t not in stops for t in tokens[: starts[0]])  # the R block's end-of-text run is dropped
-    kept = sample_batch(model, tokenizer, _prompts(tokenizer), SAMPLING, DreamSamplerConfig(
-        sampler="lockstep", response_length=24, options={**config.options, "keep_reasoning_pad": True}), seed=0)
-    for tokens, span in zip(kept.completions, kept.fixed_spans):  # the R block whole, then the delimiter
+    canvas = result.trace.sequences[:, result.trace.layout.prompt_len:].tolist()
+    for row, (tokens, span) in enumerate(zip(result.completions, result.fixed_spans)):
+        assert tokens == canvas[row] and len(tokens) == 6 + len(delimiter_ids) + 8  # R whole, delimiter, A whole
         assert tokens[6:6 + len(delimiter_ids)] == delimiter_ids and span == (6, len(delimiter_ids))
+        reasoning, answer = result.trace.texts(tokenizer)
+        assert result.reward_texts[row] == reasoning[row] + delimiter + answer[row]
     gif = save_fill_gif(result.trace, tokenizer, str(tmp_path), global_steps=4)
     with Image.open(gif) as image:
         assert gif.endswith("fill_step4.gif") and image.n_frames == result.trace.steps + 1 > 1
