@@ -4,16 +4,16 @@ weight sync, plus peak memory.
 Why: issue 6 asks what one training step of the full-size Dream-7B costs on one GPU and where the time goes,
 and issue 17 asks that it be the step training really runs. Each phase calls the code a run executes:
 
-* rollout: :func:`rl.verl_sampler.sample_batch` on a rollout copy of the model, as the Dream rollout server
-  (``rl/verl_rollout.py``) calls it, with the recipe's ``rollout.custom.dream`` decoder (lockstep Gauss-Seidel
+* rollout: :func:`rl.rollout_decoding.sample_batch` on a rollout copy of the model, as the Dream rollout server
+  (``rl/verl/rollout.py``) calls it, with the recipe's ``rollout.custom.dream`` decoder (lockstep Gauss-Seidel
   R/A, prompt KV cache, temperature 1, top-p 0.95 in ``recipes/humaneval.yaml``) at the shapes below;
 * reward: sandboxed EvalPlus scoring (``rewards.api.Scorer`` on HumanEval+ tasks);
 * advantages: verl's ``compute_grpo_outcome_advantage``;
 * old_logprob / ref_logprob / update: verl's actor ``TrainingWorker`` with our Dream engine (FSDP2, LoRA via
-  peft, the coupled estimator, verl's PPO loss and optimizer) built in this process by :mod:`rl.verl_local`,
+  peft, the coupled estimator, verl's PPO loss and optimizer) built in this process by :mod:`rl.verl.local`,
   with the recipe's settings (LoRA r/alpha, gradient checkpointing, PPO epochs, mini/micro batches);
 * update_weights: the engine's exported weights installed into the rollout copy
-  (:func:`rl.verl_sampler.apply_weights`, what the server does after every step).
+  (:func:`rl.rollout_decoding.apply_weights`, what the server does after every step).
 
 On the GPU machine (a Dream-v0-Instruct-7B folder, bf16; 4 prompts x 4 samples, prompt 256, R 128 + A 256, at
 most 64 lockstep steps)::
@@ -139,7 +139,7 @@ def setup_process(device: torch.device) -> None:
 def step_recipe(model_dir: Path, settings: StepSettings, device: torch.device, run_dir: Path) -> Any:
     """``recipe=humaneval`` with this benchmark's shapes; ``trainer.device=cpu`` applies the CPU settings."""
     from launch.train_grpo import compose_recipe
-    from rl.config import prepare_runtime
+    from rl.verl.config import prepare_runtime
 
     arr, dream = "actor_rollout_ref", "actor_rollout_ref.rollout.custom.dream"
     overrides = [
@@ -173,8 +173,8 @@ class Pipeline:
 
 
 def build_pipeline(settings: StepSettings, model_dir: Path, device: torch.device, run_dir: Path) -> Pipeline:
-    from rl.verl_local import LocalActor
-    from rl.verl_sampler import DreamSamplerConfig, load_rollout_model
+    from rl.rollout_decoding import DreamSamplerConfig, load_rollout_model
+    from rl.verl.local import LocalActor
 
     cfg = step_recipe(model_dir, settings, device, run_dir)
     torch.manual_seed(settings.seed)
@@ -218,8 +218,8 @@ def score_rows(scorer: Any, texts: Sequence[str], task_ids: Sequence[str], n: in
 
 def rollout_rows(pipe: Pipeline, settings: StepSettings, prompts: list[list[int]]) -> tuple[Any, list[str], dict]:
     """Decode ``n`` samples per prompt as the rollout server does; rows for the actor, texts for the reward."""
-    from rl.verl_local import Rows
-    from rl.verl_sampler import sample_batch
+    from rl.rollout_decoding import sample_batch
+    from rl.verl.local import Rows
 
     requests = [p for p in prompts for _ in range(settings.n)]
     rollout = pipe.cfg.actor_rollout_ref.rollout
@@ -250,7 +250,7 @@ def grpo_advantages(rewards: torch.Tensor, n: int) -> torch.Tensor:
 
 def run_step(pipe: Pipeline, scorer: Any, task_ids: Sequence[str], settings: StepSettings, clock: PhaseClock) -> dict:
     """One GRPO step, each phase timed by ``clock``; returns the step's non-timing facts."""
-    from rl.verl_sampler import apply_weights
+    from rl.rollout_decoding import apply_weights
 
     valid_vocab = len(pipe.tokenizer)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -339,7 +339,7 @@ def build_report(settings: StepSettings, dev: torch.device, dtype: str, tiny: bo
         "environment": bench_decoding.environment(dev),
         "model": {"config": "tiny" if tiny else "dream-7b", "dtype": dtype, "lora_rank": settings.lora_rank,
                   "params": parameter_counts(actor)},
-        "path": "verl actor TrainingWorker + Dream engine (rl/verl_local.py), rollout via rl/verl_sampler.py",
+        "path": "verl actor TrainingWorker + Dream engine (rl/verl/local.py), rollout via rl/rollout_decoding.py",
         "settings": {**asdict(settings), "reward_tasks": list(task_ids), "estimator": "coupled",
                      "recipe": "humaneval"},
         "phases": phases,

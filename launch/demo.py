@@ -122,9 +122,9 @@ def plan_from_recipe(overrides: list[str], settings: DemoSettings) -> DemoPlan:
 
     from launch.prepare_data import DataError, demo_spec
     from launch.train_grpo import compose_recipe
-    from rl.config import RecipeError, validate_recipe
     from rl.demo_eval import DemoEvalConfig
     from rl.demo_tasks import CanvasSpec
+    from rl.verl.config import RecipeError, validate_recipe
 
     try:
         cfg = compose_recipe(RECIPE, overrides)
@@ -143,7 +143,7 @@ def plan_from_recipe(overrides: list[str], settings: DemoSettings) -> DemoPlan:
                          OmegaConf.to_container(data.demo, resolve=True) if data.get("demo") else None)
     except DataError as error:
         raise DemoError(str(error)) from None
-    # the rollout's own lockstep settings (rl/verl_sampler.py), so evaluation decodes exactly like training
+    # the rollout's own lockstep settings (rl/rollout_decoding.py), so evaluation decodes exactly like training
     options = {k: v for k, v in dream.get("options", {}).items()
                if k not in ("delimiter", "r_len", "a_len")}
     rollout = cfg.actor_rollout_ref.rollout

@@ -187,7 +187,7 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, prompts: list[str], s
     if sampler == "lockstep":
         from decoding.lockstep import LockstepCfg
 
-        # valid_vocab_size: the GRPO rollout bans ids beyond the tokenizer (rl/verl_sampler.py); so does evaluation
+        # valid_vocab_size: the GRPO rollout bans ids beyond the tokenizer (rl/rollout_decoding.py); so does evaluation
         call_kwargs = {"cfg": LockstepCfg(**kwargs), "valid_vocab_size": len(tokenizer),
                        "delimiter_ids": tokenizer.encode(delimiter, add_special_tokens=False) if delimiter else ()}
     torch.manual_seed(seed)

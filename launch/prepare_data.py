@@ -14,7 +14,7 @@ the first tasks, validation the last ones. It exists for machinery tests; a scor
 measures memorisation.
 
 Why: verl's ``RLHFDataset`` reads parquet rows with a chat ``prompt`` (list of messages), ``data_source`` (routes
-the reward), ``reward_model.ground_truth`` and ``extra_info``. Our reward (:mod:`rl.verl_reward`) scores a
+the reward), ``reward_model.ground_truth`` and ``extra_info``. Our reward (:mod:`rl.verl.reward`) scores a
 completion by EvalPlus ``task_id``, so the task id travels as ground truth. Rows are in task order; the
 validation file holds the last ``val_tasks`` tasks (disjoint from training unless there are too few tasks).
 

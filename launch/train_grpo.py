@@ -2,7 +2,7 @@
 
 Why this launcher: verl is ONE driver process plus Ray workers (it is not SPMD). This script composes
 ``recipes/<recipe>.yaml`` (a Hydra config layered on verl's ``ppo_trainer``) with command-line overrides,
-validates it with clear errors (:mod:`rl.config`), prepares the parquet prompts and, for the demo, a tiny
+validates it with clear errors (:mod:`rl.verl.config`), prepares the parquet prompts and, for the demo, a tiny
 random Dream, then runs verl's own driver (``run_ppo`` + ``TaskRunnerV1``) exactly as
 ``python -m verl.trainer.main_ppo`` would.
 
@@ -27,7 +27,7 @@ if str(PROJECT_ROOT) not in sys.path:  # `python launch/train_grpo.py` from anyw
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from launch.recipes import quiet_verl_imports  # noqa: E402
-from rl.worker_record import PROCESS_GROUP_VARS  # noqa: E402
+from rl.verl.worker_record import PROCESS_GROUP_VARS  # noqa: E402
 
 quiet_verl_imports()  # before anything imports verl: a one-line error must not follow a dozen import warnings
 
@@ -98,7 +98,7 @@ def split_recipe(argv: list[str]) -> tuple[str, list[str]]:
     ``--help`` is answered by :func:`main` before this runs.
     """
     from launch.recipes import check_recipe, recipe_names
-    from rl.config import RecipeError  # imports verl (quietly: quiet_verl_imports ran at import)
+    from rl.verl.config import RecipeError  # imports verl (quietly: quiet_verl_imports ran at import)
     recipe, overrides = None, []
     for arg in argv:
         if arg.startswith("recipe="):
@@ -122,7 +122,7 @@ def compose_recipe(recipe: str, overrides: list[str]):  # -> DictConfig
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from rl.config import RecipeError
+    from rl.verl.config import RecipeError
 
     if not (RECIPES_DIR / f"{recipe}.yaml").is_file():
         from launch.recipes import recipe_names
@@ -212,8 +212,8 @@ def verl_validate(cfg) -> None:  # cfg: DictConfig
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
 
-    from rl.config import RecipeError
-    from rl.verl_plugin import ensure_registered
+    from rl.verl.config import RecipeError
+    from rl.verl.plugin import ensure_registered
 
     ensure_registered()
     auto_set_device(cfg)
@@ -231,7 +231,7 @@ def build_config(argv: list[str]):  # -> DictConfig
     (``lockstep.tiny_model``) are created only once the recipe, the overrides, the model folder (including
     its weight files) and the checkpoint an auto-resume would load have been checked.
     """
-    from rl.config import check_device, check_model_dir, check_resume, prepare_runtime, validate_recipe
+    from rl.verl.config import check_device, check_model_dir, check_resume, prepare_runtime, validate_recipe
 
     recipe, overrides = split_recipe(argv)
     cfg = compose_recipe(recipe, overrides)
@@ -252,11 +252,11 @@ def build_config(argv: list[str]):  # -> DictConfig
 
 def run_driver(cfg) -> None:  # cfg: DictConfig
     """Keep the full config in ``<run_dir>/config.yaml`` (verl would print it, ~1,000 lines), then run verl's
-    Ray driver with our task runner (:func:`rl.verl_trainer.task_runner_class`)."""
+    Ray driver with our task runner (:func:`rl.verl.trainer.task_runner_class`)."""
     from omegaconf import OmegaConf
     from verl.trainer.main_ppo import run_ppo
 
-    from rl.verl_trainer import task_runner_class
+    from rl.verl.trainer import task_runner_class
 
     config_file = Path(str(cfg.lockstep.run_dir)) / "config.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("launched by torchrun: rank 0 drives verl; removed torchrun's %s from the environment the "
                     "Ray workers inherit", ", ".join(removed))
     from launch.prepare_data import DataError
-    from rl.config import RecipeError
+    from rl.verl.config import RecipeError
 
     try:
         cfg = build_config(args)

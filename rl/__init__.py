@@ -1,7 +1,7 @@
 """rl package: GRPO for the Dream diffusion LM trained through verl (the Dream engine, rollout server, reward
 adapter and trainer mode of the VERL plugin) and the diffusion log-prob estimators it uses.
 
-The public names below load lazily: ``import rl.verl_plugin`` runs in every VERL worker and should not pay for
+The public names below load lazily: ``import rl.verl.plugin`` runs in every VERL worker and should not pay for
 the decoding stack unless it uses them.
 """
 

@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _restore_environ():
-    """Entry points configure their own process environment by design (``rl.config.prepare_runtime`` exports
+    """Entry points configure their own process environment by design (``rl.verl.config.prepare_runtime`` exports
     ``WANDB_DIR``, ``VERL_PLATFORM``, ...); a test that calls them in-process must not redirect later tests'
     subprocesses (e.g. their W&B runs) to its temporary directory."""
     saved = dict(os.environ)

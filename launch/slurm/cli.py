@@ -207,7 +207,7 @@ def check_command(command: list[str], label: str = "") -> None:
     prefix = f"{label}: " if label else ""
     if script.name == Path(ENTRIES["train"]).name:
         from launch.train_grpo import compose_recipe, split_recipe
-        from rl.config import RecipeError, validate_recipe
+        from rl.verl.config import RecipeError, validate_recipe
 
         try:
             recipe, overrides = split_recipe(args)

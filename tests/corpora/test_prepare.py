@@ -157,7 +157,7 @@ def test_no_recipe_trains_on_a_benchmark() -> None:
 
 def test_the_launcher_refuses_a_bad_corpus_before_writing_anything(tmp_path, monkeypatch) -> None:
     from launch.train_grpo import compose_recipe
-    from rl.config import RecipeError, validate_recipe
+    from rl.verl.config import RecipeError, validate_recipe
 
     model = "actor_rollout_ref.model.path=/models/Dream"
     cases = [("lockstep.data.corpus=acecode87k", "lockstep.data.corpus: unknown corpus 'acecode87k'"),
@@ -174,7 +174,7 @@ def test_the_launcher_refuses_a_bad_corpus_before_writing_anything(tmp_path, mon
 
 
 def test_verl_reward_scores_corpus_rows_on_their_own_tests(acecode_data, shared_data_dir, monkeypatch) -> None:
-    from rl.verl_reward import compute_score
+    from rl.verl.reward import compute_score
 
     monkeypatch.setenv("LOCKSTEP_REWARD_CONFIG", json.dumps({"reward": "binary"}))
     solutions = acecode_solutions(shared_data_dir("code_rl") / "acecode87k.sample.parquet")

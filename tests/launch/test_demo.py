@@ -134,7 +134,7 @@ def test_demo_rollouts_keep_the_canvas_layout_the_warm_start_was_trained_on() ->
     from decoding.tokenizer import load_tokenizer
     from launch.train_grpo import compose_recipe
     from rl.demo_tasks import DELIMITER, DemoTaskSpec, prompt_text
-    from rl.verl_sampler import DreamSamplerConfig, sample_batch
+    from rl.rollout_decoding import DreamSamplerConfig, sample_batch
 
     cfg = compose_recipe("demo", [])
     dream = OmegaConf.to_container(cfg.actor_rollout_ref.rollout.custom.dream, resolve=True)

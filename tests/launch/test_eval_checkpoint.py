@@ -39,12 +39,12 @@ FAST_GEN = ["generation.sampler=plain", "generation.compare=[]", "generation.pla
 @pytest.fixture(scope="module")
 def run_dir(tiny_dream_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny GRPO run in the trainer's exact layout: ``<run>/checkpoints/global_step_N/actor/lora_adapter``
-    written by the trainer's own exporter (:func:`rl.verl_engine.export_weights`, random LoRA seeded by step),
+    written by the trainer's own exporter (:func:`rl.verl.engine.export_weights`, random LoRA seeded by step),
     next to the config/tokenizer-only ``actor/huggingface`` folder verl saves in LoRA mode."""
     from peft import LoraConfig, get_peft_model
 
     from decoding import load_dream
-    from rl.verl_engine import export_weights
+    from rl.verl.engine import export_weights
 
     with warnings.catch_warnings():  # importing verl warns about every optional engine it lacks
         warnings.simplefilter("ignore")

@@ -46,7 +46,7 @@ def test_headline_trains_on_acecode_and_validates_on_humaneval_plus(headline_run
 
 
 def test_dynamic_filtering_refills_whole_batches_and_logs_the_zero_advantage_fraction(headline_run) -> None:
-    """recipe=humaneval filters all-equal groups (DAPO, rl/verl_filter.py). A random tiny model never passes a test,
+    """recipe=humaneval filters all-equal groups (DAPO, rl/verl/filter.py). A random tiny model never passes a test,
     so every group is all-zero: each step refills the 2 missing prompts as one batch (2 x n=2 rows decoded
     together by the Dream server) until the recipe's cap of 4 rounds, then completes the batch with
     zero-advantage groups — and says so in the logged metrics."""

@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
 
 from launch.prepare_data import DataError, split_tasks, write_parquet_files  # noqa: E402
 from launch.train_grpo import compose_recipe, split_recipe, strip_torchrun_env  # noqa: E402
-from rl.config import RecipeError, prepare_runtime, validate_recipe  # noqa: E402
+from rl.verl.config import RecipeError, prepare_runtime, validate_recipe  # noqa: E402
 
 RECIPES = ("demo", "humaneval", "mbpp")
 # the demo recipe values the validation cases below rely on (recipes/demo.yaml is tuned independently)
@@ -109,7 +109,7 @@ def test_cpu_runtime_settings_and_worker_environment(tmp_path, monkeypatch) -> N
     assert cfg.transfer_queue.backend.SimpleStorage.num_data_storage_units == 1
     assert '"t_min": 0.2' in env.LOCKSTEP_ESTIMATOR
     assert env.WANDB_MODE == "offline" and str(tmp_path) == env.WANDB_DIR
-    assert cfg.reward.custom_reward_function.path == str(ROOT / "rl" / "verl_reward.py")
+    assert cfg.reward.custom_reward_function.path == str(ROOT / "rl" / "verl" / "reward.py")
     assert cfg.actor_rollout_ref.rollout.agent.default_agent_loop == "dream_single_turn"  # stable sample keys
     import psutil  # TransferQueue warns on every put/get when its thread count exceeds the physical cores
 
@@ -269,7 +269,7 @@ def test_truncated_checkpoint_picked_by_auto_resume_names_the_file_and_an_earlie
             f"{checkpoints / 'global_step_1'}") in result.stderr
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before  # no data/ written
     # the advice works: resuming from the named step passes the check (and fails only later, on purpose here)
-    from rl.config import check_resume
+    from rl.verl.config import check_resume
 
     cfg = compose_recipe("demo", [f"lockstep.run_dir={run_dir}", "trainer.resume_mode=resume_path",
                                   f"trainer.resume_from_path={checkpoints / 'global_step_1'}"])

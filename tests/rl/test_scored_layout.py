@@ -13,11 +13,11 @@ from omegaconf import OmegaConf
 from decoding.tokenizer import stop_token_ids
 from launch.recipes import recipe_names
 from launch.train_grpo import compose_recipe
-from rl.config import estimator_config
-from rl.verl_engine import build_dense_batch, draw_row_plans
-from rl.verl_reward import REWARD_TEXT_FIELD, compute_score
-from rl.verl_rollout import apply_scored_mask
-from rl.verl_sampler import DreamSamplerConfig, load_rollout_model, reward_text, sample_batch, scored_mask
+from rl.rollout_decoding import DreamSamplerConfig, load_rollout_model, reward_text, sample_batch, scored_mask
+from rl.verl.config import estimator_config
+from rl.verl.engine import build_dense_batch, draw_row_plans
+from rl.verl.reward import REWARD_TEXT_FIELD, compute_score
+from rl.verl.rollout import apply_scored_mask
 
 GRPO_RECIPES = recipe_names("grpo")
 # the 7B recipes' canvas (r_len 128 + a_len 320) takes ~30 s per decode on the tiny model on 2 cores
@@ -30,7 +30,7 @@ def rollout_model(tiny_dream_dir):
 
 
 def _expected_scored(canvas: list[int], layout, stops: set[int], whole_r: bool) -> list[int]:
-    """Independently of rl/verl_sampler: each block of the trace's layout, scored through its first stop (the R
+    """Independently of rl/rollout_decoding: each block of the trace's layout, scored through its first stop (the R
     block whole with ``rollout.custom.dream.score_reasoning_run``)."""
     expected = [0] * len(canvas)
     for name in ("r", "a"):

@@ -1,6 +1,6 @@
 """The actor verl trains (its TrainingWorker + our Dream engine, FSDP2 on gloo, LoRA via peft), on CPU.
 
-Each check runs ``tests/rl/verl_actor_script.py`` in fresh processes (it owns a torch process group): one rank
+Each check runs ``tests/rl/verl/verl_actor_script.py`` in fresh processes (it owns a torch process group): one rank
 with all 4 rows, and two ranks with 2 rows each. What a user relies on: only the LoRA adapters train and the
 reference policy is the base model; the log-probs verl trains on are our estimator on the model our loader
 builds (before and after the update, through the exported peft adapter); gradient checkpointing changes

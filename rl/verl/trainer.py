@@ -6,7 +6,7 @@ completion time. Selecting ``trainer.v1.trainer_mode=lockstep`` keeps the traini
 ``sync`` trainer, puts each step's rows in a canonical order (:func:`canonical_row_order`, for exact resume)
 and adds, every step, the means of those per-sample fields to the metrics verl sends to its loggers
 (console, W&B); it also hands the Dream engine the global step that salts its coupled masks
-(``lockstep_estimator_step``, :mod:`rl.verl_engine`):
+(``lockstep_estimator_step``, :mod:`rl.verl.engine`):
 
 * ``reward/pass_base``, ``reward/pass_plus`` (fraction of the step's samples that pass each configured EvalPlus
   test set, ``lockstep.reward.test_sets``; a sample whose tests never ran — no extractable code — did not
@@ -14,7 +14,7 @@ and adds, every step, the means of those per-sample fields to the metrics verl s
 * ``rollout/tokens_per_s``, ``rollout/batch_seconds``, ``rollout/batch_size`` and the sampler's own counters
   (``rollout/nfe``, ``rollout/steps``, ...);
 * ``filter/*``: dynamic filtering (DAPO) of groups whose rewards are all equal, with whole-batch refills
-  (:mod:`rl.verl_filter`; ``algorithm.filter_groups``), and the zero-advantage fraction of every step;
+  (:mod:`rl.verl.filter`; ``algorithm.filter_groups``), and the zero-advantage fraction of every step;
 * ``rollout/lockstep_fill``: the lockstep canvas-fill GIF the rollout server saves every
   ``rollout.custom.dream.gif_every`` steps (W&B only).
 """
@@ -115,7 +115,7 @@ def register() -> None:
     from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
     from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-    from rl.verl_filter import build_buffer_class, filter_settings
+    from rl.verl.filter import build_buffer_class, filter_settings
 
     if TRAINER_MODE in TRAINER_REGISTRY:
         return
@@ -134,7 +134,7 @@ def register() -> None:
             return result
 
         def _build_replay_buffer(self) -> Any:
-            """verl's replay buffer with our round-based dynamic filtering (:mod:`rl.verl_filter`), unless the
+            """verl's replay buffer with our round-based dynamic filtering (:mod:`rl.verl.filter`), unless the
             recipe names a custom sampler (``trainer.v1.sampler.custom_sampler``)."""
             sampler = self.config.trainer.v1.sampler
             custom = sampler.get("custom_sampler", None)
@@ -147,7 +147,7 @@ def register() -> None:
                 max_off_policy_strategy=sampler.max_off_policy_strategy, sampler_kwargs=sampler.sampler_kwargs,
                 refill_fn=self._add_prompts_to_generate, filter_enabled=enabled, max_rounds=max_rounds)
 
-        # the Dream engine salts its coupled masks with the global step (rl/verl_engine.py): the same step for
+        # the Dream engine salts its coupled masks with the global step (rl/verl/engine.py): the same step for
         # the old-policy, reference and update passes of a batch, fresh masks every step, restored on resume
         def _compute_old_log_prob(self, batch: Any, metrics: dict) -> Any:
             batch.extra_info[ESTIMATOR_STEP_KEY] = int(self.global_steps)

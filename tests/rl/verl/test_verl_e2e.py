@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT) not in sys.path:  # launch/ is scripts, not an installed package
     sys.path.insert(0, str(ROOT))
 RAY_STARTUP_TIMEOUT = "The current node timed out during startup"
@@ -32,7 +32,7 @@ RAY_STARTUP_TIMEOUT = "The current node timed out during startup"
 def shaped_score(data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None,
                  **kwargs) -> dict:
     """Real reward + 0.1 per 4 characters of completion (test-only variance, see the module docstring)."""
-    from rl.verl_reward import compute_score
+    from rl.verl.reward import compute_score
 
     result = compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs)
     result["score"] += 0.1 * (len(solution_str) // 4 % 5)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from decoding import load_dream
 from decoding.tokenizer import decode_completion, stop_token_ids
-from rl.verl_sampler import (
+from rl.rollout_decoding import (
     DreamSamplerConfig,
     apply_weights,
     cut_after_stop,

@@ -1,7 +1,7 @@
 """verl's actor worker with the Dream engine, built in this process: the training path without Ray.
 
 Why: GRPO trains through verl (``launch/train_grpo.py``): its ``TrainingWorker`` drives our Dream engine
-(:mod:`rl.verl_engine`: FSDP2, LoRA via peft, the diffusion log-prob estimator) with verl's PPO loss, mini-batch
+(:mod:`rl.verl.engine`: FSDP2, LoRA via peft, the diffusion log-prob estimator) with verl's PPO loss, mini-batch
 loop and optimizer. :class:`LocalActor` builds exactly that worker from a composed recipe in the calling process,
 so ``bench/bench_grpo_step.py`` can time one step phase by phase and the tests can check LoRA, the reference
 policy and FSDP2 gradient averaging on the code a run executes — there is no second trainer.
@@ -9,7 +9,7 @@ policy and FSDP2 gradient averaging on the code a run executes — there is no s
 Contracts:
 
 * the process group is verl's: ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` (and ``VERL_PLATFORM=cpu``
-  without a GPU, which installs :mod:`rl.verl_cpu`) must be set before :class:`LocalActor` is built; every rank
+  without a GPU, which installs :mod:`rl.verl.cpu`) must be set before :class:`LocalActor` is built; every rank
   builds one and calls the same methods (collectives), each with its own rows;
 * rows are :class:`Rows` (prompt ids, response ids, ``response_mask``: 0 = not generated, as our agent loop
   sets it for the lockstep delimiter); log-probs come back response-only, one tensor per row, as verl stores
@@ -91,7 +91,7 @@ class LocalActor:
         from verl.workers.engine_workers import TrainingWorker
         from verl.workers.utils.losses import ppo_loss
 
-        from rl.verl_plugin import ensure_registered
+        from rl.verl.plugin import ensure_registered
 
         ensure_registered()
         self.cfg = cfg
@@ -114,7 +114,7 @@ class LocalActor:
 
     @property
     def engine(self) -> Any:
-        """The Dream engine (:mod:`rl.verl_engine`); ``engine.module`` is the FSDP2-sharded (peft) model."""
+        """The Dream engine (:mod:`rl.verl.engine`); ``engine.module`` is the FSDP2-sharded (peft) model."""
         return self.worker.engine
 
     def log_probs(self, rows: Rows, reference: bool = False) -> list[torch.Tensor]:
@@ -156,7 +156,7 @@ class LocalActor:
 
     def exported_weights(self) -> tuple[dict[str, torch.Tensor], dict | None]:
         """What the trainer sends the rollout server after a step: full CPU tensors (the adapters under LoRA)
-        and the peft config (None for full weights), as :func:`rl.verl_sampler.apply_weights` takes them."""
+        and the peft config (None for full weights), as :func:`rl.rollout_decoding.apply_weights` takes them."""
         weights, peft_config = self.engine.get_per_tensor_param(base_sync_done=True)
         named = {}
         for name, tensor in weights:

@@ -22,7 +22,7 @@ Contracts (verl 0.9.1, `verl.md` §5.2):
   masks — the PPO ratio is exactly 1 before the first update — without storing masks in verl's TransferQueue,
   while every step draws fresh masks (a string sampled again later is not scored with frozen noise). The step
   reaches the engine as the non-tensor field ``lockstep_estimator_step`` set by our trainer mode
-  (:mod:`rl.verl_trainer`); it is restored with ``global_steps`` on resume, so resumed runs stay bit-exact.
+  (:mod:`rl.verl.trainer`); it is restored with ``global_steps`` on resume, so resumed runs stay bit-exact.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from typing import Any
 
 import torch
 
-from rl.verl_trainer import ESTIMATOR_STEP_KEY
-from rl.worker_record import record_worker
+from rl.verl.trainer import ESTIMATOR_STEP_KEY
+from rl.verl.worker_record import record_worker
 
 ENGINE_MODEL_TYPE = "dllm"
 ESTIMATOR_ENV = "LOCKSTEP_ESTIMATOR"
@@ -50,7 +50,7 @@ class EstimatorConfig:
     ``t_min``/``t_max``: masking-rate interval of the coupled pair (symmetric around 1/2); ``seed``: salt of
     the per-row mask seeds, together with the global step (change it to redraw all masks); ``mask_token_id``:
     None = the tokenizer's mask token. ``fixed_start``/``fixed_text``: where the lockstep delimiter sits in every
-    response (``r_len``) and its text; filled in from the rollout's options by :func:`rl.config.estimator_config`
+    response (``r_len``) and its text; filled in from the rollout's options by :func:`rl.verl.config.estimator_config`
     (None: no fixed tokens, every response token was generated).
     """
 
@@ -234,7 +234,7 @@ def _build_engine_class() -> type:
             step = tu.get_non_tensor_data(data=micro_batch, key=ESTIMATOR_STEP_KEY, default=None)
             if step is None:
                 raise ValueError(f"micro-batch without {ESTIMATOR_STEP_KEY}: the Dream engine salts its masks with the global "
-                                 "step, which trainer.v1.trainer_mode=lockstep provides (rl/verl_trainer.py)")
+                                 "step, which trainer.v1.trainer_mode=lockstep provides (rl/verl/trainer.py)")
             plan = draw_row_plans(prompts, responses, positions, self._estimator(), response_masks,
                                   fixed_ids=self._fixed_ids(), step=int(step))
             calculate_entropy = tu.get_non_tensor_data(data=micro_batch, key="calculate_entropy", default=False)

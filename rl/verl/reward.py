@@ -35,7 +35,7 @@ from typing import Any
 from corpora.specs import CORPUS_NAMES
 
 DATA_SOURCES = ("humaneval", "mbpp", "demo", *CORPUS_NAMES)
-# Reward workers (verl's RewardLoopWorker actors) per node, exported by rl/config.py:prepare_runtime.
+# Reward workers (verl's RewardLoopWorker actors) per node, exported by rl/verl/config.py:prepare_runtime.
 REWARD_WORKERS_ENV = "LOCKSTEP_REWARD_WORKERS_PER_NODE"
 
 
@@ -46,7 +46,7 @@ def sandbox_workers(cpu_count: int | None, reward_workers_per_node: int) -> int:
     8 reward workers per node that was 8 x cpu_count() sandbox zygotes competing for the same cores.
     """
     return max(1, (cpu_count or 1) // max(1, reward_workers_per_node))
-# extra field of a rollout row (rl/verl_sampler.py sets it, verl merges it into extra_info): the rollout's own text
+# extra field of a rollout row (rl/rollout_decoding.py sets it, verl merges it into extra_info): the rollout's own text
 REWARD_TEXT_FIELD = "lockstep_reward_text"
 
 

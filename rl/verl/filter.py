@@ -4,7 +4,7 @@ and whole refill batches replace them, so every step trains on ``data.train_batc
 Why our own: a GRPO group whose n rewards are identical has advantage 0 on every token; it adds nothing to the
 gradient and only dilutes the token mean. verl 0.9.1's replay buffers filter such groups (``algorithm.filter_groups``)
 but refill as groups happen to finish — a few prompts per 2 s poll, timing-dependent — which defeats the Dream
-rollout server's one-batch-per-step design (``rl/verl_rollout.py``: announced rows, one reproducible batch) and
+rollout server's one-batch-per-step design (``rl/verl/rollout.py``: announced rows, one reproducible batch) and
 makes a step depend on machine load. Here a step proceeds in *rounds*: wait until every dispatched prompt is
 scored, classify the finished groups, and if fewer than ``train_batch_size`` are informative, dispatch exactly the
 missing number of prompts as one batch (announced to the server like the step's first batch) and repeat. The
@@ -116,7 +116,7 @@ def build_buffer_class() -> type:
             keys = sorted(key for key in self.partitions[partition_id] if key.split("_")[0] in uids)
             if not keys:
                 return []
-            from rl.verl_trainer import _as_list
+            from rl.verl.trainer import _as_list
 
             data = tq.kv_batch_get(keys=keys, partition_id=partition_id, select_fields=["rm_scores", "index"])
             indices = _as_list(data.pop("index"), len(keys))

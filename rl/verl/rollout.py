@@ -2,7 +2,7 @@
 
 Why: verl's rollout backends (vLLM, SGLang, TRT-LLM) cannot serve a masked diffusion LM, and its HF rollout is
 dead code in 0.9.1. verl's agent loop sends one ``generate`` request per sample to a *server actor*; ours
-queues concurrent requests and decodes them as one batch with :mod:`rl.verl_sampler` (lockstep R/A rollouts
+queues concurrent requests and decodes them as one batch with :mod:`rl.rollout_decoding` (lockstep R/A rollouts
 through decoding's fast path), which is what makes diffusion rollouts affordable.
 
 Pieces (all registered by :func:`register`):
@@ -10,7 +10,7 @@ Pieces (all registered by :func:`register`):
 * :class:`DreamRolloutServer` — Ray actor holding a Dream copy (+ peft LoRA adapter when training LoRA);
   ``generate(request_id, prompt_ids=..., sampling_params=...) -> TokenOutput`` with ``token_ids`` the decoded
   canvas, ``extra_fields`` carrying ``global_steps`` (the v1 trainer needs it), the scored mask, the reward
-  text (:mod:`rl.verl_sampler`) and rollout metrics.
+  text (:mod:`rl.rollout_decoding`) and rollout metrics.
 * :class:`DreamReplica` — ``RolloutReplica`` that starts one server per replica on the node (and GPU) of the
   replica's first training worker; selected by ``actor_rollout_ref.rollout.name=dream``.
 * :class:`DreamRolloutAdapter` — the worker-side ``BaseRollout``: pushes LoRA adapter tensors (or, for full
@@ -32,7 +32,7 @@ from typing import Any
 import ray
 import torch
 
-from rl.rollout_fit import DEVICE_ENV, fit_to_gpu, release_cache, rollout_device
+from rl.verl.rollout_fit import DEVICE_ENV, fit_to_gpu, release_cache, rollout_device
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class _Request:
 
 SAMPLE_KEY_ARG = "lockstep_sample_key"
 # Delay each rollout request by a random 0..N seconds (a robustness check: a step's batches, and so the run, must
-# not depend on when its requests arrive; tests/rl/test_verl_e2e.py resumes a run with it set).
+# not depend on when its requests arrive; tests/rl/verl/test_verl_e2e.py resumes a run with it set).
 JITTER_ENV = "LOCKSTEP_ROLLOUT_JITTER_S"
 AGENT_LOOP_NAME = "dream_single_turn"
 
@@ -81,8 +81,8 @@ class DreamRolloutServer:
     """
 
     def __init__(self, rollout_config: Any, model_config: Any, replica_rank: int) -> None:
-        from rl.verl_sampler import DreamSamplerConfig, load_rollout_model
-        from rl.worker_record import record_worker
+        from rl.rollout_decoding import DreamSamplerConfig, load_rollout_model
+        from rl.verl.worker_record import record_worker
 
         record_worker(f"rollout{replica_rank}")
         self.rollout_config = rollout_config
@@ -124,7 +124,7 @@ class DreamRolloutServer:
 
     def expect_rows(self, rows: int) -> None:
         """Announce that ``rows`` more requests are on their way (called by the ``lockstep`` trainer mode before
-        it dispatches a training step, :mod:`rl.verl_trainer`): the server decodes once they are all queued,
+        it dispatches a training step, :mod:`rl.verl.trainer`): the server decodes once they are all queued,
         however long a busy machine takes to deliver them."""
         self._expected += int(rows)
 
@@ -182,7 +182,7 @@ class DreamRolloutServer:
     def _decode(self, batch: list[_Request]) -> list[Any]:
         from verl.workers.rollout.replica import TokenOutput
 
-        from rl.verl_sampler import REWARD_TEXT_FIELD, SCORED_MASK_FIELD, block_spans, sample_batch
+        from rl.rollout_decoding import REWARD_TEXT_FIELD, SCORED_MASK_FIELD, block_spans, sample_batch
 
         seed = _batch_seed(self.seed, self.global_steps or 0, [r.prompt_ids for r in batch])
         start = time.perf_counter()
@@ -216,7 +216,7 @@ class DreamRolloutServer:
         if (result.trace is None or self.replica_rank != 0 or config.gif_every <= 0 or step % config.gif_every
                 or step in self._gif_steps):
             return
-        from rl.verl_sampler import save_fill_gif
+        from rl.rollout_decoding import save_fill_gif
 
         self._gif_steps.add(step)
         save_fill_gif(result.trace, self.tokenizer, str(config.gif_dir), step)
@@ -229,7 +229,7 @@ class DreamRolloutServer:
         With ``peft_config`` the tensors are LoRA adapter weights (peft state-dict names): the adapter is
         created on first use and overwritten afterwards. Without it they are full model weights.
         """
-        from rl.verl_sampler import apply_weights
+        from rl.rollout_decoding import apply_weights
 
         self.model = apply_weights(self.model, named_tensors, peft_config)
         if global_steps is not None:
@@ -427,8 +427,8 @@ def apply_scored_mask(response_mask: list[int], scored: list[int] | None) -> lis
     mask, cut by the response length or absent, keep their value).
 
     Why: verl's loss, token-mean and advantages use ``response_mask``; the completion is the whole decoded canvas,
-    but only each block's content through its first stop is scored (``rl/verl_sampler.py``). The delimiter and
-    the runs after the stops stay in the response as context; our engine (:mod:`rl.verl_engine`) still masks the
+    but only each block's content through its first stop is scored (``rl/rollout_decoding.py``). The delimiter and
+    the runs after the stops stay in the response as context; our engine (:mod:`rl.verl.engine`) still masks the
     runs in its estimator passes and never masks the delimiter.
     """
     if scored is None:
@@ -441,7 +441,7 @@ class DreamSingleTurnAgentLoop(_single_turn_base()):  # type: ignore[misc]
     whose response mask is the rollout's scored mask (:func:`apply_scored_mask`)."""
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> Any:
-        from rl.verl_sampler import SCORED_MASK_FIELD
+        from rl.rollout_decoding import SCORED_MASK_FIELD
 
         self.server_manager = _SampleKeyedClient(self.server_manager, sample_key(kwargs))
         output = await super().run(sampling_params, **kwargs)

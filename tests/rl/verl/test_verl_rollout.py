@@ -9,7 +9,7 @@ import uuid
 import pytest
 from omegaconf import OmegaConf
 
-from rl.verl_rollout import DreamRolloutServer, _Request, _SampleKeyedClient, apply_scored_mask, sample_key
+from rl.verl.rollout import DreamRolloutServer, _Request, _SampleKeyedClient, apply_scored_mask, sample_key
 
 PROMPTS = ("def add(a, b):", "Write a function that returns the square of x.\ndef square(x):")
 SAMPLES_PER_PROMPT = 3
@@ -77,8 +77,8 @@ def test_each_sample_gets_the_same_completion_whatever_the_arrival_order(server)
 def test_a_response_is_the_canvas_with_its_scored_mask_and_reward_text(server) -> None:
     """What the agent loop and the reward receive: the whole decoded canvas (R 4 + delimiter + A 12), the mask
     of the tokens the loss scores and the text the reward reads."""
-    from rl.verl_reward import REWARD_TEXT_FIELD
-    from rl.verl_sampler import SCORED_MASK_FIELD
+    from rl.rollout_decoding import SCORED_MASK_FIELD
+    from rl.verl.reward import REWARD_TEXT_FIELD
 
     tokenizer = server.tokenizer
     delimiter = tokenizer.encode("\n```python\n", add_special_tokens=False)
@@ -111,7 +111,7 @@ def test_announced_rows_that_never_come_are_decoded_after_the_timeout(server, ca
     server.sampler_config = dataclasses.replace(config, expect_timeout_s=0.3)
     try:
         server.expect_rows(len(PROMPTS) * SAMPLES_PER_PROMPT + 1)  # one row more than the step sends
-        with caplog.at_level("WARNING", logger="rl.verl_rollout"):
+        with caplog.at_level("WARNING", logger="rl.verl.rollout"):
             outputs = _serve(server, list(range(len(PROMPTS) * SAMPLES_PER_PROMPT)))
     finally:
         server.sampler_config = config

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rl.rollout_fit import decode_row_bytes, fit_max_batch, rollout_device
-from rl.verl_reward import REWARD_WORKERS_ENV, reward_config, sandbox_workers
+from rl.verl.reward import REWARD_WORKERS_ENV, reward_config, sandbox_workers
+from rl.verl.rollout_fit import decode_row_bytes, fit_max_batch, rollout_device
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -65,7 +65,7 @@ def test_each_reward_worker_gets_its_share_of_the_node(monkeypatch) -> None:
 
 def test_runtime_exports_device_and_reward_workers_per_node(monkeypatch, tmp_path) -> None:
     from launch.train_grpo import compose_recipe
-    from rl.config import prepare_runtime
+    from rl.verl.config import prepare_runtime
 
     for name in ("VERL_PLATFORM", "LOCKSTEP_DEVICE", REWARD_WORKERS_ENV):
         monkeypatch.delenv(name, raising=False)
@@ -89,8 +89,8 @@ def test_cuda_recipe_without_a_gpu_is_a_one_line_error(tmp_path, capsys) -> None
 
 @pytest.mark.gpu
 def test_fit_to_gpu_lowers_an_impossible_max_batch(tiny_dream_factory) -> None:
-    from rl.rollout_fit import fit_to_gpu
-    from rl.verl_sampler import DreamSamplerConfig
+    from rl.rollout_decoding import DreamSamplerConfig
+    from rl.verl.rollout_fit import fit_to_gpu
 
     model = tiny_dream_factory(seed=0).cuda()
     config = DreamSamplerConfig(sampler="lockstep", max_batch=10**9, response_length=64)
@@ -100,7 +100,7 @@ def test_fit_to_gpu_lowers_an_impossible_max_batch(tiny_dream_factory) -> None:
 
 @pytest.mark.gpu
 def test_release_cache_returns_the_decode_memory_to_the_device() -> None:
-    from rl.rollout_fit import release_cache
+    from rl.verl.rollout_fit import release_cache
 
     scratch = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
     del scratch

@@ -14,7 +14,7 @@ import textwrap
 
 PROBE = textwrap.dedent("""
     import json, sys
-    import verl  # loads the `verl.plugins` entry points, i.e. rl.verl_plugin
+    import verl  # loads the `verl.plugins` entry points, i.e. rl.verl.plugin
     from verl.plugin.platform import get_platform
     from verl.utils.device import get_device_id, get_nccl_backend, get_torch_device
     from verl.workers.engine.base import EngineRegistry
@@ -23,7 +23,7 @@ PROBE = textwrap.dedent("""
     import verl.utils.distributed as dist
     import verl.workers.engine_workers as workers
 
-    out = {"plugin_loaded": "rl.verl_plugin" in sys.modules,
+    out = {"plugin_loaded": "rl.verl.plugin" in sys.modules,
            "dllm": {b: sorted(EngineRegistry._engines.get("dllm", {}).get(b, {})) for b in ("fsdp", "fsdp2")},
            "lm_cpu": "cpu" in EngineRegistry._engines["language_model"]["fsdp2"],
            "adapter": get_rollout_class("dream", "async").__name__,
@@ -58,7 +58,7 @@ def test_plugin_registers_engine_rollout_and_cpu_platform() -> None:
     assert out["dllm"] == {"fsdp": ["cpu", "cuda"], "fsdp2": ["cpu", "cuda"]}
     assert out["adapter"] == "DreamRolloutAdapter" and out["replica"] == "DreamReplica"
     assert out["trainer"] == "LockstepTrainer"
-    assert out["agent_loop"] == {"_target_": "rl.verl_rollout.DreamSingleTurnAgentLoop"}
+    assert out["agent_loop"] == {"_target_": "rl.verl.rollout.DreamSingleTurnAgentLoop"}
     assert out["lm_cpu"] and out["gloo_patched"]
     assert out["device"] == "cpu" and out["backend"] == "gloo" and out["resource"] == "GPU"
     assert out["device_id"] == "cpu" and out["device_module_name"] == "CPU" and out["free_memory_positive"]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rl.verl_reward import compute_score, reward_config
+from rl.verl.reward import compute_score, reward_config
 
 SOLUTION = """Here is the function.
 ```python

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rl.logprob import masked_logprob
-from rl.verl_engine import (
+from rl.verl.engine import (
     EstimatorConfig,
     build_dense_batch,
     draw_row_plans,

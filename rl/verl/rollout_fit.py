@@ -1,4 +1,4 @@
-"""Device choice and decode-batch sizing of the Dream rollout server (``rl/verl_rollout.py``).
+"""Device choice and decode-batch sizing of the Dream rollout server (``rl/verl/rollout.py``).
 
 Why: the server keeps a full copy of the model on its GPU next to the training engine, and one decode batch of
 ``max_batch`` rows needs the forward's logits for the whole canvas window (``rows x window x vocabulary``; 152,064
@@ -19,7 +19,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-# Recipe's trainer.device, exported to every worker by rl/config.py:prepare_runtime.
+# Recipe's trainer.device, exported to every worker by rl/verl/config.py:prepare_runtime.
 DEVICE_ENV = "LOCKSTEP_DEVICE"
 FREE_MEMORY_SHARE = 0.8  # of the free memory at server start: the rest absorbs fragmentation and the engine
 
@@ -62,7 +62,7 @@ def fit_max_batch(configured: int, free_bytes: int, row_bytes: int, share: float
 
 
 def fit_to_gpu(sampler_config: Any, model: torch.nn.Module, prompt_len: int, who: str) -> Any:
-    """``sampler_config`` (a :class:`rl.verl_sampler.DreamSamplerConfig`) with ``max_batch`` lowered to what the
+    """``sampler_config`` (a :class:`rl.rollout_decoding.DreamSamplerConfig`) with ``max_batch`` lowered to what the
     current CUDA device's free memory holds for ``model``'s rows; logs a warning when it lowers it."""
     free, _ = torch.cuda.mem_get_info()
     dtype_bytes = next(model.parameters()).element_size()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rl.verl_trainer import lockstep_metrics
+from rl.verl.trainer import lockstep_metrics
 
 
 def test_means_of_reward_extras_and_rollout_fields() -> None:
@@ -37,7 +37,7 @@ def test_only_configured_test_sets_get_a_pass_rate() -> None:
 
 
 def test_fill_gif_is_found_by_weights_version(tmp_path) -> None:
-    from rl.verl_trainer import fill_gif_path
+    from rl.verl.trainer import fill_gif_path
 
     (tmp_path / "fill_step3.gif").write_bytes(b"GIF89a")
     assert fill_gif_path(str(tmp_path), 3) == str(tmp_path / "fill_step3.gif")
@@ -46,7 +46,7 @@ def test_fill_gif_is_found_by_weights_version(tmp_path) -> None:
 
 
 def test_rows_are_ordered_by_dataset_index_then_sample_then_output() -> None:
-    from rl.verl_trainer import canonical_row_order
+    from rl.verl.trainer import canonical_row_order
 
     keys = ["9f_1_0", "1a_0_0", "9f_0_0", "1a_1_0", "1a_1_1"]
     indices = [7, 3, 7, 3, 3]  # uids are random per run; dataset indices are not
@@ -58,7 +58,7 @@ def test_transfer_queue_fields_become_lists() -> None:
     import torch
     from tensordict import NonTensorData, NonTensorStack, TensorDict
 
-    from rl.verl_trainer import _as_list
+    from rl.verl.trainer import _as_list
 
     stack = TensorDict({"index": NonTensorStack(NonTensorData(3), NonTensorData(5))}, batch_size=[2])
     assert _as_list(stack.pop("index"), 2) == [3, 5]

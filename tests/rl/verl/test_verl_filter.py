@@ -1,10 +1,10 @@
-"""Dynamic filtering (rl/verl_filter.py): the round decision on exact small cases, and the recipe checks."""
+"""Dynamic filtering (rl/verl/filter.py): the round decision on exact small cases, and the recipe checks."""
 
 from __future__ import annotations
 
 import pytest
 
-from rl.verl_filter import GroupOutcome, decide
+from rl.verl.filter import GroupOutcome, decide
 
 
 def _group(uid: str, rewards: tuple[float, ...], round: int = 1, index: int = 0) -> GroupOutcome:
@@ -57,7 +57,7 @@ def test_without_filtering_the_batch_is_kept_and_its_zero_advantage_fraction_log
 ])
 def test_recipe_mistakes_in_filtering_are_one_line_errors(override: str, message: str) -> None:
     from launch.train_grpo import compose_recipe
-    from rl.config import RecipeError, validate_recipe
+    from rl.verl.config import RecipeError, validate_recipe
 
     cfg = compose_recipe("humaneval", ["actor_rollout_ref.model.path=/models/dream", override])
     assert cfg.algorithm.filter_groups.enable  # on in the GPU recipe

@@ -1,6 +1,6 @@
 """Batched Dream decoding for the verl rollout server: config, model loading, sampling, weight installs.
 
-Why a separate module: :mod:`rl.verl_rollout` is verl plumbing (actors, registries); this is the part that
+Why a separate module: :mod:`rl.verl.rollout` is verl plumbing (actors, registries); this is the part that
 touches the model and :mod:`decoding`, and it is usable (and tested) without Ray or verl.
 
 Contract of :func:`sample_batch`: prompts are token-id lists (the agent loop already applied the chat
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from rl.verl_reward import REWARD_TEXT_FIELD  # noqa: F401  (re-exported: the rollout server sets it)
+from rl.verl.reward import REWARD_TEXT_FIELD  # noqa: F401  (re-exported: the rollout server sets it)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
            "float32": torch.float32, "fp32": torch.float32}
@@ -37,7 +37,7 @@ class DreamSamplerConfig:
     ``options``: keyword arguments forwarded verbatim to that sampler (``alg``, ``block_size``, ``threshold``,
     ``steps``...); ``max_batch``: most rows decoded in one batch; ``batch_wait_s``: how long the server lets
     requests accumulate before decoding when nobody announced how many to expect (validation); ``expect_timeout_s``:
-    how long it waits for the rows a training step announced (:meth:`rl.verl_rollout.DreamRolloutServer.expect_rows`)
+    how long it waits for the rows a training step announced (:meth:`rl.verl.rollout.DreamRolloutServer.expect_rows`)
     before it decodes what arrived and warns; ``gif_every``/``gif_dir``: every N training steps, save an animated GIF
     of the lockstep canvas fill of the first row (lockstep sampler only; 0 = never); ``score_reasoning_run``: also
     score the R block's run after its first stop (default: context only; ``recipe=demo`` turns it on, measured in
@@ -92,7 +92,7 @@ class SampleResult:
 
 
 # Extra fields of a rollout row. The scored mask (1 = in the loss) becomes verl's response_mask in our agent loop
-# (rl/verl_rollout.py); the reward text reaches rl/verl_reward.py:compute_score through verl's extra_info.
+# (rl/verl/rollout.py); the reward text reaches rl/verl/reward.py:compute_score through verl's extra_info.
 SCORED_MASK_FIELD = "lockstep_scored_mask"
 
 

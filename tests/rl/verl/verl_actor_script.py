@@ -1,7 +1,7 @@
-"""One rank of the verl-actor checks of ``tests/rl/test_verl_actor.py`` (run as a script: it owns a process group).
+"""One rank of the verl-actor checks of ``tests/rl/verl/test_verl_actor.py`` (run as a script: it owns a process group).
 
 ``python verl_actor_script.py MODEL_DIR OUT_DIR`` with verl's ``RANK``/``WORLD_SIZE``/``MASTER_*`` set. Every
-rank builds :class:`rl.verl_local.LocalActor` for ``recipe=demo`` with LoRA r=4 on the tiny Dream in MODEL_DIR,
+rank builds :class:`rl.verl.local.LocalActor` for ``recipe=demo`` with LoRA r=4 on the tiny Dream in MODEL_DIR,
 takes its share of 4 fixed rows, runs the old-policy, reference and one PPO update pass through verl's worker,
 and writes ``OUT_DIR/rank<r>.pt`` with what the test compares. On one rank it also builds a second actor with
 gradient checkpointing, checks the exported peft adapter against ``decoding.load_dream`` + peft, and records
@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 ADVANTAGES = torch.tensor([1.0, -1.0, 0.5, -0.5])
 
 
 def fixed_rows():
-    from rl.verl_local import Rows
+    from rl.verl.local import Rows
 
     generator = torch.Generator().manual_seed(0)
     prompts = [torch.randint(100, 1600, (n,), generator=generator) for n in (5, 7, 4, 6)]
@@ -35,8 +35,8 @@ def fixed_rows():
 
 def build(model_dir: str, checkpointing: bool):
     from launch.train_grpo import compose_recipe
-    from rl.config import prepare_runtime
-    from rl.verl_local import LocalActor
+    from rl.verl.config import prepare_runtime
+    from rl.verl.local import LocalActor
 
     overrides = [f"actor_rollout_ref.model.path={model_dir}", "actor_rollout_ref.model.lora_rank=4",
                  "actor_rollout_ref.model.lora_alpha=8", "actor_rollout_ref.model.target_modules=all-linear",
@@ -60,7 +60,7 @@ def base_model_logprobs(model_dir: str, rows, adapter: str | None = None) -> lis
     """The estimator on an unsharded model loaded by our own loader (+ the exported adapter), same masks."""
     from decoding import load_dream
     from rl.logprob import masked_logprob
-    from rl.verl_engine import EstimatorConfig, build_dense_batch, draw_row_plans
+    from rl.verl.engine import EstimatorConfig, build_dense_batch, draw_row_plans
 
     model = load_dream(model_dir, dtype=torch.float32)
     if adapter is not None:
@@ -96,7 +96,7 @@ def main(model_dir: str, out_dir: str) -> None:
         result["changed"] = sorted(n for n in before if not torch.equal(before[n], after[n]))
         result["trainable"] = sorted(n for n, p in actor.engine.module.named_parameters() if p.requires_grad)
         result["base_logprobs"] = base_model_logprobs(model_dir, rows)
-        from rl.verl_engine import export_weights
+        from rl.verl.engine import export_weights
 
         folder = export_weights(actor.engine.module, out_dir, model_dir)
         result["adapter_logprobs"] = base_model_logprobs(model_dir, rows, adapter=folder)

@@ -16,12 +16,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rl.rollout_fit import DEVICE_ENV
-from rl.verl_engine import ENGINE_MODEL_TYPE, ESTIMATOR_ENV, EstimatorConfig
-from rl.verl_reward import REWARD_WORKERS_ENV
-from rl.verl_rollout import AGENT_LOOP_NAME, ROLLOUT_NAME
-from rl.verl_trainer import TRAINER_MODE
-from rl.worker_record import RUN_DIR_ENV
+from rl.verl.engine import ENGINE_MODEL_TYPE, ESTIMATOR_ENV, EstimatorConfig
+from rl.verl.reward import REWARD_WORKERS_ENV
+from rl.verl.rollout import AGENT_LOOP_NAME, ROLLOUT_NAME
+from rl.verl.rollout_fit import DEVICE_ENV
+from rl.verl.trainer import TRAINER_MODE
+from rl.verl.worker_record import RUN_DIR_ENV
 
 DEVICES = ("cpu", "cuda")
 
@@ -115,7 +115,7 @@ def rollout_layout(cfg: DictConfig) -> dict[str, Any]:
 
 def _check_sampler(cfg: DictConfig) -> None:
     """``actor_rollout_ref.rollout.custom.dream`` must build a sampler config (and a lockstep config)."""
-    from rl.verl_sampler import DreamSamplerConfig
+    from rl.rollout_decoding import DreamSamplerConfig
 
     rollout = cfg.actor_rollout_ref.rollout
     custom = OmegaConf.to_container(rollout.get("custom") or {}, resolve=True) or {}
@@ -354,9 +354,9 @@ def check_device(cfg: DictConfig) -> None:
 
 
 def _check_filter(cfg: DictConfig) -> None:
-    """Dynamic filtering (``algorithm.filter_groups``, rl/verl_filter.py): metric ``reward``, a round cap >= 0,
+    """Dynamic filtering (``algorithm.filter_groups``, rl/verl/filter.py): metric ``reward``, a round cap >= 0,
     and the ``lockstep`` trainer mode that implements it."""
-    from rl.verl_filter import filter_settings
+    from rl.verl.filter import filter_settings
 
     try:
         enabled, max_rounds = filter_settings(cfg)
@@ -366,7 +366,7 @@ def _check_filter(cfg: DictConfig) -> None:
     if enabled:
         mode = cfg.trainer.get("v1", {}).get("trainer_mode")
         _require(mode == "lockstep", "algorithm.filter_groups.enable needs trainer.v1.trainer_mode=lockstep "
-                                     f"(whole-batch refills, rl/verl_filter.py), got {mode!r}")
+                                     f"(whole-batch refills, rl/verl/filter.py), got {mode!r}")
 
 
 RAY_LOCAL_ONLY_KEYS = ("ray_kwargs.ray_init.num_cpus", "ray_kwargs.ray_init.num_gpus")
@@ -393,18 +393,18 @@ def prepare_runtime(cfg: DictConfig, project_root: Path) -> None:
     * ``trainer.device=cpu``: ``VERL_PLATFORM=cpu`` + the CPU shim's settings (fake GPU slot, gloo, ...);
     * ``trainer.device`` -> ``$LOCKSTEP_DEVICE`` (the rollout server refuses to fall back to CPU when it says
       ``cuda``); reward workers per node -> ``$LOCKSTEP_REWARD_WORKERS_PER_NODE`` (each one's sandbox pool gets
-      its share of the node's CPUs, rl/verl_reward.py);
+      its share of the node's CPUs, rl/verl/reward.py);
     * ``rollout.agent.default_agent_loop``: verl's single-turn loop -> ours (reproducible rollouts, exact resume);
     * ``$RAY_ADDRESS`` set (:func:`joins_ray_cluster`): no Ray resource counts (Ray rejects them when joining);
     * estimator settings -> ``$LOCKSTEP_ESTIMATOR`` (read by the Dream engine in every worker);
-    * reward function -> ``rl/verl_reward.py:compute_score`` unless the recipe names another one;
+    * reward function -> ``rl/verl/reward.py:compute_score`` unless the recipe names another one;
     * W&B offline by default, files under ``lockstep.run_dir``;
     * ``TQ_NUM_THREADS`` (TransferQueue's torch threads per put/get, default 8) at most the physical cores:
       above them TransferQueue logs a warning on every call (~11k lines in a CPU demo log).
     """
     import psutil
 
-    from rl.verl_cpu import CPU_SETTINGS
+    from rl.verl.cpu import CPU_SETTINGS
 
     env: dict[str, str] = {ESTIMATOR_ENV: estimator_config(cfg).to_env(), DEVICE_ENV: str(cfg.trainer.device)}
     nodes = max(1, int(cfg.trainer.get("nnodes", 1) or 1))
@@ -424,16 +424,16 @@ def prepare_runtime(cfg: DictConfig, project_root: Path) -> None:
                          f"{key} must be null when joining the existing Ray cluster RAY_ADDRESS={cluster} "
                          "(Ray refuses resource counts when connecting; declare them with `ray start`)")
         # our agent loop sends each sample's (dataset index, sample number) to the Dream server, which pins the
-        # sample's completion to it: runs and resumed runs reproduce (rl/verl_rollout.py: canonical_order)
+        # sample's completion to it: runs and resumed runs reproduce (rl/verl/rollout.py: canonical_order)
         if cfg.actor_rollout_ref.rollout.agent.default_agent_loop == "single_turn_agent":
             _set(cfg, "actor_rollout_ref.rollout.agent.default_agent_loop", AGENT_LOOP_NAME)
         if not cfg.reward.custom_reward_function.get("path"):
-            _set(cfg, "reward.custom_reward_function.path", str(project_root / "rl" / "verl_reward.py"))
+            _set(cfg, "reward.custom_reward_function.path", str(project_root / "rl" / "verl" / "reward.py"))
             _set(cfg, "reward.custom_reward_function.name", "compute_score")
         run_dir = Path(str(cfg.lockstep.run_dir)).resolve()
         env.setdefault("WANDB_MODE", os.environ.get("WANDB_MODE", "offline"))
         env.setdefault("WANDB_DIR", os.environ.get("WANDB_DIR", str(run_dir)))
-        env[RUN_DIR_ENV] = str(run_dir)  # each worker records what it sees there (rl/worker_record.py)
+        env[RUN_DIR_ENV] = str(run_dir)  # each worker records what it sees there (rl/verl/worker_record.py)
         env["LOCKSTEP_REWARD_CONFIG"] = json.dumps(
             OmegaConf.to_container(cfg.lockstep.get("reward", {}) or {}, resolve=True))
         for key, value in env.items():

@@ -9,9 +9,9 @@ no GPU, so this module patches exactly those points, nothing else:
   ``GPU`` so that the resource pools are satisfied by *fake* GPU slots declared to ``ray.init``);
 * a ``torch.cuda``-style stand-in module for the ``get_torch_device().<call>`` sites verl uses;
 * plain ``gloo`` as the default process-group backend (patched where verl imported the function by name);
-* the FSDP language-model engine (and, via :mod:`rl.verl_engine`, our Dream engine) registered for ``cpu``.
+* the FSDP language-model engine (and, via :mod:`rl.verl.engine`, our Dream engine) registered for ``cpu``.
 
-Contract: importing this module is a no-op unless ``VERL_PLATFORM=cpu``; :mod:`rl.verl_plugin` imports it only
+Contract: importing this module is a no-op unless ``VERL_PLATFORM=cpu``; :mod:`rl.verl.plugin` imports it only
 then. The config values a CPU run needs (fake GPU slot, TransferQueue storage units, eager attention, ...)
 are in :data:`CPU_SETTINGS`; ``launch/train_grpo.py`` applies them for ``trainer.device=cpu``.
 """

@@ -14,7 +14,7 @@ import os
 import socket
 from pathlib import Path
 
-RUN_DIR_ENV = "LOCKSTEP_RUN_DIR"  # exported to every worker by rl.config.prepare_runtime
+RUN_DIR_ENV = "LOCKSTEP_RUN_DIR"  # exported to every worker by rl.verl.config.prepare_runtime
 # torchrun exports these to each rank (launch/train_grpo.py removes them); verl sets them for its engine workers
 PROCESS_GROUP_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                       "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
