@@ -190,7 +190,7 @@ def load_checkpoint(step_dir: Path, base: Path, lora: bool) -> tuple[Any, Any]:
     """(model, tokenizer) of a verl checkpoint ``global_step_<k>/actor``: full weights or peft adapter on base."""
     import torch
 
-    from launch.eval_model import ModelSource, load_model
+    from evals.code.model import ModelSource, load_model
 
     source = (ModelSource(base, step_dir / "lora_adapter", None) if lora
               else ModelSource(step_dir / "huggingface", None, None))

@@ -8,12 +8,12 @@ Usage::
 
 Why resumable: evaluations run for hours on preemptible nodes. Every generated sample is appended (fsync'd) to
 ``generations.rank<R>.jsonl`` as soon as its batch finishes and every scored chunk to ``scores.jsonl``; a re-run
-with the same command generates and scores only what is missing (see :mod:`launch.eval_store`).
+with the same command generates and scores only what is missing (see :mod:`evals.code.store`).
 
 Contract of the outputs in ``<output_root>/<eval_name>/``: ``samples.jsonl`` (evalplus sample format),
 ``samples_eval_results.json`` (evalplus result format: ``eval`` / ``base_status`` / ``plus_status`` /
 ``pass_at_k``), ``summary.json`` (pass@k for base and plus, decoding speed, settings); one row per
-evaluation in ``<results_dir>/results.jsonl`` plus the rendered table and plot (:mod:`launch.results`).
+evaluation in ``<results_dir>/results.jsonl`` plus the rendered table and plot (:mod:`evals.results`).
 
 Generation runs in one process per visible GPU (``generation.num_workers=auto``; each worker owns every
 ``world``-th sample) while the main process scores finished samples in chunks; on CPU one process does both.
@@ -39,17 +39,17 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from decoding.devices import pick_device, pick_dtype
-from launch import eval_store as store
-from launch.eval_decoder import compare_argvs, resolve_decoder
-from launch.eval_model import (
+from evals.code import store
+from evals.code.decoder import compare_argvs, resolve_decoder
+from evals.code.model import (
     ModelSource,
     check_sampler_kwargs,
     generate_texts,
     load_model,
     resolve_checkpoint,
 )
-from launch.eval_tasks import ChunkScorer, CodeTasks, finalize_code_eval
-from launch.results import STEP_DIR, append_row, run_root
+from evals.code.tasks import CodeTasks, SandboxRowScorer, finalize_code_eval
+from evals.results import STEP_DIR, append_row, run_root
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 RANK_ENV, WORLD_ENV = "LOCKSTEP_EVAL_RANK", "LOCKSTEP_EVAL_WORLD"
@@ -288,7 +288,7 @@ def generate_shard(plan: Plan, tasks: CodeTasks, rank: int, world: int, after_ba
         journal.close()
 
 
-class Scorer:
+class IncrementalScorer:
     """Scores generated-but-unscored samples in chunks of ``scoring.chunk_size``, appending to scores.jsonl.
 
     Samples the sandbox could not judge (persistent infrastructure failure) are left unscored and counted in
@@ -300,7 +300,7 @@ class Scorer:
         self.chunk = int(plan.cfg.scoring.chunk_size)
         if self.chunk < 1:
             raise ValueError(f"scoring.chunk_size must be >= 1, got {self.chunk}")
-        self.score_chunk = ChunkScorer(plan.cfg, tasks)
+        self.score_chunk = SandboxRowScorer(plan.cfg, tasks)
         self.journal = store.Journal(plan.out_dir / "scores.jsonl")
         self.journal.open_for_append()
         self.scored = set(store.read_scores(plan.out_dir))
@@ -335,7 +335,7 @@ def worker_count(cfg: DictConfig) -> int:
     return max(torch.cuda.device_count(), 1) if pick_device(cfg.device).type == "cuda" else 1
 
 
-def run_workers(plan: Plan, argv: list[str], world: int, scorer: Scorer) -> bool:
+def run_workers(plan: Plan, argv: list[str], world: int, scorer: IncrementalScorer) -> bool:
     """One generation subprocess per device; score while they run. True when every worker exited cleanly."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     devices = visible.split(",") if visible else [str(i) for i in range(world)]
@@ -369,7 +369,7 @@ def run_code_eval(plan: Plan, argv: list[str]) -> int:
               f"x {plan.cfg.generation.n_samples} sample(s) -> {plan.out_dir}\n"
               f"decoder: {plan.cfg.generation.sampler}, settings from {plan.cfg.generation.decoder_source}",
               flush=True)
-        scorer = Scorer(plan, tasks)
+        scorer = IncrementalScorer(plan, tasks)
     except ValueError as err:  # unknown task ids, bad limit or reward settings, another run's settings in out_dir
         print(f"error: {err}", file=sys.stderr)
         return 2

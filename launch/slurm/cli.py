@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launch.results import find_checkpoints, run_root
+from evals.results import find_checkpoints, run_root
 from launch.slurm.render import (
     Rendered,
     RenderError,

@@ -47,7 +47,7 @@ def acecode_data(tmp_path_factory, shared_data_dir) -> Path:
 
 
 def test_corpus_rows_carry_their_tests_and_validation_is_all_of_humaneval_plus(acecode_data) -> None:
-    from launch.eval_tasks import prompt_parts
+    from evals.code.tasks import prompt_parts
     from rewards.code_tests import CodeTests
     from rewards.tasks import load_tasks
 

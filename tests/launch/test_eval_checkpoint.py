@@ -23,15 +23,15 @@ import pytest
 import torch
 from PIL import Image
 
-from launch import eval_store as store
+from evals.code import store
+from evals.code.model import ModelSource, generate_texts, load_model, resolve_checkpoint
+from evals.code.tasks import mean_pass_at_k, pass_at_k
 from launch.eval_checkpoint import main as eval_main
-from launch.eval_model import ModelSource, generate_texts, load_model, resolve_checkpoint
-from launch.eval_tasks import mean_pass_at_k, pass_at_k
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = ROOT / "launch" / "eval_checkpoint.py"
 STEPS = (1, 2)
-# the plain sampler alone (the default decoder is the run's rollout, then plain: tests/launch/test_eval_decoder.py)
+# the plain sampler alone (the default decoder is the run's rollout, then plain: tests/evals/code/test_eval_decoder.py)
 FAST_GEN = ["generation.sampler=plain", "generation.compare=[]", "generation.plain.max_new_tokens=16",
             "generation.plain.steps=4", "device=cpu"]
 

@@ -83,7 +83,7 @@ def test_checkpoint_loads_back_and_is_a_valid_dream_folder(headline_run) -> None
     from transformers import AutoConfig, AutoTokenizer
 
     from decoding import DreamTokenizer
-    from launch.eval_model import load_model, resolve_checkpoint
+    from evals.code.model import load_model, resolve_checkpoint
 
     adapter = headline_run.step_dir / "actor" / "lora_adapter"
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from launch.results import parse_step
+from evals.results import parse_step
 
 ADAPTER_FILE = "adapter_config.json"
 MODEL_FILE = "config.json"

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from launch.results import STEP_DIR, run_root
+from evals.results import STEP_DIR, run_root
 
 ROLLOUT = "rollout"
 RUN_CONFIG_FILE = "config.yaml"  # launch/train_grpo.py: <lockstep.run_dir>/config.yaml

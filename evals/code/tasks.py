@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from launch import eval_store as store
+from evals.code import store
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -132,7 +132,7 @@ def reward_config(cfg: DictConfig) -> Any:
         raise ValueError(f"scoring.reward: {err}") from None
 
 
-class ChunkScorer:
+class SandboxRowScorer:
     """A warm rewards :class:`~rewards.api.Scorer` over the selected tasks, created on first use."""
 
     def __init__(self, cfg: DictConfig, tasks: CodeTasks) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from launch import results
+from evals import results
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,7 +76,7 @@ def test_plot_is_skipped_without_steps(tmp_path: Path) -> None:
 
 def test_concurrent_appends_from_two_processes_keep_every_row(tmp_path: Path) -> None:
     code = (
-        "import sys; from pathlib import Path; from launch.results import append_row\n"
+        "import sys; from pathlib import Path; from evals.results import append_row\n"
         "for i in range(15):\n"
         "    append_row(Path(sys.argv[1]), {'checkpoint': f'c{sys.argv[2]}-{i}', 'eval_name': 'x', 'task': 't'})\n"
     )

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT) not in sys.path:  # launch/ is scripts, not an installed package
     sys.path.insert(0, str(ROOT))
 
 from decoding.lockstep import DEFAULT_DELIMITER, LockstepCfg, resolve_options  # noqa: E402
+from evals.code.decoder import compare_argvs  # noqa: E402
 from launch.eval_checkpoint import compose_config, sample_settings, sampler_kwargs  # noqa: E402
 from launch.eval_checkpoint import main as eval_main  # noqa: E402
-from launch.eval_decoder import compare_argvs  # noqa: E402
 from launch.train_grpo import compose_recipe  # noqa: E402
 
 
