@@ -4,7 +4,7 @@
     python launch/demo.py --help
 
 Steps, all on CPU: (1) held-out evaluation of the committed SFT warm start (lockstep R/A decoding + the sandboxed
-reward worker, :mod:`rl.demo_eval`); (2) GRPO with ``python launch/train_grpo.py recipe=demo`` (verl driver, Ray
+reward worker, :mod:`cpu_demo.evaluate`); (2) GRPO with ``python launch/train_grpo.py recipe=demo`` (verl driver, Ray
 workers, Dream rollout/engine, sandboxed rewards, checkpoints every ``trainer.save_freq`` steps, W&B offline) in a
 subprocess whose log goes to ``<run_dir>/train.log`` while a progress bar shows the steps; (3) held-out evaluation of
 every saved checkpoint; (4) ``<run_dir>/learning_curve.png``, ``summary.json`` and ``summary.md``.
@@ -110,8 +110,8 @@ class DemoPlan:
 
     run_dir: Path
     model_path: Path
-    spec: Any  # rl.demo_tasks.DemoTaskSpec
-    eval_cfg: Any  # rl.demo_eval.DemoEvalConfig (sampled, rollout temperature)
+    spec: Any  # cpu_demo.tasks.DemoTaskSpec
+    eval_cfg: Any  # cpu_demo.evaluate.DemoEvalConfig (sampled, rollout temperature)
     total_steps: int
     lora: bool
 
@@ -120,10 +120,10 @@ def plan_from_recipe(overrides: list[str], settings: DemoSettings) -> DemoPlan:
     """Compose ``recipes/demo.yaml`` with the overrides and validate what the demo needs from it."""
     from omegaconf import OmegaConf
 
+    from cpu_demo.evaluate import DemoEvalConfig
+    from cpu_demo.tasks import CanvasSpec
     from launch.prepare_data import DataError, demo_spec
     from launch.train_grpo import compose_recipe
-    from rl.demo_eval import DemoEvalConfig
-    from rl.demo_tasks import CanvasSpec
     from rl.verl.config import RecipeError, validate_recipe
 
     try:
@@ -174,7 +174,7 @@ def evaluate_model(model: Any, tokenizer: Any, tasks: list[Any], plan: DemoPlan,
     """Held-out sampled pass@1 (``eval_samples`` per task at the rollout temperature) and greedy pass rate."""
     import dataclasses
 
-    from rl.demo_eval import evaluate_pass_rate
+    from cpu_demo.evaluate import evaluate_pass_rate
 
     sampled = evaluate_pass_rate(model, tokenizer, tasks * settings.eval_samples, plan.eval_cfg, progress=False)
     metrics = {"pass_at_1": sampled.pass_rate, "well_formed": sampled.well_formed}

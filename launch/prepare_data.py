@@ -21,7 +21,7 @@ validation file holds the last ``val_tasks`` tasks (disjoint from training unles
 Tasks are loaded by :func:`rewards.tasks.load_tasks` (same files and task ids the reward scores against;
 ``--evalplus-dir`` points it at a folder of EvalPlus release files).
 
-``demo``: the synthetic tasks of :mod:`rl.demo_tasks` (train split -> ``train.parquet``, held-out split ->
+``demo``: the synthetic tasks of :mod:`cpu_demo.tasks` (train split -> ``train.parquet``, held-out split ->
 ``val.parquet``), rendered with the same user turn as the EvalPlus rows. Their rows have ``data_source`` ``demo``
 and carry the generator settings (``extra_info.demo_spec``, JSON) so each reward worker regenerates the same tests.
 """
@@ -88,9 +88,9 @@ def split_tasks(tasks: list[Any], train_tasks: int, val_tasks: int) -> tuple[lis
 
 
 def demo_spec(train_tasks: int, val_tasks: int, settings: dict[str, Any] | None = None) -> Any:
-    """The :class:`rl.demo_tasks.DemoTaskSpec` of a demo data set: ``settings`` (recipe ``lockstep.data.demo``)
+    """The :class:`cpu_demo.tasks.DemoTaskSpec` of a demo data set: ``settings`` (recipe ``lockstep.data.demo``)
     with the split sizes (``train_tasks`` / ``val_tasks``; 0 = the spec's default)."""
-    from rl.demo_tasks import DemoTaskSpec
+    from cpu_demo.tasks import DemoTaskSpec
 
     if train_tasks < 0 or val_tasks < 0:
         raise DataError("train_tasks and val_tasks must be >= 0")
@@ -166,7 +166,7 @@ def write_parquet_files(dataset: str, out_dir: str | Path, train_tasks: int = 0,
                         evalplus_dir: str | None = None, demo: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``train.parquet`` and ``val.parquet`` under ``out_dir``; returns their paths.
 
-    ``demo`` (only for ``dataset="demo"``): :class:`rl.demo_tasks.DemoTaskSpec` fields (seed, operations, ...).
+    ``demo`` (only for ``dataset="demo"``): :class:`cpu_demo.tasks.DemoTaskSpec` fields (seed, operations, ...).
     """
     import pandas as pd
 

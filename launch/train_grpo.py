@@ -196,7 +196,7 @@ def prepare_inputs(cfg) -> None:  # cfg: DictConfig
         if str(data.dataset) in DATASETS:
             logger.warning("lockstep.data.dataset=%s trains on the benchmark's own tasks: its scores then measure "
                            "memorisation (recipes train on lockstep.data.corpus)", data.dataset)
-        demo = data.get("demo")  # demo task generator settings (rl.demo_tasks.DemoTaskSpec fields)
+        demo = data.get("demo")  # demo task generator settings (cpu_demo.tasks.DemoTaskSpec fields)
         write_parquet_files(str(data.dataset), train_file.parent, int(data.get("train_tasks", 0)),
                             int(data.get("val_tasks", 0)), data.get("evalplus_dir"),
                             demo=OmegaConf.to_container(demo, resolve=True) if demo else None)

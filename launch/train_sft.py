@@ -97,8 +97,8 @@ def build_settings(cfg: Any) -> tuple[Any, Any, Any]:
     """(SFTConfig, CanvasSpec, DemoEvalConfig) from the recipe; RecipeError for unknown keys or bad values."""
     from omegaconf import OmegaConf
 
-    from rl.demo_eval import DemoEvalConfig
-    from rl.demo_tasks import CanvasSpec
+    from cpu_demo.evaluate import DemoEvalConfig
+    from cpu_demo.tasks import CanvasSpec
     from rl.sft import SFTConfig
 
     required = {"run_dir", "seed", "model", "tasks", "train", "eval", "wandb"}
@@ -170,8 +170,8 @@ def run(cfg: Any) -> dict[str, Any]:
     import wandb
     from omegaconf import OmegaConf
 
-    from rl.demo_eval import evaluate_pass_rate
-    from rl.demo_tasks import DemoTaskSpec, buggy_demonstrations, sft_example
+    from cpu_demo.evaluate import evaluate_pass_rate
+    from cpu_demo.tasks import DemoTaskSpec, buggy_demonstrations, sft_example
     from rl.sft import collate_left_padded, elbo_nll, train_sft
 
     train_cfg, canvas, eval_cfg = build_settings(cfg)

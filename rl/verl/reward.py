@@ -77,8 +77,8 @@ def _score_demo(task_id: str, solution_str: str, extra_info: dict) -> Any:
     """Score against the demo task's own tests; one cached scorer holds every task of the row's spec."""
     import dataclasses
 
+    from cpu_demo.tasks import tasks_from_json
     from rewards.api import score_batch
-    from rl.demo_tasks import tasks_from_json
 
     spec_json = extra_info.get("demo_spec")
     if not spec_json:
@@ -92,7 +92,7 @@ def _score_demo(task_id: str, solution_str: str, extra_info: dict) -> Any:
 
 @functools.lru_cache(maxsize=4)
 def _reward_tasks(spec_json: str) -> tuple[Any, ...]:
-    from rl.demo_tasks import reward_task, tasks_from_json
+    from cpu_demo.tasks import reward_task, tasks_from_json
 
     return tuple(reward_task(t) for t in tasks_from_json(spec_json).values())
 

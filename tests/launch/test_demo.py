@@ -69,8 +69,8 @@ def test_cli_help_and_bad_arguments_exit_cleanly() -> None:
 
 
 def test_demo_rows_carry_the_spec_and_render_the_sft_prompt(tmp_path: Path) -> None:
+    from cpu_demo.tasks import DemoTaskSpec, prompt_text
     from decoding.tokenizer import load_tokenizer
-    from rl.demo_tasks import DemoTaskSpec, prompt_text
 
     train, val = write_parquet_files("demo", tmp_path, train_tasks=12, val_tasks=3, demo={"seed": 5})
     rows, held = pd.read_parquet(train), pd.read_parquet(val)
@@ -130,10 +130,10 @@ def test_demo_rollouts_keep_the_canvas_layout_the_warm_start_was_trained_on() ->
     import torch
     from omegaconf import OmegaConf
 
+    from cpu_demo.tasks import DELIMITER, DemoTaskSpec, prompt_text
     from decoding import load_dream
     from decoding.tokenizer import load_tokenizer
     from launch.train_grpo import compose_recipe
-    from rl.demo_tasks import DELIMITER, DemoTaskSpec, prompt_text
     from rl.rollout_decoding import DreamSamplerConfig, sample_batch
 
     cfg = compose_recipe("demo", [])

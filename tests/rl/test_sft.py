@@ -185,9 +185,9 @@ def test_lr_schedule_and_config_validation() -> None:
 @pytest.mark.slow
 def test_short_sft_run_lowers_loss_and_heldout_nll(tiny_dream_dir) -> None:
     """A few dozen steps on demo tasks: training loss falls and the held-out ELBO bound improves."""
+    from cpu_demo.tasks import CanvasSpec, generate_demo_tasks, sft_example
     from decoding.checkpoint import load_dream
     from decoding.tokenizer import load_tokenizer
-    from rl.demo_tasks import CanvasSpec, generate_demo_tasks, sft_example
     from rl.sft import SFTConfig, collate_left_padded, train_sft
 
     tok = load_tokenizer(tiny_dream_dir)

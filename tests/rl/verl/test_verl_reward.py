@@ -46,7 +46,7 @@ def test_bad_settings_and_sources_are_clear_errors(monkeypatch: pytest.MonkeyPat
 
 
 def test_demo_source_scores_the_generated_tasks_in_the_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rl.demo_tasks import DemoTaskSpec, completion_text
+    from cpu_demo.tasks import DemoTaskSpec, completion_text
 
     monkeypatch.setenv("LOCKSTEP_REWARD_CONFIG", json.dumps({"reward": "binary", "test_sets": ["base"]}))
     spec = DemoTaskSpec(seed=2, n_train=20, n_heldout=4)

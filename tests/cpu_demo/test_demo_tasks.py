@@ -1,4 +1,4 @@
-"""Tests of the synthetic demo task family (rl/demo_tasks.py)."""
+"""Tests of the synthetic demo task family (cpu_demo/tasks.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from rl.demo_tasks import OPERATIONS, generate_demo_tasks, run_reference
+from cpu_demo.tasks import OPERATIONS, generate_demo_tasks, run_reference
 
 
 def test_generation_is_deterministic_and_seed_dependent() -> None:
@@ -58,8 +58,8 @@ def test_operation_subset_and_bad_arguments() -> None:
 
 
 def test_canvas_targets_follow_the_lockstep_layout(tiny_dream_dir) -> None:
+    from cpu_demo.tasks import DELIMITER, CanvasSpec, canvas_targets, prompt_text, sft_example
     from decoding.tokenizer import load_tokenizer
-    from rl.demo_tasks import DELIMITER, CanvasSpec, canvas_targets, prompt_text, sft_example
 
     tok = load_tokenizer(tiny_dream_dir)
     task = generate_demo_tasks(seed=0, n_train=5, n_heldout=0).train[0]
@@ -81,8 +81,8 @@ def test_canvas_targets_follow_the_lockstep_layout(tiny_dream_dir) -> None:
 
 
 def test_reference_solutions_pass_their_tests_in_the_real_sandbox() -> None:
-    from rl.demo_eval import score_completions
-    from rl.demo_tasks import completion_text
+    from cpu_demo.evaluate import score_completions
+    from cpu_demo.tasks import completion_text
 
     splits = generate_demo_tasks(seed=0, n_train=400, n_heldout=16)
     one_per_op = list({t.op: t for t in splits.train}.values())
@@ -99,8 +99,8 @@ def test_reference_solutions_pass_their_tests_in_the_real_sandbox() -> None:
 def test_buggy_demonstrations_are_wrong_programs_in_the_same_layout(tiny_dream_dir) -> None:
     """The warm start's noisy demonstrations: every operation's bug is valid code with the task's own name and
     argument, fits the demo canvas, and fails the task's tests (almost always: a bug may coincide on 5 inputs)."""
+    from cpu_demo.tasks import BUGGY_EXPRS, DEMO_OPERATIONS, CanvasSpec, canvas_targets, sft_example
     from decoding.tokenizer import load_tokenizer
-    from rl.demo_tasks import BUGGY_EXPRS, DEMO_OPERATIONS, CanvasSpec, canvas_targets, sft_example
 
     assert set(BUGGY_EXPRS) == {op.name for op in OPERATIONS}
     tok = load_tokenizer(tiny_dream_dir)
@@ -123,7 +123,7 @@ def test_buggy_demonstrations_are_wrong_programs_in_the_same_layout(tiny_dream_d
 
 
 def test_the_buggy_fraction_is_exact_and_seeded() -> None:
-    from rl.demo_tasks import buggy_demonstrations
+    from cpu_demo.tasks import buggy_demonstrations
 
     flags = buggy_demonstrations(1000, 0.7, seed=0)
     assert sum(flags) == 700 and flags == buggy_demonstrations(1000, 0.7, seed=0)
@@ -134,7 +134,7 @@ def test_the_buggy_fraction_is_exact_and_seeded() -> None:
 
 
 def test_task_spec_round_trips_and_regenerates_the_same_tasks() -> None:
-    from rl.demo_tasks import DEMO_OPERATIONS, DemoTaskSpec, tasks_from_json
+    from cpu_demo.tasks import DEMO_OPERATIONS, DemoTaskSpec, tasks_from_json
 
     spec = DemoTaskSpec.from_dict({"seed": 3, "n_train": 30, "n_heldout": 4, "operations": None})
     assert spec.operations == DEMO_OPERATIONS

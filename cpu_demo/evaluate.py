@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from rl.demo_tasks import DELIMITER, CanvasSpec, DemoTask, prompt_text, reward_task
+from cpu_demo.tasks import DELIMITER, CanvasSpec, DemoTask, prompt_text, reward_task
 
 
 @dataclass(frozen=True)
