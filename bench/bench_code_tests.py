@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from rewards import RewardConfig  # noqa: E402
 from rewards.code_judge import CodeScorer  # noqa: E402

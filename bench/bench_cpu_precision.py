@@ -16,7 +16,6 @@ shapes only); every configuration sees the same ids and the same mask plan; one 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -24,8 +23,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def time_passes(model, ids, plan, mask_id: int, micro: int, dtype: torch.dtype) -> tuple[float, float]:

@@ -24,8 +24,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from decoding import DreamConfig, DreamModel, dream_7b_config  # noqa: E402
 from decoding.generate import diffusion_generate  # noqa: E402
 

@@ -19,14 +19,9 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
-
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_decoding  # noqa: E402
+import torch
 
 from decoding.fast import fast_generate  # noqa: E402
 

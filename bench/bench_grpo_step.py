@@ -42,7 +42,6 @@ import json
 import os
 import resource
 import socket
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -52,13 +51,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import bench_decoding  # noqa: E402
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import bench_decoding  # noqa: E402
 
 PHASES = ("rollout", "reward", "advantages", "old_logprob", "ref_logprob", "update", "update_weights")
 DEFAULT_TASKS = ("HumanEval/0", "HumanEval/2")

@@ -15,14 +15,9 @@ canvas 256, 128 steps, batch 1, 8, 32.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_decoding  # noqa: E402
+import torch
 
 from decoding.lockstep import LockstepCfg, lockstep_sample  # noqa: E402
 

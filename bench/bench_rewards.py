@@ -23,13 +23,10 @@ import json
 import os
 import platform
 import resource
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rewards import RewardConfig, Scorer  # noqa: E402
 

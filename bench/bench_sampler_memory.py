@@ -24,14 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from decoding.sampling import invalid_token_mask, sample_masked_rows, sample_tokens  # noqa: E402
 

@@ -39,18 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from launch.recipes import RecipeError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:  # `python launch/demo.py` from anywhere
-    sys.path.insert(0, str(PROJECT_ROOT))
 
 logger = logging.getLogger("demo")
 STEP_LINE = re.compile(r"step:(\d+) - (.*)")
 ROLLOUT_FAILURE = "Error in _run_prompt"  # verl's agent-loop worker, once per failed rollout sample
 RECIPE = "demo"
-
-
-class DemoError(ValueError):
-    """A user mistake in the arguments or the recipe (reported without a stack trace)."""
 
 
 @dataclass(frozen=True)
@@ -67,34 +63,34 @@ class DemoSettings:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(items) - known)
         if unknown:
-            raise DemoError(f"unknown demo settings {['demo.' + k for k in unknown]}; known: "
+            raise RecipeError(f"unknown demo settings {['demo.' + k for k in unknown]}; known: "
                             f"{sorted('demo.' + k for k in known)}")
         values: dict[str, Any] = {}
         for key, raw in items.items():
             if key == "greedy":
                 if raw.lower() not in ("true", "false", "1", "0"):
-                    raise DemoError(f"demo.greedy must be true or false, got {raw!r}")
+                    raise RecipeError(f"demo.greedy must be true or false, got {raw!r}")
                 values[key] = raw.lower() in ("true", "1")
             else:
                 try:
                     values[key] = int(raw)
                 except ValueError:
-                    raise DemoError(f"demo.{key} must be an integer, got {raw!r}") from None
+                    raise RecipeError(f"demo.{key} must be an integer, got {raw!r}") from None
         settings = cls(**values)
         if settings.eval_samples < 1 or settings.eval_batch < 1:
-            raise DemoError("demo.eval_samples and demo.eval_batch must be >= 1")
+            raise RecipeError("demo.eval_samples and demo.eval_batch must be >= 1")
         return settings
 
 
 def split_arguments(argv: list[str]) -> tuple[DemoSettings, list[str]]:
-    """(demo settings, recipe overrides); DemoError for arguments that are not ``key=value``."""
+    """(demo settings, recipe overrides); RecipeError for arguments that are not ``key=value``."""
     own: dict[str, str] = {}
     overrides: list[str] = []
     for arg in argv:
         if "=" not in arg:
-            raise DemoError(f"arguments are key=value overrides, got {arg!r} (see --help)")
+            raise RecipeError(f"arguments are key=value overrides, got {arg!r} (see --help)")
         if arg.startswith("recipe="):
-            raise DemoError("the demo always runs recipe=demo; use launch/train_grpo.py for other recipes")
+            raise RecipeError("the demo always runs recipe=demo; use launch/train_grpo.py for other recipes")
         if arg.startswith("demo."):
             key, value = arg[len("demo."):].split("=", 1)
             own[key] = value
@@ -122,27 +118,21 @@ def plan_from_recipe(overrides: list[str], settings: DemoSettings) -> DemoPlan:
 
     from cpu_demo.evaluate import DemoEvalConfig
     from cpu_demo.tasks import CanvasSpec
-    from launch.prepare_data import DataError, demo_spec
+    from launch.prepare_data import demo_spec
     from launch.train_grpo import compose_recipe
-    from rl.verl.config import RecipeError, validate_recipe
+    from rl.verl.config import validate_recipe
 
-    try:
-        cfg = compose_recipe(RECIPE, overrides)
-        validate_recipe(cfg, check_files=False)
-    except RecipeError as error:
-        raise DemoError(str(error)) from None
+    cfg = compose_recipe(RECIPE, overrides)
+    validate_recipe(cfg, check_files=False)
     data = cfg.lockstep.data
     if data.get("dataset") != "demo":
-        raise DemoError(f"lockstep.data.dataset must be 'demo' for the demo, got {data.get('dataset')!r}")
+        raise RecipeError(f"lockstep.data.dataset must be 'demo' for the demo, got {data.get('dataset')!r}")
     dream = OmegaConf.to_container(cfg.actor_rollout_ref.rollout.custom.dream, resolve=True)
     if dream.get("sampler") != "lockstep":
-        raise DemoError("the demo evaluates lockstep R/A decoding: keep actor_rollout_ref.rollout.custom.dream."
+        raise RecipeError("the demo evaluates lockstep R/A decoding: keep actor_rollout_ref.rollout.custom.dream."
                         "sampler=lockstep")
-    try:
-        spec = demo_spec(int(data.train_tasks), int(data.val_tasks),
-                         OmegaConf.to_container(data.demo, resolve=True) if data.get("demo") else None)
-    except DataError as error:
-        raise DemoError(str(error)) from None
+    spec = demo_spec(int(data.train_tasks), int(data.val_tasks),
+                     OmegaConf.to_container(data.demo, resolve=True) if data.get("demo") else None)
     # the rollout's own lockstep settings (rl/rollout_decoding.py), so evaluation decodes exactly like training
     options = {k: v for k, v in dream.get("options", {}).items()
                if k not in ("delimiter", "r_len", "a_len")}
@@ -155,12 +145,12 @@ def plan_from_recipe(overrides: list[str], settings: DemoSettings) -> DemoPlan:
                                   temperature=float(rollout.temperature), seed=settings.seed, lockstep=options)
         eval_cfg.lockstep_cfg()
     except (KeyError, TypeError, ValueError) as error:
-        raise DemoError(f"actor_rollout_ref.rollout.custom.dream.options: {error}") from None
+        raise RecipeError(f"actor_rollout_ref.rollout.custom.dream.options: {error}") from None
     model_path = Path(str(cfg.actor_rollout_ref.model.path))
     if not model_path.is_absolute() and not model_path.exists():
         model_path = PROJECT_ROOT / model_path
     if not (model_path / "config.json").is_file():
-        raise DemoError(f"actor_rollout_ref.model.path={cfg.actor_rollout_ref.model.path} is not a Dream checkpoint "
+        raise RecipeError(f"actor_rollout_ref.model.path={cfg.actor_rollout_ref.model.path} is not a Dream checkpoint "
                         "(regenerate the warm start: python launch/train_sft.py recipe=demo_sft "
                         "export_dir=recipes/assets/demo_warmstart)")
     return DemoPlan(run_dir=Path(str(cfg.lockstep.run_dir)).resolve(), model_path=model_path.resolve(), spec=spec,
@@ -398,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("verl").setLevel(logging.ERROR)
     try:
         summary = run(args)
-    except DemoError as error:
+    except RecipeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RuntimeError as error:

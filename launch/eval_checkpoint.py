@@ -31,9 +31,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the project root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
@@ -56,9 +53,7 @@ RANK_ENV, WORLD_ENV = "LOCKSTEP_EVAL_RANK", "LOCKSTEP_EVAL_WORLD"
 TASKS = ("humaneval", "mbpp", "persona")
 
 
-class ConfigError(ValueError):
-    """A user mistake in the command line or recipe (reported without a stack trace)."""
-
+from launch.recipes import RecipeError, compose  # noqa: E402
 
 HELP = """usage: python launch/eval_checkpoint.py recipe=<{recipes}> checkpoint=PATH [key=value ...]
 
@@ -94,37 +89,29 @@ def compose_config(argv: list[str], local: bool = True) -> DictConfig:
 
     ``local=False`` (rendering a Slurm job elsewhere): ``device=cuda`` is not checked against this machine.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     recipes = [a.split("=", 1)[1] for a in argv if a.startswith("recipe=")]
     if not recipes:
-        raise ConfigError("missing recipe=eval/humaneval | eval/mbpp | eval/persona (see --help)")
+        raise RecipeError("missing recipe=eval/humaneval | eval/mbpp | eval/persona (see --help)")
     stray = [a for a in argv if "=" not in a and not a.startswith("~")]
     if stray:
-        raise ConfigError(f"arguments are recipe=<name>, checkpoint=PATH and key=value overrides, got {stray[0]!r} "
+        raise RecipeError(f"arguments are recipe=<name>, checkpoint=PATH and key=value overrides, got {stray[0]!r} "
                           "(see --help)")
     name = recipes[-1].removesuffix(".yaml")
     if not (RECIPES_DIR / f"{name}.yaml").is_file():
-        raise ConfigError(f"no recipe {name!r}: expected {RECIPES_DIR / name}.yaml")
+        raise RecipeError(f"no recipe {name!r}: expected {RECIPES_DIR / name}.yaml")
     overrides = [a for a in argv if not a.startswith("recipe=")]
-    try:
-        with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
-            cfg = compose(config_name=name, overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"recipe {name}: " + " ".join(str(err).split())) from None
+    cfg = compose(name, overrides)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        raise ConfigError(f"missing required setting(s) {', '.join(missing)} (e.g. checkpoint=PATH)")
+        raise RecipeError(f"missing required setting(s) {', '.join(missing)} (e.g. checkpoint=PATH)")
     if cfg.task not in TASKS:
-        raise ConfigError(f"task={cfg.task} is not one of {', '.join(TASKS)}")
+        raise RecipeError(f"task={cfg.task} is not one of {', '.join(TASKS)}")
     check_values(cfg, local)
     if cfg.task != "persona":
         try:
             source = resolve_decoder(cfg)
         except ValueError as err:
-            raise ConfigError(str(err)) from None
+            raise RecipeError(str(err)) from None
         with open_dict(cfg):
             cfg.generation.decoder_source = source
     return cfg
@@ -140,11 +127,11 @@ def _int_setting(cfg: DictConfig, key: str, minimum: int, allow: tuple[Any, ...]
         ok = False
     if not ok:
         extra = "".join(f" or {'null' if a is None else a}" for a in allow)
-        raise ConfigError(f"{key}={value} must be an integer >= {minimum}{extra}")
+        raise RecipeError(f"{key}={value} must be an integer >= {minimum}{extra}")
 
 
 def check_values(cfg: DictConfig, local: bool = True) -> None:
-    """ConfigError for values that would otherwise fail deep inside a run (after minutes of model loading).
+    """RecipeError for values that would otherwise fail deep inside a run (after minutes of model loading).
 
     ``local=False``: the device is checked by name only (the job runs on another machine).
     """
@@ -159,7 +146,7 @@ def check_values(cfg: DictConfig, local: bool = True) -> None:
             if cfg.device != "auto":
                 torch.device(cfg.device)
     except (ValueError, RuntimeError) as err:
-        raise ConfigError(str(err)) from None
+        raise RecipeError(str(err)) from None
     if cfg.task == "persona":
         return
     _int_setting(cfg, "dataset.limit", 1, allow=(None,))
@@ -168,7 +155,7 @@ def check_values(cfg: DictConfig, local: bool = True) -> None:
     _int_setting(cfg, "generation.num_workers", 1, allow=("auto",))
     ks = cfg.scoring.k if OmegaConf.is_list(cfg.scoring.k) else [cfg.scoring.k]
     if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
-        raise ConfigError(f"scoring.k={OmegaConf.to_container(cfg.scoring, resolve=True)['k']} must be a list "
+        raise RecipeError(f"scoring.k={OmegaConf.to_container(cfg.scoring, resolve=True)['k']} must be a list "
                           "of integers >= 1 (e.g. scoring.k=[1,10])")
 
 
@@ -206,7 +193,7 @@ def sampler_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """``generation.<sampler>`` as a plain dict, checked against the sampler's signature."""
     name = cfg.generation.sampler
     if name not in cfg.generation:
-        raise ConfigError(f"generation.sampler={name} has no generation.{name} settings block")
+        raise RecipeError(f"generation.sampler={name} has no generation.{name} settings block")
     kwargs = OmegaConf.to_container(cfg.generation[name], resolve=True)
     if name == "lockstep":  # null = LockstepCfg's default (decoding/lockstep.py: the one source of truth)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
@@ -468,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             sample_settings(extra_cfg)
         plan = make_plan(cfg)
         compare = [(extra, make_plan(extra_cfg)) for extra, extra_cfg in configs]
-    except ValueError as err:  # ConfigError, the checkpoint-resolution and weight-file errors
+    except ValueError as err:  # RecipeError, the checkpoint-resolution and weight-file errors
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:

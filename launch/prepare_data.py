@@ -42,8 +42,7 @@ DATASETS: dict[str, tuple[str, bool]] = {
 DEMO_DATASET = "demo"
 
 
-class DataError(ValueError):
-    """A data-preparation problem the user can fix (unknown dataset, missing files, bad counts)."""
+from launch.recipes import RecipeError  # noqa: E402  (a data-preparation problem the user can fix)
 
 
 def load_tasks(dataset: str, evalplus_dir: str | None = None) -> list[Any]:
@@ -51,12 +50,12 @@ def load_tasks(dataset: str, evalplus_dir: str | None = None) -> list[Any]:
     from rewards.tasks import load_tasks as load_reward_tasks
 
     if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted([*DATASETS, DEMO_DATASET])}")
+        raise RecipeError(f"unknown dataset {dataset!r}; choose one of {sorted([*DATASETS, DEMO_DATASET])}")
     name, mini = DATASETS[dataset]
     try:
         tasks, _key = load_reward_tasks(name, mini=mini, data_dir=evalplus_dir)
     except (OSError, ValueError) as error:
-        raise DataError(f"cannot load {dataset} tasks: {error}") from None
+        raise RecipeError(f"cannot load {dataset} tasks: {error}") from None
     return list(tasks.values())
 
 
@@ -78,9 +77,9 @@ def task_row(task: Any, dataset: str, index: int, split: str) -> dict[str, Any]:
 def split_tasks(tasks: list[Any], train_tasks: int, val_tasks: int) -> tuple[list[Any], list[Any]]:
     """Validation = the last ``val_tasks`` tasks; training = the first ``train_tasks`` of the rest (0 = all)."""
     if train_tasks < 0 or val_tasks < 0:
-        raise DataError("train_tasks and val_tasks must be >= 0")
+        raise RecipeError("train_tasks and val_tasks must be >= 0")
     if val_tasks >= len(tasks):
-        raise DataError(f"val_tasks={val_tasks} leaves no training task (dataset has {len(tasks)})")
+        raise RecipeError(f"val_tasks={val_tasks} leaves no training task (dataset has {len(tasks)})")
     val = tasks[len(tasks) - val_tasks:] if val_tasks else []
     rest = tasks[: len(tasks) - val_tasks]
     train = rest[:train_tasks] if train_tasks else rest
@@ -93,7 +92,7 @@ def demo_spec(train_tasks: int, val_tasks: int, settings: dict[str, Any] | None 
     from cpu_demo.tasks import DemoTaskSpec
 
     if train_tasks < 0 or val_tasks < 0:
-        raise DataError("train_tasks and val_tasks must be >= 0")
+        raise RecipeError("train_tasks and val_tasks must be >= 0")
     values = dict(settings or {})
     if train_tasks:
         values["n_train"] = train_tasks
@@ -102,7 +101,7 @@ def demo_spec(train_tasks: int, val_tasks: int, settings: dict[str, Any] | None 
     try:
         return DemoTaskSpec.from_dict(values)
     except (TypeError, ValueError) as error:
-        raise DataError(f"demo tasks: {error}") from None
+        raise RecipeError(f"demo tasks: {error}") from None
 
 
 def demo_row(task: Any, spec_json: str, index: int, split: str) -> dict[str, Any]:
@@ -145,12 +144,12 @@ def write_corpus_files(selection: Any, val_dataset: str, out_dir: str | Path, *,
     from corpora import CorpusError, build_tasks
 
     if val_dataset not in DATASETS:
-        raise DataError(f"unknown validation benchmark {val_dataset!r}; choose one of {sorted(DATASETS)}")
+        raise RecipeError(f"unknown validation benchmark {val_dataset!r}; choose one of {sorted(DATASETS)}")
     val_tasks = load_tasks(val_dataset, evalplus_dir)
     try:
         train, report = build_tasks(selection, count_tokens=count_tokens, max_prompt_tokens=max_prompt_tokens)
     except CorpusError as error:
-        raise DataError(str(error)) from None
+        raise RecipeError(str(error)) from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report["validation"] = {"benchmark": val_dataset, "tasks": len(val_tasks)}
@@ -175,7 +174,7 @@ def write_parquet_files(dataset: str, out_dir: str | Path, train_tasks: int = 0,
         try:
             splits = spec.generate()
         except ValueError as error:
-            raise DataError(f"demo tasks: {error}") from None
+            raise RecipeError(f"demo tasks: {error}") from None
         spec_json = spec.to_json()
         tables = [(splits.train, "train"), (splits.heldout or splits.train[:1], "val")]
         rows = [[demo_row(t, spec_json, i, split) for i, t in enumerate(tasks)] for tasks, split in tables]
@@ -224,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             demo = {"seed": args.demo_seed} if args.demo_seed is not None else None
             train, val = write_parquet_files(args.dataset, args.out, args.train_tasks, args.val_tasks,
                                              args.evalplus_dir, demo=demo)
-    except DataError as error:
+    except RecipeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {train} and {val}")

@@ -4,11 +4,16 @@ Why: ``recipes/`` holds GRPO recipes (layered on verl's ``ppo_trainer``), SFT re
 evaluation recipes. Each launcher must offer and accept only its own kind: an SFT recipe given to
 ``train_grpo.py`` composes into a config verl cannot read and failed with a stack trace. The kind is read from
 the recipe itself (its Hydra ``defaults`` and top-level sections), not from its file name.
+
+It also holds what every launcher shares: :class:`RecipeError` (the one error a user mistake in a command line,
+recipe or model folder raises; launchers print it as one ``error:`` line and exit 2) and :func:`compose` (the one
+Hydra compose call). Files whose name starts with ``_`` are shared bases (``recipes/_grpo_7b.yaml``), not recipes.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -16,6 +21,24 @@ RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 ENTRY_POINTS = {"grpo": "launch/train_grpo.py", "sft": "launch/train_sft.py", "eval": "launch/eval_checkpoint.py"}
 SFT_SECTIONS = {"model", "tasks", "train", "eval"}
 LABELS = {"grpo": ("a GRPO", "GRPO"), "sft": ("an SFT", "SFT"), "eval": ("an evaluation", "evaluation")}
+
+
+class RecipeError(ValueError):
+    """A command-line, recipe or data setting the user must change; the message names the key."""
+
+
+def compose(recipe: str, overrides: list[str]) -> Any:  # -> DictConfig
+    """Hydra-compose ``recipes/<recipe>.yaml`` with ``overrides``; a Hydra/OmegaConf error becomes RecipeError."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
+            return hydra_compose(config_name=recipe, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise RecipeError(f"cannot compose recipe {recipe!r}: {' '.join(str(error).split())}") from None
 
 
 def quiet_verl_imports() -> None:
@@ -61,12 +84,12 @@ def recipe_names(kind: str) -> list[str]:
 
 
 def check_recipe(name: str, kind: str) -> None:
-    """ValueError with the recipes of ``kind`` (and the right entry point for another kind) unless ``name`` fits."""
+    """RecipeError with the recipes of ``kind`` (and the right entry point for another kind) unless ``name`` fits."""
     found = recipe_kind(name)
     if found == kind:
         return
     available = ", ".join(recipe_names(kind))
     if found is None:
-        raise ValueError(f"unknown recipe {name!r}; {LABELS[kind][1]} recipes: {available}")
-    raise ValueError(f"recipe={name} is {LABELS[found][0]} recipe: run it with python {ENTRY_POINTS[found]} "
+        raise RecipeError(f"unknown recipe {name!r}; {LABELS[kind][1]} recipes: {available}")
+    raise RecipeError(f"recipe={name} is {LABELS[found][0]} recipe: run it with python {ENTRY_POINTS[found]} "
                      f"recipe={name} ({ENTRY_POINTS[kind].rsplit('/', 1)[1]} takes {available})")

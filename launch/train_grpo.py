@@ -23,10 +23,7 @@ RECIPES_DIR = PROJECT_ROOT / "recipes"
 
 logger = logging.getLogger("train_grpo")
 
-if str(PROJECT_ROOT) not in sys.path:  # `python launch/train_grpo.py` from anywhere
-    sys.path.insert(0, str(PROJECT_ROOT))
-
-from launch.recipes import quiet_verl_imports  # noqa: E402
+from launch.recipes import RecipeError, quiet_verl_imports  # noqa: E402
 from rl.verl.worker_record import PROCESS_GROUP_VARS  # noqa: E402
 
 quiet_verl_imports()  # before anything imports verl: a one-line error must not follow a dozen import warnings
@@ -98,7 +95,7 @@ def split_recipe(argv: list[str]) -> tuple[str, list[str]]:
     ``--help`` is answered by :func:`main` before this runs.
     """
     from launch.recipes import check_recipe, recipe_names
-    from rl.verl.config import RecipeError  # imports verl (quietly: quiet_verl_imports ran at import)
+
     recipe, overrides = None, []
     for arg in argv:
         if arg.startswith("recipe="):
@@ -109,30 +106,17 @@ def split_recipe(argv: list[str]) -> tuple[str, list[str]]:
             overrides.append(arg)
     if not recipe:
         raise RecipeError(f"missing recipe=<{'|'.join(recipe_names('grpo'))}> (see --help)")
-    try:
-        check_recipe(recipe, "grpo")
-    except ValueError as error:
-        raise RecipeError(str(error)) from None
+    check_recipe(recipe, "grpo")
     return recipe, overrides
 
 
 def compose_recipe(recipe: str, overrides: list[str]):  # -> DictConfig
     """Hydra-compose ``recipes/<recipe>.yaml`` (layered on verl's ``ppo_trainer``) with ``overrides``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from rl.verl.config import RecipeError
+    from launch.recipes import compose, recipe_names
 
     if not (RECIPES_DIR / f"{recipe}.yaml").is_file():
-        from launch.recipes import recipe_names
-
         raise RecipeError(f"unknown recipe {recipe!r}; GRPO recipes: {', '.join(recipe_names('grpo'))}")
-    try:
-        with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
-            return compose(config_name=recipe, overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as error:
-        raise RecipeError(f"cannot compose recipe {recipe!r}: {' '.join(str(error).split())}") from None
+    return compose(recipe, overrides)
 
 
 def resolve_model_path(cfg) -> Path:  # cfg: DictConfig
@@ -212,7 +196,6 @@ def verl_validate(cfg) -> None:  # cfg: DictConfig
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
 
-    from rl.verl.config import RecipeError
     from rl.verl.plugin import ensure_registered
 
     ensure_registered()
@@ -280,13 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     if removed:
         logger.info("launched by torchrun: rank 0 drives verl; removed torchrun's %s from the environment the "
                     "Ray workers inherit", ", ".join(removed))
-    from launch.prepare_data import DataError
-    from rl.verl.config import RecipeError
-
     try:
         cfg = build_config(args)
         run_driver(cfg)
-    except (RecipeError, DataError) as error:
+    except RecipeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

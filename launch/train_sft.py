@@ -22,14 +22,10 @@ from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RECIPES_DIR = PROJECT_ROOT / "recipes"
-if str(PROJECT_ROOT) not in sys.path:  # `python launch/train_sft.py` from anywhere
-    sys.path.insert(0, str(PROJECT_ROOT))
+
+from launch.recipes import RecipeError  # noqa: E402
 
 logger = logging.getLogger("train_sft")
-
-
-class RecipeError(ValueError):
-    """A user mistake in the recipe or the command line (reported without a stack trace)."""
 
 
 HELP = """usage: python launch/train_sft.py [recipe=<{recipes}>] [key=value ...]
@@ -64,11 +60,7 @@ def compose_recipe(argv: list[str]) -> Any:
 
     ``-h``/``--help`` prints the usage and exits 0; a GRPO/eval recipe or an unknown one is a RecipeError.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from launch.recipes import check_recipe
+    from launch.recipes import check_recipe, compose
 
     if any(arg in ("-h", "--help") for arg in argv):
         print(usage())
@@ -82,15 +74,8 @@ def compose_recipe(argv: list[str]) -> Any:
             raise RecipeError(f"arguments are recipe=<name> and key=value overrides, got {arg!r} (see --help)")
         else:
             overrides.append(arg)
-    try:
-        check_recipe(recipe, "sft")
-    except ValueError as error:
-        raise RecipeError(str(error)) from None
-    try:
-        with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
-            return compose(config_name=recipe, overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as error:
-        raise RecipeError(f"cannot compose recipe {recipe!r}: {error}") from None
+    check_recipe(recipe, "sft")
+    return compose(recipe, overrides)
 
 
 def build_settings(cfg: Any) -> tuple[Any, Any, Any]:

@@ -206,8 +206,9 @@ def check_command(command: list[str], label: str = "") -> None:
     script, args = Path(command[1]), command[2:]
     prefix = f"{label}: " if label else ""
     if script.name == Path(ENTRIES["train"]).name:
+        from launch.recipes import RecipeError
         from launch.train_grpo import compose_recipe, split_recipe
-        from rl.verl.config import RecipeError, validate_recipe
+        from rl.verl.config import validate_recipe
 
         try:
             recipe, overrides = split_recipe(args)

@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from launch.recipes import RecipeError  # the launchers' one user-mistake error (exit 2)
 from rl.verl.engine import ENGINE_MODEL_TYPE, ESTIMATOR_ENV, EstimatorConfig
 from rl.verl.reward import REWARD_WORKERS_ENV
 from rl.verl.rollout import AGENT_LOOP_NAME, ROLLOUT_NAME
@@ -24,10 +25,6 @@ from rl.verl.trainer import TRAINER_MODE
 from rl.verl.worker_record import RUN_DIR_ENV
 
 DEVICES = ("cpu", "cuda")
-
-
-class RecipeError(ValueError):
-    """A recipe/config value the user must change; the message names the key."""
 
 
 def _require(condition: bool, message: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,11 +13,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from corpora import CorpusSelection  # noqa: E402
-from launch.prepare_data import DATASETS, DataError, main, write_corpus_files  # noqa: E402
+from launch.prepare_data import DATASETS, RecipeError, main, write_corpus_files  # noqa: E402
 
 ACECODE_IDS = ["acecode/oss_90001", "acecode/oss_90002", "acecode/oss_90002/signature", "acecode/evol_90003",
                "acecode/evol_90004", "acecode/evol_90004/signature", "acecode/bigcode_python_fns_90005",
@@ -103,7 +100,7 @@ def test_unjudgeable_and_unparseable_rows_are_counted_by_reason(tmp_path, shared
     assert report["tasks"] == 9
     frame["question"] = ""
     frame.to_parquet(path, index=False)
-    with pytest.raises(DataError, match=r"acecode: no task left of 8 rows \(dropped: \{'unparseable': 8"):
+    with pytest.raises(RecipeError, match=r"acecode: no task left of 8 rows \(dropped: \{'unparseable': 8"):
         write_corpus_files(CorpusSelection("acecode", (str(path),), hard_subset=False), "humaneval", tmp_path / "e")
 
 
@@ -124,7 +121,7 @@ def test_a_corpus_not_judged_yet_is_one_line(tmp_path, capsys, monkeypatch) -> N
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: kodcode-light: its test formats are not judged yet") and "\n" not in err
     assert not (tmp_path / "d").exists()
-    with pytest.raises(DataError, match="unknown corpus 'nope'"):
+    with pytest.raises(RecipeError, match="unknown corpus 'nope'"):
         write_corpus_files(CorpusSelection("nope"), "humaneval", tmp_path / "e")
 
 
@@ -156,8 +153,9 @@ def test_no_recipe_trains_on_a_benchmark() -> None:
 
 
 def test_the_launcher_refuses_a_bad_corpus_before_writing_anything(tmp_path, monkeypatch) -> None:
+    from launch.recipes import RecipeError
     from launch.train_grpo import compose_recipe
-    from rl.verl.config import RecipeError, validate_recipe
+    from rl.verl.config import validate_recipe
 
     model = "actor_rollout_ref.model.path=/models/Dream"
     cases = [("lockstep.data.corpus=acecode87k", "lockstep.data.corpus: unknown corpus 'acecode87k'"),

@@ -17,12 +17,10 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from launch.demo import (  # noqa: E402
-    DemoError,
     DemoSettings,
+    RecipeError,
     TrainLog,
     parse_step_line,
     plan_from_recipe,
@@ -30,7 +28,7 @@ from launch.demo import (  # noqa: E402
     split_arguments,
     write_summary,
 )
-from launch.prepare_data import DataError, write_parquet_files  # noqa: E402
+from launch.prepare_data import write_parquet_files  # noqa: E402
 
 WARM_START = ROOT / "recipes" / "assets" / "demo_warmstart"
 SHORT_STEPS = 10  # GRPO steps of the slow test (the first half of recipes/demo.yaml's 20)
@@ -43,7 +41,7 @@ def test_arguments_split_into_demo_settings_and_recipe_overrides() -> None:
     for bad, message in ((["demo.evl=1"], "unknown demo settings"), (["demo.eval_samples=x"], "integer"),
                          (["demo.eval_samples=0"], ">= 1"), (["recipe=humaneval"], "always runs recipe=demo"),
                          (["oops"], "key=value")):
-        with pytest.raises(DemoError, match=message):
+        with pytest.raises(RecipeError, match=message):
             split_arguments(bad)
 
 
@@ -54,9 +52,9 @@ def test_plan_reads_the_recipe_and_mirrors_the_rollout_decoder() -> None:
     lockstep = plan.eval_cfg.lockstep_cfg()
     assert (lockstep.r_len, lockstep.a_len, lockstep.mode, lockstep.temperature) == (18, 32, "jacobi", 1.0)
     assert lockstep.use_cache is True
-    with pytest.raises(DemoError, match="rollout.n"):
+    with pytest.raises(RecipeError, match="rollout.n"):
         plan_from_recipe(["actor_rollout_ref.rollout.n=1"], DemoSettings())
-    with pytest.raises(DemoError, match="not a Dream checkpoint"):
+    with pytest.raises(RecipeError, match="not a Dream checkpoint"):
         plan_from_recipe(["actor_rollout_ref.model.path=/nonexistent"], DemoSettings())
 
 
@@ -85,7 +83,7 @@ def test_demo_rows_carry_the_spec_and_render_the_sft_prompt(tmp_path: Path) -> N
     rendered = tokenizer.apply_chat_template([dict(m) for m in row["prompt"]], add_generation_prompt=True,
                                              tokenize=False)
     assert rendered == prompt_text(tokenizer, splits.train[4])  # verl's prompt = the SFT warm start's prompt
-    with pytest.raises(DataError, match="unknown demo task settings"):
+    with pytest.raises(RecipeError, match="unknown demo task settings"):
         write_parquet_files("demo", tmp_path, demo={"sed": 1})
 
 

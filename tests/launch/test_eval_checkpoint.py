@@ -140,7 +140,7 @@ def test_config_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
         (("recipe=eval/nope",), "no recipe 'eval/nope'"),
         (("recipe=eval/humaneval",), "missing required setting(s) checkpoint"),
         (("recipe=eval/humaneval", f"checkpoint={tmp_path}"), "holds no Dream model"),
-        (("recipe=eval/humaneval", "checkpoint=x", "generation.nope=1"), "recipe eval/humaneval"),
+        (("recipe=eval/humaneval", "checkpoint=x", "generation.nope=1"), "cannot compose recipe 'eval/humaneval'"),
         (("recipe=eval/mbpp", "checkpoint=x", "+generation.plain.nope=1"), "unknown setting(s) ['nope']"),
         (("recipe=eval/mbpp", "checkpoint=x", "generation.sampler=lockstep", "generation.lockstep.mode=x"),
          "mode must be one of"),

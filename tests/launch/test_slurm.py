@@ -129,7 +129,7 @@ def test_jobs_are_validated_before_anything_is_rendered(tmp_path: Path, capsys: 
          "array index 1 (actor_rollout_ref.rollout.n=two): actor_rollout_ref.rollout.n (group size) must be an "
          "integer"),
         (("submit", "eval-array", "--run-dir", str(run_dir), "--recipe", "eval/humaneval", "--",
-          "generation.nope=1"), "array index 0 (global_step_1): recipe eval/humaneval: Could not override"),
+          "generation.nope=1"), "array index 0 (global_step_1): cannot compose recipe 'eval/humaneval': Could not override"),
         (("submit", "sweep", "--recipe", "eval/mbpp", "--entry", "eval", "--grid", "dataset.limit=1,all", "--",
           "checkpoint=x"), "dataset.limit=all must be an integer"),
     ):

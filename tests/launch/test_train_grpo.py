@@ -12,12 +12,11 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from launch.prepare_data import DataError, split_tasks, write_parquet_files  # noqa: E402
+from launch.prepare_data import split_tasks, write_parquet_files  # noqa: E402
+from launch.recipes import RecipeError  # noqa: E402
 from launch.train_grpo import compose_recipe, split_recipe, strip_torchrun_env  # noqa: E402
-from rl.verl.config import RecipeError, prepare_runtime, validate_recipe  # noqa: E402
+from rl.verl.config import prepare_runtime, validate_recipe  # noqa: E402
 
 RECIPES = ("demo", "humaneval", "mbpp")
 # the demo recipe values the validation cases below rely on (recipes/demo.yaml is tuned independently)
@@ -178,9 +177,9 @@ def test_prepare_data_writes_verl_rows(tmp_path) -> None:
     assert row["prompt"][0]["role"] == "user" and "has_close_elements" in row["prompt"][0]["content"]
     assert bool(row["extra_info"]["mini"]) is True
     assert set(val_rows["reward_model"].map(lambda r: r["ground_truth"])) == {"HumanEval/162", "HumanEval/163"}
-    with pytest.raises(DataError, match="leaves no training task"):
+    with pytest.raises(RecipeError, match="leaves no training task"):
         split_tasks(list(range(3)), 0, 3)
-    with pytest.raises(DataError, match="unknown dataset"):
+    with pytest.raises(RecipeError, match="unknown dataset"):
         write_parquet_files("nope", tmp_path)
 
 

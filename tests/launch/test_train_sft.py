@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 from launch.train_sft import RecipeError, build_settings, compose_recipe, main  # noqa: E402
 

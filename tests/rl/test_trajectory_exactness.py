@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from decoding.lockstep import LockstepCfg, lockstep_sample
-from launch.recipes import recipe_names
+from launch.recipes import RecipeError, recipe_names
 from launch.train_grpo import compose_recipe
 from rl.logprob import completion_loss_mask, draw_trajectory_masks, masked_logprob, trajectory_inexact_reasons
-from rl.verl.config import RecipeError, estimator_config
+from rl.verl.config import estimator_config
 
 EOS_ID, MASK_ID = 14, 15  # the tiny Dream of tests/rl/conftest.py
 

@@ -6,15 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:  # launch/ is scripts, not an installed package
-    sys.path.insert(0, str(ROOT))
 
 from decoding.lockstep import DEFAULT_DELIMITER, LockstepCfg, resolve_options  # noqa: E402
 from evals.code.decoder import compare_argvs  # noqa: E402

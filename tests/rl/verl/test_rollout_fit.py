@@ -3,7 +3,6 @@ and the launcher's one-line refusal of ``trainer.device=cuda`` without a GPU."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,8 +13,6 @@ from rl.verl.reward import REWARD_WORKERS_ENV, reward_config, sandbox_workers
 from rl.verl.rollout_fit import decode_row_bytes, fit_max_batch, rollout_device
 
 ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def test_rollout_device_follows_the_recipe_and_never_falls_back_silently() -> None:

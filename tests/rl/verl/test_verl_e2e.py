@@ -24,8 +24,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:  # launch/ is scripts, not an installed package
-    sys.path.insert(0, str(ROOT))
 RAY_STARTUP_TIMEOUT = "The current node timed out during startup"
 
 

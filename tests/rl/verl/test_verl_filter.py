@@ -56,8 +56,9 @@ def test_without_filtering_the_batch_is_kept_and_its_zero_advantage_fraction_log
     ("trainer.v1.trainer_mode=sync", "needs trainer.v1.trainer_mode=lockstep"),
 ])
 def test_recipe_mistakes_in_filtering_are_one_line_errors(override: str, message: str) -> None:
+    from launch.recipes import RecipeError
     from launch.train_grpo import compose_recipe
-    from rl.verl.config import RecipeError, validate_recipe
+    from rl.verl.config import validate_recipe
 
     cfg = compose_recipe("humaneval", ["actor_rollout_ref.model.path=/models/dream", override])
     assert cfg.algorithm.filter_groups.enable  # on in the GPU recipe

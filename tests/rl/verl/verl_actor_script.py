@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
 
 ADVANTAGES = torch.tensor([1.0, -1.0, 0.5, -0.5])
 
