@@ -59,11 +59,19 @@ def quiet_verl_imports() -> None:
 
 def recipe_kind(name: str) -> str | None:
     """``grpo`` | ``sft`` | ``eval`` for ``recipes/<name>.yaml``, ``None`` when it does not exist or is neither."""
-    path = RECIPES_DIR / f"{name.removesuffix('.yaml')}.yaml"
+    name = name.removesuffix(".yaml")
+    if Path(name).name.startswith("_"):  # a shared base (recipes/_grpo_7b.yaml), not a recipe
+        return None
+    path = RECIPES_DIR / f"{name}.yaml"
     if not path.is_file():
         return None
     if path.parent.name == "eval":
         return "eval"
+    return _kind_of_file(path)
+
+
+def _kind_of_file(path: Path, depth: int = 0) -> str | None:
+    """The kind from the file's ``defaults`` (followed into its ``_`` bases) and top-level sections."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
@@ -73,6 +81,11 @@ def recipe_kind(name: str) -> str | None:
         return "grpo"
     if set(raw) >= SFT_SECTIONS:
         return "sft"
+    bases = [RECIPES_DIR / f"{entry}.yaml" for entry in defaults if isinstance(entry, str) and entry.startswith("_")
+             and entry != "_self_"]
+    for base in bases:
+        if depth < 4 and base.is_file() and (kind := _kind_of_file(base, depth + 1)):
+            return kind
     return None
 
 

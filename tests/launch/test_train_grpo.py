@@ -48,6 +48,28 @@ def test_every_recipe_composes_on_verls_trainer_config_and_validates(recipes) ->
         assert "critic" in cfg and "transfer_queue" in cfg  # verl's own groups are layered underneath
 
 
+def _leaves(node, prefix=""):
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.to_container(node, resolve=False) if not isinstance(node, dict) else node
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_the_7b_recipes_share_one_base_and_differ_only_in_the_benchmark(recipes) -> None:
+    humaneval, mbpp = _leaves(recipes["humaneval"]), _leaves(recipes["mbpp"])
+    differing = sorted(k for k in humaneval.keys() | mbpp.keys() if humaneval.get(k) != mbpp.get(k))
+    assert differing == ["lockstep.data.val", "lockstep.run_dir", "trainer.experiment_name"]
+    assert (humaneval["lockstep.data.val"], mbpp["lockstep.run_dir"]) == ("humaneval", "runs/mbpp")
+    with pytest.raises(RecipeError, match="unknown recipe '_grpo_7b'"):  # a shared base is not a recipe
+        split_recipe(["recipe=_grpo_7b"])
+
+
 def test_verl_accepts_the_composed_recipes(recipes) -> None:
     """verl's own dataclass conversion of the groups its workers build (fails on wrong/unknown values)."""
     from verl.utils.config import omega_conf_to_dataclass
