@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cpu_demo.tasks import DELIMITER, CanvasSpec, DemoTask, prompt_text, reward_task
+from cpu_demo.tasks import CanvasSpec, DemoTask, prompt_text, reward_task
+from decoding.lockstep import DEFAULT_DELIMITER, delimiter_ids
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def decode_completions(
     from decoding.tokenizer import encode_prompts
 
     lockstep = cfg.lockstep_cfg()
-    delimiter_ids = tokenizer.encode(DELIMITER, add_special_tokens=False)
+    delimiter = delimiter_ids(tokenizer)
     generator = torch.Generator().manual_seed(cfg.seed)
     was_training = model.training
     model.eval()
@@ -78,12 +79,12 @@ def decode_completions(
         input_ids, attention_mask = encode_prompts(tokenizer, [prompt_text(tokenizer, t) for t in chunk])
         device = next(model.parameters()).device
         result = lockstep_sample(
-            model, input_ids.to(device), attention_mask.to(device), lockstep, delimiter_ids=delimiter_ids,
+            model, input_ids.to(device), attention_mask.to(device), lockstep, delimiter_ids=delimiter,
             mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
             valid_vocab_size=len(tokenizer), generator=generator,
         )
         reasonings, answers = result.texts(tokenizer)
-        texts.extend(r + DELIMITER + a for r, a in zip(reasonings, answers))
+        texts.extend(r + DEFAULT_DELIMITER + a for r, a in zip(reasonings, answers))
         nfes.append(result.nfe)
     model.train(was_training)
     return texts, sum(nfes) / max(len(nfes), 1)

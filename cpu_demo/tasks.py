@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from decoding.lockstep import DEFAULT_DELIMITER
+from decoding.lockstep import DEFAULT_DELIMITER, delimiter_ids
 
 # --------------------------------------------------------------------------------------------- operations
 # Each operation: kind of argument, return annotation, docstring sentence, return expression, plan sentence.
@@ -337,7 +337,6 @@ def tasks_from_json(spec_json: str) -> dict[str, DemoTask]:
 # The demo uses the HumanEval recipe's format exactly: evalplus's instruct user turn (rewards.extract), Dream's
 # ChatML with the default system turn, and a lockstep canvas R block + "\n```python\n" + A block
 # (recipes/humaneval.yaml: actor_rollout_ref.rollout.custom.dream.options.delimiter).
-DELIMITER = DEFAULT_DELIMITER
 
 
 @dataclass(frozen=True)
@@ -369,7 +368,7 @@ def prompt_text(tokenizer: Any, task: DemoTask) -> str:
 def completion_text(task: DemoTask) -> str:
     """The target completion as the reward reads it (R text + delimiter + A text, the rollout's reward text);
     scoring it must pass every test."""
-    return f"{task.reasoning()}{DELIMITER}{task.answer_code()}```"
+    return f"{task.reasoning()}{DEFAULT_DELIMITER}{task.answer_code()}```"
 
 
 def canvas_targets(tokenizer: Any, task: DemoTask, canvas: CanvasSpec, buggy: bool = False
@@ -386,7 +385,7 @@ def canvas_targets(tokenizer: Any, task: DemoTask, canvas: CanvasSpec, buggy: bo
     for name, ids, size in (("R", r_ids, canvas.r_len), ("A", a_ids, canvas.a_len)):
         if len(ids) > size:
             raise ValueError(f"{task.task_id}: the {name} target needs {len(ids)} tokens > {name.lower()}_len={size}")
-    delimiter = tokenizer.encode(DELIMITER, add_special_tokens=False)
+    delimiter = delimiter_ids(tokenizer)
     return r_ids + [eos] * (canvas.r_len - len(r_ids)), delimiter, a_ids + [eos] * (canvas.a_len - len(a_ids))
 
 

@@ -112,16 +112,24 @@ def encode_prompts(
     if len(texts) == 0:
         raise ValueError("encode_prompts needs at least one text")
     rows = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
-    if any(len(r) == 0 for r in rows):
-        raise ValueError("empty prompt: Dream predicts token i from position i-1, so a prompt needs >= 1 token")
-    pad_id = tokenizer.pad_token_id
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        attention_mask[i, width - len(r) :] = 1
-    return input_ids, attention_mask
+    return left_pad(rows, tokenizer.pad_token_id)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids [B, P]`` left-padded with ``pad_id`` and the matching 0/1 ``attention_mask`` (long).
+
+    Every prompt needs >= 1 token: Dream predicts token j from position j - 1 (ValueError otherwise).
+    """
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt: Dream predicts token j from position j - 1, a prompt is required")
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+        mask[row, width - len(prompt):] = 1
+    return ids.to(device), mask.to(device)
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:

@@ -109,18 +109,6 @@ def load_rollout_model(path: str, dtype: str, device: str, trust_remote_code: bo
     return model, load_tokenizer(path)
 
 
-def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``input_ids [B, P]`` left-padded with ``pad_id`` and the matching 0/1 ``attention_mask``."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        if not prompt:
-            raise ValueError("empty prompt: Dream predicts token j from position j - 1, a prompt is required")
-        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, width - len(prompt):] = 1
-    return ids.to(device), mask.to(device)
-
 
 def cut_after_stop(tokens: list[int], stop_ids: set[int]) -> list[int]:
     """Tokens up to and including the first stop id (all tokens if none)."""
@@ -226,7 +214,7 @@ def generate_canvas(model: Any, tokenizer: Any, input_ids: torch.Tensor, attenti
 def sample_batch(model: Any, tokenizer: Any, prompts: list[list[int]], sampling_params: dict[str, Any],
                  config: DreamSamplerConfig, seed: int) -> SampleResult:
     """Decode ``prompts`` as one batch with a fixed seed; see the module docstring for the output contract."""
-    from decoding.tokenizer import stop_token_ids
+    from decoding.tokenizer import left_pad, stop_token_ids
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

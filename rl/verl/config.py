@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from launch.recipes import RecipeError  # the launchers' one user-mistake error (exit 2)
 from rl.verl.engine import ENGINE_MODEL_TYPE, ESTIMATOR_ENV, EstimatorConfig
-from rl.verl.reward import REWARD_WORKERS_ENV
+from rl.verl.reward import REWARD_WORKERS_ENV, reward_fields
 from rl.verl.rollout import AGENT_LOOP_NAME, ROLLOUT_NAME
 from rl.verl.rollout_fit import DEVICE_ENV
 from rl.verl.trainer import TRAINER_MODE
@@ -145,18 +145,11 @@ def _check_sampler(cfg: DictConfig) -> None:
 
 def _check_reward(cfg: DictConfig) -> None:
     """``lockstep.reward`` must be valid :class:`rewards.api.RewardConfig` fields."""
-    import dataclasses
-
     from rewards.api import RewardConfig
 
     raw = OmegaConf.to_container(cfg.get("lockstep", {}).get("reward", {}) or {}, resolve=True) or {}
-    known = {f.name for f in dataclasses.fields(RewardConfig)} - {"sandbox"}
-    unknown = sorted(set(raw) - known)
-    _require(not unknown, f"lockstep.reward: unknown keys {unknown}; known: {sorted(known)}")
-    if "test_sets" in raw:
-        raw["test_sets"] = tuple(raw["test_sets"])
     try:
-        RewardConfig(**raw)
+        RewardConfig(**reward_fields(raw))
     except (TypeError, ValueError) as error:
         raise RecipeError(f"lockstep.reward: {error}") from None
 

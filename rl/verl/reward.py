@@ -50,19 +50,34 @@ def sandbox_workers(cpu_count: int | None, reward_workers_per_node: int) -> int:
 REWARD_TEXT_FIELD = "lockstep_reward_text"
 
 
-def reward_config(mini: bool = False) -> Any:
-    """:class:`rewards.api.RewardConfig` from ``$LOCKSTEP_REWARD_CONFIG`` (ValueError on unknown keys)."""
+def reward_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's ``lockstep.reward`` mapping as :class:`rewards.api.RewardConfig` keyword arguments.
+
+    ValueError naming the unknown keys (``sandbox`` is not settable from a recipe); lists become tuples. The
+    launcher's recipe check (``rl/verl/config.py``) and the reward workers both read the mapping through here.
+    """
     import dataclasses
 
     from rewards.api import RewardConfig
 
-    raw = json.loads(os.environ.get("LOCKSTEP_REWARD_CONFIG") or "{}")
     known = {f.name for f in dataclasses.fields(RewardConfig)} - {"sandbox"}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ValueError(f"unknown lockstep.reward keys {unknown}; known: {sorted(known)}")
-    if "test_sets" in raw:
-        raw["test_sets"] = tuple(raw["test_sets"])
+        raise ValueError(f"unknown keys {unknown}; known: {sorted(known)}")
+    fields = dict(raw)
+    if "test_sets" in fields:
+        fields["test_sets"] = tuple(fields["test_sets"])
+    return fields
+
+
+def reward_config(mini: bool = False) -> Any:
+    """:class:`rewards.api.RewardConfig` from ``$LOCKSTEP_REWARD_CONFIG`` (ValueError on unknown keys)."""
+    from rewards.api import RewardConfig
+
+    try:
+        raw = reward_fields(json.loads(os.environ.get("LOCKSTEP_REWARD_CONFIG") or "{}"))
+    except ValueError as error:
+        raise ValueError(f"lockstep.reward: {error}") from None
     raw["mini"] = bool(mini)
     if raw.get("workers") is None:  # lockstep.reward.workers unset: a share of the node, not a whole node each
         raw["workers"] = sandbox_workers(os.cpu_count(), int(os.environ.get(REWARD_WORKERS_ENV) or 1))

@@ -58,7 +58,8 @@ def test_operation_subset_and_bad_arguments() -> None:
 
 
 def test_canvas_targets_follow_the_lockstep_layout(tiny_dream_dir) -> None:
-    from cpu_demo.tasks import DELIMITER, CanvasSpec, canvas_targets, prompt_text, sft_example
+    from cpu_demo.tasks import CanvasSpec, canvas_targets, prompt_text, sft_example
+    from decoding.lockstep import DEFAULT_DELIMITER
     from decoding.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tiny_dream_dir)
@@ -66,7 +67,7 @@ def test_canvas_targets_follow_the_lockstep_layout(tiny_dream_dir) -> None:
     canvas = CanvasSpec(r_len=28, a_len=48)
     r_ids, delim, a_ids = canvas_targets(tok, task, canvas)
     assert len(r_ids) == 28 and len(a_ids) == 48
-    assert delim == tok.encode(DELIMITER, add_special_tokens=False)
+    assert delim == tok.encode(DEFAULT_DELIMITER, add_special_tokens=False)
     assert tok.decode(r_ids, skip_special_tokens=True) == task.reasoning()
     assert r_ids[-1] == tok.eos_token_id and a_ids[-1] == tok.eos_token_id
     im_end = tok.convert_tokens_to_ids("<|im_end|>")

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,3 +27,16 @@ def tiny_model(tiny_dream_dir) -> DreamModel:
 @pytest.fixture(scope="session")
 def tiny_tok(tiny_dream_dir):
     return load_tokenizer(tiny_dream_dir)
+
+
+@pytest.fixture
+def run_bench() -> Callable[[str, list[str], Path], dict]:
+    """Run ``python bench/<name>.py ARGS --json OUT`` as a user does (its sibling imports need that); the report."""
+    root = Path(__file__).resolve().parents[2]
+
+    def run(name: str, args: list[str], out: Path) -> dict:
+        subprocess.run([sys.executable, str(root / "bench" / f"{name}.py"), *args, "--json", str(out)], cwd=root,
+                       check=True, capture_output=True, timeout=600)
+        return json.loads(out.read_text())
+
+    return run

@@ -119,22 +119,11 @@ def test_bad_inputs_raise_clear_errors(tiny_model, prompts) -> None:
         fast_generate(tiny_model, ids, mask, max_new_tokens=4, refresh="sometimes")
 
 
-def load_bench(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bench_fast_tiny_smoke(tmp_path) -> None:
+def test_bench_fast_tiny_smoke(tmp_path, run_bench) -> None:
     """`bench/bench_fast.py --tiny` runs every fast-path row next to the plain sampler and reports ratios."""
     out = tmp_path / "fast.json"
-    report = load_bench("bench_fast").main(["--tiny", "--batch", "2", "--steps", "4", "--prompt-len", "8",
-                                            "--gen-len", "8", "--json", str(out)])
+    report = run_bench("bench_fast", ["--tiny", "--batch", "2", "--steps", "4", "--prompt-len", "8",
+                                      "--gen-len", "8"], out)
     rows = {r["sampler"]: r for r in report["rows"]}
     assert set(rows) == {"plain", "fast_prefix", "fast_dual", "fast_nocache", "fast_dual_incremental"}
     assert out.exists()

@@ -283,17 +283,10 @@ def test_texts_and_config_errors(tiny_model, tiny_tok, prompts) -> None:
                         delimiter_ids=[tiny_model.config.mask_token_id])
 
 
-def test_bench_lockstep_tiny_smoke(tmp_path) -> None:
+def test_bench_lockstep_tiny_smoke(tmp_path, run_bench) -> None:
     """`bench/bench_lockstep.py --tiny` runs GS/Jacobi (cached or not) next to the single-block sampler."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "bench" / "bench_lockstep.py"
-    spec = importlib.util.spec_from_file_location("bench_lockstep", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    report = bench.main(["--tiny", "--batch", "2", "--steps", "3", "--prompt-len", "8", "--gen-len", "10",
-                         "--json", str(tmp_path / "ls.json")])
+    report = run_bench("bench_lockstep", ["--tiny", "--batch", "2", "--steps", "3", "--prompt-len", "8",
+                                          "--gen-len", "10"], tmp_path / "ls.json")
     nfe = {r["sampler"]: r["nfe"] for r in report["rows"]}
     # canvas 10 = R 3 + delimiter 4 + A 3: at most 3 steps; GS runs two forwards per step while both are open
     assert nfe == {"plain": 3, "lockstep_jacobi": 3, "lockstep_gs": 6, "lockstep_jacobi_cached": 3,

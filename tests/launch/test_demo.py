@@ -128,8 +128,9 @@ def test_demo_rollouts_keep_the_canvas_layout_the_warm_start_was_trained_on() ->
     import torch
     from omegaconf import OmegaConf
 
-    from cpu_demo.tasks import DELIMITER, DemoTaskSpec, prompt_text
+    from cpu_demo.tasks import DemoTaskSpec, prompt_text
     from decoding import load_dream
+    from decoding.lockstep import DEFAULT_DELIMITER
     from decoding.tokenizer import load_tokenizer
     from launch.train_grpo import compose_recipe
     from rl.rollout_decoding import DreamSamplerConfig, sample_batch
@@ -140,7 +141,7 @@ def test_demo_rollouts_keep_the_canvas_layout_the_warm_start_was_trained_on() ->
     model, tokenizer = load_dream(WARM_START, dtype=torch.float32).eval(), load_tokenizer(WARM_START)
     tasks = DemoTaskSpec(n_train=4, n_heldout=1).generate().train
     prompts = [tokenizer.encode(prompt_text(tokenizer, t), add_special_tokens=False) for t in tasks]
-    delimiter = tokenizer.encode(DELIMITER, add_special_tokens=False)
+    delimiter = tokenizer.encode(DEFAULT_DELIMITER, add_special_tokens=False)
     r_len = dream["options"]["r_len"]
     result = sample_batch(model, tokenizer, prompts, {"temperature": 1.0}, config, seed=0)
     for completion in result.completions:

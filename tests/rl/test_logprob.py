@@ -271,7 +271,7 @@ def test_trajectory_estimate_of_a_real_lockstep_rollout_is_the_sampler_probabili
     stage of its commit order scores each token in the context the sampler drew it in, so the estimate is the
     log of the probability it was drawn with (``commit_prob``); the fixed delimiter is neither masked nor scored."""
     from decoding.lockstep import LockstepCfg, lockstep_sample
-    from rl.rollout_decoding import left_pad
+    from decoding.tokenizer import left_pad
 
     ids, attention = left_pad([[3, 7, 1], [5, 2]], EOS_ID, "cpu")
     ids, attention = ids.repeat_interleave(3, 0), attention.repeat_interleave(3, 0)

@@ -8,12 +8,11 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from PIL import Image
 
 from decoding import load_dream
-from decoding.tokenizer import decode_completion, stop_token_ids
+from decoding.tokenizer import decode_completion, left_pad, stop_token_ids
 from rl.rollout_decoding import (
     DreamSamplerConfig,
     apply_weights,
     cut_after_stop,
-    left_pad,
     load_rollout_model,
     sample_batch,
     save_fill_gif,

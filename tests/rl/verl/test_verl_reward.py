@@ -38,7 +38,7 @@ def test_bad_settings_and_sources_are_clear_errors(monkeypatch: pytest.MonkeyPat
     with pytest.raises(ValueError, match="unknown data_source"):
         compute_score("gsm8k", SOLUTION, "HumanEval/0")
     monkeypatch.setenv("LOCKSTEP_REWARD_CONFIG", json.dumps({"rewrd": "binary"}))
-    with pytest.raises(ValueError, match="unknown lockstep.reward keys"):
+    with pytest.raises(ValueError, match="lockstep.reward: unknown keys"):
         reward_config()
     monkeypatch.setenv("LOCKSTEP_REWARD_CONFIG", json.dumps({"reward": "pass_ratio", "test_sets": ["base"]}))
     config = reward_config(mini=True)
