@@ -47,3 +47,36 @@ def test_only_rl_verl_and_the_launcher_import_verl() -> None:
 def test_the_verl_import_check_sees_imports() -> None:
     sample = ROOT / "rl" / "verl" / "engine.py"
     assert _imports_verl(sample), "rl/verl/engine.py imports verl; the checker must see it"
+
+
+def _readme_layout_rows() -> dict[str, str]:
+    text = (ROOT / "README.md").read_text()
+    table = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`") and cells[0].endswith("/`"):
+            rows[cells[0].strip("`").rstrip("/")] = cells[1]
+    return rows
+
+
+def test_readme_layout_table_is_the_tree() -> None:
+    """Every top-level folder of the project is in README's layout table, and every row names a real folder."""
+    rows = _readme_layout_rows()
+    skip = {".git", ".venv", ".ci", "runs", "outputs", "shared"}
+    top = {p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in skip and not p.name.startswith((".", "_"))
+           and not p.name.endswith(".egg-info") and any(p.iterdir())}
+    assert set(r for r in rows if "/" not in r) == top
+    assert all((ROOT / path).is_dir() for path in rows), [p for p in rows if not (ROOT / p).is_dir()]
+
+
+def test_readme_layout_names_the_files_it_mentions() -> None:
+    """Files a row names in backticks (``results.py``, ``_grpo_7b.yaml``, ...) exist under that row's folder."""
+    import re
+
+    missing = []
+    for folder, what in _readme_layout_rows().items():
+        for name in re.findall(r"`([\w/]+\.(?:py|yaml))`", what):
+            if not list((ROOT / folder).rglob(name.rsplit("/", 1)[-1])):
+                missing.append(f"{folder}/{name}")
+    assert missing == []
