@@ -1,12 +1,12 @@
 """One GRPO step of Dream through the verl path, timed phase by phase: rollout / reward / log-prob / update /
 weight sync, plus peak memory.
 
-Why: issue 6 asks what one training step of the full-size Dream-7B costs on one GPU and where the time goes,
-and issue 17 asks that it be the step training really runs. Each phase calls the code a run executes:
+Why: what one training step of the full-size Dream-7B costs on one GPU and where the time goes, measured on the
+step training really runs. Each phase calls the code a run executes:
 
 * rollout: :func:`rl.rollout_decoding.sample_batch` on a rollout copy of the model, as the Dream rollout server
   (``rl/verl/rollout.py``) calls it, with the recipe's ``rollout.custom.dream`` decoder (lockstep Gauss-Seidel
-  R/A, prompt KV cache, temperature 1, top-p 0.95 in ``recipes/humaneval.yaml``) at the shapes below;
+  R/A, prompt KV cache, temperature 1, top-p 0.95 in ``recipes/_grpo_7b.yaml``) at the shapes below;
 * reward: sandboxed EvalPlus scoring (``rewards.api.Scorer`` on HumanEval+ tasks);
 * advantages: verl's ``compute_grpo_outcome_advantage``;
 * old_logprob / ref_logprob / update: verl's actor ``TrainingWorker`` with our Dream engine (FSDP2, LoRA via

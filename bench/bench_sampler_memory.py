@@ -1,6 +1,6 @@
 """Peak extra memory of one lockstep commit step's sampler, as a multiple of the block's logits tensor.
 
-Why: issue 17 estimated that at ``max_batch: 64`` one commit step allocated ~8x the block logits (a full copy for
+Why: an earlier estimate said that at ``max_batch: 64`` one commit step allocated ~8x the block logits (a full copy for
 the vocabulary ban, the masked gather, temperature scaling, an int64 top-p sort over the vocabulary, the
 cumulative softmax, the filtered logits, the probabilities): tens of GB on a 7B, so an 80 GB H100 could run out
 of memory. This script measures it with the torch profiler's memory accounting (``profile_memory=True``: every

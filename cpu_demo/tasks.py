@@ -335,8 +335,8 @@ def tasks_from_json(spec_json: str) -> dict[str, DemoTask]:
 
 # --------------------------------------------------------------------------------------------- R/A format
 # The demo uses the HumanEval recipe's format exactly: evalplus's instruct user turn (rewards.extract), Dream's
-# ChatML with the default system turn, and a lockstep canvas R block + "\n```python\n" + A block
-# (recipes/humaneval.yaml: actor_rollout_ref.rollout.custom.dream.options.delimiter).
+# ChatML with the default system turn, and a lockstep canvas R block + DEFAULT_DELIMITER + A block (the
+# delimiter recipes/_grpo_7b.yaml decodes with: its options.delimiter is null, i.e. decoding.lockstep's default).
 
 
 @dataclass(frozen=True)

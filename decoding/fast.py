@@ -10,7 +10,9 @@ confident one per unfinished block and step, so a block of ``W`` positions takes
 The shifted logit of the first window position (``[L0, L0, L1, ...]``: position i is predicted from i-1):
 ``first_logit="overlap"`` (default) starts each window one position early so that logit is recomputed every
 step from the current tokens; ``"last_logit"`` (D2F) reuses the prediction of the block start made by the
-block's refresh forward; ``"commit_first"`` (Fast-dLLM) commits the block start at the refresh step.
+block's refresh forward; ``"commit_first"`` commits the block start at the refresh step, like Fast-dLLM; unlike Fast-dLLM (only that
+token in that forward) it also commits every other position above the threshold in the same step, by the commit
+rule shared with the other samplers (:mod:`decoding.policy`).
 
 The commit policy itself lives in :mod:`decoding.policy` (shared with the lockstep R/A decoder).
 

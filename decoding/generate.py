@@ -1,6 +1,6 @@
 """Plain Dream-semantics diffusion sampler (``diffusion_generate``) and the CLI of every sampler.
 
-Faithful to the reference ``DreamGenerationMixin._sample`` (see ``shared/notes/decoding.md`` §5) with one fix:
+Faithful to the reference ``DreamGenerationMixin._sample`` (Dream's ``generation_utils.py``) with one fix:
 the number of tokens committed per step is computed **per row** (the reference uses the batch mean, which lets a
 row with fewer masks overwrite real tokens with the mask id). For batch 1, or rows with equal mask counts, the
 output is token-for-token the reference's for the same weights, seed and settings.

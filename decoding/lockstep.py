@@ -36,7 +36,7 @@ from .policy import CommitRule, decide_block, schedule_counts, tail_after_end
 
 MODES = ("gauss_seidel", "jacobi")
 # One source of truth for what training, rollout checks, evaluation and the tools decode with: the delimiter
-# below and the field defaults of LockstepCfg (the code-task canvas of recipes/humaneval.yaml and mbpp.yaml).
+# below and the field defaults of LockstepCfg (the code-task canvas of recipes/_grpo_7b.yaml).
 DEFAULT_DELIMITER = "\n```python\n"  # the A block of a code task opens a Python fence
 POLICIES = ("threshold", "schedule")
 Hook = Callable[[int | None, torch.Tensor, torch.Tensor | None], torch.Tensor]

@@ -1,6 +1,6 @@
 """CPU platform shim for verl 0.9.1: run the real GRPO trainer path on a machine without a GPU.
 
-Why: stock verl 0.9.1 cannot complete a GRPO step without a GPU (design note `verl.md` §4): it falls back to
+Why: stock verl 0.9.1 cannot complete a GRPO step without a GPU (the settings below say which verl behaviour each one works around): it falls back to
 the "nvidia" platform (NCCL backend), builds the process-group backend string as ``cpu:gloo,<dev>:<backend>``,
 registers its FSDP engines for cuda/npu only, and its Ray resource pools always ask for ``GPU`` slots. CI has
 no GPU, so this module patches exactly those points, nothing else:
@@ -11,8 +11,8 @@ no GPU, so this module patches exactly those points, nothing else:
 * plain ``gloo`` as the default process-group backend (patched where verl imported the function by name);
 * the FSDP language-model engine (and, via :mod:`rl.verl.engine`, our Dream engine) registered for ``cpu``.
 
-Contract: importing this module is a no-op unless ``VERL_PLATFORM=cpu``; :mod:`rl.verl.plugin` imports it only
-then. The config values a CPU run needs (fake GPU slot, TransferQueue storage units, eager attention, ...)
+Contract: :mod:`rl.verl.plugin` imports this module in every process (importing it changes nothing) and calls
+:func:`install`, which does nothing unless ``VERL_PLATFORM=cpu``. The config values a CPU run needs (fake GPU slot, TransferQueue storage units, eager attention, ...)
 are in :data:`CPU_SETTINGS`; ``launch/train_grpo.py`` applies them for ``trainer.device=cpu``.
 """
 
@@ -29,7 +29,7 @@ import torch
 
 PLATFORM_NAME = "cpu"
 
-# Config values that make verl's resource bookkeeping fit a CPU box (verl.md §4 rows 1, 2, 6 and §4 notes).
+# Config values that make verl's resource bookkeeping fit a CPU box.
 # num_cpus is *logical* (oversubscribing 2 cores is fine): TransferQueue and the agent/reward workers each take
 # a Ray CPU slot and silently hang the run when slots run out; num_gpus=1 is the fake GPU slot that verl's
 # resource pools insist on (the CPU platform's Ray resource name is "GPU").

@@ -5,7 +5,7 @@ no such likelihood. This engine keeps everything of verl's FSDP engine (sharding
 checkpointing, micro-batching) and replaces only ``forward_step``: the per-token log-prob is the coupled
 complementary-mask estimate of :func:`rl.logprob.masked_logprob` (`rl.md` §2).
 
-Contracts (verl 0.9.1, `verl.md` §5.2):
+Contracts (verl 0.9.1):
 
 * selected with ``actor_rollout_ref.model.model_type=dllm``; the reference policy inherits it (with LoRA the
   reference is the same module with adapters disabled, so it uses the same estimator);

@@ -1,4 +1,4 @@
-"""Dream rollout backend for verl 0.9.1: server actor, rollout replica and weight-sync adapter (`verl.md` §5.1).
+"""Dream rollout backend for verl 0.9.1: server actor, rollout replica and weight-sync adapter (``docs/rl.md``).
 
 Why: verl's rollout backends (vLLM, SGLang, TRT-LLM) cannot serve a masked diffusion LM, and its HF rollout is
 dead code in 0.9.1. verl's agent loop sends one ``generate`` request per sample to a *server actor*; ours
@@ -327,7 +327,11 @@ def _worker_placement(worker: Any, resource_name: str) -> tuple[str, str | None]
 
 
 def load_replica_class() -> type:
-    """Loader for ``RolloutReplicaRegistry`` (builds the class lazily so verl is imported only when used)."""
+    """Loader for ``RolloutReplicaRegistry``: builds :class:`DreamReplica` on first call.
+
+    The class subclasses verl's ``RolloutReplica``; like every verl base class here it is imported inside a
+    function, not at module load, so importing this module does not import verl (:func:`register` does).
+    """
     global DreamReplica
     if DreamReplica is None:
         DreamReplica = _build_replica_class()

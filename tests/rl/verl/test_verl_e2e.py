@@ -144,7 +144,7 @@ def test_two_grpo_steps_through_verl_on_cpu(demo_run) -> None:
 
 @pytest.mark.slow
 def test_offline_wandb_run_holds_the_training_signals_and_the_fill_gif(demo_run) -> None:
-    """The real ``wandb`` library ran offline and its run file holds, for each step, what issue 6 asks to log."""
+    """The real ``wandb`` library ran offline and its run file holds, for each step, the per-step metrics our trainer mode logs (rl/verl/trainer.py)."""
     run_dir, result = demo_run
     assert result.returncode == 0, result.stderr[-4000:]
     (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
