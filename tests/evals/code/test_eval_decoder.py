@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[3]
 
 from decoding.lockstep import DEFAULT_DELIMITER, LockstepCfg, resolve_options  # noqa: E402
 from evals.code.decoder import compare_argvs  # noqa: E402
-from launch.eval_checkpoint import compose_config, sample_settings, sampler_kwargs  # noqa: E402
+from evals.code.run import sample_settings, sampler_kwargs  # noqa: E402
+from launch.eval_checkpoint import compose_config  # noqa: E402
 from launch.eval_checkpoint import main as eval_main  # noqa: E402
 from launch.train_grpo import compose_recipe  # noqa: E402
 
