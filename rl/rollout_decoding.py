@@ -21,8 +21,6 @@ from typing import Any
 
 import torch
 
-from rl.verl.reward import REWARD_TEXT_FIELD  # noqa: F401  (re-exported: the rollout server sets it)
-
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
            "float32": torch.float32, "fp32": torch.float32}
 SAMPLERS = ("fast", "lockstep", "diffusion")

@@ -182,7 +182,8 @@ class DreamRolloutServer:
     def _decode(self, batch: list[_Request]) -> list[Any]:
         from verl.workers.rollout.replica import TokenOutput
 
-        from rl.rollout_decoding import REWARD_TEXT_FIELD, SCORED_MASK_FIELD, block_spans, sample_batch
+        from rl.rollout_decoding import SCORED_MASK_FIELD, block_spans, sample_batch
+        from rl.verl.reward import REWARD_TEXT_FIELD
 
         seed = _batch_seed(self.seed, self.global_steps or 0, [r.prompt_ids for r in batch])
         start = time.perf_counter()
