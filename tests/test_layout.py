@@ -80,3 +80,25 @@ def test_readme_layout_names_the_files_it_mentions() -> None:
             if not list((ROOT / folder).rglob(name.rsplit("/", 1)[-1])):
                 missing.append(f"{folder}/{name}")
     assert missing == []
+
+
+def test_no_script_or_test_edits_sys_path() -> None:
+    """Every package the scripts import is installed (pyproject's packages list), so nothing patches sys.path.
+
+    Exempt: ``rewards/_zygote.py``, the sandboxed script, which runs outside the installed project by design.
+    """
+    import re
+
+    edit = re.compile(r"^\s*sys\.path\.(insert|append|extend)\(", re.M)
+    offenders = [p.relative_to(ROOT).as_posix() for p in _python_files()
+                 if p.relative_to(ROOT).as_posix() != "rewards/_zygote.py" and edit.search(p.read_text())]
+    assert offenders == []
+
+
+def test_every_top_level_package_is_installed() -> None:
+    """pyproject's packages list names every top-level package (a missing one imports only from a checkout)."""
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert packages == {name.rstrip("*") for name in include}
