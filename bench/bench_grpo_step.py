@@ -92,9 +92,10 @@ class StepSettings:
                              f"the {self.prompts * self.n} rows of a step (verl's mini-batches are whole groups)")
 
     def warmup(self) -> StepSettings:
-        """Tiny shapes that still run every phase once (2 rows, short canvas, 2 steps)."""
-        return replace(self, prompts=1, n=2, prompt_len=min(self.prompt_len, 8), r_len=min(self.r_len, 4),
-                       a_len=min(self.a_len, 4), steps=2, ppo_epochs=1, mini_batch=2, micro_batch=2)
+        """Tiny shapes that still run every phase once (2 rows, short A block, 2 steps). ``r_len`` stays: the
+        engine finds the lockstep delimiter where the recipe's R block ends (rl/verl/engine.py)."""
+        return replace(self, prompts=1, n=2, prompt_len=min(self.prompt_len, 8), a_len=min(self.a_len, 4), steps=2,
+                       ppo_epochs=1, mini_batch=2, micro_batch=2)
 
 
 class PhaseClock:
@@ -222,14 +223,11 @@ def rollout_rows(pipe: Pipeline, settings: StepSettings, prompts: list[list[int]
     sampler = replace(pipe.sampler, options={**pipe.sampler.options, "r_len": settings.r_len, "a_len": settings.a_len,
                                              "max_steps": settings.steps})
     result = sample_batch(pipe.rollout_model, pipe.tokenizer, requests, params, sampler, seed=settings.seed)
-    masks = []
-    for completion, span in zip(result.completions, result.fixed_spans or [None] * len(requests)):
-        mask = torch.ones(len(completion), dtype=torch.long)
-        if span is not None:
-            mask[span[0]:span[0] + span[1]] = 0
-        masks.append(mask)
+    # the decoded canvas, scored through each block's first stop (the rollout server's response_mask), and the
+    # rollout's own text of the completion for the reward, as in training (docs/rl.md, "Masks and salts")
+    masks = [torch.tensor(mask, dtype=torch.long) for mask in result.scored_masks]
     rows = Rows([torch.tensor(p) for p in requests], [torch.tensor(c) for c in result.completions], masks)
-    texts = [pipe.tokenizer.decode(c, skip_special_tokens=True) for c in result.completions]
+    texts = list(result.reward_texts)
     return rows, texts, result.row_extras[0] if result.row_extras else {}
 
 

@@ -14,6 +14,8 @@ Contracts:
 * rows are :class:`Rows` (prompt ids, response ids, ``response_mask``: 0 = not generated, as our agent loop
   sets it for the lockstep delimiter); log-probs come back response-only, one tensor per row, as verl stores
   ``old_log_probs``;
+* every pass names the global ``step`` whose salt draws the estimator's masks (as the trainer mode does,
+  :mod:`rl.verl_trainer`): the old-policy, reference and update passes of one step must use the same ``step``;
 * :meth:`LocalActor.update` runs verl's ``train_mini_batch`` with the recipe's PPO settings (clip ratios,
   ``loss_agg_mode``, ``ppo_epochs``) on per-row advantages; the token mean is over the whole dp group.
 """
@@ -26,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from rl.verl_trainer import ESTIMATOR_STEP_KEY
 
 
 @dataclass
@@ -117,7 +121,7 @@ class LocalActor:
         """The Dream engine (:mod:`rl.verl.engine`); ``engine.module`` is the FSDP2-sharded (peft) model."""
         return self.worker.engine
 
-    def log_probs(self, rows: Rows, reference: bool = False) -> list[torch.Tensor]:
+    def log_probs(self, rows: Rows, reference: bool = False, step: int = 0) -> list[torch.Tensor]:
         """Per-token log-prob estimates of each row's response (no gradients): the old-policy pass, or with
         ``reference`` the reference policy (LoRA: the same model with its adapters disabled)."""
         from verl.trainer.ppo.v1.trainer_base import response_from_nested
@@ -125,14 +129,14 @@ class LocalActor:
 
         data = _tensordict(rows, self.pad_token_id)
         tu.assign_non_tensor(data, calculate_entropy=False, compute_loss=False, no_lora_adapter=bool(reference),
-                             global_token_num=[int(p.numel() + r.numel()) for p, r in
+                             **{ESTIMATOR_STEP_KEY: int(step)}, global_token_num=[int(p.numel() + r.numel()) for p, r in
                                                zip(rows.prompts, rows.responses)])
         output = self.worker.infer_batch(data)
         return list(response_from_nested(output["log_probs"], data["response_mask"]).unbind())
 
     def update(self, rows: Rows, advantages: torch.Tensor, old_log_probs: list[torch.Tensor], seed: int = 0,
                mini_batch_rows: int | None = None, epochs: int | None = None,
-               ref_log_probs: list[torch.Tensor] | None = None) -> dict[str, float]:
+               ref_log_probs: list[torch.Tensor] | None = None, step: int = 0) -> dict[str, float]:
         """verl's PPO update of the actor on ``rows`` (default: the recipe's mini-batch size x ``rollout.n``
         rows per optimizer step, ``ppo_epochs`` passes); returns the metrics averaged over optimizer steps.
         ``ref_log_probs`` (from :meth:`log_probs` with ``reference``) are required when ``actor.use_kl_loss``."""
@@ -150,7 +154,8 @@ class LocalActor:
         tu.assign_non_tensor(data, calculate_entropy=False, global_batch_size=mini_batch, mini_batch_size=mini_batch,
                              epochs=int(epochs or actor.ppo_epochs), seed=int(seed),
                              dataloader_kwargs={"shuffle": bool(actor.shuffle)},
-                             temperature=float(self.cfg.actor_rollout_ref.rollout.temperature))
+                             temperature=float(self.cfg.actor_rollout_ref.rollout.temperature),
+                             **{ESTIMATOR_STEP_KEY: int(step)})
         output = self.worker.train_mini_batch(data)
         return _mean_metrics(dict(output["metrics"])) if output is not None else {}
 

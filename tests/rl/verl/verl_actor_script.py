@@ -21,14 +21,26 @@ ROOT = Path(__file__).resolve().parents[3]
 ADVANTAGES = torch.tensor([1.0, -1.0, 0.5, -0.5])
 
 
-def fixed_rows():
+R_LEN = 3  # the recipe's lockstep R block is overridden to 3 tokens (rollout options, below)
+
+
+def fixed_rows(model_dir: str):
+    """4 rows in the decoded lockstep layout: R (R_LEN tokens), the delimiter, A; the scored mask is every
+    generated token (the delimiter is neither masked nor scored, as the engine requires it where r_len puts it)."""
+    from transformers import AutoTokenizer
+
+    from decoding.lockstep import DEFAULT_DELIMITER
     from rl.verl.local import Rows
 
+    delimiter = torch.tensor(AutoTokenizer.from_pretrained(model_dir).encode(DEFAULT_DELIMITER,
+                                                                            add_special_tokens=False))
     generator = torch.Generator().manual_seed(0)
     prompts = [torch.randint(100, 1600, (n,), generator=generator) for n in (5, 7, 4, 6)]
-    responses = [torch.randint(100, 1600, (n,), generator=generator) for n in (6, 8, 8, 5)]
+    responses = [torch.cat([torch.randint(100, 1600, (R_LEN,), generator=generator), delimiter,
+                            torch.randint(100, 1600, (n,), generator=generator)]) for n in (3, 5, 5, 2)]
     masks = [torch.ones(r.numel(), dtype=torch.long) for r in responses]
-    masks[1][2:4] = 0  # a fixed delimiter: never masked, never scored
+    for mask in masks:
+        mask[R_LEN:R_LEN + delimiter.numel()] = 0
     return Rows(prompts, responses, masks)
 
 
@@ -43,6 +55,7 @@ def build(model_dir: str, checkpointing: bool):
                  "actor_rollout_ref.actor.ppo_mini_batch_size=1", "actor_rollout_ref.rollout.n=4",
                  "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "actor_rollout_ref.actor.optim.lr=0.05",
                  "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
+                 f"actor_rollout_ref.rollout.custom.dream.options.r_len={R_LEN}",
                  f"lockstep.run_dir={os.environ['LOCAL_ACTOR_RUN_DIR']}"]
     cfg = compose_recipe("demo", overrides)
     prepare_runtime(cfg, ROOT)
@@ -57,6 +70,8 @@ def full_parameters(actor) -> dict[str, torch.Tensor]:
 
 def base_model_logprobs(model_dir: str, rows, adapter: str | None = None) -> list[torch.Tensor]:
     """The estimator on an unsharded model loaded by our own loader (+ the exported adapter), same masks."""
+    from transformers import AutoTokenizer
+
     from decoding import load_dream
     from rl.logprob import masked_logprob
     from rl.verl.engine import EstimatorConfig, build_dense_batch, draw_row_plans
@@ -68,7 +83,9 @@ def base_model_logprobs(model_dir: str, rows, adapter: str | None = None) -> lis
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
     ids, attention, positions, window = build_dense_batch(rows.prompts, rows.responses, pad_id=0)
-    plan = draw_row_plans(rows.prompts, rows.responses, positions, EstimatorConfig.from_env(), rows.response_masks)
+    config = EstimatorConfig.from_env()
+    fixed_ids = AutoTokenizer.from_pretrained(model_dir).encode(config.fixed_text, add_special_tokens=False)
+    plan = draw_row_plans(rows.prompts, rows.responses, positions, config, rows.response_masks, fixed_ids=fixed_ids)
     with torch.no_grad():
         logp = masked_logprob(model, ids, attention, plan, int(model.config.mask_token_id)).logp
     return [logp[row, window - r.numel():] for row, r in enumerate(rows.responses)]
@@ -77,7 +94,7 @@ def base_model_logprobs(model_dir: str, rows, adapter: str | None = None) -> lis
 def main(model_dir: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    rows = fixed_rows()
+    rows = fixed_rows(model_dir)
     share = list(range(rank * len(rows) // world, (rank + 1) * len(rows) // world))
     mine = rows.select(share)
     actor = build(model_dir, checkpointing=False)
