@@ -349,14 +349,12 @@ def _check_filter(cfg: DictConfig) -> None:
     from rl.verl.filter import filter_settings
 
     try:
-        enabled, max_rounds = filter_settings(cfg)
+        _, max_rounds = filter_settings(cfg)
     except (ValueError, TypeError) as error:
         raise RecipeError(str(error)) from None
+    # filtering's whole-batch refills (rl/verl/filter.py) also need trainer.v1.trainer_mode=lockstep, which
+    # validate_recipe requires of every recipe
     _require(max_rounds >= 0, f"algorithm.filter_groups.max_num_gen_batches must be >= 0 (0 = no cap), got {max_rounds}")
-    if enabled:
-        mode = cfg.trainer.get("v1", {}).get("trainer_mode")
-        _require(mode == "lockstep", "algorithm.filter_groups.enable needs trainer.v1.trainer_mode=lockstep "
-                                     f"(whole-batch refills, rl/verl/filter.py), got {mode!r}")
 
 
 RAY_LOCAL_ONLY_KEYS = ("ray_kwargs.ray_init.num_cpus", "ray_kwargs.ray_init.num_gpus")

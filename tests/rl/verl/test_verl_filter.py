@@ -53,7 +53,7 @@ def test_without_filtering_the_batch_is_kept_and_its_zero_advantage_fraction_log
 @pytest.mark.parametrize(("override", "message"), [
     ("algorithm.filter_groups.metric=acc", "metric must be 'reward'"),
     ("algorithm.filter_groups.max_num_gen_batches=-1", "max_num_gen_batches must be >= 0"),
-    ("trainer.v1.trainer_mode=sync", "needs trainer.v1.trainer_mode=lockstep"),
+    ("trainer.v1.trainer_mode=sync", "trainer.v1.trainer_mode must be 'lockstep'"),
 ])
 def test_recipe_mistakes_in_filtering_are_one_line_errors(override: str, message: str) -> None:
     from launch.recipes import RecipeError
