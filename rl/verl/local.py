@@ -15,7 +15,7 @@ Contracts:
   sets it for the lockstep delimiter); log-probs come back response-only, one tensor per row, as verl stores
   ``old_log_probs``;
 * every pass names the global ``step`` whose salt draws the estimator's masks (as the trainer mode does,
-  :mod:`rl.verl_trainer`): the old-policy, reference and update passes of one step must use the same ``step``;
+  :mod:`rl.verl.trainer`): the old-policy, reference and update passes of one step must use the same ``step``;
 * :meth:`LocalActor.update` runs verl's ``train_mini_batch`` with the recipe's PPO settings (clip ratios,
   ``loss_agg_mode``, ``ppo_epochs``) on per-row advantages; the token mean is over the whole dp group.
 """
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl.verl_trainer import ESTIMATOR_STEP_KEY
+from rl.verl.trainer import ESTIMATOR_STEP_KEY
 
 
 @dataclass
