@@ -1,4 +1,5 @@
-"""Shared fixtures: a small caller-supplied task set and one warm Scorer over a real bubblewrap pool."""
+"""Shared fixtures: a small caller-supplied task set, one warm Scorer over a real bubblewrap pool, and the warm
+code-RL scorer (``code_scorer``) of the corpus test formats."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rewards.api import RewardConfig, Scorer
+from rewards.code_judge import CodeScorer
 from rewards.sandbox import SandboxConfig
 from rewards.tasks import Task
 
@@ -70,3 +72,25 @@ def cache_env(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def secret_task_list() -> list[Task]:
     return secret_tasks()
+
+
+def open_code_scorer(reward: str = "binary") -> CodeScorer:
+    """A code-RL scorer over 2 real bubblewrap workers with short caps (the corpus format tests)."""
+    cfg = RewardConfig.rl(workers=2, reward=reward, sample_time_cap_s=3.0, on_infra_error="mark",
+                          sandbox=SandboxConfig(isolation="bwrap", memory_bytes=1024**3, max_retries=1))
+    return CodeScorer(cfg)
+
+
+@pytest.fixture(scope="module")
+def code_scorer():
+    scorer = open_code_scorer()
+    yield scorer
+    scorer.close()
+
+
+@pytest.fixture(scope="module")
+def pass_ratio_code_scorer():
+    """Pass-ratio rewards: AceCode's stored pass rates are fractions of asserts passed."""
+    scorer = open_code_scorer(reward="pass_ratio")
+    yield scorer
+    scorer.close()

@@ -15,30 +15,18 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from rewards.api import RewardConfig
 from rewards.assert_parse import Unjudgeable, parse_assert
-from rewards.code_judge import CodeScorer
 from rewards.code_tests import CodeTests, UnjudgeableRow, assert_tests, tests_from_row
-from rewards.sandbox import SandboxConfig
 
 SECRET = "def f(x):\n    return (x * 7919 + 13) % 1000003\n"
 SECRET_ASSERTS = [f"assert f({x}) == {(x * 7919 + 13) % 1000003}" for x in (3, 11, 4242)]
-
-
-@pytest.fixture(scope="module")
-def code_scorer():
-    cfg = RewardConfig.rl(workers=2, reward="pass_ratio", sample_time_cap_s=3.0, on_infra_error="mark",
-                          sandbox=SandboxConfig(isolation="bwrap", memory_bytes=1024**3, max_retries=1))
-    scorer = CodeScorer(cfg)
-    yield scorer
-    scorer.close()
 
 
 def _fenced(code: str) -> str:
     return f"```python\n{code}\n```"
 
 
-def test_acecode_fixture_pass_rates_match(code_scorer, shared_data_dir) -> None:
+def test_acecode_fixture_pass_rates_match(pass_ratio_code_scorer, shared_data_dir) -> None:
     """Every stored inference scores its stored pass rate over the judged asserts; pass rate 1.0 scores 1."""
     rows = pq.read_table(shared_data_dir("code_rl") / "acecode87k.sample.parquet").to_pylist()
     items, expected, excluded = [], [], 0
@@ -49,7 +37,7 @@ def test_acecode_fixture_pass_rates_match(code_scorer, shared_data_dir) -> None:
         for inf in row["inferences"]:
             items.append((_fenced(inf["completion"]), tests))
             expected.append(inf["pass_rate"])
-    results = code_scorer.score(items)
+    results = pass_ratio_code_scorer.score(items)
     assert excluded == 1  # evol_90008's in-place mutation check (a lambda): counted, not run
     for (_, tests), res, rate in zip(items, results, expected):
         assert res.status == "ok" and res.base_status == res.plus_status
@@ -62,7 +50,7 @@ def test_acecode_fixture_pass_rates_match(code_scorer, shared_data_dir) -> None:
             assert res.n_passed in (round(rate * res.n_tests), round(rate * (res.n_tests + tests.excluded)) - tests.excluded)
 
 
-def test_primeintellect_function_rows(code_scorer, shared_data_dir) -> None:
+def test_primeintellect_function_rows(pass_ratio_code_scorer, shared_data_dir) -> None:
     """Both ``test_list`` shapes: single asserts and a ``def check(candidate): ...; check(f)`` block."""
     root = shared_data_dir("code_rl")
     rows = json.loads((root / "primeintellect_genverse.sample.json").read_text())
@@ -74,7 +62,7 @@ def test_primeintellect_function_rows(code_scorer, shared_data_dir) -> None:
             assert tests.format == "assert" and tests.excluded == 0 and tests.n_cases == 4
             items += [(row["prefix"] + refs[str(idx)] + "\n```", tests), (_fenced("def prime_factors(n):\n    return []\n"
                       "def count_islands(g):\n    return 0\n"), tests)]
-    results = code_scorer.score(items)
+    results = pass_ratio_code_scorer.score(items)
     assert [r.all_pass for r in results] == [True, False, True, False]
 
 
@@ -106,10 +94,10 @@ SEMANTICS = [  # (assert, completion body of g, passes?)
 
 
 @pytest.mark.parametrize(("test", "body", "ok"), SEMANTICS, ids=[s[0] + " / " + str(s[1]) for s in SEMANTICS])
-def test_python_semantics_are_exact(code_scorer, test: str, body: str | None, ok: bool) -> None:
+def test_python_semantics_are_exact(pass_ratio_code_scorer, test: str, body: str | None, ok: bool) -> None:
     code = ("class Solution:\n    def __init__(self, n=0):\n        self.n = n\n    def g(self):\n        return 5\n"
             "    def gen(self):\n        yield from range(self.n)\n") if body is None else f"def g():\n    {body}\n"
-    [res] = code_scorer.score([(_fenced(code), assert_tests([test]))])
+    [res] = pass_ratio_code_scorer.score([(_fenced(code), assert_tests([test]))])
     assert res.all_pass is ok, res.details
     # the same verdict as running the assert next to the code (for honest code the formats agree)
     prelude = "import math, pytest\n"
@@ -174,9 +162,9 @@ HOSTILE = {  # each must score 0 on SECRET_ASSERTS (the naive `python -c code + 
 }
 
 
-def test_hostile_completions_score_zero(code_scorer) -> None:
+def test_hostile_completions_score_zero(pass_ratio_code_scorer) -> None:
     tests = assert_tests(SECRET_ASSERTS + ["assert not (f(5) - 39608)", "assert abs(f(7) - 55446) < 1e-9"])
-    results = code_scorer.score([(_fenced(code), tests) for code in HOSTILE.values()] + [(_fenced(SECRET), tests)])
+    results = pass_ratio_code_scorer.score([(_fenced(code), tests) for code in HOSTILE.values()] + [(_fenced(SECRET), tests)])
     for name, res in zip(HOSTILE, results):
         assert res.reward == 0.0 and res.n_passed == 0 and not res.all_pass, (name, res)
     assert results[-1].reward == 1.0  # the pool is intact: an honest sample after them still passes
@@ -190,11 +178,11 @@ def test_the_naive_harness_is_fooled() -> None:
         assert subprocess.run([sys.executable, "-c", program], capture_output=True).returncode == 0, name
 
 
-def test_tampered_checks_are_refused_on_the_trusted_side(code_scorer) -> None:
+def test_tampered_checks_are_refused_on_the_trusted_side(pass_ratio_code_scorer) -> None:
     """A CodeTests read back from JSON is validated again before its checks run on the trusted side."""
     tests = assert_tests(["assert f(1) == 7932"])
     evil = json.loads(tests.to_json())
     evil["data"]["cases"][0]["check"] = "__c0.__class__.__base__ is object or __import__('os')"
-    [honest, tampered] = code_scorer.score([(_fenced(SECRET), tests),
+    [honest, tampered] = pass_ratio_code_scorer.score([(_fenced(SECRET), tests),
                                             (_fenced(SECRET), CodeTests.from_json(json.dumps(evil)))])
     assert honest.reward == 1.0 and tampered.reward == 0.0

@@ -13,19 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from rewards.api import RewardConfig
-from rewards.code_judge import CodeScorer
 from rewards.code_tests import JUDGED_CORPORA, CodeTests, UnjudgeableRow, tests_from_row
 from rewards.formats_judge import call_tests, codeio_tests, last_json_object, stdio_equal, stdio_tests
 from rewards.sandbox import SandboxConfig
-
-
-@pytest.fixture(scope="module")
-def code_scorer():
-    cfg = RewardConfig.rl(workers=2, sample_time_cap_s=3.0, on_infra_error="mark",
-                          sandbox=SandboxConfig(isolation="bwrap", memory_bytes=1024**3, max_retries=1))
-    scorer = CodeScorer(cfg)
-    yield scorer
-    scorer.close()
 
 
 def _fenced(code: str) -> str:

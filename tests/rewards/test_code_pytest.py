@@ -7,20 +7,8 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from rewards.api import RewardConfig
-from rewards.code_judge import CodeScorer
 from rewards.code_tests import CodeTests, tests_from_row
 from rewards.pytest_tests import pytest_tests
-from rewards.sandbox import SandboxConfig
-
-
-@pytest.fixture(scope="module")
-def code_scorer():
-    cfg = RewardConfig.rl(workers=2, sample_time_cap_s=3.0, on_infra_error="mark",
-                          sandbox=SandboxConfig(isolation="bwrap", memory_bytes=1024**3, max_retries=1))
-    scorer = CodeScorer(cfg)
-    yield scorer
-    scorer.close()
 
 
 def _fenced(code: str) -> str:
