@@ -7,7 +7,7 @@ step training really runs. Each phase calls the code a run executes:
 * rollout: :func:`rl.rollout_decoding.sample_batch` on a rollout copy of the model, as the Dream rollout server
   (``rl/verl/rollout.py``) calls it, with the recipe's ``rollout.custom.dream`` decoder (lockstep Gauss-Seidel
   R/A, prompt KV cache, temperature 1, top-p 0.95 in ``recipes/_grpo_7b.yaml``) at the shapes below;
-* reward: sandboxed EvalPlus scoring (``rewards.api.Scorer`` on HumanEval+ tasks);
+* reward: sandboxed EvalPlus scoring (``rewards.api.EvalPlusScorer`` on HumanEval+ tasks);
 * advantages: verl's ``compute_grpo_outcome_advantage``;
 * old_logprob / ref_logprob / update: verl's actor ``TrainingWorker`` with our Dream engine (FSDP2, LoRA via
   peft, the coupled estimator, verl's PPO loss and optimizer) built in this process by :mod:`rl.verl.local`,
@@ -184,14 +184,14 @@ def build_pipeline(settings: StepSettings, model_dir: Path, device: torch.device
 
 
 def reward_scorer(task_ids: Sequence[str], workers: int | None) -> Any:
-    """A warm :class:`rewards.api.Scorer` over the chosen HumanEval+ tasks (expected outputs computed now)."""
-    from rewards import RewardConfig, Scorer, load_tasks
+    """A warm :class:`rewards.api.EvalPlusScorer` over the chosen HumanEval+ tasks (expected outputs computed now)."""
+    from rewards import EvalPlusScorer, RewardConfig, load_tasks
 
     tasks, _ = load_tasks("humaneval")
     missing = [t for t in task_ids if t not in tasks]
     if missing:
         raise ValueError(f"unknown HumanEval+ task ids {missing} (e.g. HumanEval/0)")
-    scorer = Scorer([tasks[t] for t in task_ids], cfg=RewardConfig.rl(workers=workers))
+    scorer = EvalPlusScorer([tasks[t] for t in task_ids], cfg=RewardConfig.rl(workers=workers))
     scorer.score([(t, tasks[t].reference_solution) for t in task_ids])  # start the sandbox workers
     return scorer
 

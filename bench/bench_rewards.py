@@ -28,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rewards import RewardConfig, Scorer  # noqa: E402
+from rewards import EvalPlusScorer, RewardConfig  # noqa: E402
 
 # --configs names -> (dataset, mini, base_only), in the order the rows are run
 COMPARE_CONFIGS = {"humaneval-base": ("humaneval", False, True), "humaneval-plus": ("humaneval", False, False),
@@ -50,7 +50,7 @@ def _samples(tasks: dict, limit: int | None) -> list[tuple[str, str]]:
 def run_ours(dataset: str, mini: bool, base_only: bool, workers: int, limit: int | None) -> dict:
     cfg = RewardConfig.evaluation(mini=mini, workers=workers, completion_format="solution",
                                   test_sets=("base",) if base_only else ("base", "plus"))
-    with Scorer(dataset=dataset, cfg=cfg) as s:
+    with EvalPlusScorer(dataset=dataset, cfg=cfg) as s:
         samples = _samples(s.tasks, limit)
         s.score(samples[:4])  # warm the zygotes
         t0 = time.perf_counter()
@@ -120,7 +120,7 @@ def suite_stress(n: int, workers: int) -> dict:
     """n queued completions (canonical / wrong / crashing / forging) on HumanEval+ Mini base tests, RL config."""
     cfg = RewardConfig.rl(mini=True, workers=workers, test_sets=("base",), completion_format="solution",
                           on_infra_error="mark", progress=True)
-    with Scorer(dataset="humaneval", cfg=cfg) as s:
+    with EvalPlusScorer(dataset="humaneval", cfg=cfg) as s:
         tids = list(s.tasks)
         kinds = [lambda t: t.reference_solution, lambda t: t.prompt + "    return None\n",
                  lambda t: "import os\nos._exit(0)\n", lambda t: t.prompt + "    raise SystemExit(0)\n"]
@@ -145,7 +145,7 @@ def suite_canonical(workers: int) -> list[dict]:
     for dataset, mini in (("humaneval", False), ("mbpp", False)):
         cfg = RewardConfig.evaluation(mini=mini, workers=workers, completion_format="solution", progress=True)
         t0 = time.perf_counter()
-        with Scorer(dataset=dataset, cfg=cfg) as s:
+        with EvalPlusScorer(dataset=dataset, cfg=cfg) as s:
             setup = time.perf_counter() - t0
             t1 = time.perf_counter()
             res = s.score([(tid, t.reference_solution) for tid, t in s.tasks.items()])
@@ -171,7 +171,7 @@ def suite_flood(workers: int, mb: int = 40, rounds: int = 3) -> dict:
                 reference_solution="def f(x):\n    return x * 7 + 1\n")
     cfg = RewardConfig.rl(workers=workers, completion_format="solution", on_infra_error="mark",
                           sandbox=SandboxConfig(memory_bytes=1024**3))
-    with Scorer([task], cfg=cfg) as s:
+    with EvalPlusScorer([task], cfg=cfg) as s:
         s.score([("t", task.reference_solution)])
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         statuses: dict = {}

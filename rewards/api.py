@@ -1,4 +1,4 @@
-"""Public scoring API: ``score_batch`` / :class:`Scorer` turn (task_id, completion) pairs into rewards.
+"""Public scoring API: ``score_batch`` / :class:`EvalPlusScorer` turn (task_id, completion) pairs into rewards.
 
 Every item gets exactly one :class:`RewardResult`. Sandbox infrastructure failures are retried by the pool; if they
 persist the result has status "infra_error" and (by default) :class:`SandboxInfraError` is raised after the whole
@@ -7,11 +7,9 @@ batch finished, carrying all results, so that an infrastructure problem is never
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import hashlib
 import logging
-import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, as_completed
 from typing import Any
@@ -23,6 +21,7 @@ from .extract import ExtractedCode, build_solution
 from .judge import TaskExpected, judge
 from .sandbox import Job, SandboxConfig, SandboxPool
 from .tasks import Task, load_tasks
+from .warm import WarmCache
 
 _ALL_SETS = ("base", "plus")
 log = logging.getLogger(__name__)
@@ -116,7 +115,7 @@ def _extract(completion: str, task: Task, cfg: RewardConfig) -> ExtractedCode:
         return ExtractedCode(None, "syntax_error")
 
 
-class Scorer:
+class EvalPlusScorer:
     """Holds tasks, their expected outputs and a warm :class:`SandboxPool`; reuse it across batches (RL steps)."""
 
     def __init__(self, tasks: dict[str, Task] | Sequence[Task] | None = None, *, dataset: str | None = None,
@@ -242,7 +241,7 @@ class Scorer:
     def close(self) -> None:
         self.pool.close()
 
-    def __enter__(self) -> Scorer:
+    def __enter__(self) -> EvalPlusScorer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -250,27 +249,19 @@ class Scorer:
 
 
 MAX_CACHED_SCORERS = 4
-_SCORERS: dict[Any, Scorer] = {}
-_SCORERS_LOCK = threading.Lock()
+_WARM: WarmCache[EvalPlusScorer] = WarmCache(MAX_CACHED_SCORERS)
 
 
 def get_scorer(dataset: str = "humaneval", cfg: RewardConfig | None = None,
-               tasks: dict[str, Task] | Sequence[Task] | None = None) -> Scorer:
-    """A process-wide cached Scorer (its pool stays warm between calls)."""
+               tasks: dict[str, Task] | Sequence[Task] | None = None) -> EvalPlusScorer:
+    """A process-wide cached EvalPlusScorer (its pool stays warm between calls; :mod:`rewards.warm`)."""
     cfg = cfg or RewardConfig()
     if tasks is not None:
         tlist = list(tasks.values()) if isinstance(tasks, dict) else list(tasks)
         key: Any = ("custom", cfg, tuple(sorted(t.fingerprint() for t in tlist)))
     else:
         key = (dataset, cfg)
-    with _SCORERS_LOCK:
-        if key in _SCORERS:
-            _SCORERS[key] = _SCORERS.pop(key)  # most recently used last
-        else:
-            while len(_SCORERS) >= MAX_CACHED_SCORERS:  # bound the number of live sandbox pools
-                _SCORERS.pop(next(iter(_SCORERS))).close()
-            _SCORERS[key] = Scorer(tasks, dataset=None if tasks is not None else dataset, cfg=cfg)
-        return _SCORERS[key]
+    return _WARM.get(key, lambda: EvalPlusScorer(tasks, dataset=None if tasks is not None else dataset, cfg=cfg))
 
 
 def score_batch(items: Sequence[tuple[str, str]], *, dataset: str = "humaneval", cfg: RewardConfig | None = None,
@@ -281,10 +272,6 @@ def score_batch(items: Sequence[tuple[str, str]], *, dataset: str = "humaneval",
     return get_scorer(dataset, cfg, tasks).score(items)
 
 
-@atexit.register
 def close_all() -> None:
-    """Stop every cached scorer's sandbox workers."""
-    with _SCORERS_LOCK:
-        for s in _SCORERS.values():
-            s.close()
-        _SCORERS.clear()
+    """Stop every cached scorer's sandbox workers (also run at exit)."""
+    _WARM.close_all()

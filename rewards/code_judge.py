@@ -9,14 +9,12 @@ a missing one is a failed test. Values decode into plain builtins only; every co
 from __future__ import annotations
 
 import ast
-import atexit
 import dataclasses
 import functools
 import json
 import logging
 import marshal
 import re
-import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, as_completed
 from typing import Any
@@ -30,6 +28,7 @@ from .code_tests import DEFAULT_CALL_LIMIT_S, CodeTests
 from .extract import _AST_LOCK, ExtractedCode, extract_code
 from .judge import _OK_NO_VALUE, ProtocolViolation, _check_range, _check_record, _name, _parse, decode_value
 from .sandbox import Job, RawResult, SandboxPool
+from .warm import WarmCache
 
 log = logging.getLogger(__name__)
 MISSING = object()  # an ok record whose value was too large to send (compared by digest only)
@@ -290,25 +289,15 @@ def _extract(completion: str, tests: CodeTests, cfg: RewardConfig) -> ExtractedC
         return ExtractedCode(None, "syntax_error")
 
 
-_SCORERS: dict[RewardConfig, CodeScorer] = {}
-_LOCK = threading.Lock()
+_WARM: WarmCache[CodeScorer] = WarmCache(4)
 
 
 def get_code_scorer(cfg: RewardConfig | None = None) -> CodeScorer:
-    """A process-wide CodeScorer per config (its pool stays warm between calls; at most 4 live)."""
+    """A process-wide CodeScorer per config (its pool stays warm between calls; :mod:`rewards.warm`)."""
     cfg = cfg or RewardConfig()
-    with _LOCK:
-        if cfg not in _SCORERS:
-            while len(_SCORERS) >= 4:
-                _SCORERS.pop(next(iter(_SCORERS))).close()
-            _SCORERS[cfg] = CodeScorer(cfg)
-        return _SCORERS[cfg]
+    return _WARM.get(cfg, lambda: CodeScorer(cfg))
 
 
-@atexit.register
 def close_code_scorers() -> None:
-    """Stop every cached code scorer's sandbox workers."""
-    with _LOCK:
-        for s in _SCORERS.values():
-            s.close()
-        _SCORERS.clear()
+    """Stop every cached code scorer's sandbox workers (also run at exit)."""
+    _WARM.close_all()

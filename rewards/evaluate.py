@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import RewardConfig, Scorer
+from .api import EvalPlusScorer, RewardConfig
 from .sandbox import SandboxConfig
 from .tasks import load_tasks
 
@@ -83,7 +83,7 @@ def evaluate(dataset: str, samples_path: Path, *, mini: bool = False, noextreme:
     cfg = RewardConfig.evaluation(mini=mini, noextreme=noextreme, workers=parallel, progress=True, keep_test_details=True,
                                   test_sets=("base",) if base_only else ("base", "plus"),
                                   completion_format="solution", sandbox=SandboxConfig(isolation=isolation))
-    with Scorer(tasks, cfg=cfg, key=key) as scorer:
+    with EvalPlusScorer(tasks, cfg=cfg, key=key) as scorer:
         programs = [s["solution"] if "solution" in s else scorer.tasks[s["task_id"]].prompt + s["completion"]
                     for s in samples]
         results = scorer.score([(s["task_id"], p) for s, p in zip(samples, programs)])

@@ -1,4 +1,4 @@
-"""Ray actors that spread scoring over a cluster: one :class:`Scorer` (with its own local sandbox pool) per actor.
+"""Ray actors that spread scoring over a cluster: one :class:`EvalPlusScorer` (with its own local sandbox pool) per actor.
 
 Each actor reserves ``cpus_per_actor`` CPUs and runs that many sandbox workers, so Ray's scheduler places reward
 work on nodes with free cores and it does not compete with the trainer's own CPU budget. Results come back in
@@ -11,13 +11,13 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from .api import RewardConfig, RewardResult, Scorer
+from .api import EvalPlusScorer, RewardConfig, RewardResult
 from .tasks import Task
 
 
 class _ScorerActor:
     def __init__(self, dataset: str | None, cfg: RewardConfig, tasks: list[Task] | None) -> None:
-        self.scorer = Scorer(tasks, dataset=dataset, cfg=cfg)
+        self.scorer = EvalPlusScorer(tasks, dataset=dataset, cfg=cfg)
 
     def score(self, items: list[tuple[str, str]]) -> list[RewardResult]:
         return self.scorer.score(items)
@@ -27,7 +27,7 @@ class _ScorerActor:
 
 
 class RayRewardPool:
-    """``num_actors`` Ray actors, each a Scorer with ``cpus_per_actor`` sandbox workers.
+    """``num_actors`` Ray actors, each a EvalPlusScorer with ``cpus_per_actor`` sandbox workers.
 
     Requires ``ray.init()`` to have been called (or a cluster address); the CPUs are reserved through Ray.
     """

@@ -133,7 +133,7 @@ def reward_config(cfg: DictConfig) -> Any:
 
 
 class SandboxRowScorer:
-    """A warm rewards :class:`~rewards.api.Scorer` over the selected tasks, created on first use."""
+    """A warm rewards :class:`~rewards.api.EvalPlusScorer` over the selected tasks, created on first use."""
 
     def __init__(self, cfg: DictConfig, tasks: CodeTasks) -> None:
         self.cfg, self.tasks = cfg, tasks
@@ -142,11 +142,11 @@ class SandboxRowScorer:
 
     def __call__(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
         """Score rows -> (score rows for the samples that got a verdict, number left unscored by infra errors)."""
-        from rewards.api import SandboxInfraError, Scorer
+        from rewards.api import EvalPlusScorer, SandboxInfraError
         from rewards.extract import build_solution
 
         if self._scorer is None:
-            self._scorer = Scorer(self.tasks.tasks, cfg=self.reward_cfg)
+            self._scorer = EvalPlusScorer(self.tasks.tasks, cfg=self.reward_cfg)
         try:
             results = self._scorer.score([(r["task_id"], r["completion"]) for r in rows])
         except SandboxInfraError as err:  # never record an infrastructure failure as a verdict

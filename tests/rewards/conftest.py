@@ -1,4 +1,4 @@
-"""Shared fixtures: a small caller-supplied task set, one warm Scorer over a real bubblewrap pool, and the warm
+"""Shared fixtures: a small caller-supplied task set, one warm EvalPlusScorer over a real bubblewrap pool, and the warm
 code-RL scorer (``code_scorer``) of the corpus test formats."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rewards.api import RewardConfig, Scorer
+from rewards.api import EvalPlusScorer, RewardConfig
 from rewards.code_judge import CodeScorer
 from rewards.sandbox import SandboxConfig
 from rewards.tasks import Task
@@ -32,7 +32,7 @@ def secret_tasks() -> list[Task]:
 
 @pytest.fixture(scope="session")
 def scorer(tmp_path_factory: pytest.TempPathFactory):
-    with Scorer(secret_tasks(), cfg=_cfg(2, str(tmp_path_factory.mktemp("expected")))) as s:
+    with EvalPlusScorer(secret_tasks(), cfg=_cfg(2, str(tmp_path_factory.mktemp("expected")))) as s:
         yield s
 
 
@@ -45,7 +45,7 @@ def _cfg(workers: int, cache: str) -> RewardConfig:
 @pytest.fixture(scope="session")
 def scorer1(tmp_path_factory: pytest.TempPathFactory):
     """One worker: jobs run back to back on the same zygote, in submission order (for cross-job attacks)."""
-    with Scorer(secret_tasks(), cfg=_cfg(1, str(tmp_path_factory.mktemp("expected1")))) as s:
+    with EvalPlusScorer(secret_tasks(), cfg=_cfg(1, str(tmp_path_factory.mktemp("expected1")))) as s:
         yield s
 
 

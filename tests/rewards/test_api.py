@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rewards import RewardConfig, SandboxConfig, Scorer, Task, score_batch
+from rewards import EvalPlusScorer, RewardConfig, SandboxConfig, Task, score_batch
 from rewards.sandbox import probe_bwrap, resolve_isolation
 
 FENCED = "Here you go:\n```python\ndef f(x):\n    return (x * 7919 + 13) % 1000003\n```"
@@ -18,7 +18,7 @@ def _given_values_task() -> Task:
 
 
 def test_rewards_shaping_and_statuses(scorer) -> None:
-    binary = Scorer.__new__(Scorer)  # same pool and tables, different shaping (no second pool needed)
+    binary = EvalPlusScorer.__new__(EvalPlusScorer)  # same pool and tables, different shaping (no second pool needed)
     binary.__dict__.update(scorer.__dict__)
     binary.cfg = RewardConfig.rl(completion_format="auto", format_weight=0.5, reward="pass_ratio",
                                  answer_marker="[A]", no_code_reward=-1.0)
@@ -56,7 +56,7 @@ def test_samples_with_the_heaviest_reference_run_first(tmp_path) -> None:
                 reference_solution=fast_ref)
     cfg = RewardConfig.rl(workers=1, completion_format="solution", cache_dir=str(tmp_path),
                           sandbox=SandboxConfig(isolation="bwrap"))
-    with Scorer([slow, fast], cfg=cfg) as scorer:
+    with EvalPlusScorer([slow, fast], cfg=cfg) as scorer:
         assert scorer.expected_cost(slow) > 10 * scorer.expected_cost(fast)
         submitted: list[str] = []
         real_submit = scorer.pool.submit
@@ -85,7 +85,7 @@ def test_rlimits_fallback_still_judges_and_blocks_fork(tmp_path) -> None:
                           sandbox=SandboxConfig(isolation="rlimits", memory_bytes=1024**3))
     fork_probe = ("import os\ndef double(xs):\n    try:\n        os.fork()\n    except OSError:\n"
                   "        return [2 * x for x in xs]\n    return []\n")
-    with Scorer([_given_values_task()], cfg=cfg) as s:
+    with EvalPlusScorer([_given_values_task()], cfg=cfg) as s:
         assert s.isolation == "rlimits"
         res = s.score([("double", fork_probe), ("double", "def double(xs):\n    return xs\n")])
     assert [r.reward for r in res] == [1.0, 0.0]

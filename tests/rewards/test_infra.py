@@ -14,7 +14,7 @@ import time
 import psutil
 import pytest
 
-from rewards import RewardConfig, SandboxConfig, Scorer
+from rewards import EvalPlusScorer, RewardConfig, SandboxConfig
 from rewards._zygote import wipe_tree
 from rewards.api import SandboxInfraError
 
@@ -79,7 +79,7 @@ def test_persistent_infra_failure_is_reported_never_scored(tmp_path, secret_task
     carrying every result (the honest sample's included), and the pool recovers for the next batch."""
     cfg = RewardConfig.rl(workers=1, cache_dir=str(tmp_path), completion_format="solution",
                           sandbox=SandboxConfig(isolation="bwrap", memory_bytes=1024**3, max_retries=0))
-    with Scorer(secret_task_list, cfg=cfg) as s:
+    with EvalPlusScorer(secret_task_list, cfg=cfg) as s:
         th, done, errors = _score_in_thread(s, [("secret", SLOW), ("secret", SECRET_REF)])
         _kill_workers_in_flight(s.pool, 1)
         th.join(120)
