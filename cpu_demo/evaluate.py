@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from cpu_demo.tasks import CanvasSpec, DemoTask, prompt_text, reward_task
-from decoding.lockstep import DEFAULT_DELIMITER, delimiter_ids
+from decoding.lockstep import DEFAULT_DELIMITER
 
 
 @dataclass(frozen=True)
@@ -58,35 +57,25 @@ class DemoEvalResult:
                 f"{prefix}nfe": self.mean_nfe}
 
 
-@torch.no_grad()
 def decode_completions(
     model: torch.nn.Module, tokenizer: Any, tasks: Sequence[DemoTask], cfg: DemoEvalConfig, progress: bool = False
 ) -> tuple[list[str], float]:
-    """Lockstep-decode every task; return the compacted completion texts and the mean NFE per batch."""
-    from decoding.lockstep import lockstep_sample
-    from decoding.tokenizer import encode_prompts
+    """Lockstep-decode every task (:mod:`evals.generation`, one generator stream seeded with ``cfg.seed``);
+    return the completion texts (R + delimiter + A, as the rollout's reward reads them) and the mean NFE per
+    batch."""
+    import dataclasses
 
-    lockstep = cfg.lockstep_cfg()
-    delimiter = delimiter_ids(tokenizer)
+    from evals.generation import generate_in_batches
+
+    prompts = [prompt_text(tokenizer, t) for t in tasks]
     generator = torch.Generator().manual_seed(cfg.seed)
-    was_training = model.training
-    model.eval()
     texts: list[str] = []
     nfes: list[int] = []
-    starts = range(0, len(tasks), cfg.batch_size)
-    for start in tqdm(starts, desc="eval", disable=not progress):
-        chunk = tasks[start : start + cfg.batch_size]
-        input_ids, attention_mask = encode_prompts(tokenizer, [prompt_text(tokenizer, t) for t in chunk])
-        device = next(model.parameters()).device
-        result = lockstep_sample(
-            model, input_ids.to(device), attention_mask.to(device), lockstep, delimiter_ids=delimiter,
-            mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
-            valid_vocab_size=len(tokenizer), generator=generator,
-        )
-        reasonings, answers = result.texts(tokenizer)
-        texts.extend(r + DEFAULT_DELIMITER + a for r, a in zip(reasonings, answers))
-        nfes.append(result.nfe)
-    model.train(was_training)
+    for _, out in generate_in_batches(model, tokenizer, prompts, "lockstep", dataclasses.asdict(cfg.lockstep_cfg()),
+                                      cfg.batch_size, delimiter=DEFAULT_DELIMITER, generator=generator,
+                                      desc="eval" if progress else None):
+        texts.extend(out.completions)
+        nfes.append(int(out.nfe))
     return texts, sum(nfes) / max(len(nfes), 1)
 
 

@@ -17,8 +17,9 @@ from tqdm.auto import tqdm
 
 from decoding.devices import pick_device, pick_dtype
 from evals.code import store
-from evals.code.model import ModelSource, check_sampler_kwargs, generate_texts, load_model, resolve_checkpoint
+from evals.code.model import ModelSource, load_model, resolve_checkpoint
 from evals.code.tasks import CodeTasks, SandboxRowScorer
+from evals.generation import check_sampler_kwargs, generate_in_batches
 from evals.results import STEP_DIR, run_root
 
 
@@ -108,28 +109,30 @@ def generate_shard(plan: Plan, tasks: CodeTasks, rank: int, world: int, after_ba
     from decoding.tokenizer import build_chat_prompt
 
     system = {} if gen.system_prompt is None else {"system": gen.system_prompt}
-    kwargs = sampler_kwargs(plan.cfg)
+    parts = [tasks.prompts[tid] for tid, _ in mine]
+    prompts = [build_chat_prompt(tokenizer, user, **system) + prefix for user, prefix in parts]
     journal = store.generation_journal(plan.out_dir, rank)
     journal.open_for_append()
     run_id = uuid.uuid4().hex[:8]
+
+    def seed_of(start: int) -> int:  # a batch's seed depends on its first sample only: resumes reproduce it
+        return int(plan.cfg.seed) * 1_000_003 + order[mine[start]]
+
     # one bar over this rank's samples (its ETA covers the whole run) and, below it, the sampler's own bar over
     # the steps of the current batch (a 7B batch on CPU takes minutes: its ETA shows progress within it)
     bar = tqdm(total=len(mine), desc=f"generate[{rank}]", unit="sample", dynamic_ncols=True)
     try:
-        for start in range(0, len(mine), gen.batch_size):
-            batch = mine[start : start + gen.batch_size]
-            parts = [tasks.prompts[tid] for tid, _ in batch]
-            prompts = [build_chat_prompt(tokenizer, user, **system) + prefix for user, prefix in parts]
-            seed = int(plan.cfg.seed) * 1_000_003 + order[batch[0]]
-            out = generate_texts(model, tokenizer, prompts, gen.sampler, kwargs, seed, gen.delimiter or "",
-                                 progress=True)
+        batches = generate_in_batches(model, tokenizer, prompts, gen.sampler, sampler_kwargs(plan.cfg),
+                                      gen.batch_size, delimiter=gen.delimiter or "", seed_of=seed_of, progress=True)
+        for start, out in batches:
+            batch = mine[start : start + len(out.completions)]
             batch_id = f"{run_id}-{rank}-{start}"
             journal.append(
                 {"task_id": tid, "sample_idx": idx, "completion": prefix + text, "reasoning": reasoning,
                  "num_tokens": n_tok, "batch_id": batch_id, "batch_size": len(batch),
                  "batch_seconds": out.seconds, "batch_canvas_tokens": out.canvas_tokens, "rank": rank}
                 for (tid, idx), (_, prefix), text, reasoning, n_tok
-                in zip(batch, parts, out.completions, out.reasoning, out.num_tokens)
+                in zip(batch, parts[start:], out.completions, out.reasoning, out.num_tokens)
             )
             bar.update(len(batch))
             if after_batch is not None:

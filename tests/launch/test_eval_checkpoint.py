@@ -24,8 +24,9 @@ import torch
 from PIL import Image
 
 from evals.code import store
-from evals.code.model import ModelSource, generate_texts, load_model, resolve_checkpoint
+from evals.code.model import ModelSource, load_model, resolve_checkpoint
 from evals.code.tasks import mean_pass_at_k, pass_at_k
+from evals.generation import generate_texts
 from launch.eval_checkpoint import main as eval_main
 
 ROOT = Path(__file__).resolve().parents[2]
