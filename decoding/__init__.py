@@ -65,8 +65,9 @@ def __dir__() -> list[str]:
 class TokenizerNameKey(PretrainedConfig):
     """Registration key that makes ``AutoTokenizer`` find :class:`DreamTokenizer` by the name in
     ``tokenizer_config.json`` only. Keyed by :class:`DreamConfig` instead, transformers would treat the hub's
-    ``auto_map`` as the model's own tokenizer code and run it whenever a caller passes ``trust_remote_code=True``
-    (verl's reward loop always does); registered by name, ours counts as explicit local code and wins."""
+    ``auto_map`` as the model's own tokenizer code and run it whenever a caller passes
+    ``trust_remote_code=True`` (verl's reward loop always does); registered by name, ours counts as explicit
+    local code and wins."""
 
     model_type = "dream-tokenizer-name"
 

@@ -41,7 +41,8 @@ def read_dream_config(path: str | Path) -> DreamConfig:
     model_type = raw.get("model_type")
     if str(model_type).lower() != DREAM_MODEL_TYPE.lower():
         raise ValueError(
-            f"{root} holds a {model_type!r} model, not a Dream checkpoint (config.json model_type must be 'Dream')"
+            f"{root} holds a {model_type!r} model, not a Dream checkpoint (config.json model_type must be "
+            "'Dream')"
         )
     raw.pop("model_type", None)
     config = DreamConfig(**raw)
@@ -57,7 +58,8 @@ def _iter_tensors(files: list[Path], device: torch.device) -> Iterator[tuple[str
                 for key in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
                     yield key, handle.get_tensor(key)
         except (SafetensorError, OSError) as err:  # truncated download, disk error, not a safetensors file
-            raise ValueError(f"{file} is not a readable safetensors file ({err}); re-download or re-export it") from None
+            raise ValueError(f"{file} is not a readable safetensors file ({err}); re-download or "
+                             "re-export it") from None
 
 
 def load_dream(
@@ -69,9 +71,9 @@ def load_dream(
 
     Args:
         path: HF checkpoint directory (single or sharded safetensors).
-        dtype: parameter dtype; ``"auto"`` (default) = :func:`decoding.devices.pick_dtype` for ``device``: bf16 on
-            CUDA, fp32 elsewhere (Dream's config.json says bfloat16, which CPUs without bf16 matrix units run ~10x
-            slower); ``None`` keeps the dtype stored in the checkpoint.
+        dtype: parameter dtype; ``"auto"`` (default) = :func:`decoding.devices.pick_dtype` for ``device``:
+            bf16 on CUDA, fp32 elsewhere (Dream's config.json says bfloat16, which CPUs without bf16 matrix
+            units run ~10x slower); ``None`` keeps the dtype stored in the checkpoint.
         device: target device (default CPU); tensors are read directly onto it.
 
     Raises:
@@ -97,7 +99,8 @@ def load_dream(
             continue
         if tuple(tensor.shape) != expected[key]:
             raise ValueError(
-                f"{root}: tensor {key} has shape {tuple(tensor.shape)} but config.json implies {expected[key]}"
+                f"{root}: tensor {key} has shape {tuple(tensor.shape)} but config.json implies "
+                f"{expected[key]}"
             )
         state[key] = tensor if dtype is None else tensor.to(dtype)
     if config.tie_word_embeddings and "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
@@ -131,11 +134,11 @@ def sync_remote_code(folder: str | Path, base: str | Path | None) -> None:
     """Make an exported Dream folder honest about remote code: no ``auto_map`` that points at a missing file.
 
     Why: ``save_pretrained`` (and verl's checkpoint manager, which also copies the defining module of the
-    wrapped model class, e.g. ``_fsdp_*.py``) writes ``auto_map`` entries and ``.py`` files of its own. Users also
-    load our exports with the hub's remote code (``trust_remote_code=True``), so: every ``.py`` file in ``folder``
-    is removed; for ``config.json`` and ``tokenizer_config.json``, if the user's ``base`` folder has an
-    ``auto_map`` whose files all exist there, those files are copied from ``base`` (never from us) and the
-    ``auto_map`` is the base's; otherwise the key is dropped. Our own loaders need neither.
+    wrapped model class, e.g. ``_fsdp_*.py``) writes ``auto_map`` entries and ``.py`` files of its own. Users
+    also load our exports with the hub's remote code (``trust_remote_code=True``), so: every ``.py`` file in
+    ``folder`` is removed; for ``config.json`` and ``tokenizer_config.json``, if the user's ``base`` folder
+    has an ``auto_map`` whose files all exist there, those files are copied from ``base`` (never from us) and
+    the ``auto_map`` is the base's; otherwise the key is dropped. Our own loaders need neither.
     """
     out = Path(folder)
     for stray in out.glob("*.py"):

@@ -79,10 +79,12 @@ class DreamConfig(PretrainedConfig):
         return self.hidden_size // self.num_attention_heads
 
     def validate_architecture(self) -> None:
-        """Raise ``ValueError`` for shapes the model cannot be built with (clear message, no stack trace soup)."""
+        """Raise ``ValueError`` for shapes the model cannot be built with (clear message, no stack trace
+        soup)."""
         if self.num_attention_heads <= 0 or self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
+                f"hidden_size={self.hidden_size} is not divisible by "
+                f"num_attention_heads={self.num_attention_heads}"
             )
         if self.num_key_value_heads <= 0 or self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
@@ -92,7 +94,8 @@ class DreamConfig(PretrainedConfig):
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if self.rope_scaling not in (None, {}) and self.rope_scaling.get("rope_type", "default") != "default":
-            raise ValueError(f"only default RoPE is supported (Dream uses none); got rope_scaling={self.rope_scaling}")
+            raise ValueError("only default RoPE is supported (Dream uses none); got "
+                             f"rope_scaling={self.rope_scaling}")
 
 
 def dream_7b_config(**overrides: Any) -> DreamConfig:

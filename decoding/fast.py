@@ -3,23 +3,24 @@
 Why: the reference sampler runs one full forward per step over prompt + canvas and commits a fixed count per
 step. Here (Fast-dLLM-style, but batched with left padding) the canvas is decoded block by block; each block
 starts with one *refresh* forward over the whole sequence that stores K/V in a :class:`DreamKVCache`, and the
-block's later steps only forward a window: ``[s-1, N)`` (prefix cache) or ``[s-1, e)`` (dual cache, stale suffix
-K/V). A masked block position is committed when its confidence clears ``threshold`` (at least the most
+block's later steps only forward a window: ``[s-1, N)`` (prefix cache) or ``[s-1, e)`` (dual cache, stale
+suffix K/V). A masked block position is committed when its confidence clears ``threshold`` (at least the most
 confident one per unfinished block and step, so a block of ``W`` positions takes at most ``W`` steps).
 
 The shifted logit of the first window position (``[L0, L0, L1, ...]``: position i is predicted from i-1):
 ``first_logit="overlap"`` (default) starts each window one position early so that logit is recomputed every
 step from the current tokens; ``"last_logit"`` (D2F) reuses the prediction of the block start made by the
-block's refresh forward; ``"commit_first"`` commits the block start at the refresh step, like Fast-dLLM; unlike Fast-dLLM (only that
-token in that forward) it also commits every other position above the threshold in the same step, by the commit
-rule shared with the other samplers (:mod:`decoding.policy`).
+block's refresh forward; ``"commit_first"`` commits the block start at the refresh step, like Fast-dLLM;
+unlike Fast-dLLM (only that token in that forward) it also commits every other position above the threshold in
+the same step, by the commit rule shared with the other samplers (:mod:`decoding.policy`).
 
 The commit policy itself lives in :mod:`decoding.policy` (shared with the lockstep R/A decoder).
 
 CLI (the same as ``python -m decoding.generate --sampler fast``)::
 
     python -m decoding.fast --model DIR --prompt "Write a function ..." [--max-new-tokens 256 --block-size 32
-        --threshold 0.9 --cache prefix --first-logit overlap --refresh full --min-content 1 --dtype auto --device auto]
+        --threshold 0.9 --cache prefix --first-logit overlap --refresh full --min-content 1 --dtype auto
+        --device auto]
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ class CanvasForward:
     ``lo >= 1`` always (the prompt is non-empty).
 
     Only the needed positions go through the LM head (decoder and head called separately), except in
-    ``root_forward`` mode, which calls ``model(...)`` itself and slices its logits: needed when the root module
-    has hooks of its own, e.g. FSDP2's ``fully_shard`` (auto-detected from DTensor parameters).
+    ``root_forward`` mode, which calls ``model(...)`` itself and slices its logits: needed when the root
+    module has hooks of its own, e.g. FSDP2's ``fully_shard`` (auto-detected from DTensor parameters).
     """
 
     def __init__(
@@ -91,7 +92,8 @@ class CanvasForward:
         self.nfe += 1
         kwargs = dict(
             input_ids=x[:, start:end], attention_mask=self.key_mask, kv_cache=self.kv, cache_start=start,
-            store_kv=store, position_ids=None if self.position_ids is None else self.position_ids[:, start:end],
+            store_kv=store,
+            position_ids=None if self.position_ids is None else self.position_ids[:, start:end],
         )
         if self.root_forward:
             logits = self.model(**kwargs).logits
@@ -164,7 +166,8 @@ def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, 
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be a non-empty [B, P] tensor, got shape {tuple(input_ids.shape)}")
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
+        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids "
+                         f"{tuple(input_ids.shape)}")
     if bool((input_ids == mask_token_id).any()):
         raise ValueError("the prompt contains the mask token; prompts must be fully given")
 
@@ -206,17 +209,18 @@ def fast_generate(
     and after ``min_content`` generated tokens; once committed, the rest of the canvas is padded with
     end-of-text. ``cache``: ``"none"`` (full forward every step), ``"prefix"`` or ``"dual"``;
     ``first_logit``: see the module doc. ``refresh``: ``"full"`` (each block starts with a full forward, exact
-    at that step) or ``"incremental"`` (it recomputes only from the previous block's start: the finished block's
-    K/V are updated, earlier ones kept; cheaper, approximate). ``valid_vocab_size``/``generator`` as in ``diffusion_generate``;
-    ``compile`` wraps the decoder in ``torch.compile(dynamic=True)``. Committed tokens never change.
-    Returns :class:`FastResult`.
+    at that step) or ``"incremental"`` (it recomputes only from the previous block's start: the finished
+    block's K/V are updated, earlier ones kept; cheaper, approximate). ``valid_vocab_size``/``generator`` as
+    in ``diffusion_generate``; ``compile`` wraps the decoder in ``torch.compile(dynamic=True)``. Committed
+    tokens never change. Returns :class:`FastResult`.
     """
     cfg = model.config
     mask_token_id = cfg.mask_token_id if mask_token_id is None else mask_token_id
     eos_token_id = cfg.eos_token_id if eos_token_id is None else eos_token_id
     _check_inputs(input_ids, attention_mask, mask_token_id)
     if max_new_tokens <= 0 or block_size <= 0:
-        raise ValueError(f"max_new_tokens and block_size must be positive, got {max_new_tokens}, {block_size}")
+        raise ValueError(f"max_new_tokens and block_size must be positive, got {max_new_tokens}, "
+                         f"{block_size}")
     if steps_per_block is not None and steps_per_block <= 0:
         raise ValueError(f"steps_per_block must be positive, got {steps_per_block}")
     if refresh not in REFRESH_MODES:
@@ -243,10 +247,12 @@ def fast_generate(
         limit = steps_per_block or (hi - lo)
         used = 0
         while used < limit and bool((x[:, lo:hi] == mask_token_id).any()):
-            logits = fwd.predict(x, lo, hi, refresh=used == 0, refresh_from=previous if refresh == "incremental" else 0)
+            logits = fwd.predict(x, lo, hi, refresh=used == 0,
+                                 refresh_from=previous if refresh == "incremental" else 0)
             dec = decide_block(
                 x, logits, lo, hi, rule, mask_token_id, commit_all=used == limit - 1,
-                force_first=first_logit == "commit_first" and used == 0, content_offset=lo - prompt_len, generator=generator,
+                force_first=first_logit == "commit_first" and used == 0, content_offset=lo - prompt_len,
+                generator=generator,
             )
             x[:, lo:hi] = torch.where(dec.commit, dec.x0, x[:, lo:hi])
             commit_step[:, lo:hi] = torch.where(dec.commit, step, commit_step[:, lo:hi])
@@ -267,7 +273,8 @@ def fast_generate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m decoding.fast`` = ``python -m decoding.generate --sampler fast`` (one CLI for all samplers)."""
+    """``python -m decoding.fast`` = ``python -m decoding.generate --sampler fast`` (one CLI for all
+    samplers)."""
     from .generate import main as generate_main
 
     return generate_main(argv, prog="python -m decoding.fast", sampler="fast")

@@ -1,9 +1,9 @@
 """Plain Dream-semantics diffusion sampler (``diffusion_generate``) and the CLI of every sampler.
 
 Faithful to the reference ``DreamGenerationMixin._sample`` (Dream's ``generation_utils.py``) with one fix:
-the number of tokens committed per step is computed **per row** (the reference uses the batch mean, which lets a
-row with fewer masks overwrite real tokens with the mask id). For batch 1, or rows with equal mask counts, the
-output is token-for-token the reference's for the same weights, seed and settings.
+the number of tokens committed per step is computed **per row** (the reference uses the batch mean, which lets
+a row with fewer masks overwrite real tokens with the mask id). For batch 1, or rows with equal mask counts,
+the output is token-for-token the reference's for the same weights, seed and settings.
 
 CLI (``--sampler plain|fast|lockstep``; ``python -m decoding.fast`` / ``decoding.lockstep`` are the same CLI
 with that sampler preselected)::
@@ -33,7 +33,8 @@ LogitsHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class DreamGenerateOutput(ModelOutput):
-    """``sequences [B*n, P + max_new_tokens]`` (prompt and left pads included); ``history``: one canvas per step."""
+    """``sequences [B*n, P + max_new_tokens]`` (prompt and left pads included); ``history``: one canvas per
+    step."""
 
     sequences: torch.Tensor | None = None
     history: list[torch.Tensor] | None = None
@@ -50,7 +51,8 @@ def _prepare_canvas(
     return x, key_padding_to_4d(full_mask, 0, x.shape[1]), padding_position_ids(full_mask)
 
 
-def _commit_counts(num_masked: torch.Tensor, t: torch.Tensor, s: torch.Tensor, last_step: bool) -> torch.Tensor:
+def _commit_counts(num_masked: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
+                   last_step: bool) -> torch.Tensor:
     """Per-row ``int(n_masked * (1 - s/t))`` in float32 as the reference (all remaining on the last step)."""
     if last_step:
         return num_masked
@@ -58,9 +60,11 @@ def _commit_counts(num_masked: torch.Tensor, t: torch.Tensor, s: torch.Tensor, l
 
 
 def _select_positions(
-    full_confidence: torch.Tensor, counts: torch.Tensor, alg_temp: float | None, generator: torch.Generator | None
+    full_confidence: torch.Tensor, counts: torch.Tensor, alg_temp: float | None,
+    generator: torch.Generator | None
 ) -> torch.Tensor:
-    """Bool ``[B, N]``: per row the ``counts[b]`` positions to commit (top-k, or sampled if ``alg_temp > 0``)."""
+    """Bool ``[B, N]``: per row the ``counts[b]`` positions to commit (top-k, or sampled if
+    ``alg_temp > 0``)."""
     chosen = torch.zeros_like(full_confidence, dtype=torch.bool)
     k_max = int(counts.max())
     if k_max == 0:
@@ -123,8 +127,8 @@ def diffusion_generate(
             confidence; with ``alg_temp > 0`` positions are sampled from ``softmax(confidence / alg_temp)``).
         temperature / top_p / top_k: token sampling (temperature 0 = argmax).
         mask_token_id: defaults to ``model.config.mask_token_id``.
-        generation_tokens_hook_func: ``(step, x, logits) -> x``; called with ``(None, x, None)`` before step 0 and
-            after every update (with the shifted, hooked logits).
+        generation_tokens_hook_func: ``(step, x, logits) -> x``; called with ``(None, x, None)`` before step 0
+            and after every update (with the shifted, hooked logits).
         generation_logits_hook_func: ``(step, x, logits) -> logits``; every step after the shift.
         output_history / return_dict_in_generate: as the reference; history = canvas after every step.
         num_return_sequences: rows are ``repeat_interleave``d.
@@ -181,7 +185,8 @@ def diffusion_generate(
     return x
 
 
-def _validate(input_ids: torch.Tensor, max_new_tokens: int, steps: int, alg: str, mask_token_id: int | None) -> None:
+def _validate(input_ids: torch.Tensor, max_new_tokens: int, steps: int, alg: str,
+              mask_token_id: int | None) -> None:
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be [B, P] with P >= 1, got shape {tuple(input_ids.shape)}")
     if max_new_tokens < 1 or steps < 1:
@@ -189,7 +194,8 @@ def _validate(input_ids: torch.Tensor, max_new_tokens: int, steps: int, alg: str
     if mask_token_id is None:
         raise ValueError("no mask_token_id: pass one or use a model whose config has mask_token_id")
     if bool((input_ids[:, 0] == mask_token_id).any()):
-        raise ValueError("the first prompt token is the mask id: position 0 can never be predicted (shifted logits)")
+        raise ValueError("the first prompt token is the mask id: position 0 can never be predicted (shifted "
+                         "logits)")
     confidence_for(alg)
 
 
@@ -198,10 +204,11 @@ _SAMPLER_OPTIONS = {
     "steps": ("plain",), "eps": ("plain", "lockstep"), "alg_temp": ("plain",),
     "block_size": ("fast",), "threshold": ("fast",), "steps_per_block": ("fast",), "cache": ("fast",),
     "first_logit": ("fast", "lockstep"), "refresh": ("fast",), "compile": ("fast",),
-    "no_eos_guard": ("fast", "lockstep"), "min_content": ("fast", "lockstep"), "eos_penalty": ("fast", "lockstep"),
+    "no_eos_guard": ("fast", "lockstep"), "min_content": ("fast", "lockstep"),
+    "eos_penalty": ("fast", "lockstep"),
     "mode": ("lockstep",), "r_len": ("lockstep",), "a_len": ("lockstep",), "tau_r": ("lockstep",),
-    "tau_a": ("lockstep",), "max_fill_frac": ("lockstep",), "max_steps": ("lockstep",), "use_cache": ("lockstep",),
-    "delimiter": ("lockstep",),
+    "tau_a": ("lockstep",), "max_fill_frac": ("lockstep",), "max_steps": ("lockstep",),
+    "use_cache": ("lockstep",), "delimiter": ("lockstep",),
 }
 # Defaults that differ between samplers (plain keeps Dream's reference defaults).
 _SAMPLER_DEFAULTS = {
@@ -212,11 +219,13 @@ _SAMPLER_DEFAULTS = {
 USAGE_EXAMPLES = """examples:
   python -m decoding.generate --model DIR --prompt "Write a function that reverses a string."
   python -m decoding.generate --model DIR --prompt "..." --sampler fast --block-size 32 --threshold 0.9
-  python -m decoding.generate --model DIR --prompt "..." --sampler lockstep --r-len 64 --a-len 128 --mode jacobi
+  python -m decoding.generate --model DIR --prompt "..." --sampler lockstep --r-len 64 --a-len 128 \
+--mode jacobi
 """
 
 
-def build_parser(prog: str = "python -m decoding.generate", sampler: str = "plain") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m decoding.generate",
+                 sampler: str = "plain") -> argparse.ArgumentParser:
     """The CLI of every sampler (``plain`` = :func:`diffusion_generate`, ``fast``, ``lockstep``)."""
     from .devices import DTYPE_CHOICES
     from .fast import CACHE_MODES, FIRST_LOGIT_MODES, REFRESH_MODES
@@ -226,8 +235,8 @@ def build_parser(prog: str = "python -m decoding.generate", sampler: str = "plai
     p.add_argument("--model", required=True, help="Dream checkpoint directory (HF layout)")
     p.add_argument("--prompt", required=True, help="user message (wrapped in the ChatML template)")
     p.add_argument("--sampler", default=sampler, choices=["plain", "fast", "lockstep"],
-                   help="plain: Dream's diffusion_generate; fast: block-wise threshold decoding with KV cache; "
-                        "lockstep: Reasoning/Answer blocks (default: %(default)s)")
+                   help="plain: Dream's diffusion_generate; fast: block-wise threshold decoding with KV "
+                        "cache; lockstep: Reasoning/Answer blocks (default: %(default)s)")
     p.add_argument("--system", default="You are a helpful assistant.", help="system turn ('' for none)")
     p.add_argument("--raw", action="store_true", help="use the prompt text as is, without the chat template")
     p.add_argument("--max-new-tokens", type=int, default=128, help="plain/fast: completion length")
@@ -244,7 +253,8 @@ def build_parser(prog: str = "python -m decoding.generate", sampler: str = "plai
     plain = p.add_argument_group("plain sampler")
     plain.add_argument("--steps", type=int, default=None, help="diffusion steps (default: max-new-tokens)")
     plain.add_argument("--eps", type=float, default=None, help="final timestep (default 1e-3; also lockstep)")
-    plain.add_argument("--alg-temp", type=float, default=None, help="sample positions from softmax(conf/alg_temp)")
+    plain.add_argument("--alg-temp", type=float, default=None,
+                       help="sample positions from softmax(conf/alg_temp)")
     fast = p.add_argument_group("fast sampler")
     fast.add_argument("--block-size", type=int, default=None, help="default 32")
     fast.add_argument("--threshold", type=float, default=None, help="commit confidence (default 0.9)")
@@ -275,7 +285,8 @@ def _check_options(args: argparse.Namespace) -> None:
     wrong = [name for name, samplers in _SAMPLER_OPTIONS.items()
              if getattr(args, name) is not None and args.sampler not in samplers]
     if wrong:
-        flags = ", ".join(f"--{name.replace('_', '-')} ({'/'.join(_SAMPLER_OPTIONS[name])})" for name in wrong)
+        flags = ", ".join(f"--{name.replace('_', '-')} ({'/'.join(_SAMPLER_OPTIONS[name])})"
+                          for name in wrong)
         raise ValueError(f"--sampler {args.sampler} does not use {flags}")
 
 
@@ -283,8 +294,8 @@ def _given(args: argparse.Namespace, *names: str) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
-def run_sampler(model, tokenizer, args: argparse.Namespace, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                generator: torch.Generator) -> tuple[str, dict]:
+def run_sampler(model, tokenizer, args: argparse.Namespace, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor, generator: torch.Generator) -> tuple[str, dict]:
     """(completion text, metrics) of one prompt with the sampler and options of ``args``."""
     from .tokenizer import decode_completion
 
@@ -303,8 +314,8 @@ def run_sampler(model, tokenizer, args: argparse.Namespace, input_ids: torch.Ten
     if args.sampler == "fast":
         from .fast import fast_generate
 
-        options = _given(args, "block_size", "threshold", "steps_per_block", "cache", "first_logit", "refresh",
-                         "min_content", "eos_penalty", "compile")
+        options = _given(args, "block_size", "threshold", "steps_per_block", "cache", "first_logit",
+                         "refresh", "min_content", "eos_penalty", "compile")
         if args.no_eos_guard:
             options["eos_guard"] = False
         out = fast_generate(model, input_ids, attention_mask, max_new_tokens=args.max_new_tokens, **options,
@@ -313,8 +324,8 @@ def run_sampler(model, tokenizer, args: argparse.Namespace, input_ids: torch.Ten
     from .lockstep import DEFAULT_DELIMITER, LockstepCfg, lockstep_sample
 
     options = {**_given(args, "mode", "r_len", "a_len", "tau_r", "tau_a", "max_fill_frac",
-                                                 "max_steps", "use_cache", "eps", "first_logit", "min_content",
-                                                 "eos_penalty")}
+                                                 "max_steps", "use_cache", "eps", "first_logit",
+                                                 "min_content", "eos_penalty")}
     if args.no_eos_guard:
         options["eos_guard"] = False
     cfg = LockstepCfg(**options, **sampling)
@@ -326,7 +337,8 @@ def run_sampler(model, tokenizer, args: argparse.Namespace, input_ids: torch.Ten
     return f"{reasoning[0]}{delimiter}{answer[0]}", out.metrics()
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m decoding.generate", sampler: str = "plain") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m decoding.generate",
+         sampler: str = "plain") -> int:
     """Exit 0 with the completion on stdout (metrics on stderr); 2 with one ``error:`` line for bad input."""
     from .checkpoint import load_dream
     from .devices import pick_device, pick_dtype
@@ -338,11 +350,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m decoding.generate
         device = pick_device(args.device)
         model = load_dream(args.model, dtype=pick_dtype(args.dtype, device), device=device)
         tokenizer = load_tokenizer(args.model)
-        text = args.prompt if args.raw else build_chat_prompt(tokenizer, args.prompt, system=args.system or None)
+        text = args.prompt if args.raw else build_chat_prompt(tokenizer, args.prompt,
+                                                              system=args.system or None)
         input_ids, attention_mask = encode_prompts(tokenizer, [text])
         generator = torch.Generator(device=device).manual_seed(args.seed)
-        completion, metrics = run_sampler(model, tokenizer, args, input_ids.to(device), attention_mask.to(device),
-                                          generator)
+        completion, metrics = run_sampler(model, tokenizer, args, input_ids.to(device),
+                                          attention_mask.to(device), generator)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

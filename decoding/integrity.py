@@ -1,10 +1,10 @@
 """Cheap integrity checks of checkpoint files, run before a long job reads them.
 
-Why: a copy interrupted by a full disk or a killed job leaves a truncated ``model.safetensors`` or ``.pt`` file.
-Loading it fails deep inside a worker process (for GRPO: inside a Ray actor, minutes after start-up) with a
-stack trace that does not name the file. These checks read only file headers (safetensors: the JSON header
-and the byte range it declares; torch ``.pt``: the zip central directory at the end of the file), so they cost
-milliseconds even for a 15 GB file, and raise ``ValueError`` naming the file.
+Why: a copy interrupted by a full disk or a killed job leaves a truncated ``model.safetensors`` or ``.pt``
+file. Loading it fails deep inside a worker process (for GRPO: inside a Ray actor, minutes after start-up)
+with a stack trace that does not name the file. These checks read only file headers (safetensors: the JSON
+header and the byte range it declares; torch ``.pt``: the zip central directory at the end of the file), so
+they cost milliseconds even for a 15 GB file, and raise ``ValueError`` naming the file.
 """
 
 from __future__ import annotations
@@ -28,16 +28,16 @@ def check_safetensors(path: str | Path) -> None:
             raise ValueError(f"{path} is truncated or corrupt ({size} bytes, no safetensors header)")
         (header_len,) = struct.unpack("<Q", head)
         if header_len > size - 8:
-            raise ValueError(f"{path} is truncated or corrupt (its header needs {header_len} bytes, the file has "
-                             f"{size})")
+            raise ValueError(f"{path} is truncated or corrupt (its header needs {header_len} bytes, the file "
+                             f"has {size})")
         try:
             header = json.loads(handle.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise ValueError(f"{path} is corrupt (unreadable safetensors header)") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path} is corrupt (unreadable safetensors header)")
-    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
-               and "data_offsets" in v), default=0)
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"
+               and isinstance(v, dict) and "data_offsets" in v), default=0)
     if 8 + header_len + end > size:
         raise ValueError(f"{path} is truncated ({size} bytes; its header declares {8 + header_len + end})")
 
@@ -68,8 +68,8 @@ def dream_weight_files(root: str | Path) -> list[Path]:
         return [root / n for n in names]
     if (root / SAFETENSORS_SINGLE).is_file():
         return [root / SAFETENSORS_SINGLE]
-    raise ValueError(f"{root} has a config.json but no weights: no {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX} "
-                     "(Dream checkpoints load from safetensors only)")
+    raise ValueError(f"{root} has a config.json but no weights: no {SAFETENSORS_SINGLE} or "
+                     f"{SAFETENSORS_INDEX} (Dream checkpoints load from safetensors only)")
 
 
 def check_dream_weights(root: str | Path) -> None:

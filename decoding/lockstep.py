@@ -1,11 +1,12 @@
 """Lockstep Reasoning/Answer decoding: a commit policy over a two-block diffusion canvas.
 
 Canvas = prompt (left-padded) + R block (``r_len`` masks) + fixed delimiter ids + A block (``a_len`` masks).
-Both blocks are filled side by side with the same sampling core as :func:`decoding.generate.diffusion_generate`
-(:func:`decoding.policy.decide_block` -> :func:`decoding.sampling.sample_masked_rows`) and the same shifted logits.
+Both blocks are filled side by side with the same sampling core as
+:func:`decoding.generate.diffusion_generate` (:func:`decoding.policy.decide_block` ->
+:func:`decoding.sampling.sample_masked_rows`) and the same shifted logits.
 
-* ``mode="gauss_seidel"``: each step commits in R first, then re-runs the model so A decides on logits that see
-  the freshly committed R tokens (2 forwards per step while both blocks are unfinished).
+* ``mode="gauss_seidel"``: each step commits in R first, then re-runs the model so A decides on logits that
+  see the freshly committed R tokens (2 forwards per step while both blocks are unfinished).
 * ``mode="jacobi"``: one forward per step; R and A decide from the same logits.
 * Per block and step (``policy="threshold"``): commit masked positions whose probability-scale confidence is
   ``>= tau`` (``tau_r``/``tau_a``), at most ``max_fill_frac`` of the block's remaining masks, at least the
@@ -46,14 +47,14 @@ Hook = Callable[[int | None, torch.Tensor, torch.Tensor | None], torch.Tensor]
 class LockstepCfg:
     """Knobs of the lockstep decoder (validated on construction; see the module doc for semantics).
 
-    The defaults are the canvas the GRPO code recipes train with (they set only what differs) and what checkpoint
-    evaluation decodes with when it finds no run config (``docs/evaluation.md``).
+    The defaults are the canvas the GRPO code recipes train with (they set only what differs) and what
+    checkpoint evaluation decodes with when it finds no run config (``docs/evaluation.md``).
 
     ``max_steps``: schedule policy = its number of steps (required); threshold policy = an optional hard cap
     (default ``max(r_len, a_len)``, the termination bound); the last step commits everything left.
     Thresholds are on the probability scale for every ``alg`` (entropy: ``exp(-H)``). ``fixed_nfe``: run
-    exactly ``step_bound`` steps with every forward of each step even when blocks are complete (under FSDP every
-    rank must issue the same forwards; finished rows just commit nothing).
+    exactly ``step_bound`` steps with every forward of each step even when blocks are complete (under FSDP
+    every rank must issue the same forwards; finished rows just commit nothing).
     """
 
     mode: str = "gauss_seidel"
@@ -83,12 +84,16 @@ class LockstepCfg:
         checks = [
             (self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}"),
             (self.policy in POLICIES, f"policy must be one of {POLICIES}, got {self.policy!r}"),
-            (self.r_len >= 0 and self.a_len > 0, f"need r_len >= 0 and a_len > 0, got {self.r_len}, {self.a_len}"),
-            (self.max_steps is None or self.max_steps > 0, f"max_steps must be positive, got {self.max_steps}"),
+            (self.r_len >= 0 and self.a_len > 0,
+             f"need r_len >= 0 and a_len > 0, got {self.r_len}, {self.a_len}"),
+            (self.max_steps is None or self.max_steps > 0,
+             f"max_steps must be positive, got {self.max_steps}"),
             (self.policy != "schedule" or self.max_steps is not None, "policy='schedule' needs max_steps"),
-            (self.early_exit is None or 0 < self.early_exit <= 1, f"early_exit must be in (0, 1], got {self.early_exit}"),
+            (self.early_exit is None or 0 < self.early_exit <= 1,
+             f"early_exit must be in (0, 1], got {self.early_exit}"),
             (self.refresh_every > 0, f"refresh_every must be positive, got {self.refresh_every}"),
-            (self.first_logit in FIRST_LOGIT_MODES[:2], f"first_logit must be 'overlap' or 'last_logit', got {self.first_logit!r}"),
+            (self.first_logit in FIRST_LOGIT_MODES[:2],
+             f"first_logit must be 'overlap' or 'last_logit', got {self.first_logit!r}"),
             (self.min_content >= 0, f"min_content must be >= 0, got {self.min_content}"),
         ]
         for ok, message in checks:
@@ -114,9 +119,9 @@ class LockstepCfg:
 
 
 def resolve_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    """(``LockstepCfg`` keyword arguments, delimiter text) from recipe-style options: null values and a missing
-    or null ``delimiter`` take this module's defaults, so recipes can name a key (overridable from the command
-    line) without restating its value."""
+    """(``LockstepCfg`` keyword arguments, delimiter text) from recipe-style options: null values and a
+    missing or null ``delimiter`` take this module's defaults, so recipes can name a key (overridable from the
+    command line) without restating its value."""
     kwargs = {k: v for k, v in options.items() if v is not None and k != "delimiter"}
     return kwargs, str(options.get("delimiter") or DEFAULT_DELIMITER)
 
@@ -140,17 +145,21 @@ def build_canvas(
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be a non-empty [B, P] tensor, got shape {tuple(input_ids.shape)}")
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
+        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids "
+                         f"{tuple(input_ids.shape)}")
     delim = torch.as_tensor(list(delimiter_ids), dtype=input_ids.dtype, device=input_ids.device)
     if bool((input_ids == mask_token_id).any()) or bool((delim == mask_token_id).any()):
         raise ValueError("prompt and delimiter must not contain the mask token")
     batch = input_ids.shape[0]
-    layout = CanvasLayout(prompt_len=input_ids.shape[1], r_len=cfg.r_len, delim_len=len(delim), a_len=cfg.a_len)
+    layout = CanvasLayout(prompt_len=input_ids.shape[1], r_len=cfg.r_len, delim_len=len(delim),
+                          a_len=cfg.a_len)
     masks = input_ids.new_full((batch, cfg.r_len), mask_token_id)
-    x = torch.cat([input_ids, masks, delim[None].expand(batch, -1), masks.new_full((batch, cfg.a_len), mask_token_id)], 1)
+    x = torch.cat([input_ids, masks, delim[None].expand(batch, -1),
+                   masks.new_full((batch, cfg.a_len), mask_token_id)], 1)
     full_mask = None
     if attention_mask is not None:
-        full_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, layout.total - layout.prompt_len)], 1)
+        full_mask = torch.cat([attention_mask,
+                               attention_mask.new_ones(batch, layout.total - layout.prompt_len)], 1)
     return x, full_mask, layout
 
 
@@ -159,8 +168,8 @@ class _Decoder:
 
     def __init__(
         self, x: torch.Tensor, layout: CanvasLayout, cfg: LockstepCfg, mask_token_id: int, eos_token_id: int,
-        fwd: CanvasForward | None = None, logits_hook: Hook | None = None, valid_vocab_size: int | None = None,
-        generator: torch.Generator | None = None,
+        fwd: CanvasForward | None = None, logits_hook: Hook | None = None,
+        valid_vocab_size: int | None = None, generator: torch.Generator | None = None,
     ) -> None:
         self.x, self.layout, self.cfg = x, layout, cfg
         self.mask_id, self.eos_id = mask_token_id, eos_token_id
@@ -193,7 +202,8 @@ class _Decoder:
         lo, hi = self.layout.span(name)
         n_commit = None
         if self.cfg.policy == "schedule" and not final:
-            n_commit = schedule_counts((self.x[:, lo:hi] == self.mask_id).sum(-1), step, self.cfg.max_steps, self.cfg.eps)
+            n_commit = schedule_counts((self.x[:, lo:hi] == self.mask_id).sum(-1), step, self.cfg.max_steps,
+                                       self.cfg.eps)
         dec = decide_block(
             self.x, logits[:, lo - offset : hi - offset], lo, hi, self.rules[name], self.mask_id,
             n_commit=n_commit, commit_all=final, generator=self.generator,
@@ -205,7 +215,8 @@ class _Decoder:
             tail = tail_after_end(self.x, dec.ended, lo, hi, self.mask_id)
             self.apply(step, lo, hi, tail, torch.full_like(dec.x0, self.eos_id), torch.ones_like(dec.prob))
 
-    def apply(self, step: int, lo: int, hi: int, commit: torch.Tensor, x0: torch.Tensor, prob: torch.Tensor) -> None:
+    def apply(self, step: int, lo: int, hi: int, commit: torch.Tensor, x0: torch.Tensor,
+              prob: torch.Tensor) -> None:
         commit = commit & (self.x[:, lo:hi] == self.mask_id)
         self.x[:, lo:hi] = torch.where(commit, x0, self.x[:, lo:hi])
         self.trace.record(lo, hi, commit, step, self.nfe_index, prob)
@@ -231,7 +242,8 @@ class _Decoder:
         finish_r = (self.x[:, r_lo:r_hi] == self.mask_id) & a_done[:, None]
         finish_r &= self.latest_x0[:, r_lo:r_hi] != self.mask_id
         if bool(finish_r.any()):
-            self.apply(step, r_lo, r_hi, finish_r, self.latest_x0[:, r_lo:r_hi], self.latest_prob[:, r_lo:r_hi])
+            self.apply(step, r_lo, r_hi, finish_r, self.latest_x0[:, r_lo:r_hi],
+                       self.latest_prob[:, r_lo:r_hi])
         self.trace.mark_exit(step, sure | finish_r.any(-1))
 
     def step(self, step: int) -> None:
@@ -282,12 +294,14 @@ def lockstep_sample(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if num_samples > 1:
         input_ids = input_ids.repeat_interleave(num_samples, dim=0)
-        attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(num_samples, dim=0)
+        attention_mask = None if attention_mask is None \
+            else attention_mask.repeat_interleave(num_samples, dim=0)
     mask_token_id = model.config.mask_token_id if mask_token_id is None else mask_token_id
     eos_token_id = model.config.eos_token_id if eos_token_id is None else eos_token_id
     x, full_mask, layout = build_canvas(input_ids, attention_mask, cfg, delimiter_ids, mask_token_id)
     t0 = time.perf_counter()
-    fwd = CanvasForward(model, full_mask, cache="prefix" if cfg.use_cache else "none", first_logit=cfg.first_logit)
+    fwd = CanvasForward(model, full_mask, cache="prefix" if cfg.use_cache else "none",
+                        first_logit=cfg.first_logit)
     dec = _Decoder(x, layout, cfg, mask_token_id, eos_token_id, fwd, logits_hook, valid_vocab_size, generator)
     if tokens_hook is not None:
         dec.x = tokens_hook(None, dec.x, None)
@@ -320,10 +334,12 @@ class LockstepTokensHook:
 
     def __init__(
         self, prompt_len: int, cfg: LockstepCfg, delimiter_ids: Sequence[int], mask_token_id: int,
-        eos_token_id: int, steps: int, valid_vocab_size: int | None = None, generator: torch.Generator | None = None,
+        eos_token_id: int, steps: int, valid_vocab_size: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         if cfg.mode != "jacobi" or cfg.use_cache:
-            raise ValueError("the tokens-hook form runs inside diffusion_generate: mode='jacobi', use_cache=False")
+            raise ValueError("the tokens-hook form runs inside diffusion_generate: mode='jacobi', "
+                             "use_cache=False")
         self.cfg, self.steps = cfg, steps
         self.delim = list(delimiter_ids)
         self.layout = CanvasLayout(prompt_len, cfg.r_len, len(self.delim), cfg.a_len)
@@ -362,7 +378,8 @@ class LockstepTokensHook:
         return self.dec.trace.result(self.dec.x, nfe=steps, steps=steps, wall_s=time.perf_counter() - self.t0)
 
 
-if __name__ == "__main__":  # ``python -m decoding.lockstep`` = ``python -m decoding.generate --sampler lockstep``
+# ``python -m decoding.lockstep`` = ``python -m decoding.generate --sampler lockstep``
+if __name__ == "__main__":
     from decoding.generate import main
 
     raise SystemExit(main(prog="python -m decoding.lockstep", sampler="lockstep"))

@@ -56,11 +56,13 @@ class LockstepResult:
     """Output of :func:`decoding.lockstep.lockstep_sample`.
 
     * ``sequences [B, N]``: prompt (with left pads) + R + delimiter + A.
-    * ``commit_step [B, N]``: step at which each position was committed; -1 = never masked (prompt, delimiter).
+    * ``commit_step [B, N]``: step at which each position was committed; -1 = never masked (prompt,
+      delimiter).
     * ``commit_nfe [B, N]``: index of the forward whose logits decided the token (-1 never masked). The canvas
-      seen by forward ``k`` = tokens with ``commit_nfe < k`` unmasked; in Gauss-Seidel, A commits of a step have
-      a larger ``commit_nfe`` than the R commits of the same step.
-    * ``commit_prob [B, N]``: probability-scale confidence at commit (nan = never masked; 1 for guard padding).
+      seen by forward ``k`` = tokens with ``commit_nfe < k`` unmasked; in Gauss-Seidel, A commits of a step
+      have a larger ``commit_nfe`` than the R commits of the same step.
+    * ``commit_prob [B, N]``: probability-scale confidence at commit (nan = never masked; 1 for guard
+      padding).
     * ``fill_r``, ``fill_a`` ``[steps, B]``: fraction of the block committed after each step.
     * ``exit_step [B]``: step of an early exit (-1 none). ``nfe``, ``steps``, ``wall_s`` as named.
     """
@@ -128,7 +130,8 @@ class LockstepResult:
             "tokens_per_nfe": committed / batch / max(self.nfe, 1),
             "r_steps_mean": r_steps.mean().item(),
             "a_steps_mean": a_steps.mean().item(),
-            "r_tokens_per_step": self.layout.r_len / r_steps.clamp(min=1).mean().item() if self.layout.r_len else 0.0,
+            "r_tokens_per_step":
+                self.layout.r_len / r_steps.clamp(min=1).mean().item() if self.layout.r_len else 0.0,
             "a_tokens_per_step": self.layout.a_len / a_steps.clamp(min=1).mean().item(),
             "early_exit_frac": (self.exit_step >= 0).float().mean().item(),
         }
@@ -157,7 +160,8 @@ class Trace:
         self.commit_nfe[:, lo:hi] = torch.where(commit, nfe, self.commit_nfe[:, lo:hi])
         self.commit_prob[:, lo:hi] = torch.where(commit, prob.float(), self.commit_prob[:, lo:hi])
 
-    def record_hook(self, before: torch.Tensor, after: torch.Tensor, step: int, nfe: int, mask_token_id: int) -> None:
+    def record_hook(self, before: torch.Tensor, after: torch.Tensor, step: int, nfe: int,
+                    mask_token_id: int) -> None:
         """Positions a tokens hook unmasked count as committed at ``step`` (confidence 1)."""
         pinned = (before == mask_token_id) & (after != mask_token_id)
         self.record(0, before.shape[1], pinned, step, nfe, torch.ones_like(self.commit_prob))
@@ -177,7 +181,7 @@ class Trace:
             return torch.stack(values) if values else torch.zeros(0, x.shape[0], device=x.device)
 
         return LockstepResult(
-            sequences=x, commit_step=self.commit_step, commit_nfe=self.commit_nfe, commit_prob=self.commit_prob,
-            layout=self.layout, nfe=nfe, steps=steps, wall_s=wall_s, fill_r=stack(self.fill_r),
-            fill_a=stack(self.fill_a), exit_step=self.exit_step,
+            sequences=x, commit_step=self.commit_step, commit_nfe=self.commit_nfe,
+            commit_prob=self.commit_prob, layout=self.layout, nfe=nfe, steps=steps, wall_s=wall_s,
+            fill_r=stack(self.fill_r), fill_a=stack(self.fill_a), exit_step=self.exit_step,
         )

@@ -1,10 +1,11 @@
 """Our own Dream model: Qwen2 weights and numerics with bidirectional attention (no remote code).
 
-State-dict keys are exactly ``Qwen2ForCausalLM``'s (``model.embed_tokens``, ``model.layers.N.self_attn.{q,k,v,o}_proj``
-with biases on q/k/v only, ``mlp.{gate,up,down}_proj``, ``{input,post_attention}_layernorm``, ``model.norm``, untied
-``lm_head``), so an HF Dream checkpoint loads as is. Numerics follow the reference: RMSNorm in fp32 then cast back
-before the weight multiply; rotate-half RoPE with fp32 ``inv_freq``/cos/sin (autocast off) cast to the activation
-dtype; SDPA with ``is_causal=False``; logits over all positions with **no shift** (samplers shift).
+State-dict keys are exactly ``Qwen2ForCausalLM``'s (``model.embed_tokens``,
+``model.layers.N.self_attn.{q,k,v,o}_proj`` with biases on q/k/v only, ``mlp.{gate,up,down}_proj``,
+``{input,post_attention}_layernorm``, ``model.norm``, untied ``lm_head``), so an HF Dream checkpoint loads as
+is. Numerics follow the reference: RMSNorm in fp32 then cast back before the weight multiply; rotate-half RoPE
+with fp32 ``inv_freq``/cos/sin (autocast off) cast to the activation dtype; SDPA with ``is_causal=False``;
+logits over all positions with **no shift** (samplers shift).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def key_padding_to_4d(key_mask: torch.Tensor, query_start: int, num_queries: int
     batch, num_keys = keys.shape
     if query_start + num_queries > num_keys:
         raise ValueError(
-            f"attention_mask covers {num_keys} keys but the queries reach position {query_start + num_queries}"
+            f"attention_mask covers {num_keys} keys but the queries reach position "
+            f"{query_start + num_queries}"
         )
     query_is_pad = ~keys[:, query_start : query_start + num_queries]
     rows = torch.arange(num_queries, device=keys.device)
@@ -93,7 +95,8 @@ class DreamRMSNorm(nn.Module):
 
 
 class DreamRotaryEmbedding(nn.Module):
-    """Default (non-interleaved) RoPE; ``inv_freq`` is a non-persistent fp32 buffer recomputed after loading."""
+    """Default (non-interleaved) RoPE; ``inv_freq`` is a non-persistent fp32 buffer recomputed after
+    loading."""
 
     def __init__(self, config: DreamConfig, device: torch.device | str | None = None) -> None:
         super().__init__()
@@ -180,7 +183,8 @@ class DreamAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=False, enable_gqa=True)
         else:
             out = F.scaled_dot_product_attention(
-                q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=attn_mask, dropout_p=dropout, is_causal=False
+                q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=attn_mask, dropout_p=dropout,
+                is_causal=False
             )
         return self.o_proj(out.transpose(1, 2).reshape(bsz, n, self.num_heads * self.head_dim))
 
@@ -281,7 +285,8 @@ class DreamBaseModel(DreamPreTrainedModel):
         if kv_cache is None and cache_start != 0:
             raise ValueError("cache_start needs a kv_cache")
         if position_ids is None:
-            position_ids = torch.arange(cache_start, cache_start + n, device=hidden.device)[None].expand(bsz, n)
+            position_ids = torch.arange(cache_start, cache_start + n,
+                                        device=hidden.device)[None].expand(bsz, n)
         elif position_ids.dim() == 1:
             position_ids = position_ids[None].expand(bsz, n)
         attn_mask = self._attention_mask(attention_mask, kv_cache, cache_start, n)
@@ -307,7 +312,8 @@ class DreamBaseModel(DreamPreTrainedModel):
             if attention_mask.dtype != torch.bool:
                 return attention_mask  # additive float mask, used as given
             return _unblock_empty_rows(attention_mask, cache_start)
-        raise ValueError(f"attention_mask must be None, 'full', [B, S] or [B, 1, n, S]; got {tuple(attention_mask.shape)}")
+        raise ValueError("attention_mask must be None, 'full', [B, S] or [B, 1, n, S]; got "
+                         f"{tuple(attention_mask.shape)}")
 
 
 class DreamModel(DreamPreTrainedModel):
@@ -320,13 +326,15 @@ class DreamModel(DreamPreTrainedModel):
     * ``attention_mask``: ``None``/``"full"`` = every query attends every key; a 0/1 or bool ``[B, S_keys]``
       key-padding mask (the model builds the bidirectional 4-D mask; pad queries attend to themselves so
       nothing is NaN); or a ready bool ``[B, 1, n, S_keys]`` mask (True = attend) or float additive mask.
-    * ``position_ids``: ``[B, n]`` or ``[n]``; default ``arange(cache_start, cache_start + n)``. For left-padded
-      batches pass :func:`padding_position_ids` of the full mask (sliced to the window).
+    * ``position_ids``: ``[B, n]`` or ``[n]``; default ``arange(cache_start, cache_start + n)``. For
+      left-padded batches pass :func:`padding_position_ids` of the full mask (sliced to the window).
     * ``kv_cache`` (:class:`DreamKVCache`): the ``n`` new tokens sit at absolute positions
-      ``[cache_start, cache_start + n)``; attention sees ``cache[:cache_start] ++ new ++ cache[cache_start+n:]``
-      (tail only where the cache covers it; ``S_keys`` = max(cache length, cache_start + n)).
-      ``store_kv=True`` writes the new K/V (after RoPE) at ``[cache_start, cache_start + n)``.
-    * ``logits_to_keep``: int k > 0 keeps only the last k positions' logits (saves the lm_head on long prompts).
+      ``[cache_start, cache_start + n)``; attention sees
+      ``cache[:cache_start] ++ new ++ cache[cache_start+n:]`` (tail only where the cache covers it; ``S_keys``
+      = max(cache length, cache_start + n)). ``store_kv=True`` writes the new K/V (after RoPE) at
+      ``[cache_start, cache_start + n)``.
+    * ``logits_to_keep``: int k > 0 keeps only the last k positions' logits (saves the lm_head on long
+      prompts).
     """
 
     def __init__(self, config: DreamConfig) -> None:

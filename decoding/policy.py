@@ -25,7 +25,8 @@ ALGS = ("maskgit_plus", "topk_margin", "entropy")
 
 # --------------------------------------------------------------------------------------------- scoring
 def raw_threshold(tau: float, alg: str) -> float:
-    """A threshold ``tau`` in (0, 1] on the score scale of ``alg`` (entropy: ``exp(-H) >= tau`` i.e. ``-H >= log tau``).
+    """A threshold ``tau`` in (0, 1] on the score scale of ``alg`` (entropy: ``exp(-H) >= tau`` i.e.
+    ``-H >= log tau``).
 
     Keeping every threshold on a probability-like scale lets one ``tau`` mean "about this sure" for every alg.
     """
@@ -75,8 +76,9 @@ class CommitRule:
 
 @dataclass
 class BlockDecision:
-    """One step of one block ``[lo, hi)``: ``commit`` (bool), ``x0`` (proposed ids), ``prob`` (probability-scale
-    confidence, -inf where not masked) and ``ended`` (end token committed), all ``[B, hi - lo]``."""
+    """One step of one block ``[lo, hi)``: ``commit`` (bool), ``x0`` (proposed ids), ``prob``
+    (probability-scale confidence, -inf where not masked) and ``ended`` (end token committed), all
+    ``[B, hi - lo]``."""
 
     commit: torch.Tensor
     x0: torch.Tensor
@@ -85,7 +87,8 @@ class BlockDecision:
 
 
 def fill_cap(n_masked: torch.Tensor, max_fill_frac: float) -> torch.Tensor:
-    """Most commits allowed in a block this step: ``max(1, floor(max_fill_frac * n_masked))`` (0 if none masked)."""
+    """Most commits allowed in a block this step: ``max(1, floor(max_fill_frac * n_masked))`` (0 if none
+    masked)."""
     cap = torch.floor(n_masked.to(torch.float64) * max_fill_frac).long().clamp(min=1)
     return torch.where(n_masked > 0, cap, torch.zeros_like(cap))
 
@@ -93,7 +96,8 @@ def fill_cap(n_masked: torch.Tensor, max_fill_frac: float) -> torch.Tensor:
 def threshold_counts(
     score: torch.Tensor, candidates: torch.Tensor, threshold: float, cap: torch.Tensor
 ) -> torch.Tensor:
-    """Per-row commit count: candidates with ``score >= threshold``, at most ``cap``, at least 1 if any candidate."""
+    """Per-row commit count: candidates with ``score >= threshold``, at most ``cap``, at least 1 if any
+    candidate."""
     n_over = (candidates & (score >= threshold)).sum(-1)
     n = torch.minimum(n_over, cap)
     return torch.where(candidates.any(-1), n.clamp(min=1), torch.zeros_like(n))
@@ -137,9 +141,9 @@ def end_guard(
     Why: in threshold decoding trailing ``<|endoftext|>`` gets confident early and floods the tail, truncating
     the answer. The frontier is the leftmost masked position of the row's block; an end prediction there is
     allowed only if the frontier index (within the block) is ``>= min_frontier`` (minimum content). Masked
-    positions predicting an end token elsewhere are not candidates this step. A row with masks but no candidate
-    gets its frontier decided greedily among non-end tokens (progress guarantee: it is then the row's only
-    candidate, so the top-1 rule commits it; its score stays the position's confidence).
+    positions predicting an end token elsewhere are not candidates this step. A row with masks but no
+    candidate gets its frontier decided greedily among non-end tokens (progress guarantee: it is then the
+    row's only candidate, so the top-1 rule commits it; its score stays the position's confidence).
 
     Args: ``x0``, ``masked`` ``[B, W]``; ``logits [B, W, V]`` (the block's shifted logits);
     ``end_ids`` 1-D ids; ``adjust``: the in-place penalty/ban the sampler applied to its copy of the logits.
@@ -164,14 +168,17 @@ def end_guard(
     return candidates, x0
 
 
-def tail_after_end(x: torch.Tensor, ended: torch.Tensor, lo: int, region_end: int, mask_token_id: int) -> torch.Tensor:
-    """Masked positions of ``x[:, lo:region_end]`` right of the first end token in ``ended [B, W]`` (rel. to lo).
+def tail_after_end(x: torch.Tensor, ended: torch.Tensor, lo: int, region_end: int,
+                   mask_token_id: int) -> torch.Tensor:
+    """Masked positions of ``x[:, lo:region_end]`` right of the first end token in ``ended [B, W]`` (rel. to
+    lo).
 
-    Text after end-of-text is discarded by every Dream decoder, so the guard pads it at once (the caller writes
-    the pad id and records the step) instead of spending steps on out-of-distribution tokens.
+    Text after end-of-text is discarded by every Dream decoder, so the guard pads it at once (the caller
+    writes the pad id and records the step) instead of spending steps on out-of-distribution tokens.
     """
     width = region_end - lo
-    first_end = torch.where(ended, torch.arange(ended.shape[1], device=x.device)[None, :], width).min(-1).values
+    first_end = torch.where(ended, torch.arange(ended.shape[1], device=x.device)[None, :],
+                            width).min(-1).values
     col = torch.arange(width, device=x.device)[None, :]
     return (x[:, lo:region_end] == mask_token_id) & (col > first_end[:, None])
 
@@ -210,13 +217,14 @@ def decide_block(
     content_offset: int = 0,
     generator: torch.Generator | None = None,
 ) -> BlockDecision:
-    """Score the masked positions of ``x[:, lo:hi]`` from ``logits [B, hi-lo, V]`` and pick this step's commits.
+    """Score the masked positions of ``x[:, lo:hi]`` from ``logits [B, hi-lo, V]`` and pick this step's
+    commits.
 
     Default: threshold rule of ``rule`` (cap + top-1 fallback). ``n_commit [B]`` overrides the count (schedule
     policy: top-n by score, no threshold); ``commit_all`` commits every masked position (last step);
-    ``force_first`` always commits position ``lo`` if masked (Fast-dLLM block start). ``content_offset`` = tokens
-    generated before ``lo`` (for ``rule.min_content``); ``generator`` drives token sampling. Never touches
-    unmasked positions.
+    ``force_first`` always commits position ``lo`` if masked (Fast-dLLM block start). ``content_offset`` =
+    tokens generated before ``lo`` (for ``rule.min_content``); ``generator`` drives token sampling. Never
+    touches unmasked positions.
     """
     masked = x[:, lo:hi] == mask_token_id
     x0 = torch.full_like(x[:, lo:hi], mask_token_id)
@@ -224,14 +232,16 @@ def decide_block(
     adjust = _logit_adjustment(rule, mask_token_id, logits.shape[-1])
     if bool(masked.any()):
         conf, tok = sample_masked_rows(logits, masked, adjust, generator, temperature=rule.temperature,
-                                       top_p=rule.top_p, top_k=rule.top_k, margin_confidence=rule.alg == "topk_margin",
+                                       top_p=rule.top_p, top_k=rule.top_k,
+                                       margin_confidence=rule.alg == "topk_margin",
                                        neg_entropy=rule.alg == "entropy")
         x0[masked] = tok.to(x0.dtype)
         score[masked] = conf.float()
     candidates = masked
     if rule.end_ids and not commit_all and n_commit is None:
         end_ids = torch.tensor(rule.end_ids, device=x.device)
-        candidates, x0 = end_guard(x0, masked, logits, end_ids, max(0, rule.min_content - content_offset), adjust)
+        candidates, x0 = end_guard(x0, masked, logits, end_ids, max(0, rule.min_content - content_offset),
+                                   adjust)
     prob = prob_scale(score, rule.alg).masked_fill(~masked, float("-inf"))
     if force_first:  # clears any threshold and outranks everything; its recorded prob stays the real one
         score = score.clone()
@@ -242,5 +252,6 @@ def decide_block(
         cap = fill_cap(masked.sum(-1), rule.max_fill_frac)
         n_commit = threshold_counts(score, candidates, raw_threshold(rule.threshold, rule.alg), cap)
     commit = select_top(score, candidates, n_commit)
-    ended = commit & torch.isin(x0, torch.tensor(rule.end_ids, device=x.device)) if rule.end_ids else commit & False
+    ended = commit & torch.isin(x0, torch.tensor(rule.end_ids, device=x.device)) if rule.end_ids \
+        else commit & False
     return BlockDecision(commit=commit, x0=x0, prob=prob, ended=ended)

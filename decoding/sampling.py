@@ -1,9 +1,10 @@
 """Token sampling and confidence scores with Dream's exact semantics (reference ``sample_tokens``).
 
-Order of operations (reference): divide by the temperature if it is positive; top-p (sorted cumulative softmax,
-removal mask shifted right by one so the first token over the threshold is kept; removed -> ``finfo.min``);
-top-k (below the k-th value -> ``finfo.min``); softmax; sample ``x0 ~ Categorical`` when the temperature is positive
-(argmax when the distribution is invalid, as the reference's ``except`` branch), else argmax; then the confidence:
+Order of operations (reference): divide by the temperature if it is positive; top-p (sorted cumulative
+softmax, removal mask shifted right by one so the first token over the threshold is kept; removed ->
+``finfo.min``); top-k (below the k-th value -> ``finfo.min``); softmax; sample ``x0 ~ Categorical`` when the
+temperature is positive (argmax when the distribution is invalid, as the reference's ``except`` branch), else
+argmax; then the confidence:
 
 =============== ==========================================================
 alg             confidence
@@ -14,18 +15,18 @@ topk_margin     p(top1) - p(top2)
 entropy         sum p * log(p + 1e-10) (negative entropy; higher = surer)
 =============== ==========================================================
 
-All confidences use the filtered, tempered distribution. Reference-exact mode keeps the mask id and ids beyond the
-tokenizer as legal predictions; :func:`invalid_token_mask` is the opt-in fix (Dream issue #54).
+All confidences use the filtered, tempered distribution. Reference-exact mode keeps the mask id and ids beyond
+the tokenizer as legal predictions; :func:`invalid_token_mask` is the opt-in fix (Dream issue #54).
 
 Memory: the reference order of operations allocates several copies of the logits (division, an int64 sort, the
-cumulative softmax, a removal mask, the filtered logits, probabilities). The decoders' commit step therefore uses
-:func:`sample_masked_rows`: the masked rows in chunks (:func:`chunk_rows`), each chunk a private copy that is
-tempered, banned and filtered in place (:func:`top_p_logits_lean`: top-p within top-k, no full-vocabulary sort),
-with the same tokens and confidences as the reference on the same CPU generator (tested on exact small cases;
-measured in ``bench/bench_sampler_memory.py``). Sampling is per chunk: on CUDA the draws come from the same
-distributions but the generator is consumed chunk by chunk, so tokens can differ from an unchunked draw; a chunk
-whose distribution is invalid (NaN logits) falls back to argmax alone, where the reference would fall back for all
-rows.
+cumulative softmax, a removal mask, the filtered logits, probabilities). The decoders' commit step therefore
+uses :func:`sample_masked_rows`: the masked rows in chunks (:func:`chunk_rows`), each chunk a private copy
+that is tempered, banned and filtered in place (:func:`top_p_logits_lean`: top-p within top-k, no
+full-vocabulary sort), with the same tokens and confidences as the reference on the same CPU generator (tested
+on exact small cases; measured in ``bench/bench_sampler_memory.py``). Sampling is per chunk: on CUDA the draws
+come from the same distributions but the generator is consumed chunk by chunk, so tokens can differ from an
+unchunked draw; a chunk whose distribution is invalid (NaN logits) falls back to argmax alone, where the
+reference would fall back for all rows.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ _SIMPLEX_TOL = 1e-6  # torch.distributions simplex constraint, which the referen
 
 
 def top_p_logits(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus filter: keep the smallest prefix of sorted tokens whose mass reaches ``top_p`` (first one always)."""
+    """Nucleus filter: keep the smallest prefix of sorted tokens whose mass reaches ``top_p`` (first one
+    always)."""
     sorted_logits, sorted_indices = torch.sort(logits, descending=True)
     cumulative = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
     remove_sorted = cumulative > top_p
@@ -51,9 +53,9 @@ def top_p_logits(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def top_p_logits_lean(logits: torch.Tensor, top_p: float, first_k: int = 256) -> torch.Tensor:
-    """:func:`top_p_logits` in place, without sorting the vocabulary: the nucleus is found among the ``k`` most
-    probable tokens (``k`` doubles until each row's top-``k`` mass exceeds ``top_p``); the kept set is the same.
-    Extra memory: one softmax of ``logits`` plus ``[N, k]`` tensors."""
+    """:func:`top_p_logits` in place, without sorting the vocabulary: the nucleus is found among the ``k``
+    most probable tokens (``k`` doubles until each row's top-``k`` mass exceeds ``top_p``); the kept set is
+    the same. Extra memory: one softmax of ``logits`` plus ``[N, k]`` tensors."""
     vocab = logits.size(-1)
     probs = F.softmax(logits, dim=-1)
     k = min(first_k, vocab)
@@ -80,7 +82,8 @@ def top_k_logits(logits: torch.Tensor, top_k: int) -> torch.Tensor:
 
 
 def _categorical_sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
-    """``Categorical(probs=probs).sample()`` with an optional generator; None where the reference would raise."""
+    """``Categorical(probs=probs).sample()`` with an optional generator; None where the reference would
+    raise."""
     normalised = probs / probs.sum(-1, keepdim=True)
     valid = bool(((normalised >= 0).all(-1) & ((normalised.sum(-1) - 1).abs() < _SIMPLEX_TOL)).all())
     if not valid:
@@ -103,8 +106,8 @@ def sample_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(confidence [N], x0 [N])`` for logits ``[N, V]`` of N masked positions (reference semantics).
 
-    ``in_place``: ``logits`` is a scratch copy the caller gives away; temperature and filters then modify it in
-    place and top-p uses :func:`top_p_logits_lean` (same result, a fraction of the memory)."""
+    ``in_place``: ``logits`` is a scratch copy the caller gives away; temperature and filters then modify it
+    in place and top-p uses :func:`top_p_logits_lean` (same result, a fraction of the memory)."""
     if temperature > 0:
         logits = logits.div_(temperature) if in_place else logits / temperature
     if top_p is not None and top_p < 1:
@@ -131,8 +134,9 @@ CHUNK_MAX_ELEMENTS = 1 << 26
 
 
 def chunk_rows(rows: int, vocab: int, block_elements: int) -> int:
-    """Rows of ``vocab`` logits per sampling chunk: an eighth of the block's logits, at least 2**20 and at most
-    2**26 elements (at least one row), so a commit step's scratch memory stays well under the block's logits."""
+    """Rows of ``vocab`` logits per sampling chunk: an eighth of the block's logits, at least 2**20 and at
+    most 2**26 elements (at least one row), so a commit step's scratch memory stays well under the block's
+    logits."""
     budget = min(max(block_elements // 8, CHUNK_MIN_ELEMENTS), CHUNK_MAX_ELEMENTS)
     return max(1, min(rows, budget // max(vocab, 1)))
 
@@ -144,7 +148,8 @@ def sample_masked_rows(
     generator: torch.Generator | None = None,
     **sampling: object,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`sample_tokens` of ``logits[masked]`` (``logits [B, W, V]``, ``masked [B, W]``) without copying it whole.
+    """:func:`sample_tokens` of ``logits[masked]`` (``logits [B, W, V]``, ``masked [B, W]``) without copying
+    it whole.
 
     Rows are taken in row-major order, in chunks of :func:`chunk_rows`; ``adjust`` modifies a chunk's private
     copy in place before sampling (the vocabulary ban, an end-of-text penalty). Returns ``(confidence [M],
@@ -194,8 +199,8 @@ def invalid_token_mask(
 def shift_logits(logits: torch.Tensor, last_logit: torch.Tensor | None = None) -> torch.Tensor:
     """Dream's alignment: position i is predicted from hidden state i-1.
 
-    Without ``last_logit`` returns ``[L0, L0, L1, ..., L_{N-2}]`` (reference). With ``last_logit`` ``[B, V]`` (the
-    logit of the position just before a cached window) returns ``[last, L0, ..., L_{N-2}]``.
+    Without ``last_logit`` returns ``[L0, L0, L1, ..., L_{N-2}]`` (reference). With ``last_logit`` ``[B, V]``
+    (the logit of the position just before a cached window) returns ``[last, L0, ..., L_{N-2}]``.
     """
     first = logits[:, :1] if last_logit is None else last_logit[:, None].to(logits.dtype)
     return torch.cat([first, logits[:, :-1]], dim=1)

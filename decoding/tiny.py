@@ -1,12 +1,14 @@
 """Tiny Dream factory: a random-init Dream of the real architecture + a small code BPE, in the real HF layout.
 
-Used by tests of every package and by the CPU demo. The directory holds ``config.json`` (``model_type: "Dream"``,
-mask/pad/eos/bos ids, a ``vocab_size`` larger than the tokenizer like the 7B's 152064 > 151667),
-``generation_config.json``, (sharded) safetensors + index, and the tokenizer files transformers writes.
+Used by tests of every package and by the CPU demo. The directory holds ``config.json``
+(``model_type: "Dream"``, mask/pad/eos/bos ids, a ``vocab_size`` larger than the tokenizer like the 7B's
+152064 > 151667), ``generation_config.json``, (sharded) safetensors + index, and the tokenizer files
+transformers writes.
 
 The tokenizer is a byte-level BPE trained deterministically (``tokenizers``) on a fixed set of Python standard
 library modules, so the demo can learn to write small Python functions. The trained tokenizer ships as
-``decoding/assets/tiny_tokenizer.json`` (fast fixtures, identical across Python versions); regenerate it with::
+``decoding/assets/tiny_tokenizer.json`` (fast fixtures, identical across Python versions); regenerate it
+with::
 
     python -m decoding.tiny --retrain-tokenizer
 """
@@ -32,10 +34,11 @@ from .tokenizer import BEGIN_OF_TEXT, CHATML_TEMPLATE, END_OF_TEXT, IM_END, IM_S
 ASSET_TOKENIZER = Path(__file__).parent / "assets" / "tiny_tokenizer.json"
 ASSET_META = ASSET_TOKENIZER.with_suffix(".meta.json")  # Python version + corpus the asset was trained with
 TINY_BPE_VOCAB = 1536  # learned BPE vocabulary incl. the 256 byte symbols; specials are appended after it
-# Qwen2's pre-tokenization split (digits one by one, letters runs, punctuation runs, newline runs), so the tiny
-# tokenizer behaves like Qwen2Tokenizer (the class used for the real Dream vocab.json/merges.txt layout).
+# Qwen2's pre-tokenization split (digits one by one, letters runs, punctuation runs, newline runs), so the
+# tiny tokenizer behaves like Qwen2Tokenizer (the class used for the real Dream vocab.json/merges.txt layout).
 QWEN2_SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+    r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END, BEGIN_OF_TEXT, MASK)  # Dream order: eos/pad first, mask last
 CORPUS_MODULES = (
@@ -48,14 +51,16 @@ CORPUS_MODULES = (
 
 def _corpus() -> list[str]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    texts = [(stdlib / name).read_text(encoding="utf-8") for name in CORPUS_MODULES if (stdlib / name).is_file()]
+    texts = [(stdlib / name).read_text(encoding="utf-8") for name in CORPUS_MODULES
+             if (stdlib / name).is_file()]
     if len(texts) < len(CORPUS_MODULES) // 2:
         raise RuntimeError(f"Python stdlib sources not found under {stdlib}; cannot train the tiny tokenizer")
     return texts
 
 
 def train_tiny_tokenizer(vocab_size: int = TINY_BPE_VOCAB) -> Tokenizer:
-    """Train the byte-level BPE deterministically and append Dream's special tokens after the learned vocab."""
+    """Train the byte-level BPE deterministically and append Dream's special tokens after the learned
+    vocab."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
@@ -148,9 +153,9 @@ def make_tiny_dream(
     hf_tok = _hf_tokenizer(raw)
     ids = {t: raw.token_to_id(t) for t in SPECIAL_TOKENS}
     config = tiny_config(
-        len(hf_tok), ids, hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads, intermediate_size=intermediate_size, initializer_range=initializer_range,
-        dtype=str(dtype).removeprefix("torch."),
+        len(hf_tok), ids, hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, intermediate_size=intermediate_size,
+        initializer_range=initializer_range, dtype=str(dtype).removeprefix("torch."),
     )
     torch.manual_seed(seed)
     model = DreamModel(config).to(dtype)
@@ -167,7 +172,8 @@ def make_tiny_dream(
     return out
 
 
-# Files of the hub folder that a hub-layout tiny model rewrites (config, index) or that describe our copy only.
+# Files of the hub folder that a hub-layout tiny model rewrites (config, index) or that describe our copy
+# only.
 _HUB_REWRITTEN = ("config.json", INDEX_FILE, "README.md")
 HUB_SHARDS = 4  # Dream-v0-Instruct-7B ships model-0000{1..4}-of-00004.safetensors
 
@@ -185,8 +191,8 @@ def make_hub_layout_dream(
 ) -> Path:
     """A random-init Dream in exactly the layout of a downloaded hub folder, dims shrunk.
 
-    ``hub_dir`` holds the real hub files minus weights (``../shared/data/dream-v0-instruct-7b``): every file is
-    copied verbatim (the real ``vocab.json``/``merges.txt``, ``tokenizer_config.json`` naming the remote
+    ``hub_dir`` holds the real hub files minus weights (``../shared/data/dream-v0-instruct-7b``): every file
+    is copied verbatim (the real ``vocab.json``/``merges.txt``, ``tokenizer_config.json`` naming the remote
     ``DreamTokenizer``, ``config.json`` with its ``auto_map``) except that ``config.json`` gets the tiny dims
     (``vocab_size`` stays 152,064) and the weights are written, in the checkpoint's dtype, as
     ``model-0000i-of-00004.safetensors`` shards with ``model.safetensors.index.json``. No remote-code ``.py``
@@ -207,7 +213,8 @@ def make_hub_layout_dream(
     config = read_dream_config(out)
     torch.manual_seed(seed)
     state = DreamModel(config).to(getattr(torch, raw.get("torch_dtype", "bfloat16"))).state_dict()
-    keys = list(state)  # embed, layer 0 ... layer n-1, norm, lm_head: contiguous groups, like the hub's shards
+    # embed, layer 0 ... layer n-1, norm, lm_head: contiguous groups, like the hub's shards
+    keys = list(state)
     bounds = [round(i * len(keys) / HUB_SHARDS) for i in range(HUB_SHARDS + 1)]
     weight_map: dict[str, str] = {}
     for i in range(HUB_SHARDS):
@@ -245,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--out is required (unless only --retrain-tokenizer)")
         return
     path = make_tiny_dream(
-        args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers, shard=not args.no_shard
+        args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers,
+        shard=not args.no_shard
     )
     print(f"wrote tiny Dream checkpoint to {path}")
 

@@ -1,12 +1,13 @@
 """Tokenizer helpers: load Dream's tokenizer via transformers, build ChatML prompts, pad left, decode safely.
 
 Dream's tokenizer is Qwen2 byte-level BPE plus ``<|beginoftext|>`` and ``<|mask|>``; eos = pad =
-``<|endoftext|>`` and ``<|im_end|>`` ends an assistant turn. The hub checkpoint names a "remote code" tokenizer
-class (``tokenizer_class: DreamTokenizer`` with an ``auto_map`` to ``tokenization_dream.py``). We never run remote
-code: :class:`DreamTokenizer` below is our own class of that name (Qwen2 BPE from ``vocab.json``/``merges.txt`` or
-``tokenizer.json``, same added tokens), registered with ``AutoTokenizer`` for model_type ``Dream`` when
-:mod:`decoding` is imported. So ``AutoTokenizer.from_pretrained(dream_dir)`` — and every library that calls it
-without ``trust_remote_code``, e.g. verl's ``hf_tokenizer`` — loads the real hub folder with our class.
+``<|endoftext|>`` and ``<|im_end|>`` ends an assistant turn. The hub checkpoint names a "remote code"
+tokenizer class (``tokenizer_class: DreamTokenizer`` with an ``auto_map`` to ``tokenization_dream.py``). We
+never run remote code: :class:`DreamTokenizer` below is our own class of that name (Qwen2 BPE from
+``vocab.json``/``merges.txt`` or ``tokenizer.json``, same added tokens), registered with ``AutoTokenizer`` for
+model_type ``Dream`` when :mod:`decoding` is imported. So ``AutoTokenizer.from_pretrained(dream_dir)`` — and
+every library that calls it without ``trust_remote_code``, e.g. verl's ``hf_tokenizer`` — loads the real hub
+folder with our class.
 """
 
 from __future__ import annotations
@@ -41,15 +42,17 @@ CHATML_TEMPLATE = (
 class DreamTokenizer(Qwen2Tokenizer):
     """Dream's tokenizer without remote code: Qwen2 byte-level BPE, prompts padded on the left.
 
-    Same name as the hub's remote class so that ``tokenizer_config.json`` (``tokenizer_class: DreamTokenizer``)
-    resolves to it, and a folder we save names the same class the hub folder does.
+    Same name as the hub's remote class so that ``tokenizer_config.json``
+    (``tokenizer_class: DreamTokenizer``) resolves to it, and a folder we save names the same class the hub
+    folder does.
     """
 
     padding_side = "left"
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """Load the tokenizer of a Dream checkpoint directory (no remote code). ``ValueError`` if there is none."""
+    """Load the tokenizer of a Dream checkpoint directory (no remote code). ``ValueError`` if there is
+    none."""
     import decoding  # noqa: F401  (registers DreamTokenizer with AutoTokenizer)
 
     root = Path(path)
@@ -103,7 +106,8 @@ def build_chat_prompt(
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase, texts: str | Sequence[str]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenize prompt texts, LEFT-padded with the pad id: ``(input_ids [B, P], attention_mask [B, P])`` (long).
+    """Tokenize prompt texts, LEFT-padded with the pad id: ``(input_ids [B, P], attention_mask [B, P])``
+    (long).
 
     Special-token strings in the text (``<|im_start|>`` ...) map to their ids; nothing else is added.
     """

@@ -9,9 +9,11 @@ late), cells committed at that very step get a red outline.
 CLI::
 
     python -m decoding.viz --model DIR --prompt "Write a function ..." --out fill.gif [--strip fill.png
-        --mode jacobi --r-len 18 --a-len 32 --tau-r 0.9 --tau-a 0.9 --max-fill-frac 1 --alg entropy --device auto]
+        --mode jacobi --r-len 18 --a-len 32 --tau-r 0.9 --tau-a 0.9 --max-fill-frac 1 --alg entropy
+        --device auto]
 
-(defaults: the demo recipe's rollout settings; for Dream-7B use longer blocks, e.g. ``--r-len 128 --a-len 256``)
+(defaults: the demo recipe's rollout settings; for Dream-7B use longer blocks, e.g.
+``--r-len 128 --a-len 256``)
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def render_frames(result: LockstepResult, tokenizer=None, row: int = 0, cols: in
     for state in range(result.steps + 1):
         img = Image.new("RGB", (width, height), "white")
         draw = ImageDraw.Draw(img)
-        draw.text((PAD, PAD), f"step {state}/{result.steps}   R blue  A orange  (darker = earlier)", fill="black", font=font)
+        draw.text((PAD, PAD), f"step {state}/{result.steps}   R blue  A orange  (darker = earlier)",
+                  fill="black", font=font)
         for name, pos, line, col in cells:
             x0, y0 = LABEL_W + col * CELL_W, CELL_H + PAD + line * CELL_H
             if col == 0 and (pos == result.layout.span(name)[0]):
@@ -128,8 +131,8 @@ def save_strip(frames: Sequence[Image.Image], path: str | Path, n: int = 6) -> P
 
 
 # Defaults = the lockstep rollout of recipes/demo.yaml (the settings the demo checkpoint was trained with), so
-# `python -m decoding.viz --model recipes/assets/demo_warmstart --prompt ...` shows what the demo's rollouts look
-# like in a GIF small enough to read; for Dream-7B pass longer blocks (e.g. --r-len 128 --a-len 320).
+# `python -m decoding.viz --model recipes/assets/demo_warmstart --prompt ...` shows what the demo's rollouts
+# look like in a GIF small enough to read; for Dream-7B pass longer blocks (e.g. --r-len 128 --a-len 320).
 VIZ_DEFAULTS = {"mode": "jacobi", "r_len": 18, "a_len": 32, "tau_r": 0.9, "tau_a": 0.9, "max_fill_frac": 1.0,
                 "alg": "entropy", "delimiter": DEFAULT_DELIMITER}
 
@@ -139,14 +142,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     d = VIZ_DEFAULTS
     p = argparse.ArgumentParser(prog="python -m decoding.viz",
-                                description="Animate the lockstep R/A canvas filling (GIF + PNG strip). Defaults "
-                                            "are the demo recipe's rollout settings (recipes/demo.yaml).")
+                                description="Animate the lockstep R/A canvas filling (GIF + PNG strip). "
+                                            "Defaults are the demo recipe's rollout settings "
+                                            "(recipes/demo.yaml).")
     p.add_argument("--model", required=True, help="Dream checkpoint directory (HF layout)")
     p.add_argument("--prompt", required=True, help="user message (wrapped in the chat template)")
     p.add_argument("--out", default="fill.gif", help="GIF path (default: %(default)s)")
     p.add_argument("--strip", default=None, help="PNG strip path (default: the GIF path with .png)")
     p.add_argument("--delimiter", default=d["delimiter"], help="text between the R and A blocks")
-    p.add_argument("--mode", default=d["mode"], choices=["gauss_seidel", "jacobi"], help="default: %(default)s")
+    p.add_argument("--mode", default=d["mode"], choices=["gauss_seidel", "jacobi"],
+                   help="default: %(default)s")
     p.add_argument("--r-len", type=int, default=d["r_len"], help="default: %(default)s")
     p.add_argument("--a-len", type=int, default=d["a_len"], help="default: %(default)s")
     p.add_argument("--tau-r", type=float, default=d["tau_r"])
@@ -174,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     from .tokenizer import build_chat_prompt, encode_prompts, load_tokenizer
 
     try:
-        cfg = LockstepCfg(mode=args.mode, r_len=args.r_len, a_len=args.a_len, tau_r=args.tau_r, tau_a=args.tau_a,
-                          max_fill_frac=args.max_fill_frac, alg=args.alg, temperature=args.temperature,
-                          use_cache=args.use_cache)
+        cfg = LockstepCfg(mode=args.mode, r_len=args.r_len, a_len=args.a_len, tau_r=args.tau_r,
+                          tau_a=args.tau_a, max_fill_frac=args.max_fill_frac, alg=args.alg,
+                          temperature=args.temperature, use_cache=args.use_cache)
         if args.cols <= 0:
             raise ValueError(f"--cols must be positive, got {args.cols}")
         device = pick_device(args.device)

@@ -15,10 +15,11 @@ A plan is drawn ONCE per rollout batch (it is plain tensors, so it can be stored
 plan is reused for the old, current and reference policy: their per-token estimates then differ only through
 the parameters, and the PPO ratio is exactly 1 before the first update.
 
-Layout contract (VERL-style): ``input_ids [B, S]`` is the left-padded prompt followed by the completion canvas,
-which occupies the LAST ``L`` positions (``L`` = ``plan.masks.shape[-1]``); ``attention_mask [B, S]`` is 0 on
-left padding. Dream keeps the autoregressive logit shift: the token at absolute position ``j`` is predicted by
-the logits at ``j - 1`` (the model itself does not shift), so the completion needs at least one prompt token.
+Layout contract (VERL-style): ``input_ids [B, S]`` is the left-padded prompt followed by the completion
+canvas, which occupies the LAST ``L`` positions (``L`` = ``plan.masks.shape[-1]``); ``attention_mask [B, S]``
+is 0 on left padding. Dream keeps the autoregressive logit shift: the token at absolute position ``j`` is
+predicted by the logits at ``j - 1`` (the model itself does not shift), so the completion needs at least one
+prompt token.
 
 Masks vs. loss: ``maskable`` marks completion positions that were generated (fixed delimiters of a lockstep
 canvas are not); ``loss_mask`` marks the positions that are scored: maskable positions up to and including
@@ -86,8 +87,9 @@ def completion_loss_mask(
     Why: Dream fills the whole canvas, so the end of every answer is a run of end-of-text (= pad) tokens that
     would dominate a token-mean loss. Decoded text stops at the first end-of-text, so everything after it in a
     segment is irrelevant to the reward and excluded. A *segment* is a maximal run of contiguous ``maskable``
-    positions (a lockstep canvas has a Reasoning and an Answer segment split by fixed delimiters, each with its
-    own tail). ``keep_first_eos`` keeps the terminating end-of-text in the loss so the policy learns to stop.
+    positions (a lockstep canvas has a Reasoning and an Answer segment split by fixed delimiters, each with
+    its own tail). ``keep_first_eos`` keeps the terminating end-of-text in the loss so the policy learns to
+    stop.
     """
     if completion_ids.dim() != 2:
         raise ValueError(f"completion_ids must be [B, L], got shape {tuple(completion_ids.shape)}")
@@ -171,7 +173,8 @@ def masked_logprob(
         noisy = input_ids.clone()
         noisy[:, -length:] = torch.where(masks, torch.full_like(completion, mask_id), completion)
         logits = model(
-            input_ids=noisy, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=length + 1
+            input_ids=noisy, attention_mask=attention_mask, position_ids=position_ids,
+            logits_to_keep=length + 1
         ).logits
         logp, entropy = completion_logprobs_from_logits(logits, completion, with_entropy)
         scored = weights != 0
@@ -236,7 +239,8 @@ def draw_coupled_masks(
     draw_device = generator.device if generator is not None else maskable.device
     u = torch.rand(batch, generator=generator, device=draw_device, dtype=torch.float64)
     t = (t_min + (t_max - t_min) * u).clamp(1e-6, 1 - 1e-6)
-    mask = torch.rand(maskable.shape, generator=generator, device=draw_device, dtype=torch.float64) < t[:, None]
+    mask = torch.rand(maskable.shape, generator=generator, device=draw_device,
+                      dtype=torch.float64) < t[:, None]
     return coupled_plan(t.to(maskable.device), mask.to(maskable.device), maskable, loss_mask)
 
 
@@ -340,23 +344,27 @@ def draw_trajectory_masks(
 def trajectory_inexact_reasons(lockstep: object, *, vocab_ban: bool) -> list[str]:
     """Why :func:`draw_trajectory_masks` estimates would NOT equal the log-probs the sampler drew with.
 
-    ``lockstep`` is a :class:`decoding.lockstep.LockstepCfg` (the rollout's settings, temperature and top-p/top-k
-    included); ``vocab_ban``: the rollout passed ``valid_vocab_size`` (the Dream rollout server always does).
-    The estimate replays each stage with a fresh full forward and scores ``log_softmax`` over the whole
-    vocabulary at temperature 1; it is exact only when the sampler drew every scored token from exactly that
-    distribution on exactly that canvas (``docs/rl.md``, Trajectory-consistent estimator). Empty list = exact,
-    up to the end-of-text guard's rare stuck-frontier fallback (a greedy, not sampled, token) and float rounding.
+    ``lockstep`` is a :class:`decoding.lockstep.LockstepCfg` (the rollout's settings, temperature and
+    top-p/top-k included); ``vocab_ban``: the rollout passed ``valid_vocab_size`` (the Dream rollout server
+    always does). The estimate replays each stage with a fresh full forward and scores ``log_softmax`` over
+    the whole vocabulary at temperature 1; it is exact only when the sampler drew every scored token from
+    exactly that distribution on exactly that canvas (``docs/rl.md``, Trajectory-consistent estimator). Empty
+    list = exact, up to the end-of-text guard's rare stuck-frontier fallback (a greedy, not sampled, token)
+    and float rounding.
     """
     reasons = []
     if getattr(lockstep, "use_cache", False):
-        reasons.append("use_cache=true (the sampler reused a stale prompt K/V; measured 0.16-0.18 nats/token off)")
+        reasons.append("use_cache=true (the sampler reused a stale prompt K/V; measured 0.16-0.18 nats/token "
+                       "off)")
     if vocab_ban:
-        reasons.append("the vocabulary ban (the sampler renormalised over the tokenizer's ids without the mask id)")
+        reasons.append("the vocabulary ban (the sampler renormalised over the tokenizer's ids without the "
+                       "mask id)")
     top_p, top_k = getattr(lockstep, "top_p", None), getattr(lockstep, "top_k", None)
     if (top_p is not None and top_p < 1.0) or (top_k is not None and top_k > 0):
         reasons.append(f"top_p={top_p} / top_k={top_k} (the sampler drew from a truncated distribution)")
     if float(getattr(lockstep, "temperature", 1.0)) != 1.0:
-        reasons.append(f"temperature={getattr(lockstep, 'temperature', None)} (the estimator scores temperature 1)")
+        reasons.append(f"temperature={getattr(lockstep, 'temperature', None)} (the estimator scores "
+                       "temperature 1)")
     if getattr(lockstep, "eos_penalty", 0.0):
         reasons.append("eos_penalty (the sampler shifted the end-of-text logit)")
     if getattr(lockstep, "early_exit", None) is not None:

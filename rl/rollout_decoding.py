@@ -5,9 +5,9 @@ touches the model and :mod:`decoding`, and it is usable (and tested) without Ray
 
 Contract of :func:`sample_batch`: prompts are token-id lists (the agent loop already applied the chat
 template); every completion is the canvas exactly as it was decoded (lockstep: the whole R block with its
-pad/EOS run, the delimiter, the whole A block with its tail; other samplers: all ``max_new_tokens`` positions),
-so the trainer scores each token at the position and in the context the sampler committed it in. Two per-row
-views come with it: the *scored* mask (each generated block's content through its first stop token
+pad/EOS run, the delimiter, the whole A block with its tail; other samplers: all ``max_new_tokens``
+positions), so the trainer scores each token at the position and in the context the sampler committed it in.
+Two per-row views come with it: the *scored* mask (each generated block's content through its first stop token
 ``<|endoftext|>`` / ``<|im_end|>``; the run after it and the delimiter are context only) and the *reward text*
 (R text + delimiter + A text, each block cut at its first stop), what a user reads and the reward scores.
 ``docs/rl.md`` (Masks and salts) explains the choice.
@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-           "float32": torch.float32, "fp32": torch.float32}
+_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+           "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
 SAMPLERS = ("fast", "lockstep", "diffusion")
 
 
@@ -34,12 +34,13 @@ class DreamSamplerConfig:
     ``lockstep`` (Reasoning/Answer blocks decoded in lockstep) or ``diffusion`` (reference Dream denoising);
     ``options``: keyword arguments forwarded verbatim to that sampler (``alg``, ``block_size``, ``threshold``,
     ``steps``...); ``max_batch``: most rows decoded in one batch; ``batch_wait_s``: how long the server lets
-    requests accumulate before decoding when nobody announced how many to expect (validation); ``expect_timeout_s``:
-    how long it waits for the rows a training step announced (:meth:`rl.verl.rollout.DreamRolloutServer.expect_rows`)
-    before it decodes what arrived and warns; ``gif_every``/``gif_dir``: every N training steps, save an animated GIF
-    of the lockstep canvas fill of the first row (lockstep sampler only; 0 = never); ``score_reasoning_run``: also
-    score the R block's run after its first stop (default: context only; ``recipe=demo`` turns it on, measured in
-    ``docs/demo.md``). Temperature/top-p/top-k come from verl's rollout config.
+    requests accumulate before decoding when nobody announced how many to expect (validation);
+    ``expect_timeout_s``: how long it waits for the rows a training step announced
+    (:meth:`rl.verl.rollout.DreamRolloutServer.expect_rows`) before it decodes what arrived and warns;
+    ``gif_every``/``gif_dir``: every N training steps, save an animated GIF of the lockstep canvas fill of the
+    first row (lockstep sampler only; 0 = never); ``score_reasoning_run``: also score the R block's run after
+    its first stop (default: context only; ``recipe=demo`` turns it on, measured in ``docs/demo.md``).
+    Temperature/top-p/top-k come from verl's rollout config.
     """
 
     sampler: str = "fast"
@@ -86,15 +87,18 @@ class SampleResult:
     stop_ids: set[int]
     row_extras: list[dict[str, Any]]
     trace: Any = None
-    fixed_spans: list[tuple[int, int] | None] | None = None  # per row: (start, length) of tokens not generated
+    # per row: (start, length) of tokens not generated
+    fixed_spans: list[tuple[int, int] | None] | None = None
 
 
-# Extra fields of a rollout row. The scored mask (1 = in the loss) becomes verl's response_mask in our agent loop
-# (rl/verl/rollout.py); the reward text reaches rl/verl/reward.py:compute_score through verl's extra_info.
+# Extra fields of a rollout row. The scored mask (1 = in the loss) becomes verl's response_mask in our agent
+# loop (rl/verl/rollout.py); the reward text reaches rl/verl/reward.py:compute_score through verl's
+# extra_info.
 SCORED_MASK_FIELD = "lockstep_scored_mask"
 
 
-def load_rollout_model(path: str, dtype: str, device: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
+def load_rollout_model(path: str, dtype: str, device: str,
+                       trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Our Dream model (eval mode) and tokenizer from a checkpoint directory; CPU always runs float32."""
     from decoding import load_dream
     from decoding.tokenizer import load_tokenizer
@@ -138,7 +142,8 @@ def scored_mask(tokens: list[int], stop_ids: set[int], fixed_span: tuple[int, in
 
 
 def reward_text(tokenizer: Any, tokens: list[int], fixed_span: tuple[int, int] | None) -> str:
-    """The text a user reads: each generated block cut at its first stop, the fixed span (delimiter) between."""
+    """The text a user reads: each generated block cut at its first stop, the fixed span (delimiter)
+    between."""
     from decoding.tokenizer import decode_completion
 
     blocks = [decode_completion(tokenizer, tokens[lo:hi]) for lo, hi in block_spans(len(tokens), fixed_span)]
@@ -163,7 +168,8 @@ def _generation_kwargs(sampling_params: dict[str, Any], config: DreamSamplerConf
 
 
 def _lockstep_canvas(model: Any, tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     kwargs: dict[str, Any]) -> tuple[list[list[int]], Any, dict, list[tuple[int, int] | None]]:
+                     kwargs: dict[str, Any]) -> tuple[list[list[int]], Any, dict,
+                                                      list[tuple[int, int] | None]]:
     """Lockstep R/A decode; each completion is the canvas after the prompt, exactly as decoded:
     R block (``r_len`` tokens, pad run included), delimiter, A block (``a_len`` tokens, tail included)."""
     from decoding.lockstep import LockstepCfg, lockstep_sample, resolve_options
@@ -174,8 +180,9 @@ def _lockstep_canvas(model: Any, tokenizer: Any, input_ids: torch.Tensor, attent
     cfg = LockstepCfg(**options)
     delimiter_ids = tokenizer.encode(delimiter, add_special_tokens=False)
     if cfg.r_len + len(delimiter_ids) + cfg.a_len > budget:
-        raise ValueError(f"lockstep canvas r_len + delimiter + a_len = {cfg.r_len + len(delimiter_ids) + cfg.a_len} "
-                         f"exceeds the response length {budget} (data.max_response_length)")
+        raise ValueError("lockstep canvas r_len + delimiter + a_len = "
+                         f"{cfg.r_len + len(delimiter_ids) + cfg.a_len} exceeds the response length {budget} "
+                         "(data.max_response_length)")
     result = lockstep_sample(model, input_ids, attention_mask, cfg, delimiter_ids=delimiter_ids,
                              valid_vocab_size=len(tokenizer))
     rows = result.sequences[:, result.layout.prompt_len:].tolist()
@@ -189,8 +196,8 @@ def generate_canvas(model: Any, tokenizer: Any, input_ids: torch.Tensor, attenti
                     kwargs: dict[str, Any], sampler: str
                     ) -> tuple[list[list[int]], Any, dict, list[tuple[int, int] | None]]:
     """Run decoding's sampler: completions (the decoded canvas after the prompt, whole), its trace (or None),
-    metrics and per row the (start, length) of fixed tokens inside the completion (the lockstep delimiter; None
-    for other samplers)."""
+    metrics and per row the (start, length) of fixed tokens inside the completion (the lockstep delimiter;
+    None for other samplers)."""
     prompt_len = input_ids.shape[1]
     if sampler == "fast":
         from decoding.fast import fast_generate
@@ -219,13 +226,16 @@ def sample_batch(model: Any, tokenizer: Any, prompts: list[list[int]], sampling_
     input_ids, attention_mask = left_pad(prompts, int(pad_id), device)
     torch.manual_seed(seed)
     completions, trace, metrics, spans = generate_canvas(model, tokenizer, input_ids, attention_mask,
-                                                          _generation_kwargs(sampling_params, config), config.sampler)
+                                                          _generation_kwargs(sampling_params, config),
+                                                          config.sampler)
     stops = stop_token_ids(tokenizer)
     extras = [{f"rollout/{k}": v for k, v in metrics.items()} for _ in completions]
-    return SampleResult(completions=completions, stop_ids=stops, row_extras=extras, trace=trace, fixed_spans=spans,
+    return SampleResult(completions=completions, stop_ids=stops, row_extras=extras, trace=trace,
+                        fixed_spans=spans,
                         scored_masks=[scored_mask(row, stops, span, config.score_reasoning_run)
                                       for row, span in zip(completions, spans)],
-                        reward_texts=[reward_text(tokenizer, row, span) for row, span in zip(completions, spans)])
+                        reward_texts=[reward_text(tokenizer, row, span)
+                                      for row, span in zip(completions, spans)])
 
 
 def save_fill_gif(trace: Any, tokenizer: Any, folder: str, global_steps: int) -> str:
@@ -235,7 +245,8 @@ def save_fill_gif(trace: Any, tokenizer: Any, folder: str, global_steps: int) ->
     from decoding.viz import render_frames, save_gif
 
     Path(folder).mkdir(parents=True, exist_ok=True)
-    return str(save_gif(render_frames(trace, tokenizer, row=0), Path(folder) / f"fill_step{global_steps}.gif"))
+    return str(save_gif(render_frames(trace, tokenizer, row=0),
+                        Path(folder) / f"fill_step{global_steps}.gif"))
 
 
 def apply_weights(model: Any, named_tensors: dict[str, torch.Tensor], peft_config: dict | None) -> Any:

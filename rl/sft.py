@@ -2,18 +2,18 @@
 
 Why: the CPU demo needs a warm start whose held-out pass rate is low but non-zero before GRPO, and users want
 the same standard objective for their own warm starts. The objective is the masked-diffusion ELBO used by
-Dream/LLaDA SFT: for each sequence draw a masking rate ``t ~ U(eps, 1)``, replace every completion token by the
-mask id independently with probability ``t`` (prompt tokens are never masked), and score the clean token at
-every masked position with cross-entropy weighted by ``1/t``:
+Dream/LLaDA SFT: for each sequence draw a masking rate ``t ~ U(eps, 1)``, replace every completion token by
+the mask id independently with probability ``t`` (prompt tokens are never masked), and score the clean token
+at every masked position with cross-entropy weighted by ``1/t``:
 
     loss_b = (1 / |C_b|) * sum_{k in C_b, masked} CE(logits_{k-1}, x_k) / t_b,     loss = mean_b loss_b
 
-where ``C_b`` are the completion positions of row ``b``. ``loss_b`` is an upper bound on the per-token negative
-log-likelihood of the completion given the prompt. Dream keeps the autoregressive logit shift: the token at
-position ``k`` is predicted by the logits at ``k - 1`` (the model does not shift), so position 0 can never be a
-completion token. The pad/EOS tail of a fixed-length canvas IS part of the completion here (the model must
-learn to fill it with end-of-text); fixed template tokens (lockstep delimiters) are not: leave them out of
-``completion_mask``.
+where ``C_b`` are the completion positions of row ``b``. ``loss_b`` is an upper bound on the per-token
+negative log-likelihood of the completion given the prompt. Dream keeps the autoregressive logit shift: the
+token at position ``k`` is predicted by the logits at ``k - 1`` (the model does not shift), so position 0 can
+never be a completion token. The pad/EOS tail of a fixed-length canvas IS part of the completion here (the
+model must learn to fill it with end-of-text); fixed template tokens (lockstep delimiters) are not: leave them
+out of ``completion_mask``.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 class SFTLoss:
     """Result of :func:`masked_diffusion_loss`.
 
-    ``loss`` (scalar, differentiable) is the batch mean of ``per_sequence [B]``; ``t [B]`` the masking rates and
-    ``noise_mask [B, S]`` the masked positions used; ``masked_ce`` the unweighted mean cross-entropy over all
-    masked tokens (a readable training signal; NaN when nothing was masked).
+    ``loss`` (scalar, differentiable) is the batch mean of ``per_sequence [B]``; ``t [B]`` the masking rates
+    and ``noise_mask [B, S]`` the masked positions used; ``masked_ce`` the unweighted mean cross-entropy over
+    all masked tokens (a readable training signal; NaN when nothing was masked).
     """
 
     loss: torch.Tensor
@@ -83,8 +83,9 @@ def masked_diffusion_loss(
     """The masked-diffusion SFT objective (module docstring) on one batch.
 
     Args:
-        model: a Dream model; ``model(input_ids, attention_mask=..., position_ids=..., logits_to_keep=k).logits``
-            is ``[B, k, V]`` (the last ``k`` positions) and unshifted.
+        model: a Dream model;
+            ``model(input_ids, attention_mask=..., position_ids=..., logits_to_keep=k).logits`` is
+            ``[B, k, V]`` (the last ``k`` positions) and unshifted.
         input_ids: clean sequences ``[B, S]`` (prompt followed by completion; padding anywhere outside it).
         completion_mask: ``[B, S]`` bool, the completion positions that may be masked and are scored.
         mask_token_id: id written at masked positions.
@@ -102,7 +103,8 @@ def masked_diffusion_loss(
             f"completion_mask {tuple(completion_mask.shape)} must match input_ids {tuple(input_ids.shape)}"
         )
     if bool(completion_mask[:, 0].any()):
-        raise ValueError("position 0 cannot be a completion token: Dream predicts token k from the logits at k - 1")
+        raise ValueError("position 0 cannot be a completion token: Dream predicts token k from the logits at "
+                         "k - 1")
     n_completion = completion_mask.sum(dim=1)
     if bool((n_completion == 0).any()):
         raise ValueError("every row needs at least one completion token")
@@ -145,8 +147,9 @@ def elbo_nll(
 ) -> float:
     """Deterministic estimate of the per-token NLL bound (lower = more likely), for held-out comparisons.
 
-    Averages :func:`masked_diffusion_loss` over the stratified rates ``t = (i + 0.5) / n_rates`` with masks drawn
-    from a generator seeded with ``seed``: two models evaluated with the same arguments see identical masks.
+    Averages :func:`masked_diffusion_loss` over the stratified rates ``t = (i + 0.5) / n_rates`` with masks
+    drawn from a generator seeded with ``seed``: two models evaluated with the same arguments see identical
+    masks.
     """
     completion_mask = completion_mask.bool()
     generator = torch.Generator(device=input_ids.device).manual_seed(seed)
@@ -175,11 +178,13 @@ class SFTExample:
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:
-            raise ValueError("an SFT example needs a non-empty prompt (Dream predicts token k from position k - 1)")
+            raise ValueError("an SFT example needs a non-empty prompt (Dream predicts token k from position "
+                             "k - 1)")
         if not self.completion_ids:
             raise ValueError("an SFT example needs a non-empty completion")
         if self.scored is not None and len(self.scored) != len(self.completion_ids):
-            raise ValueError(f"scored has {len(self.scored)} entries for {len(self.completion_ids)} completion tokens")
+            raise ValueError(f"scored has {len(self.scored)} entries for {len(self.completion_ids)} "
+                             "completion tokens")
 
 
 @dataclass
@@ -220,10 +225,11 @@ def collate_left_padded(examples: Sequence[SFTExample], pad_id: int) -> SFTBatch
 # --------------------------------------------------------------------------------------------- training loop
 @dataclass
 class SFTConfig:
-    """Optimisation settings of :func:`train_sft` (AdamW, linear warm-up then cosine decay to ``min_lr_ratio``).
+    """Optimisation settings of :func:`train_sft` (AdamW, linear warm-up then cosine decay to
+    ``min_lr_ratio``).
 
-    ``steps`` sets the schedule; ``stop_after`` (optional, <= steps) ends training early on that schedule, e.g. a
-    deliberately under-trained warm start taken at step 1000 of a 1500-step run.
+    ``steps`` sets the schedule; ``stop_after`` (optional, <= steps) ends training early on that schedule,
+    e.g. a deliberately under-trained warm start taken at step 1000 of a 1500-step run.
     """
 
     steps: int = 1000

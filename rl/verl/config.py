@@ -34,7 +34,8 @@ def _require(condition: bool, message: str) -> None:
 
 def _int(cfg: DictConfig, key: str, minimum: int | None = None, allow_none: bool = False,
          what: str = "") -> int | None:
-    """The integer at ``key`` (RecipeError naming the key for text, floats, bools or values below ``minimum``)."""
+    """The integer at ``key`` (RecipeError naming the key for text, floats, bools or values below
+    ``minimum``)."""
     value = OmegaConf.select(cfg, key)
     if value is None and allow_none:
         return None
@@ -44,7 +45,8 @@ def _int(cfg: DictConfig, key: str, minimum: int | None = None, allow_none: bool
     if not ok or (minimum is not None and int(value) < minimum):
         bound = f" >= {minimum}" if minimum is not None else ""
         extra = " (or null)" if allow_none else ""
-        raise RecipeError(f"{key}{f' ({what})' if what else ''} must be an integer{bound}{extra}, got {value!r}")
+        raise RecipeError(f"{key}{f' ({what})' if what else ''} must be an integer{bound}{extra}, got "
+                          f"{value!r}")
     return int(value)
 
 
@@ -68,14 +70,16 @@ def estimator_config(cfg: DictConfig) -> EstimatorConfig:
              f"lockstep.estimator.t_min/t_max must satisfy 0 <= t_min < t_max <= 1 and t_min + t_max = 1, "
              f"got {config.t_min}, {config.t_max}")
     _require(config.fixed_start is None and config.fixed_text is None,
-             "lockstep.estimator.fixed_start/fixed_text are set from the rollout's lockstep options; leave them out")
+             "lockstep.estimator.fixed_start/fixed_text are set from the rollout's lockstep options; leave "
+             "them out")
     return dataclasses.replace(config, **rollout_layout(cfg))
 
 
 def refuse_trajectory(cfg: DictConfig) -> str:
-    """Why ``lockstep.estimator.name=trajectory`` is refused: the reasons its estimate would not be the sampler's
-    log-prob for this recipe's rollout (:func:`rl.logprob.trajectory_inexact_reasons`); the Dream rollout server
-    always bans invalid ids, so no training rollout qualifies and the estimator is not wired into the engine."""
+    """Why ``lockstep.estimator.name=trajectory`` is refused: the reasons its estimate would not be the
+    sampler's log-prob for this recipe's rollout (:func:`rl.logprob.trajectory_inexact_reasons`); the Dream
+    rollout server always bans invalid ids, so no training rollout qualifies and the estimator is not wired
+    into the engine."""
     from decoding.lockstep import LockstepCfg
     from rl.logprob import trajectory_inexact_reasons
 
@@ -92,9 +96,10 @@ def refuse_trajectory(cfg: DictConfig) -> str:
         reasons = trajectory_inexact_reasons(LockstepCfg(**options), vocab_ban=True)
     except (TypeError, ValueError):
         reasons = ["a rollout that is not a valid lockstep decoder"]
-    return ("lockstep.estimator.name=trajectory is not available for training: its estimate equals the sampler's "
-            "log-prob only without use_cache, vocabulary ban, top-p/top-k, eos_penalty and early_exit, at "
-            f"temperature 1 (docs/rl.md); this recipe's rollout has {'; '.join(reasons)}. Use name=coupled")
+    return ("lockstep.estimator.name=trajectory is not available for training: its estimate equals the "
+            "sampler's log-prob only without use_cache, vocabulary ban, top-p/top-k, eos_penalty and "
+            f"early_exit, at temperature 1 (docs/rl.md); this recipe's rollout has {'; '.join(reasons)}. Use "
+            "name=coupled")
 
 
 def rollout_layout(cfg: DictConfig) -> dict[str, Any]:
@@ -128,15 +133,16 @@ def _check_sampler(cfg: DictConfig) -> None:
             function = fast_generate if sampler.sampler == "fast" else diffusion_generate
             accepted = set(inspect.signature(function).parameters)
             unknown = sorted(set(sampler.options) - accepted)
-            _require(not unknown, f"actor_rollout_ref.rollout.custom.dream.options: {unknown} are not options of "
-                                  f"the {sampler.sampler} sampler ({function.__module__}.{function.__name__})")
+            _require(not unknown, f"actor_rollout_ref.rollout.custom.dream.options: {unknown} are not "
+                                  f"options of the {sampler.sampler} sampler "
+                                  f"({function.__module__}.{function.__name__})")
         if sampler.sampler == "lockstep":
             from decoding.lockstep import LockstepCfg, resolve_options
 
             lockstep = LockstepCfg(**resolve_options(sampler.options)[0])
             _require(lockstep.r_len + lockstep.a_len < sampler.response_length,
-                     f"rollout.custom.dream.options: r_len + a_len ({lockstep.r_len + lockstep.a_len}) must fit in "
-                     f"data.max_response_length ({sampler.response_length}) with the delimiter")
+                     f"rollout.custom.dream.options: r_len + a_len ({lockstep.r_len + lockstep.a_len}) must "
+                     f"fit in data.max_response_length ({sampler.response_length}) with the delimiter")
     except (TypeError, ValueError) as error:
         if isinstance(error, RecipeError):
             raise
@@ -182,13 +188,15 @@ def check_model_dir(path: str) -> None:
     from decoding.integrity import check_dream_weights
 
     root = Path(path)
-    _require(root.is_dir(), f"actor_rollout_ref.model.path={path} is not a directory (a Dream checkpoint folder)")
+    _require(root.is_dir(),
+             f"actor_rollout_ref.model.path={path} is not a directory (a Dream checkpoint folder)")
     config_file = root / "config.json"
     _require(config_file.is_file(), f"actor_rollout_ref.model.path={path} has no config.json")
     try:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except json.JSONDecodeError as error:
-        raise RecipeError(f"actor_rollout_ref.model.path={path}: config.json is not valid JSON ({error})") from None
+        raise RecipeError(f"actor_rollout_ref.model.path={path}: config.json is not valid JSON "
+                          f"({error})") from None
     _require(model_type == "Dream", f"actor_rollout_ref.model.path={path} holds model_type {model_type!r}, "
                                     "expected 'Dream'")
     try:
@@ -217,7 +225,8 @@ def checkpoint_problem(step_dir: Path) -> str | None:
     if not model_files:
         return f"{actor} holds no model_world_size_*_rank_*.pt"
     try:
-        for file in [*sorted(actor.glob("*.pt")), *([step_dir / "data.pt"] if (step_dir / "data.pt").exists() else [])]:
+        for file in [*sorted(actor.glob("*.pt")),
+                     *([step_dir / "data.pt"] if (step_dir / "data.pt").exists() else [])]:
             check_torch_file(file)
         for file in sorted(actor.glob("*/*.safetensors")):
             check_safetensors(file)
@@ -241,8 +250,8 @@ def check_resume(cfg: DictConfig) -> None:
     if mode == "resume_path":
         raw = trainer.get("resume_from_path")
         _require(isinstance(raw, str) and "global_step_" in raw,
-                 f"trainer.resume_mode=resume_path needs trainer.resume_from_path=<checkpoints>/global_step_<k>, got "
-                 f"{raw!r}")
+                 "trainer.resume_mode=resume_path needs "
+                 f"trainer.resume_from_path=<checkpoints>/global_step_<k>, got {raw!r}")
         step_dir = Path(raw).resolve()
         _require(step_dir.is_dir(), f"trainer.resume_from_path={raw} does not exist")
         how = f"trainer.resume_from_path={raw}"
@@ -252,8 +261,10 @@ def check_resume(cfg: DictConfig) -> None:
         if not tracker.is_file():
             return  # verl starts from scratch
         text = tracker.read_text().strip()
-        _require(text.isdigit(), f"{tracker} is corrupt (holds {text[:20]!r}); set trainer.resume_mode=resume_path "
-                                 f"trainer.resume_from_path={root}/global_step_<k> or trainer.resume_mode=disable")
+        _require(text.isdigit(), f"{tracker} is corrupt (holds {text[:20]!r}); set "
+                                 "trainer.resume_mode=resume_path "
+                                 f"trainer.resume_from_path={root}/global_step_<k> or "
+                                 "trainer.resume_mode=disable")
         step_dir = root / f"global_step_{text}"
         if not step_dir.is_dir():
             return  # verl prints "Checkpoint does not exist" and starts from scratch
@@ -261,10 +272,12 @@ def check_resume(cfg: DictConfig) -> None:
     problem = checkpoint_problem(step_dir)
     if problem is None:
         return
-    earlier = sorted((p for p in step_dir.parent.glob("global_step_*") if 0 <= _step_of(p) < _step_of(step_dir)),
+    earlier = sorted((p for p in step_dir.parent.glob("global_step_*")
+                      if 0 <= _step_of(p) < _step_of(step_dir)),
                      key=_step_of, reverse=True)
     good = next((p for p in earlier if checkpoint_problem(p) is None), None)
-    advice = (f"resume from an earlier step with trainer.resume_mode=resume_path trainer.resume_from_path={good}"
+    advice = ("resume from an earlier step with trainer.resume_mode=resume_path "
+              f"trainer.resume_from_path={good}"
               if good is not None else "no earlier intact checkpoint exists")
     raise RecipeError(f"cannot resume from {step_dir} ({how}): {problem}; {advice}, or start over with "
                       "trainer.resume_mode=disable")
@@ -277,24 +290,28 @@ def validate_recipe(cfg: DictConfig, check_files: bool = True) -> None:
     """
     arr = cfg.actor_rollout_ref
     path = None if OmegaConf.is_missing(arr.model, "path") else arr.model.path
-    _require(path not in (None, "", VERL_DEFAULT_MODEL_PATH), f"actor_rollout_ref.model.path is not set: {MODEL_PATH_HINT}")
+    _require(path not in (None, "", VERL_DEFAULT_MODEL_PATH),
+             f"actor_rollout_ref.model.path is not set: {MODEL_PATH_HINT}")
     _require(cfg.algorithm.adv_estimator == "grpo",
              f"algorithm.adv_estimator must be 'grpo', got {cfg.algorithm.adv_estimator!r}")
-    _require(cfg.trainer.device in DEVICES, f"trainer.device must be one of {DEVICES}, got {cfg.trainer.device!r}")
+    _require(cfg.trainer.device in DEVICES,
+             f"trainer.device must be one of {DEVICES}, got {cfg.trainer.device!r}")
     trainer_mode = OmegaConf.select(cfg, "trainer.v1.trainer_mode")
-    _require(trainer_mode == TRAINER_MODE, f"trainer.v1.trainer_mode must be '{TRAINER_MODE}' (it hands the Dream "
-                                           f"engine the global step that salts its masks), got {trainer_mode!r}")
+    _require(trainer_mode == TRAINER_MODE, f"trainer.v1.trainer_mode must be '{TRAINER_MODE}' (it hands the "
+                                           "Dream engine the global step that salts its masks), got "
+                                           f"{trainer_mode!r}")
     _require(arr.rollout.name == ROLLOUT_NAME,
-             f"actor_rollout_ref.rollout.name must be '{ROLLOUT_NAME}' (verl's vLLM/SGLang cannot serve Dream)")
+             f"actor_rollout_ref.rollout.name must be '{ROLLOUT_NAME}' (verl's vLLM/SGLang cannot serve "
+             "Dream)")
     _require(arr.model.model_type == ENGINE_MODEL_TYPE,
              f"actor_rollout_ref.model.model_type must be '{ENGINE_MODEL_TYPE}' (the Dream diffusion engine)")
     _int(cfg, "actor_rollout_ref.rollout.n", what="group size")
     _require(int(arr.rollout.n) >= 2, f"actor_rollout_ref.rollout.n (group size) must be >= 2 for GRPO, "
                                       f"got {arr.rollout.n}")
     for key in ("actor_rollout_ref.rollout.tensor_model_parallel_size", "actor_rollout_ref.model.lora_rank",
-                "data.train_batch_size", "actor_rollout_ref.actor.ppo_mini_batch_size", "data.max_response_length",
-                "data.max_prompt_length", "trainer.save_freq", "trainer.test_freq", "trainer.nnodes",
-                "trainer.n_gpus_per_node"):
+                "data.train_batch_size", "actor_rollout_ref.actor.ppo_mini_batch_size",
+                "data.max_response_length", "data.max_prompt_length", "trainer.save_freq",
+                "trainer.test_freq", "trainer.nnodes", "trainer.n_gpus_per_node"):
         _int(cfg, key)
     _int(cfg, "trainer.total_epochs", minimum=1)
     _int(cfg, "trainer.total_training_steps", minimum=1, allow_none=True)
@@ -302,14 +319,17 @@ def validate_recipe(cfg: DictConfig, check_files: bool = True) -> None:
     _require(cfg.trainer.resume_mode in RESUME_MODES,
              f"trainer.resume_mode must be one of {RESUME_MODES}, got {cfg.trainer.resume_mode!r}")
     _require(not arr.rollout.calculate_log_probs,
-             "actor_rollout_ref.rollout.calculate_log_probs must be false (a denoiser has no sampling log-prob)")
-    _require(not arr.model.use_remove_padding, "actor_rollout_ref.model.use_remove_padding must be false for Dream")
+             "actor_rollout_ref.rollout.calculate_log_probs must be false (a denoiser has no sampling "
+             "log-prob)")
+    _require(not arr.model.use_remove_padding,
+             "actor_rollout_ref.model.use_remove_padding must be false for Dream")
     _require(int(arr.rollout.tensor_model_parallel_size) == 1,
              "actor_rollout_ref.rollout.tensor_model_parallel_size must be 1 (one Dream server per GPU)")
     _require("dummy" not in str(arr.rollout.load_format),
-             "actor_rollout_ref.rollout.load_format must not be 'dummy': the Dream server loads the base weights "
-             "from model.path itself (use 'auto')")
-    _require(int(arr.model.lora_rank) >= 0, "actor_rollout_ref.model.lora_rank must be >= 0 (0 = full fine-tuning)")
+             "actor_rollout_ref.rollout.load_format must not be 'dummy': the Dream server loads the base "
+             "weights from model.path itself (use 'auto')")
+    _require(int(arr.model.lora_rank) >= 0,
+             "actor_rollout_ref.model.lora_rank must be >= 0 (0 = full fine-tuning)")
     if int(arr.model.lora_rank) > 0:
         _require(not arr.model.lora.get("merge", False),
                  "actor_rollout_ref.model.lora.merge must be false: only adapters are synced to the rollout")
@@ -330,7 +350,8 @@ def validate_recipe(cfg: DictConfig, check_files: bool = True) -> None:
             files = cfg.data[key]
             files = [files] if isinstance(files, str) else list(files)
             for file in files:
-                _require(Path(file).is_file(), f"data.{key}: {file} does not exist (see launch/prepare_data.py)")
+                _require(Path(file).is_file(),
+                         f"data.{key}: {file} does not exist (see launch/prepare_data.py)")
 
 
 def check_device(cfg: DictConfig) -> None:
@@ -344,8 +365,8 @@ def check_device(cfg: DictConfig) -> None:
 
 
 def _check_filter(cfg: DictConfig) -> None:
-    """Dynamic filtering (``algorithm.filter_groups``, rl/verl/filter.py): metric ``reward``, a round cap >= 0,
-    and the ``lockstep`` trainer mode that implements it."""
+    """Dynamic filtering (``algorithm.filter_groups``, rl/verl/filter.py): metric ``reward``, a round cap >=
+    0, and the ``lockstep`` trainer mode that implements it."""
     from rl.verl.filter import filter_settings
 
     try:
@@ -354,7 +375,8 @@ def _check_filter(cfg: DictConfig) -> None:
         raise RecipeError(str(error)) from None
     # filtering's whole-batch refills (rl/verl/filter.py) also need trainer.v1.trainer_mode=lockstep, which
     # validate_recipe requires of every recipe
-    _require(max_rounds >= 0, f"algorithm.filter_groups.max_num_gen_batches must be >= 0 (0 = no cap), got {max_rounds}")
+    _require(max_rounds >= 0,
+             f"algorithm.filter_groups.max_num_gen_batches must be >= 0 (0 = no cap), got {max_rounds}")
 
 
 RAY_LOCAL_ONLY_KEYS = ("ray_kwargs.ray_init.num_cpus", "ray_kwargs.ray_init.num_gpus")
@@ -380,10 +402,12 @@ def prepare_runtime(cfg: DictConfig, project_root: Path) -> None:
 
     * ``trainer.device=cpu``: ``VERL_PLATFORM=cpu`` + the CPU shim's settings (fake GPU slot, gloo, ...);
     * ``trainer.device`` -> ``$LOCKSTEP_DEVICE`` (the rollout server refuses to fall back to CPU when it says
-      ``cuda``); reward workers per node -> ``$LOCKSTEP_REWARD_WORKERS_PER_NODE`` (each one's sandbox pool gets
-      its share of the node's CPUs, rl/verl/reward.py);
-    * ``rollout.agent.default_agent_loop``: verl's single-turn loop -> ours (reproducible rollouts, exact resume);
-    * ``$RAY_ADDRESS`` set (:func:`joins_ray_cluster`): no Ray resource counts (Ray rejects them when joining);
+      ``cuda``); reward workers per node -> ``$LOCKSTEP_REWARD_WORKERS_PER_NODE`` (each one's sandbox pool
+      gets its share of the node's CPUs, rl/verl/reward.py);
+    * ``rollout.agent.default_agent_loop``: verl's single-turn loop -> ours (reproducible rollouts, exact
+      resume);
+    * ``$RAY_ADDRESS`` set (:func:`joins_ray_cluster`): no Ray resource counts (Ray rejects them when
+      joining);
     * estimator settings -> ``$LOCKSTEP_ESTIMATOR`` (read by the Dream engine in every worker);
     * reward function -> ``rl/verl/reward.py:compute_score`` unless the recipe names another one;
     * W&B offline by default, files under ``lockstep.run_dir``;
@@ -397,7 +421,8 @@ def prepare_runtime(cfg: DictConfig, project_root: Path) -> None:
     env: dict[str, str] = {ESTIMATOR_ENV: estimator_config(cfg).to_env(), DEVICE_ENV: str(cfg.trainer.device)}
     nodes = max(1, int(cfg.trainer.get("nnodes", 1) or 1))
     env[REWARD_WORKERS_ENV] = str(max(1, -(-int(cfg.reward.get("num_workers", 1) or 1) // nodes)))
-    env["TQ_NUM_THREADS"] = os.environ.get("TQ_NUM_THREADS") or str(min(8, psutil.cpu_count(logical=False) or 1))
+    env["TQ_NUM_THREADS"] = os.environ.get("TQ_NUM_THREADS") \
+        or str(min(8, psutil.cpu_count(logical=False) or 1))
     cluster = joins_ray_cluster()
     with open_dict(cfg):
         if cfg.trainer.device == "cpu":
@@ -411,8 +436,8 @@ def prepare_runtime(cfg: DictConfig, project_root: Path) -> None:
                 _require(ray_init.get(key.rsplit(".", 1)[1]) is None,
                          f"{key} must be null when joining the existing Ray cluster RAY_ADDRESS={cluster} "
                          "(Ray refuses resource counts when connecting; declare them with `ray start`)")
-        # our agent loop sends each sample's (dataset index, sample number) to the Dream server, which pins the
-        # sample's completion to it: runs and resumed runs reproduce (rl/verl/rollout.py: canonical_order)
+        # our agent loop sends each sample's (dataset index, sample number) to the Dream server, which pins
+        # the sample's completion to it: runs and resumed runs reproduce (rl/verl/rollout.py: canonical_order)
         if cfg.actor_rollout_ref.rollout.agent.default_agent_loop == "single_turn_agent":
             _set(cfg, "actor_rollout_ref.rollout.agent.default_agent_loop", AGENT_LOOP_NAME)
         if not cfg.reward.custom_reward_function.get("path"):

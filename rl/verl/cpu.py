@@ -1,9 +1,10 @@
 """CPU platform shim for verl 0.9.1: run the real GRPO trainer path on a machine without a GPU.
 
-Why: stock verl 0.9.1 cannot complete a GRPO step without a GPU (the settings below say which verl behaviour each one works around): it falls back to
-the "nvidia" platform (NCCL backend), builds the process-group backend string as ``cpu:gloo,<dev>:<backend>``,
-registers its FSDP engines for cuda/npu only, and its Ray resource pools always ask for ``GPU`` slots. CI has
-no GPU, so this module patches exactly those points, nothing else:
+Why: stock verl 0.9.1 cannot complete a GRPO step without a GPU (the settings below say which verl behaviour
+each one works around): it falls back to the "nvidia" platform (NCCL backend), builds the process-group
+backend string as ``cpu:gloo,<dev>:<backend>``, registers its FSDP engines for cuda/npu only, and its Ray
+resource pools always ask for ``GPU`` slots. CI has no GPU, so this module patches exactly those points,
+nothing else:
 
 * a ``PlatformBase`` subclass registered as platform ``cpu`` (device ``cpu``, backend ``gloo``, Ray resource
   ``GPU`` so that the resource pools are satisfied by *fake* GPU slots declared to ``ray.init``);
@@ -12,8 +13,9 @@ no GPU, so this module patches exactly those points, nothing else:
 * the FSDP language-model engine (and, via :mod:`rl.verl.engine`, our Dream engine) registered for ``cpu``.
 
 Contract: :mod:`rl.verl.plugin` imports this module in every process (importing it changes nothing) and calls
-:func:`install`, which does nothing unless ``VERL_PLATFORM=cpu``. The config values a CPU run needs (fake GPU slot, TransferQueue storage units, eager attention, ...)
-are in :data:`CPU_SETTINGS`; ``launch/train_grpo.py`` applies them for ``trainer.device=cpu``.
+:func:`install`, which does nothing unless ``VERL_PLATFORM=cpu``. The config values a CPU run needs (fake GPU
+slot, TransferQueue storage units, eager attention, ...) are in :data:`CPU_SETTINGS`; ``launch/train_grpo.py``
+applies them for ``trainer.device=cpu``.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ import torch
 PLATFORM_NAME = "cpu"
 
 # Config values that make verl's resource bookkeeping fit a CPU box.
-# num_cpus is *logical* (oversubscribing 2 cores is fine): TransferQueue and the agent/reward workers each take
-# a Ray CPU slot and silently hang the run when slots run out; num_gpus=1 is the fake GPU slot that verl's
-# resource pools insist on (the CPU platform's Ray resource name is "GPU").
+# num_cpus is *logical* (oversubscribing 2 cores is fine): TransferQueue and the agent/reward workers each
+# take a Ray CPU slot and silently hang the run when slots run out; num_gpus=1 is the fake GPU slot that
+# verl's resource pools insist on (the CPU platform's Ray resource name is "GPU").
 CPU_SETTINGS: dict[str, object] = {
     "trainer.n_gpus_per_node": 1,
     "trainer.nnodes": 1,
@@ -42,8 +44,8 @@ CPU_SETTINGS: dict[str, object] = {
     "actor_rollout_ref.model.override_config.attn_implementation": "eager",
     "actor_rollout_ref.actor.strategy": "fsdp2",
     "actor_rollout_ref.ref.strategy": "fsdp2",
-    # fp32 everywhere: verl's bf16 defaults (and Dream's config.json dtype) run ~10x slower on CPUs without bf16
-    # matrix units (docs/benchmarks.md), so a CPU run of a GPU recipe would look hung
+    # fp32 everywhere: verl's bf16 defaults (and Dream's config.json dtype) run ~10x slower on CPUs without
+    # bf16 matrix units (docs/benchmarks.md), so a CPU run of a GPU recipe would look hung
     "actor_rollout_ref.actor.fsdp_config.model_dtype": "fp32",
     "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype": "fp32",
     "actor_rollout_ref.ref.fsdp_config.model_dtype": "fp32",
@@ -67,8 +69,8 @@ def _build_cpu_device_module() -> types.ModuleType:
     state and device names; on CPU these are either meaningless (caches, IPC) or map to host equivalents.
     """
     module = types.ModuleType("lockstep_cpu_device")
-    for name in ("Stream", "Event", "StreamContext", "current_stream", "stream", "synchronize", "is_available",
-                 "device_count", "current_device", "set_device"):
+    for name in ("Stream", "Event", "StreamContext", "current_stream", "stream", "synchronize",
+                 "is_available", "device_count", "current_device", "set_device"):
         setattr(module, name, getattr(torch.cpu, name))
     module.is_available = lambda: True
     module.device_count = lambda: 1
@@ -99,7 +101,8 @@ CPU_DEVICE_MODULE = _build_cpu_device_module()
 
 
 def _make_platform_class() -> type:
-    """Build and register the ``cpu`` verl platform (deferred so that importing this file never imports verl)."""
+    """Build and register the ``cpu`` verl platform (deferred so that importing this file never imports
+    verl)."""
     from verl.plugin.platform import PlatformBase, PlatformRegistry
 
     class PlatformCPU(PlatformBase):
@@ -121,7 +124,8 @@ def _make_platform_class() -> type:
             return True
 
         def current_device(self) -> str:  # type: ignore[override]
-            # verl passes this to .to(...)/device=...: an int would mean an accelerator index on CPU-only torch
+            # verl passes this to .to(...)/device=...: an int would mean an accelerator index on CPU-only
+            # torch
             return "cpu"
 
         def device_count(self) -> int:
@@ -184,8 +188,9 @@ def _make_platform_class() -> type:
 def _patch_gloo_backend() -> None:
     """Default verl's process-group init to plain ``gloo``.
 
-    verl builds ``f"cpu:gloo,{device}:{backend}"``, i.e. ``cpu:gloo,cpu:gloo`` on CPU, which torch rejects as a
-    duplicate device type. ``engine_workers`` imported the function by name, so both references are replaced.
+    verl builds ``f"cpu:gloo,{device}:{backend}"``, i.e. ``cpu:gloo,cpu:gloo`` on CPU, which torch rejects as
+    a duplicate device type. ``engine_workers`` imported the function by name, so both references are
+    replaced.
     """
     import verl.utils.distributed as verl_distributed
 
@@ -193,7 +198,8 @@ def _patch_gloo_backend() -> None:
     if getattr(original, "_lockstep_gloo", False):
         return
 
-    def initialize_global_process_group_ray(timeout_second: int | None = None, backend: str | None = None) -> None:
+    def initialize_global_process_group_ray(timeout_second: int | None = None,
+                                            backend: str | None = None) -> None:
         return original(timeout_second=timeout_second, backend=backend or "gloo")
 
     initialize_global_process_group_ray._lockstep_gloo = True  # type: ignore[attr-defined]

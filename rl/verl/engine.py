@@ -12,17 +12,18 @@ Contracts (verl 0.9.1):
 * input micro-batches are jagged (no padding): ``input_ids`` = prompt + response per row, ``prompts`` and
   ``responses`` give the split; output ``log_probs`` and ``entropy`` are nested tensors laid out like
   ``input_ids`` with slot j-1 scoring token j (verl slices the response with that shift);
-* **two masks** (``docs/rl.md``, Masks and salts): a response is the lockstep canvas exactly as decoded; verl's
-  ``response_mask`` is the *scored* mask (each block's content through its first stop, set by our agent loop),
-  so verl's loss and token-mean use only those tokens; every other response token is *context*. The estimator
-  masks every generated token (the runs after the stops included) and never the delimiter, whose position it
-  knows from the rollout's layout (``EstimatorConfig.fixed_start``/``fixed_text``);
+* **two masks** (``docs/rl.md``, Masks and salts): a response is the lockstep canvas exactly as decoded;
+  verl's ``response_mask`` is the *scored* mask (each block's content through its first stop, set by our agent
+  loop), so verl's loss and token-mean use only those tokens; every other response token is *context*. The
+  estimator masks every generated token (the runs after the stops included) and never the delimiter, whose
+  position it knows from the rollout's layout (``EstimatorConfig.fixed_start``/``fixed_text``);
 * **coupling and fresh noise**: the mask plan of a row is a pure function of (prompt ids, response ids,
-  estimator seed, global step). verl's old-policy, current-policy and reference passes of one step see identical
-  masks — the PPO ratio is exactly 1 before the first update — without storing masks in verl's TransferQueue,
-  while every step draws fresh masks (a string sampled again later is not scored with frozen noise). The step
-  reaches the engine as the non-tensor field ``lockstep_estimator_step`` set by our trainer mode
-  (:mod:`rl.verl.trainer`); it is restored with ``global_steps`` on resume, so resumed runs stay bit-exact.
+  estimator seed, global step). verl's old-policy, current-policy and reference passes of one step see
+  identical masks — the PPO ratio is exactly 1 before the first update — without storing masks in verl's
+  TransferQueue, while every step draws fresh masks (a string sampled again later is not scored with frozen
+  noise). The step reaches the engine as the non-tensor field ``lockstep_estimator_step`` set by our trainer
+  mode (:mod:`rl.verl.trainer`); it is restored with ``global_steps`` on resume, so resumed runs stay
+  bit-exact.
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ class EstimatorConfig:
 
     ``t_min``/``t_max``: masking-rate interval of the coupled pair (symmetric around 1/2); ``seed``: salt of
     the per-row mask seeds, together with the global step (change it to redraw all masks); ``mask_token_id``:
-    None = the tokenizer's mask token. ``fixed_start``/``fixed_text``: where the lockstep delimiter sits in every
-    response (``r_len``) and its text; filled in from the rollout's options by :func:`rl.verl.config.estimator_config`
-    (None: no fixed tokens, every response token was generated).
+    None = the tokenizer's mask token. ``fixed_start``/``fixed_text``: where the lockstep delimiter sits in
+    every response (``r_len``) and its text; filled in from the rollout's options by
+    :func:`rl.verl.config.estimator_config` (None: no fixed tokens, every response token was generated).
     """
 
     name: str = "coupled"
@@ -86,9 +87,9 @@ def build_dense_batch(prompts: list[torch.Tensor], responses: list[torch.Tensor]
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Left-pad prompt+response rows so every response ends at the last column.
 
-    Returns ``input_ids [B, S]``, ``attention_mask [B, S]``, ``response_positions [B, L]`` (bool: which of the last
-    ``L = max response length`` columns hold a response token of that row) and ``L``. Shorter responses leave
-    prompt tokens inside the window; they are marked non-maskable, so the estimator never scores them.
+    Returns ``input_ids [B, S]``, ``attention_mask [B, S]``, ``response_positions [B, L]`` (bool: which of the
+    last ``L = max response length`` columns hold a response token of that row) and ``L``. Shorter responses
+    leave prompt tokens inside the window; they are marked non-maskable, so the estimator never scores them.
     """
     lengths = [int(p.numel() + r.numel()) for p, r in zip(prompts, responses)]
     width = max(lengths)
@@ -106,10 +107,11 @@ def build_dense_batch(prompts: list[torch.Tensor], responses: list[torch.Tensor]
 
 
 def generated_mask(response: torch.Tensor, fixed_start: int | None, fixed_ids: list[int]) -> torch.Tensor:
-    """Bool ``[L]``: the response tokens the sampler generated (all but the fixed delimiter at ``fixed_start``).
+    """Bool ``[L]``: the response tokens the sampler generated (all but the fixed delimiter at
+    ``fixed_start``).
 
-    Raises ValueError when the delimiter is not where the layout says: the rollout and the estimator disagree on
-    the canvas, and scoring would mask tokens the sampler never chose.
+    Raises ValueError when the delimiter is not where the layout says: the rollout and the estimator disagree
+    on the canvas, and scoring would mask tokens the sampler never chose.
     """
     generated = torch.ones(int(response.numel()), dtype=torch.bool)
     if fixed_start is None or not fixed_ids:
@@ -123,15 +125,17 @@ def generated_mask(response: torch.Tensor, fixed_start: int | None, fixed_ids: l
     return generated
 
 
-def draw_row_plans(prompts: list[torch.Tensor], responses: list[torch.Tensor], response_positions: torch.Tensor,
-                   config: EstimatorConfig, response_masks: list[torch.Tensor] | None = None, *,
+def draw_row_plans(prompts: list[torch.Tensor], responses: list[torch.Tensor],
+                   response_positions: torch.Tensor, config: EstimatorConfig,
+                   response_masks: list[torch.Tensor] | None = None, *,
                    fixed_ids: list[int] | None = None, step: int = 0) -> Any:
     """The coupled mask plan of a micro-batch, drawn row by row from :func:`row_seed` generators.
 
     Two masks per row: *generated* (:func:`generated_mask`: masked in one of the two passes) and *scored*
     (``response_masks``, verl's per-row ``response_mask``: weight != 0; default = generated). The delimiter
-    (``config.fixed_start``, tokens ``fixed_ids``) is never masked nor scored; the model sees it in every pass,
-    as when decoding. Runs after a block's first stop are masked like any generated token but carry no weight.
+    (``config.fixed_start``, tokens ``fixed_ids``) is never masked nor scored; the model sees it in every
+    pass, as when decoding. Runs after a block's first stop are masked like any generated token but carry no
+    weight.
     """
     from rl.logprob import MaskPlan, draw_coupled_masks
 
@@ -149,7 +153,8 @@ def draw_row_plans(prompts: list[torch.Tensor], responses: list[torch.Tensor], r
                 raise ValueError(f"row {row}: response_mask has {scored.shape[1]} entries for a "
                                  f"{response.numel()}-token response")
             scored = scored & maskable
-        plan = draw_coupled_masks(maskable, scored, t_min=config.t_min, t_max=config.t_max, generator=generator)
+        plan = draw_coupled_masks(maskable, scored, t_min=config.t_min, t_max=config.t_max,
+                                  generator=generator)
         masks[:, row, window - response.numel():] = plan.masks[:, 0]
         weights[:, row, window - response.numel():] = plan.weights[:, 0].float()
     device = response_positions.device
@@ -175,7 +180,8 @@ def _build_engine_class() -> type:
     from verl.workers.engine.utils import detach_tree
 
     class DreamDiffusionEngine(FSDPEngineWithLMHead):
-        """verl FSDP engine for Dream: loads our model class, scores responses with the diffusion estimator."""
+        """verl FSDP engine for Dream: loads our model class, scores responses with the diffusion
+        estimator."""
 
         def _build_module(self) -> torch.nn.Module:
             import decoding  # noqa: F401  (Dream in the HF Auto registry of this worker)
@@ -193,7 +199,8 @@ def _build_engine_class() -> type:
 
         def save_checkpoint(self, local_path: str, hdfs_path: str | None = None, global_step: int = 0,
                             max_ckpt_to_keep: int | None = None, **kwargs: Any) -> None:
-            """verl's checkpoint (sharded model/optimizer/scheduler/RNG) plus weights our tools load directly."""
+            """verl's checkpoint (sharded model/optimizer/scheduler/RNG) plus weights our tools load
+            directly."""
             super().save_checkpoint(local_path, hdfs_path=hdfs_path, global_step=global_step,
                                     max_ckpt_to_keep=max_ckpt_to_keep, **kwargs)
             export_weights(self.module, local_path, str(self.model_config.local_path))
@@ -230,14 +237,17 @@ def _build_engine_class() -> type:
             responses = list(micro_batch["responses"].unbind())
             pad_id = int(tu.get_non_tensor_data(data=micro_batch, key="pad_token_id", default=0))
             input_ids, attention_mask, positions, _ = build_dense_batch(prompts, responses, pad_id)
-            response_masks = list(micro_batch["response_mask"].unbind()) if "response_mask" in micro_batch else None
+            response_masks = list(micro_batch["response_mask"].unbind()) if "response_mask" in micro_batch \
+                else None
             step = tu.get_non_tensor_data(data=micro_batch, key=ESTIMATOR_STEP_KEY, default=None)
             if step is None:
-                raise ValueError(f"micro-batch without {ESTIMATOR_STEP_KEY}: the Dream engine salts its masks with the global "
-                                 "step, which trainer.v1.trainer_mode=lockstep provides (rl/verl/trainer.py)")
+                raise ValueError(f"micro-batch without {ESTIMATOR_STEP_KEY}: the Dream engine salts its "
+                                 "masks with the global step, which trainer.v1.trainer_mode=lockstep "
+                                 "provides (rl/verl/trainer.py)")
             plan = draw_row_plans(prompts, responses, positions, self._estimator(), response_masks,
                                   fixed_ids=self._fixed_ids(), step=int(step))
-            calculate_entropy = tu.get_non_tensor_data(data=micro_batch, key="calculate_entropy", default=False)
+            calculate_entropy = tu.get_non_tensor_data(data=micro_batch, key="calculate_entropy",
+                                                       default=False)
 
             autocast_dtype = getattr(self, "_autocast_dtype", torch.bfloat16)
             autocast = (nullcontext() if autocast_dtype == torch.float32
@@ -265,15 +275,17 @@ def _build_engine_class() -> type:
 
 
 def export_weights(module: torch.nn.Module, local_path: str, base_model_path: str) -> str:
-    """Write HF/peft weights next to verl's sharded checkpoint; returns the folder written (rank 0 only writes).
+    """Write HF/peft weights next to verl's sharded checkpoint; returns the folder written (rank 0 only
+    writes).
 
-    LoRA: ``<local_path>/lora_adapter/`` (``adapter_config.json`` + ``adapter_model.safetensors``, peft layout,
-    ``base_model_name_or_path`` = the base Dream folder), loadable with
+    LoRA: ``<local_path>/lora_adapter/`` (``adapter_config.json`` + ``adapter_model.safetensors``, peft
+    layout, ``base_model_name_or_path`` = the base Dream folder), loadable with
     ``PeftModel.from_pretrained(decoding.load_dream(base), folder)``. Full fine-tuning:
     ``<local_path>/huggingface/model.safetensors`` next to the config/tokenizer verl already saves there, so
     the folder loads with ``decoding.load_dream``. ``huggingface/`` stays a valid hub-style Dream folder
     (:func:`decoding.checkpoint.sync_remote_code`: the base folder's remote code and ``auto_map`` if it has
-    them, else none, never verl's copy of our module). Collective: every rank must call it (gathers FSDP shards).
+    them, else none, never verl's copy of our module). Collective: every rank must call it (gathers FSDP
+    shards).
     """
     import os
 

@@ -1,22 +1,24 @@
-"""Dynamic filtering (DAPO) for the ``lockstep`` trainer mode: groups whose rewards are all equal leave the batch,
-and whole refill batches replace them, so every step trains on ``data.train_batch_size`` informative groups.
+"""Dynamic filtering (DAPO) for the ``lockstep`` trainer mode: groups whose rewards are all equal leave the
+batch, and whole refill batches replace them, so every step trains on ``data.train_batch_size`` informative
+groups.
 
 Why our own: a GRPO group whose n rewards are identical has advantage 0 on every token; it adds nothing to the
-gradient and only dilutes the token mean. verl 0.9.1's replay buffers filter such groups (``algorithm.filter_groups``)
-but refill as groups happen to finish — a few prompts per 2 s poll, timing-dependent — which defeats the Dream
-rollout server's one-batch-per-step design (``rl/verl/rollout.py``: announced rows, one reproducible batch) and
-makes a step depend on machine load. Here a step proceeds in *rounds*: wait until every dispatched prompt is
-scored, classify the finished groups, and if fewer than ``train_batch_size`` are informative, dispatch exactly the
-missing number of prompts as one batch (announced to the server like the step's first batch) and repeat. The
-decision depends only on rewards, never on timing, so runs and resumed runs stay reproducible.
+gradient and only dilutes the token mean. verl 0.9.1's replay buffers filter such groups
+(``algorithm.filter_groups``) but refill as groups happen to finish — a few prompts per 2 s poll,
+timing-dependent — which defeats the Dream rollout server's one-batch-per-step design (``rl/verl/rollout.py``:
+announced rows, one reproducible batch) and makes a step depend on machine load. Here a step proceeds in
+*rounds*: wait until every dispatched prompt is scored, classify the finished groups, and if fewer than
+``train_batch_size`` are informative, dispatch exactly the missing number of prompts as one batch (announced
+to the server like the step's first batch) and repeat. The decision depends only on rewards, never on timing,
+so runs and resumed runs stay reproducible.
 
 Contract (recipe keys are verl's): ``algorithm.filter_groups.enable`` turns filtering on; ``metric`` must be
 ``reward`` (the sum of each sample's reward); ``max_num_gen_batches`` caps the rounds of a step (first batch
 included; 0 = no cap). When the cap is reached, the batch is completed with uninformative groups, earliest
-round first, then by dataset index, and ``filter/kept_uninformative_groups`` says how many. Every step logs (also
-with filtering off) ``filter/zero_advantage_fraction`` (share of the trained groups whose rewards are all equal:
-zero advantage), ``filter/uninformative_fraction`` (share of all generated groups that were), ``filter/refill_rounds``
-and ``filter/generated_groups``.
+round first, then by dataset index, and ``filter/kept_uninformative_groups`` says how many. Every step logs
+(also with filtering off) ``filter/zero_advantage_fraction`` (share of the trained groups whose rewards are
+all equal: zero advantage), ``filter/uninformative_fraction`` (share of all generated groups that were),
+``filter/refill_rounds`` and ``filter/generated_groups``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class GroupOutcome:
-    """One finished prompt group: verl's uid, the round that generated it, its dataset index and its rewards."""
+    """One finished prompt group: verl's uid, the round that generated it, its dataset index and its
+    rewards."""
 
     uid: str
     round: int
@@ -53,7 +56,8 @@ class FilterDecision:
 
 def decide(groups: list[GroupOutcome], batch_size: int, rounds: int, enabled: bool, max_rounds: int = 0
            ) -> FilterDecision:
-    """The filter's decision after ``rounds`` generation rounds produced ``groups`` (see the module docstring).
+    """The filter's decision after ``rounds`` generation rounds produced ``groups`` (see the module
+    docstring).
 
     Without filtering, the first ``batch_size`` groups are selected. With filtering, informative groups are
     selected; while fewer than ``batch_size`` exist and the round cap (``max_rounds``, 0 = none) allows, the
@@ -84,8 +88,8 @@ def decide(groups: list[GroupOutcome], batch_size: int, rounds: int, enabled: bo
         "filter/generated_groups": float(len(groups)),
         "filter/kept_uninformative_groups": float(kept_uninformative if enabled else 0),
     }
-    return FilterDecision(selected=[g.uid for g in chosen], dropped=[g.uid for g in ordered if g.uid not in chosen_uids],
-                          metrics=metrics)
+    return FilterDecision(selected=[g.uid for g in chosen],
+                          dropped=[g.uid for g in ordered if g.uid not in chosen_uids], metrics=metrics)
 
 
 def filter_settings(config: Any) -> tuple[bool, int]:
@@ -107,12 +111,14 @@ def build_buffer_class() -> type:
     class GroupFilterBuffer(ReplayBufferAsync):
         """Samples training batches in rounds (module docstring); validation batches as verl does."""
 
-        def __init__(self, *args: Any, filter_enabled: bool = False, max_rounds: int = 0, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, filter_enabled: bool = False, max_rounds: int = 0,
+                     **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.filter_enabled = filter_enabled
             self.max_rounds = max_rounds
 
-        def _outcomes(self, partition_id: str, uids: set[str], round_of: dict[str, int]) -> list[GroupOutcome]:
+        def _outcomes(self, partition_id: str, uids: set[str],
+                      round_of: dict[str, int]) -> list[GroupOutcome]:
             keys = sorted(key for key in self.partitions[partition_id] if key.split("_")[0] in uids)
             if not keys:
                 return []
@@ -126,7 +132,8 @@ def build_buffer_class() -> type:
                 uid = key.split("_")[0]
                 rewards.setdefault(uid, []).append(float(score.sum().item()))
                 index_of[uid] = int(index)
-            return [GroupOutcome(uid, round_of[uid], index_of[uid], tuple(values)) for uid, values in rewards.items()]
+            return [GroupOutcome(uid, round_of[uid], index_of[uid], tuple(values))
+                    for uid, values in rewards.items()]
 
         def sample(self, global_steps: int, partition_id: str, batch_size: int) -> tuple[Any, dict]:
             if partition_id == "val":

@@ -1,8 +1,8 @@
 """verl plugin entry point (`[project.entry-points."verl.plugins"] lockstep = "rl.verl.plugin"`).
 
-Why: verl 0.9.1 imports every ``verl.plugins`` entry point inside ``import verl`` — in the driver *and* in every
-Ray worker — which is the only way to register our pieces in all processes without forking verl. Importing
-this module:
+Why: verl 0.9.1 imports every ``verl.plugins`` entry point inside ``import verl`` — in the driver *and* in
+every Ray worker — which is the only way to register our pieces in all processes without forking verl.
+Importing this module:
 
 * imports :mod:`decoding` so ``AutoConfig``/``AutoModel`` know model_type ``"Dream"`` (verl's model config and
   engines load checkpoints through the Auto classes);

@@ -2,15 +2,15 @@
 
 Loaded by verl's reward loop from ``reward.custom_reward_function.path`` (this file) and ``.name``
 (``compute_score``; ``launch/train_grpo.py`` sets both). verl calls it once per completion inside its
-RewardLoopWorker actors with the row's ``data_source``, the decoded response, ``reward_model.ground_truth`` and
-``extra_info`` (rows written by ``launch/prepare_data.py``):
+RewardLoopWorker actors with the row's ``data_source``, the decoded response, ``reward_model.ground_truth``
+and ``extra_info`` (rows written by ``launch/prepare_data.py``):
 
 * a code-RL corpus (``acecode``, ... ``corpora.CORPUS_NAMES``; training rows): the ground truth is the row's
   tests, ``rewards.code_tests.CodeTests`` as JSON, scored by ``rewards.code_tests.score_code_tests``;
-* ``humaneval`` / ``mbpp`` (validation rows): the ground truth is the EvalPlus ``task_id`` (``extra_info.mini``:
-  HumanEval+ Mini);
-* ``demo``: ``extra_info.demo_spec``, the generator settings of the synthetic demo tasks, which are regenerated
-  once per worker process and scored on their own tests, base set only.
+* ``humaneval`` / ``mbpp`` (validation rows): the ground truth is the EvalPlus ``task_id``
+  (``extra_info.mini``: HumanEval+ Mini);
+* ``demo``: ``extra_info.demo_spec``, the generator settings of the synthetic demo tasks, which are
+  regenerated once per worker process and scored on their own tests, base set only.
 
 ``extra_info`` may also hold, merged in by verl from the rollout's extra fields, ``lockstep_reward_text``: the
 rollout's text of the completion (R text + delimiter + A text, each cut at its first stop), scored instead of
@@ -18,10 +18,11 @@ verl's decode of the whole canvas, whose runs after the stop tokens are context 
 
 Contract: returns a dict whose ``score`` is the GRPO reward (:class:`rewards.api.RewardConfig` decides binary
 vs pass ratio and the format bonus), plus ``pass_base`` / ``pass_plus`` (1.0 when that test set passed, 0.0
-otherwise, -1.0 when it was not run), ``pass_ratio`` and ``reward_latency_s``; verl logs these as reward extras.
-Settings come from the recipe group ``lockstep.reward`` (exported as ``$LOCKSTEP_REWARD_CONFIG``). The sandbox
-scorer is cached per worker process, so tasks and expected outputs load once; unless ``lockstep.reward.workers``
-is set, its sandbox pool gets the worker's share of the node's CPUs (:func:`sandbox_workers`).
+otherwise, -1.0 when it was not run), ``pass_ratio`` and ``reward_latency_s``; verl logs these as reward
+extras. Settings come from the recipe group ``lockstep.reward`` (exported as ``$LOCKSTEP_REWARD_CONFIG``). The
+sandbox scorer is cached per worker process, so tasks and expected outputs load once; unless
+``lockstep.reward.workers`` is set, its sandbox pool gets the worker's share of the node's CPUs
+(:func:`sandbox_workers`).
 """
 
 from __future__ import annotations
@@ -42,11 +43,12 @@ REWARD_WORKERS_ENV = "LOCKSTEP_REWARD_WORKERS_PER_NODE"
 def sandbox_workers(cpu_count: int | None, reward_workers_per_node: int) -> int:
     """Sandbox processes of one reward worker: its share of the node's CPUs (at least 1).
 
-    Why: every reward worker keeps its own sandbox pool, and a pool defaults to one process per CPU; with verl's
-    8 reward workers per node that was 8 x cpu_count() sandbox zygotes competing for the same cores.
+    Why: every reward worker keeps its own sandbox pool, and a pool defaults to one process per CPU; with
+    verl's 8 reward workers per node that was 8 x cpu_count() sandbox zygotes competing for the same cores.
     """
     return max(1, (cpu_count or 1) // max(1, reward_workers_per_node))
-# extra field of a rollout row (rl/rollout_decoding.py sets it, verl merges it into extra_info): the rollout's own text
+# extra field of a rollout row (rl/rollout_decoding.py sets it, verl merges it into extra_info): the rollout's
+# own text
 REWARD_TEXT_FIELD = "lockstep_reward_text"
 
 
@@ -79,7 +81,8 @@ def reward_config(mini: bool = False) -> Any:
     except ValueError as error:
         raise ValueError(f"lockstep.reward: {error}") from None
     raw["mini"] = bool(mini)
-    if raw.get("workers") is None:  # lockstep.reward.workers unset: a share of the node, not a whole node each
+    # lockstep.reward.workers unset: a share of the node, not a whole node each
+    if raw.get("workers") is None:
         raw["workers"] = sandbox_workers(os.cpu_count(), int(os.environ.get(REWARD_WORKERS_ENV) or 1))
     return RewardConfig(**raw)
 
@@ -143,7 +146,8 @@ def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_
     elif data_source == "demo":
         result = _score_demo(str(ground_truth), solution_str, extra_info or {})
     else:
-        result = score_batch([(str(ground_truth), solution_str)], dataset=data_source, cfg=reward_config(mini))[0]
+        result = score_batch([(str(ground_truth), solution_str)], dataset=data_source,
+                             cfg=reward_config(mini))[0]
     return {
         "score": float(result.reward or 0.0),
         "pass_base": _set_outcome(result.base_status),

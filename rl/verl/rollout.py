@@ -1,9 +1,10 @@
-"""Dream rollout backend for verl 0.9.1: server actor, rollout replica and weight-sync adapter (``docs/rl.md``).
+"""Dream rollout backend for verl 0.9.1: server actor, rollout replica and weight-sync adapter
+(``docs/rl.md``).
 
 Why: verl's rollout backends (vLLM, SGLang, TRT-LLM) cannot serve a masked diffusion LM, and its HF rollout is
 dead code in 0.9.1. verl's agent loop sends one ``generate`` request per sample to a *server actor*; ours
-queues concurrent requests and decodes them as one batch with :mod:`rl.rollout_decoding` (lockstep R/A rollouts
-through decoding's fast path), which is what makes diffusion rollouts affordable.
+queues concurrent requests and decodes them as one batch with :mod:`rl.rollout_decoding` (lockstep R/A
+rollouts through decoding's fast path), which is what makes diffusion rollouts affordable.
 
 Pieces (all registered by :func:`register`):
 
@@ -49,8 +50,8 @@ class _Request:
 
 
 SAMPLE_KEY_ARG = "lockstep_sample_key"
-# Delay each rollout request by a random 0..N seconds (a robustness check: a step's batches, and so the run, must
-# not depend on when its requests arrive; tests/rl/verl/test_verl_e2e.py resumes a run with it set).
+# Delay each rollout request by a random 0..N seconds (a robustness check: a step's batches, and so the run,
+# must not depend on when its requests arrive; tests/rl/verl/test_verl_e2e.py resumes a run with it set).
 JITTER_ENV = "LOCKSTEP_ROLLOUT_JITTER_S"
 AGENT_LOOP_NAME = "dream_single_turn"
 
@@ -73,9 +74,9 @@ class DreamRolloutServer:
     """Serves diffusion rollouts for one replica; wrapped with ``ray.remote`` by :class:`DreamReplica`.
 
     Requests are queued until the rows the trainer announced for the step have arrived (:meth:`expect_rows`;
-    without an announcement, e.g. validation: until none arrived for ``batch_wait_s``); the queue is then decoded
-    in canonical order (:func:`canonical_order`) in batches of at most ``max_batch`` rows, grouped by sampling
-    parameters. Counting, not timing, is what makes a step's batches independent of machine load.
+    without an announcement, e.g. validation: until none arrived for ``batch_wait_s``); the queue is then
+    decoded in canonical order (:func:`canonical_order`) in batches of at most ``max_batch`` rows, grouped by
+    sampling parameters. Counting, not timing, is what makes a step's batches independent of machine load.
     Weights: the base model is loaded from ``model.path`` at start; training updates arrive through
     :meth:`update_weights` (adapter tensors + ``peft_config``, or full state dicts).
     """
@@ -88,14 +89,16 @@ class DreamRolloutServer:
         self.rollout_config = rollout_config
         self.replica_rank = replica_rank
         custom = dict((rollout_config.custom or {}).get("dream", {}) or {})
-        self.sampler_config = DreamSamplerConfig.from_dict(custom, response_length=rollout_config.response_length)
+        self.sampler_config = DreamSamplerConfig.from_dict(custom,
+                                                           response_length=rollout_config.response_length)
         self.device = rollout_device(os.environ.get(DEVICE_ENV))
         self.model, self.tokenizer = load_rollout_model(
             _model_path(model_config), dtype=rollout_config.dtype, device=self.device,
             trust_remote_code=bool(model_config.get("trust_remote_code", False)),
         )
         if self.device == "cuda":
-            self.sampler_config = fit_to_gpu(self.sampler_config, self.model, int(rollout_config.prompt_length),
+            self.sampler_config = fit_to_gpu(self.sampler_config, self.model,
+                                             int(rollout_config.prompt_length),
                                              f"rollout server {replica_rank}")
         self.global_steps: int | None = None
         self._gif_steps: set[int] = set()
@@ -105,7 +108,7 @@ class DreamRolloutServer:
         self._wakeup = asyncio.Event()  # set by every arrival
         self._worker_task: asyncio.Task | None = None
 
-    # ---- generation -------------------------------------------------------------------------------------------
+    # ---- generation ----------------------------------------------------------------------------------------
     async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any],
                        **kwargs: Any) -> Any:
         """Queue one prompt; resolves to a ``TokenOutput`` once its batch is decoded.
@@ -123,9 +126,9 @@ class DreamRolloutServer:
         return await future
 
     def expect_rows(self, rows: int) -> None:
-        """Announce that ``rows`` more requests are on their way (called by the ``lockstep`` trainer mode before
-        it dispatches a training step, :mod:`rl.verl.trainer`): the server decodes once they are all queued,
-        however long a busy machine takes to deliver them."""
+        """Announce that ``rows`` more requests are on their way (called by the ``lockstep`` trainer mode
+        before it dispatches a training step, :mod:`rl.verl.trainer`): the server decodes once they are all
+        queued, however long a busy machine takes to deliver them."""
         self._expected += int(rows)
 
     async def _serve_forever(self) -> None:
@@ -164,7 +167,8 @@ class DreamRolloutServer:
                 if self._expected:
                     logger.warning("Dream rollout server %d: %d of %d announced requests arrived in %.0f s; "
                                    "decoding them now (this step's batches are not reproducible)",
-                                   self.replica_rank, len(self._queue), self._expected, config.expect_timeout_s)
+                                   self.replica_rank, len(self._queue), self._expected,
+                                   config.expect_timeout_s)
                     self._expected = len(self._queue)
                 return
 
@@ -206,7 +210,8 @@ class DreamRolloutServer:
             extra["rollout/scored_tokens"] = float(sum(result.scored_masks[row]))
             extra[REWARD_TEXT_FIELD] = result.reward_texts[row]
             span = result.fixed_spans[row] if result.fixed_spans else None
-            last_block = block_spans(len(token_ids), span)[-1]  # finished = the (answer) block holds a stop token
+            # finished = the (answer) block holds a stop token
+            last_block = block_spans(len(token_ids), span)[-1]
             finished = any(t in result.stop_ids for t in token_ids[last_block[0]:last_block[1]])
             outputs.append(TokenOutput(token_ids=token_ids, log_probs=None,
                                        stop_reason="completed" if finished else "length", extra_fields=extra))
@@ -222,7 +227,7 @@ class DreamRolloutServer:
         self._gif_steps.add(step)
         save_fill_gif(result.trace, self.tokenizer, str(config.gif_dir), step)
 
-    # ---- weights ----------------------------------------------------------------------------------------------
+    # ---- weights -------------------------------------------------------------------------------------------
     def update_weights(self, named_tensors: dict[str, torch.Tensor], peft_config: dict | None,
                        global_steps: int | None) -> int:
         """Install new trained weights; returns how many tensors were applied.
@@ -243,7 +248,7 @@ class DreamRolloutServer:
     def get_server_address(self) -> str:
         return f"{ray.util.get_node_ip_address()}:dream{self.replica_rank}"
 
-    # ---- lifecycle hooks the replica fans out to: a Dream server keeps weights resident, no KV cache ------------
+    # ---- lifecycle hooks the replica fans out to: a Dream server keeps weights resident, no KV cache -------
     async def wake_up(self, tags: list[str] | None = None) -> None:
         return None
 
@@ -298,8 +303,10 @@ def _build_replica_class() -> type:
 
         async def launch_servers(self) -> None:
             if not self.workers:
-                raise RuntimeError("Dream rollout runs in hybrid mode only (actor_rollout_ref.hybrid_engine=True).")
-            node_id, accelerator = await self.workers[0].__ray_call__.remote(_worker_placement, get_resource_name())
+                raise RuntimeError("Dream rollout runs in hybrid mode only "
+                                   "(actor_rollout_ref.hybrid_engine=True).")
+            node_id, accelerator = await self.workers[0].__ray_call__.remote(
+                _worker_placement, get_resource_name())
             env_vars = {}
             # the task runner has no GPU itself: decide from the platform, pin the server to the worker's GPU
             if accelerator is not None and get_device_name() == "cuda":
@@ -313,7 +320,8 @@ def _build_replica_class() -> type:
                 name=_SERVER_NAME.format(replica_rank=self.replica_rank),
                 max_concurrency=self.max_concurrency,
                 num_cpus=0,
-            ).remote(rollout_config=self.config, model_config=self.model_config, replica_rank=self.replica_rank)
+            ).remote(rollout_config=self.config, model_config=self.model_config,
+                     replica_rank=self.replica_rank)
             self.servers = [server]
             self._server_handle = server
             self._server_address = await server.get_server_address.remote()
@@ -375,8 +383,8 @@ class DreamRolloutAdapter(_adapter_base()):  # type: ignore[misc]
     async def release(self) -> None:
         return None
 
-    async def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], wire_format: str = "named_tensors",
-                             **kwargs: Any) -> None:
+    async def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]],
+                             wire_format: str = "named_tensors", **kwargs: Any) -> None:
         """Materialise the (small, for LoRA) weights on CPU and push them to the server in one call."""
         if wire_format != "named_tensors":
             raise ValueError(f"Dream rollout supports wire_format='named_tensors' only, got {wire_format!r}")
@@ -397,7 +405,8 @@ class _SampleKeyedClient:
     """verl's LLM server client for one sample: adds the sample's key to its ``generate`` requests.
 
     The request id gets the key too, so that under ``rollout.full_determinism`` (request-id routing, where the
-    stock id is ``det-<priority>`` and the v1 trainer assigns no priority) requests still spread over replicas.
+    stock id is ``det-<priority>`` and the v1 trainer assigns no priority) requests still spread over
+    replicas.
     """
 
     def __init__(self, client: Any, sample_key: tuple[int, int]) -> None:
@@ -431,10 +440,10 @@ def apply_scored_mask(response_mask: list[int], scored: list[int] | None) -> lis
     """``response_mask`` restricted to the scored positions the rollout reported (positions past the reported
     mask, cut by the response length or absent, keep their value).
 
-    Why: verl's loss, token-mean and advantages use ``response_mask``; the completion is the whole decoded canvas,
-    but only each block's content through its first stop is scored (``rl/rollout_decoding.py``). The delimiter and
-    the runs after the stops stay in the response as context; our engine (:mod:`rl.verl.engine`) still masks the
-    runs in its estimator passes and never masks the delimiter.
+    Why: verl's loss, token-mean and advantages use ``response_mask``; the completion is the whole decoded
+    canvas, but only each block's content through its first stop is scored (``rl/rollout_decoding.py``). The
+    delimiter and the runs after the stops stay in the response as context; our engine (:mod:`rl.verl.engine`)
+    still masks the runs in its estimator passes and never masks the delimiter.
     """
     if scored is None:
         return list(response_mask)

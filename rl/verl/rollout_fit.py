@@ -1,12 +1,12 @@
 """Device choice and decode-batch sizing of the Dream rollout server (``rl/verl/rollout.py``).
 
 Why: the server keeps a full copy of the model on its GPU next to the training engine, and one decode batch of
-``max_batch`` rows needs the forward's logits for the whole canvas window (``rows x window x vocabulary``; 152,064
-ids for Dream-7B), the key/value cache of prompt + canvas, and the commit step's sampling scratch (at most ~0.5x
-the block's logits since the sampler works in chunks, ``bench/bench_sampler_memory.py``). A recipe's
-``max_batch`` that fits an H200 can run an H100 out of memory, so the server shrinks it to what the free memory
-of its device holds (:func:`fit_max_batch`, logged once). And a recipe that says ``cuda`` must not silently
-decode a 7B on the CPU in fp32 when the worker finds no GPU (:func:`rollout_device`).
+``max_batch`` rows needs the forward's logits for the whole canvas window (``rows x window x vocabulary``;
+152,064 ids for Dream-7B), the key/value cache of prompt + canvas, and the commit step's sampling scratch (at
+most ~0.5x the block's logits since the sampler works in chunks, ``bench/bench_sampler_memory.py``). A
+recipe's ``max_batch`` that fits an H200 can run an H100 out of memory, so the server shrinks it to what the
+free memory of its device holds (:func:`fit_max_batch`, logged once). And a recipe that says ``cuda`` must not
+silently decode a 7B on the CPU in fp32 when the worker finds no GPU (:func:`rollout_device`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ FREE_MEMORY_SHARE = 0.8  # of the free memory at server start: the rest absorbs 
 
 
 def rollout_device(wanted: str | None, cuda_available: bool | None = None) -> str:
-    """``cuda`` or ``cpu`` for the server: the recipe's device (``$LOCKSTEP_DEVICE``); without one, a GPU if any.
+    """``cuda`` or ``cpu`` for the server: the recipe's device (``$LOCKSTEP_DEVICE``); without one, a GPU if
+    any.
 
     Raises ``RuntimeError`` (one line) when the recipe says ``cuda`` and this worker has no CUDA GPU.
     """
@@ -62,8 +63,9 @@ def fit_max_batch(configured: int, free_bytes: int, row_bytes: int, share: float
 
 
 def fit_to_gpu(sampler_config: Any, model: torch.nn.Module, prompt_len: int, who: str) -> Any:
-    """``sampler_config`` (a :class:`rl.rollout_decoding.DreamSamplerConfig`) with ``max_batch`` lowered to what the
-    current CUDA device's free memory holds for ``model``'s rows; logs a warning when it lowers it."""
+    """``sampler_config`` (a :class:`rl.rollout_decoding.DreamSamplerConfig`) with ``max_batch`` lowered to
+    what the current CUDA device's free memory holds for ``model``'s rows; logs a warning when it lowers
+    it."""
     free, _ = torch.cuda.mem_get_info()
     dtype_bytes = next(model.parameters()).element_size()
     row = decode_row_bytes(model.config, prompt_len, sampler_config.response_length, dtype_bytes)
@@ -76,7 +78,7 @@ def fit_to_gpu(sampler_config: Any, model: torch.nn.Module, prompt_len: int, who
 
 
 def release_cache(device: str) -> None:
-    """Give the allocator's cached blocks back after a decode batch, so the training engine on the same GPU can
-    use them (the decode's logits and KV cache are transient)."""
+    """Give the allocator's cached blocks back after a decode batch, so the training engine on the same GPU
+    can use them (the decode's logits and KV cache are transient)."""
     if device == "cuda":
         torch.cuda.empty_cache()

@@ -8,9 +8,9 @@ and adds, every step, the means of those per-sample fields to the metrics verl s
 (console, W&B); it also hands the Dream engine the global step that salts its coupled masks
 (``lockstep_estimator_step``, :mod:`rl.verl.engine`):
 
-* ``reward/pass_base``, ``reward/pass_plus`` (fraction of the step's samples that pass each configured EvalPlus
-  test set, ``lockstep.reward.test_sets``; a sample whose tests never ran — no extractable code — did not
-  pass), ``reward/pass_ratio``, ``reward/latency_s``;
+* ``reward/pass_base``, ``reward/pass_plus`` (fraction of the step's samples that pass each configured
+  EvalPlus test set, ``lockstep.reward.test_sets``; a sample whose tests never ran — no extractable code — did
+  not pass), ``reward/pass_ratio``, ``reward/latency_s``;
 * ``rollout/tokens_per_s``, ``rollout/batch_seconds``, ``rollout/batch_size`` and the sampler's own counters
   (``rollout/nfe``, ``rollout/steps``, ...);
 * ``filter/*``: dynamic filtering (DAPO) of groups whose rewards are all equal, with whole-batch refills
@@ -28,14 +28,16 @@ from typing import Any
 import numpy as np
 
 TRAINER_MODE = "lockstep"
-ESTIMATOR_STEP_KEY = "lockstep_estimator_step"  # non-tensor field: the global step the Dream engine salts masks with
+# non-tensor field: the global step the Dream engine salts masks with
+ESTIMATOR_STEP_KEY = "lockstep_estimator_step"
 PASS_KEYS = {"base": ("pass_base", "reward/pass_base"), "plus": ("pass_plus", "reward/pass_plus")}
 REWARD_KEYS = {"pass_ratio": "reward/pass_ratio", "reward_latency_s": "reward/latency_s"}
 ROLLOUT_KEYS = {"rollout_tokens_per_s": "rollout/tokens_per_s", "rollout_seconds": "rollout/batch_seconds",
                 "rollout_batch_size": "rollout/batch_size"}
 
 
-def lockstep_metrics(extra_fields: list[Any], test_sets: tuple[str, ...] = ("base", "plus")) -> dict[str, float]:
+def lockstep_metrics(extra_fields: list[Any],
+                     test_sets: tuple[str, ...] = ("base", "plus")) -> dict[str, float]:
     """Per-step means of the reward extras and rollout fields of one batch's samples (see module docstring).
 
     ``pass_base``/``pass_plus`` extras are 1.0 (passed), 0.0 (failed) or -1.0 (not run); the pass rate of a
@@ -71,8 +73,8 @@ def canonical_row_order(indices: list[Any], keys: list[str]) -> list[int]:
     """
     def sort_key(row: int) -> tuple[int, int, int]:
         parts = str(keys[row]).rsplit("_", 2)
-        tail = (int(parts[1]), int(parts[2])) if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit() \
-            else (0, 0)
+        tail = (int(parts[1]), int(parts[2])) if len(parts) == 3 and parts[1].isdigit() \
+            and parts[2].isdigit() else (0, 0)
         return (int(indices[row]), *tail)
 
     return sorted(range(len(keys)), key=sort_key)
@@ -99,9 +101,9 @@ def fill_gif_path(gif_dir: str | None, weights_version: int) -> str | None:
 def announce_rows(replicas: list[Any], rows: int) -> None:
     """Tell the Dream server how many requests the step about to be dispatched sends it.
 
-    Only with one rollout replica: verl spreads requests over several replicas by load, so no replica knows its
-    share in advance (there, batches form by the ``batch_wait_s`` quiet period and exact reproduction holds only
-    while a step's requests arrive within it)."""
+    Only with one rollout replica: verl spreads requests over several replicas by load, so no replica knows
+    its share in advance (there, batches form by the ``batch_wait_s`` quiet period and exact reproduction
+    holds only while a step's requests arrive within it)."""
     import ray
 
     server = getattr(replicas[0], "_server_handle", None) if len(replicas) == 1 else None
@@ -125,8 +127,10 @@ def register() -> None:
 
         def _compute_metrics(self, batch: Any, metrics: dict, timing_raw: dict, global_steps: int,
                              epoch: int) -> Any:
-            result = super()._compute_metrics(batch, metrics, timing_raw, global_steps=global_steps, epoch=epoch)
-            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
+            result = super()._compute_metrics(batch, metrics, timing_raw, global_steps=global_steps,
+                                              epoch=epoch)
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                                   select_fields=["extra_fields"])
             test_sets = tuple((self.config.get("lockstep", {}).get("reward", {}) or {}).get("test_sets")
                               or ("base", "plus"))
             metrics.update(lockstep_metrics(list(data.pop("extra_fields").tolist()), test_sets))
@@ -142,10 +146,12 @@ def register() -> None:
                 return super()._build_replay_buffer()
             enabled, max_rounds = filter_settings(self.config)
             return build_buffer_class()(
-                trainer_mode=self.trainer_mode, trainer_config=self.config.trainer.v1.get(self.trainer_mode, {}),
+                trainer_mode=self.trainer_mode,
+                trainer_config=self.config.trainer.v1.get(self.trainer_mode, {}),
                 max_off_policy_threshold=sampler.max_off_policy_threshold,
-                max_off_policy_strategy=sampler.max_off_policy_strategy, sampler_kwargs=sampler.sampler_kwargs,
-                refill_fn=self._add_prompts_to_generate, filter_enabled=enabled, max_rounds=max_rounds)
+                max_off_policy_strategy=sampler.max_off_policy_strategy,
+                sampler_kwargs=sampler.sampler_kwargs, refill_fn=self._add_prompts_to_generate,
+                filter_enabled=enabled, max_rounds=max_rounds)
 
         # the Dream engine salts its coupled masks with the global step (rl/verl/engine.py): the same step for
         # the old-policy, reference and update passes of a batch, fresh masks every step, restored on resume
@@ -179,7 +185,8 @@ def register() -> None:
                                           keep_minibatch=keep_minibatch)
 
         def _log_fill_gif(self, global_steps: int) -> None:
-            """Send the rollout server's canvas-fill GIF of this step (weights version ``global_steps - 1``) to W&B."""
+            """Send the rollout server's canvas-fill GIF of this step (weights version ``global_steps - 1``)
+            to W&B."""
             dream = (self.config.actor_rollout_ref.rollout.get("custom") or {}).get("dream") or {}
             gif = fill_gif_path(dream.get("gif_dir"), global_steps - 1)
             if gif is None:
