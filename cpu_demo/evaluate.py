@@ -1,4 +1,5 @@
-"""Held-out pass rate of a Dream policy on the demo tasks: lockstep R/A decoding + the sandboxed reward worker.
+"""Held-out pass rate of a Dream policy on the demo tasks: lockstep R/A decoding + the sandboxed reward
+worker.
 
 Why: the demo's claims (SFT gives a low but non-zero pass rate, GRPO raises it) must be measured with the same
 sampler and the same reward path as training, not with an in-process ``exec``. Contract:
@@ -35,8 +36,8 @@ class DemoEvalConfig:
     def lockstep_cfg(self) -> Any:
         from decoding.lockstep import LockstepCfg
 
-        fields = {"mode": self.mode, "r_len": self.canvas.r_len, "a_len": self.canvas.a_len, "tau_r": self.tau,
-                  "tau_a": self.tau, "alg": self.alg, "temperature": self.temperature}
+        fields = {"mode": self.mode, "r_len": self.canvas.r_len, "a_len": self.canvas.a_len,
+                  "tau_r": self.tau, "tau_a": self.tau, "alg": self.alg, "temperature": self.temperature}
         return LockstepCfg(**{**fields, **self.lockstep})  # ``lockstep`` may refine any field (e.g. tau_a)
 
 
@@ -58,7 +59,8 @@ class DemoEvalResult:
 
 
 def decode_completions(
-    model: torch.nn.Module, tokenizer: Any, tasks: Sequence[DemoTask], cfg: DemoEvalConfig, progress: bool = False
+    model: torch.nn.Module, tokenizer: Any, tasks: Sequence[DemoTask], cfg: DemoEvalConfig,
+    progress: bool = False
 ) -> tuple[list[str], float]:
     """Lockstep-decode every task (:mod:`evals.generation`, one generator stream seeded with ``cfg.seed``);
     return the completion texts (R + delimiter + A, as the rollout's reward reads them) and the mean NFE per
@@ -71,16 +73,19 @@ def decode_completions(
     generator = torch.Generator().manual_seed(cfg.seed)
     texts: list[str] = []
     nfes: list[int] = []
-    for _, out in generate_in_batches(model, tokenizer, prompts, "lockstep", dataclasses.asdict(cfg.lockstep_cfg()),
-                                      cfg.batch_size, delimiter=DEFAULT_DELIMITER, generator=generator,
+    for _, out in generate_in_batches(model, tokenizer, prompts, "lockstep",
+                                      dataclasses.asdict(cfg.lockstep_cfg()), cfg.batch_size,
+                                      delimiter=DEFAULT_DELIMITER, generator=generator,
                                       desc="eval" if progress else None):
         texts.extend(out.completions)
         nfes.append(int(out.nfe))
     return texts, sum(nfes) / max(len(nfes), 1)
 
 
-def score_completions(tasks: Sequence[DemoTask], completions: Sequence[str], reward_cfg: Any = None) -> list[Any]:
-    """Score completions against their tasks' tests in the sandbox (:class:`rewards.api.RewardResult` list)."""
+def score_completions(tasks: Sequence[DemoTask], completions: Sequence[str],
+                      reward_cfg: Any = None) -> list[Any]:
+    """Score completions against their tasks' tests in the sandbox
+    (:class:`rewards.api.RewardResult` list)."""
     from rewards.api import RewardConfig, score_batch
 
     if len(tasks) != len(completions):

@@ -5,8 +5,8 @@ Why one: checkpoint evaluation (``evals/code/run.py``), the CPU demo's held-out 
 prompt texts with one of our samplers; they differ only in what they do with each batch (journal it, score it,
 parse it). :func:`generate_texts` runs one batch through the configured sampler and reads the canvas back the
 way the GRPO reward does (lockstep: ``reasoning + delimiter + answer``); :func:`generate_in_batches` walks a
-prompt list in batches and hands each decoded batch to the caller before decoding the next. Training validation
-runs inside verl's own loop (our rollout server decodes, ``rl/verl/reward.py`` scores: see
+prompt list in batches and hands each decoded batch to the caller before decoding the next. Training
+validation runs inside verl's own loop (our rollout server decodes, ``rl/verl/reward.py`` scores: see
 ``docs/architecture.md``), so it shares the decoder and the scorer, not this loop.
 """
 
@@ -75,10 +75,11 @@ def _sequences(output: Any) -> torch.Tensor:
 class BatchOutput:
     """One decoded batch, rows in prompt order.
 
-    ``completions``: the text to score (lockstep: ``reasoning + delimiter + answer``); ``answers``: the A block
-    alone (plain/fast: the completion); ``reasoning``: the R block (None without lockstep); ``num_tokens``:
-    content tokens up to the first stop token (R + A for lockstep); ``canvas_tokens``: completion positions the
-    sampler decoded for the whole batch (what it paid for); ``nfe``: model forwards, when the sampler counts them.
+    ``completions``: the text to score (lockstep: ``reasoning + delimiter + answer``); ``answers``: the A
+    block alone (plain/fast: the completion); ``reasoning``: the R block (None without lockstep);
+    ``num_tokens``: content tokens up to the first stop token (R + A for lockstep); ``canvas_tokens``:
+    completion positions the sampler decoded for the whole batch (what it paid for); ``nfe``: model forwards,
+    when the sampler counts them.
     """
 
     completions: list[str]
@@ -95,8 +96,8 @@ def _content_length(row: list[int], stops: set[int]) -> int:
 
 
 def generate_texts(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], sampler: str,
-                   kwargs: dict[str, Any], seed: int | None = None, delimiter: str = "", progress: bool = False,
-                   generator: torch.Generator | None = None) -> BatchOutput:
+                   kwargs: dict[str, Any], seed: int | None = None, delimiter: str = "",
+                   progress: bool = False, generator: torch.Generator | None = None) -> BatchOutput:
     """Generate one completion per (chat-formatted) prompt text.
 
     ``plain``/``fast``: ``kwargs`` go to the sampler; the completion is the decoded text after the prompt.
@@ -117,7 +118,8 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str
         from decoding.lockstep import LockstepCfg
 
         call_kwargs = {"cfg": LockstepCfg(**kwargs), "valid_vocab_size": len(tokenizer),
-                       "delimiter_ids": tokenizer.encode(delimiter, add_special_tokens=False) if delimiter else ()}
+                       "delimiter_ids": tokenizer.encode(delimiter, add_special_tokens=False)
+                                        if delimiter else ()}
     if generator is not None:
         call_kwargs["generator"] = generator
     elif seed is not None:
@@ -168,7 +170,7 @@ def generate_in_batches(model: torch.nn.Module, tokenizer: Any, prompts: Sequenc
     try:
         for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None, dynamic_ncols=True):
             seed = seed_of(start) if seed_of is not None else None
-            yield start, generate_texts(model, tokenizer, prompts[start : start + batch_size], sampler, kwargs,
-                                        seed, delimiter, progress, generator)
+            yield start, generate_texts(model, tokenizer, prompts[start : start + batch_size], sampler,
+                                        kwargs, seed, delimiter, progress, generator)
     finally:
         model.train(was_training)

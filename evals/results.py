@@ -1,12 +1,14 @@
 """Run-level results table and the pass@1-vs-step plot.
 
-Why: a training run produces a series of checkpoints (``<run>/global_step_N``) and each is evaluated separately,
-often by concurrent Slurm array tasks. Every finished evaluation appends one row to
-``<results_dir>/results.jsonl`` under an exclusive file lock, then re-renders the human-facing views next to it:
+Why: a training run produces a series of checkpoints (``<run>/global_step_N``) and each is evaluated
+separately, often by concurrent Slurm array tasks. Every finished evaluation appends one row to
+``<results_dir>/results.jsonl`` under an exclusive file lock, then re-renders the human-facing views
+next to it:
 
 * ``results.md`` — markdown table, one row per (checkpoint, eval name), sorted by task then step;
 * ``results.csv`` — the same table for spreadsheets/pandas;
-* ``pass_at_1.png`` — pass@1 (base and plus tests) against training step, one line pair per evaluation setting.
+* ``pass_at_1.png`` — pass@1 (base and plus tests) against training step, one line pair per evaluation
+  setting.
 
 Contract: ``results.jsonl`` is append-only; when the same (checkpoint, eval_name) was appended more than once
 (a re-run), the latest row wins in every view. ``python -m launch.results RESULTS_DIR`` re-renders the views.
@@ -44,7 +46,8 @@ STEP_DIR = re.compile(r"^(?:global_step|step|checkpoint)[_-](\d+)$")
 
 
 def parse_step(path: str | Path) -> int | None:
-    """Training step of a checkpoint path: the nearest component named ``global_step_N``/``step_N``/``checkpoint-N``."""
+    """Training step of a checkpoint path: the nearest component named
+    ``global_step_N``/``step_N``/``checkpoint-N``."""
     for part in reversed(Path(path).parts):
         match = STEP_DIR.match(part)
         if match:
@@ -72,7 +75,8 @@ def find_checkpoints(run_dir: str | Path) -> list[Path]:
     if not run_dir.is_dir():
         raise ValueError(f"run directory {run_dir} does not exist")
     for folder in (run_dir, run_dir / CHECKPOINTS_SUBDIR):
-        found = [p for p in folder.iterdir() if p.is_dir() and STEP_DIR.match(p.name)] if folder.is_dir() else []
+        found = ([p for p in folder.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
+                 if folder.is_dir() else [])
         if found:
             return sorted(found, key=lambda p: parse_step(p.name) or 0)
     raise ValueError(
@@ -122,7 +126,8 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def key(row: dict[str, Any]) -> tuple[str, str, float]:
         step = row.get("step")
-        return (str(row.get("task", "")), str(row.get("eval_name", "")), -1.0 if step is None else float(step))
+        return (str(row.get("task", "")), str(row.get("eval_name", "")),
+                -1.0 if step is None else float(step))
 
     return sorted(rows, key=key)
 
@@ -132,7 +137,8 @@ def columns_of(rows: list[dict[str, Any]]) -> list[str]:
     in first-seen order."""
     seen: list[str] = [c for c in LEADING_COLUMNS if any(c in r for r in rows)]
     metrics = sorted({k for r in rows for k in r if k.startswith("pass@") and k not in seen},
-                     key=lambda k: (k.rsplit("_", 1)[-1], int(k[5:].split("_")[0]) if k[5:].split("_")[0].isdigit() else 0))
+                     key=lambda k: (k.rsplit("_", 1)[-1],
+                                    int(k[5:].split("_")[0]) if k[5:].split("_")[0].isdigit() else 0))
     seen += metrics
     for row in rows:
         for key in row:
@@ -177,7 +183,8 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_pass_at_1(rows: list[dict[str, Any]], path: Path) -> bool:
-    """Plot pass@1 (base solid, plus dashed) vs step per (task, eval name); False when nothing is plottable."""
+    """Plot pass@1 (base solid, plus dashed) vs step per (task, eval name); False when nothing is
+    plottable."""
     series: dict[str, list[tuple[float, float | None, float | None]]] = {}
     for row in rows:
         if row.get("step") is None or "pass@1_base" not in row:
@@ -245,7 +252,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Render the results table (md/csv) and pass@1 plot of a run.")
+    parser = argparse.ArgumentParser(
+        description="Render the results table (md/csv) and pass@1 plot of a run.")
     parser.add_argument("results_dir", type=Path, help="directory holding results.jsonl")
     args = parser.parse_args(argv)
     if not (args.results_dir / ROWS_FILE).exists():

@@ -1,16 +1,17 @@
 """Which decoder checkpoint evaluation uses: by default the one the run trained with.
 
-Why: GRPO trains the policy on what its rollout decoded (the lockstep R/A canvas with the run's delimiter, block
-lengths, thresholds, commit order). Evaluating the checkpoint with another decoder, or with other lockstep
-settings, measures a policy that was never trained. ``generation.sampler=rollout`` (the default of
+Why: GRPO trains the policy on what its rollout decoded (the lockstep R/A canvas with the run's delimiter,
+block lengths, thresholds, commit order). Evaluating the checkpoint with another decoder, or with other
+lockstep settings, measures a policy that was never trained. ``generation.sampler=rollout`` (the default of
 ``recipes/eval/_defaults.yaml``) reads the run's saved config — ``<run>/config.yaml``, written by
-``launch/train_grpo.py`` next to ``<run>/checkpoints/global_step_N``, or ``run_config=PATH`` — and decodes with its
-rollout's sampler and options; only the sampling settings (``temperature``, ``top_p``, ``top_k``) come from the
-evaluation's ``generation.<sampler>`` block (greedy by default, evalplus's pass@1 protocol; for lockstep every
-non-null key of ``generation.lockstep`` wins over the run's, so a user can still change one). Without a run config
-(a bare model) it decodes with the lockstep defaults of ``decoding/lockstep.py`` (``LockstepCfg`` and
-``DEFAULT_DELIMITER``: the canvas the code recipes train with). ``generation.compare`` (default ``[plain]``) lists
-further samplers evaluated after it, each one more row per checkpoint in the run's results table.
+``launch/train_grpo.py`` next to ``<run>/checkpoints/global_step_N``, or ``run_config=PATH`` — and decodes
+with its rollout's sampler and options; only the sampling settings (``temperature``, ``top_p``, ``top_k``)
+come from the evaluation's ``generation.<sampler>`` block (greedy by default, evalplus's pass@1 protocol; for
+lockstep every non-null key of ``generation.lockstep`` wins over the run's, so a user can still change one).
+Without a run config (a bare model) it decodes with the lockstep defaults of ``decoding/lockstep.py``
+(``LockstepCfg`` and ``DEFAULT_DELIMITER``: the canvas the code recipes train with). ``generation.compare``
+(default ``[plain]``) lists further samplers evaluated after it, each one more row per checkpoint in the run's
+results table.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from evals.results import STEP_DIR, run_root
 
 ROLLOUT = "rollout"
 RUN_CONFIG_FILE = "config.yaml"  # launch/train_grpo.py: <lockstep.run_dir>/config.yaml
-EVAL_SAMPLER_OF = {"lockstep": "lockstep", "fast": "fast", "diffusion": "plain"}  # rollout sampler -> eval sampler
+# rollout sampler -> eval sampler
+EVAL_SAMPLER_OF = {"lockstep": "lockstep", "fast": "fast", "diffusion": "plain"}
 SAMPLING_KEYS = ("temperature", "top_p", "top_k")
 
 
@@ -34,7 +36,8 @@ def find_run_config(checkpoint: str, explicit: str | None) -> Path | None:
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            raise ValueError(f"run_config={explicit} does not exist (the run's config.yaml, see docs/evaluation.md)")
+            raise ValueError(f"run_config={explicit} does not exist "
+                             "(the run's config.yaml, see docs/evaluation.md)")
         return path
     resolved = Path(checkpoint).expanduser().resolve()
     for folder in (resolved, *resolved.parents):
@@ -45,14 +48,16 @@ def find_run_config(checkpoint: str, explicit: str | None) -> Path | None:
 
 
 def rollout_decoder(run_config: Path) -> tuple[str, dict[str, Any], str | None]:
-    """(eval sampler, its settings, lockstep delimiter) of a training run's rollout (ValueError if unreadable)."""
+    """(eval sampler, its settings, lockstep delimiter) of a training run's rollout
+    (ValueError if unreadable)."""
     try:
         run = OmegaConf.load(run_config)
         rollout = run.actor_rollout_ref.rollout
         dream = OmegaConf.to_container(rollout.custom.dream, resolve=True)
         response_length = int(rollout.response_length)
     except Exception as error:  # noqa: BLE001 - any unreadable/foreign config is one clear line
-        raise ValueError(f"{run_config} holds no Dream rollout settings (actor_rollout_ref.rollout.custom.dream): "
+        raise ValueError(f"{run_config} holds no Dream rollout settings "
+                         "(actor_rollout_ref.rollout.custom.dream): "
                          f"{' '.join(str(error).split())[:200]}") from None
     sampler = str(dream.get("sampler", "fast"))
     if sampler not in EVAL_SAMPLER_OF:
@@ -69,10 +74,11 @@ def rollout_decoder(run_config: Path) -> tuple[str, dict[str, Any], str | None]:
 
 
 def resolve_decoder(cfg: DictConfig) -> str:
-    """Turn ``generation.sampler=rollout`` into a concrete sampler in place; returns where its settings came from.
+    """Turn ``generation.sampler=rollout`` into a concrete sampler in place; returns where its settings came
+    from.
 
-    Also fills ``generation.delimiter`` (null = ``decoding.lockstep.DEFAULT_DELIMITER``). Other samplers are left
-    as configured (their delimiter default filled likewise).
+    Also fills ``generation.delimiter`` (null = ``decoding.lockstep.DEFAULT_DELIMITER``). Other samplers are
+    left as configured (their delimiter default filled likewise).
     """
     from decoding.lockstep import DEFAULT_DELIMITER
 

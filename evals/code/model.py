@@ -1,7 +1,7 @@
 """Checkpoint resolution and model loading for checkpoint evaluation.
 
-Why: checkpoints come in three shapes — a full HF Dream directory, a peft LoRA adapter directory (whose base is
-``base_model=`` or the adapter's ``base_model_name_or_path``), or a trainer step directory
+Why: checkpoints come in three shapes — a full HF Dream directory, a peft LoRA adapter directory (whose base
+is ``base_model=`` or the adapter's ``base_model_name_or_path``), or a trainer step directory
 (``<run>/global_step_N``) holding one of those a few levels down (verl writes ``actor/lora_adapter`` /
 ``actor/huggingface``). :func:`resolve_checkpoint` turns any of them into a :class:`ModelSource` with clear
 errors; :func:`load_model` loads base + adapter (merged or not). Generation is :mod:`evals.generation`.
@@ -37,7 +37,8 @@ class ModelSource:
 
 
 def _find_loadable(root: Path) -> Path | None:
-    """``root`` itself when it holds a model/adapter, else a known subdir, else the shallowest match (depth 3)."""
+    """``root`` itself when it holds a model/adapter, else a known subdir, else the shallowest match
+    (depth 3)."""
     if (root / ADAPTER_FILE).is_file() or (root / MODEL_FILE).is_file():
         return root
     for sub in KNOWN_SUBDIRS:
@@ -45,7 +46,8 @@ def _find_loadable(root: Path) -> Path | None:
             return root / sub
     for depth in (2, 3):
         hits = sorted(
-            p.parent for name in (ADAPTER_FILE, MODEL_FILE) for p in root.glob("/".join(["*"] * (depth - 1) + [name]))
+            p.parent for name in (ADAPTER_FILE, MODEL_FILE)
+            for p in root.glob("/".join(["*"] * (depth - 1) + [name]))
         )
         if hits:
             return hits[0]
@@ -64,7 +66,8 @@ def resolve_checkpoint(checkpoint: str | Path, base_model: str | Path | None = N
         raise ValueError(f"checkpoint {root} is not a directory")
     found = _find_loadable(root)
     if found is None:
-        raise ValueError(f"checkpoint {root} holds no Dream model ({MODEL_FILE}) or LoRA adapter ({ADAPTER_FILE})")
+        raise ValueError(f"checkpoint {root} holds no Dream model ({MODEL_FILE}) "
+                         f"or LoRA adapter ({ADAPTER_FILE})")
     step = step if step is not None else parse_step(found)
     if not (found / ADAPTER_FILE).is_file():
         return ModelSource(found, None, step)
@@ -74,7 +77,8 @@ def resolve_checkpoint(checkpoint: str | Path, base_model: str | Path | None = N
             raise ValueError(f"adapter {found} names no base model: pass base_model=PATH")
     base = Path(base_model).expanduser()
     if not (base / MODEL_FILE).is_file():
-        raise ValueError(f"base model {base} (for adapter {found}) is not a Dream checkpoint dir: pass base_model=PATH")
+        raise ValueError(f"base model {base} (for adapter {found}) is not a Dream checkpoint dir: "
+                         "pass base_model=PATH")
     return ModelSource(base, found, step)
 
 
@@ -82,7 +86,8 @@ def load_model(source: ModelSource, dtype: torch.dtype, device: torch.device, me
                ) -> tuple[torch.nn.Module, Any]:
     """Load the Dream model (+ LoRA adapter, merged when ``merge_adapter``) in eval mode, and its tokenizer.
 
-    The tokenizer comes from the adapter dir when it ships one (trainers may save it there), else the model dir.
+    The tokenizer comes from the adapter dir when it ships one (trainers may save it there), else the model
+    dir.
     """
     from decoding import load_dream
     from decoding.tokenizer import load_tokenizer

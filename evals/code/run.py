@@ -118,12 +118,13 @@ def generate_shard(plan: Plan, tasks: CodeTasks, rank: int, world: int, after_ba
     def seed_of(start: int) -> int:  # a batch's seed depends on its first sample only: resumes reproduce it
         return int(plan.cfg.seed) * 1_000_003 + order[mine[start]]
 
-    # one bar over this rank's samples (its ETA covers the whole run) and, below it, the sampler's own bar over
-    # the steps of the current batch (a 7B batch on CPU takes minutes: its ETA shows progress within it)
+    # one bar over this rank's samples (its ETA covers the whole run) and, below it, the sampler's own bar
+    # over the steps of the current batch (a 7B batch on CPU takes minutes: its ETA shows progress within it)
     bar = tqdm(total=len(mine), desc=f"generate[{rank}]", unit="sample", dynamic_ncols=True)
     try:
         batches = generate_in_batches(model, tokenizer, prompts, gen.sampler, sampler_kwargs(plan.cfg),
-                                      gen.batch_size, delimiter=gen.delimiter or "", seed_of=seed_of, progress=True)
+                                      gen.batch_size, delimiter=gen.delimiter or "", seed_of=seed_of,
+                                      progress=True)
         for start, out in batches:
             batch = mine[start : start + len(out.completions)]
             batch_id = f"{run_id}-{rank}-{start}"

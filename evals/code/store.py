@@ -102,7 +102,8 @@ class GenerationTail:
         self.rows: dict[SampleKey, dict[str, Any]] = {}
 
     def poll(self) -> dict[SampleKey, dict[str, Any]]:
-        """All rows seen so far (first record wins per key), after reading what was appended since last poll."""
+        """All rows seen so far (first record wins per key), after reading what was appended since last
+        poll."""
         for path in sorted(self.out_dir.glob("generations.rank*.jsonl")):
             with open(path, "rb") as handle:
                 handle.seek(self.offsets.get(path, 0))
@@ -142,7 +143,8 @@ def check_settings(out_dir: Path, settings: dict[str, Any], record: bool = True)
     if path.exists():
         previous = json.loads(path.read_text())
         if previous != normalised:
-            changed = sorted(k for k in set(previous) | set(normalised) if previous.get(k) != normalised.get(k))
+            changed = sorted(k for k in set(previous) | set(normalised)
+                             if previous.get(k) != normalised.get(k))
             raise ValueError(
                 f"{out_dir} holds an evaluation made with different settings ({', '.join(changed)}); "
                 "choose another eval_name= or output_root= (or delete that directory to start over)"

@@ -1,4 +1,5 @@
-"""HumanEval+/MBPP+ side of checkpoint evaluation: task selection, prompts, chunk scoring, pass@k and result files.
+"""HumanEval+/MBPP+ side of checkpoint evaluation: task selection, prompts, chunk scoring, pass@k and result
+files.
 
 Why separate from the entry point: this is the part that must match EvalPlus exactly — the sample file format
 (``{"task_id", "solution"}`` lines), the result file (``eval`` / ``base_status`` / ``plus_status`` /
@@ -60,7 +61,8 @@ class CodeTasks:
 
     @classmethod
     def load(cls, cfg: DictConfig) -> CodeTasks:
-        """Load HumanEval+/MBPP+ via rewards, keep ``dataset.task_ids`` or the first ``dataset.limit`` tasks."""
+        """Load HumanEval+/MBPP+ via rewards, keep ``dataset.task_ids`` or the first ``dataset.limit``
+        tasks."""
         from rewards.tasks import load_tasks
 
         mini = bool(cfg.dataset.get("mini", False))
@@ -82,7 +84,8 @@ class CodeTasks:
         if n < 1:
             raise ValueError(f"generation.n_samples must be >= 1, got {n}")
         tasks = {t: all_tasks[t] for t in ids}
-        prompts = {t: prompt_parts(task.prompt, marked_lockstep(cfg), training=cfg.generation.sampler == "lockstep")
+        prompts = {t: prompt_parts(task.prompt, marked_lockstep(cfg),
+                                   training=cfg.generation.sampler == "lockstep")
                    for t, task in tasks.items()}
         items = [(t, s) for t in ids for s in range(n)]
         return cls(cfg.task, key, tasks, prompts, items)
@@ -91,9 +94,9 @@ class CodeTasks:
 def prompt_parts(task_prompt: str, lockstep: bool, training: bool = False) -> tuple[str, str]:
     """(user message, assistant prefix) in the rewards package's evalplus-style instruct format.
 
-    ``training``: the GRPO prompt (``launch/prepare_data.py``: the user turn only, the R block opens the assistant
-    turn), what a lockstep decoder with the training delimiter was trained on. ``lockstep`` (wins): the marked
-    ``[R]``/``[A]`` format, for a delimiter that carries the ``[A]`` marker."""
+    ``training``: the GRPO prompt (``launch/prepare_data.py``: the user turn only, the R block opens the
+    assistant turn), what a lockstep decoder with the training delimiter was trained on. ``lockstep`` (wins):
+    the marked ``[R]``/``[A]`` format, for a delimiter that carries the ``[A]`` marker."""
     from rewards.extract import instruct_messages, instruct_prompt
 
     if lockstep:  # "...Think in the [R] block, then give only the final code in the [A] block.\n[R] "
@@ -109,7 +112,8 @@ ANSWER_MARKER = "[A]"
 
 def marked_lockstep(cfg: DictConfig) -> bool:
     """Lockstep with a delimiter carrying the ``[A]`` marker: the marked prompt format and answer extraction.
-    The training delimiter (``decoding.lockstep.DEFAULT_DELIMITER``) has none: the A block is a python fence."""
+    The training delimiter (``decoding.lockstep.DEFAULT_DELIMITER``) has none: the A block is a python
+    fence."""
     gen = cfg.generation
     return gen.sampler == "lockstep" and ANSWER_MARKER in str(gen.get("delimiter") or "")
 
@@ -127,7 +131,8 @@ def reward_config(cfg: DictConfig) -> Any:
         overrides["test_sets"] = tuple(overrides["test_sets"])
     marker = ANSWER_MARKER if marked_lockstep(cfg) else None
     try:
-        return RewardConfig.evaluation(mini=bool(cfg.dataset.get("mini", False)), answer_marker=marker, **overrides)
+        return RewardConfig.evaluation(mini=bool(cfg.dataset.get("mini", False)), answer_marker=marker,
+                                       **overrides)
     except TypeError as err:  # unknown key
         raise ValueError(f"scoring.reward: {err}") from None
 
@@ -141,7 +146,8 @@ class SandboxRowScorer:
         self._scorer: Any = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-        """Score rows -> (score rows for the samples that got a verdict, number left unscored by infra errors)."""
+        """Score rows -> (score rows for the samples that got a verdict, number left unscored by infra
+        errors)."""
         from rewards.api import EvalPlusScorer, SandboxInfraError
         from rewards.extract import build_solution
 
@@ -160,9 +166,10 @@ class SandboxRowScorer:
             ext = build_solution(row["completion"], task.prompt, task.entry_point,
                                  completion_format=rc.completion_format, answer_marker=rc.answer_marker,
                                  sanitize=rc.sanitize)
-            out.append({"task_id": row["task_id"], "sample_idx": row["sample_idx"], "solution": ext.code or "",
-                        "base_status": res.base_status or "fail", "plus_status": res.plus_status or "fail",
-                        "status": res.status, "n_passed": res.n_passed, "n_tests": res.n_tests})
+            out.append({"task_id": row["task_id"], "sample_idx": row["sample_idx"],
+                        "solution": ext.code or "", "base_status": res.base_status or "fail",
+                        "plus_status": res.plus_status or "fail", "status": res.status,
+                        "n_passed": res.n_passed, "n_tests": res.n_tests})
         return out, len(rows) - len(out)
 
     def close(self) -> None:
@@ -196,7 +203,8 @@ def finalize_code_eval(cfg: DictConfig, tasks: CodeTasks, out_dir: Path) -> dict
     generations = store.read_generations(out_dir)
     missing = [k for k in tasks.items if k not in scores]
     if missing:
-        raise RuntimeError(f"{len(missing)} sample(s) are not scored yet (e.g. {missing[:3]}); re-run to resume")
+        raise RuntimeError(f"{len(missing)} sample(s) are not scored yet (e.g. {missing[:3]}); "
+                           "re-run to resume")
     per_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for key in tasks.items:
         per_task[key[0]].append(scores[key])
@@ -211,8 +219,9 @@ def finalize_code_eval(cfg: DictConfig, tasks: CodeTasks, out_dir: Path) -> dict
     gen = cfg.generation
     kwargs = OmegaConf.to_container(gen[gen.sampler], resolve=True)
     row.update({"num_tasks": len(per_task), "n_samples": int(gen.n_samples), "sampler": gen.sampler,
-                "steps": kwargs.get("steps", kwargs.get("max_steps")), "temperature": kwargs.get("temperature"),
-                "max_new_tokens": kwargs.get("max_new_tokens"), "dataset_key": tasks.dataset_key,
+                "steps": kwargs.get("steps", kwargs.get("max_steps")),
+                "temperature": kwargs.get("temperature"), "max_new_tokens": kwargs.get("max_new_tokens"),
+                "dataset_key": tasks.dataset_key,
                 **{k: round(v, 4) if isinstance(v, float) else v for k, v in timing.items()}})
     summary = {"pass_at_k": pass_k, "speed": timing, "row": row,
                "statuses": dict(Counter(scores[k].get("status", "ok") for k in tasks.items))}
@@ -222,7 +231,8 @@ def finalize_code_eval(cfg: DictConfig, tasks: CodeTasks, out_dir: Path) -> dict
 
 def write_evalplus_files(out_dir: Path, tasks: CodeTasks, per_task: dict[str, list[dict[str, Any]]],
                          pass_k: dict[str, dict[str, float]]) -> None:
-    """``samples.jsonl`` (evalplus sample format) and ``samples_eval_results.json`` (evalplus result format)."""
+    """``samples.jsonl`` (evalplus sample format) and ``samples_eval_results.json`` (evalplus result
+    format)."""
     lines = []
     evals: dict[str, list[dict[str, Any]]] = {}
     for task_id, rows in per_task.items():

@@ -54,8 +54,8 @@ class HubUnreachable(PersonaDataError):
     def __init__(self, reason: str, hint: str = "persona.wave_split_files=PATH (a local copy) or "
                                                  "persona.fixture=true (the offline fixture)") -> None:
         self.reason = reason
-        super().__init__(f"the Hugging Face hub is unreachable ({reason}), so the Twin-2K-500 data ({HUB_DATASET}) "
-                         f"cannot be downloaded; use {hint}")
+        super().__init__(f"the Hugging Face hub is unreachable ({reason}), so the Twin-2K-500 data "
+                         f"({HUB_DATASET}) cannot be downloaded; use {hint}")
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -148,7 +148,8 @@ def question_columns(question: Mapping[str, Any]) -> list[str]:
 
 
 def to_number(value: Any) -> float | None:
-    """A finite float from an int/float/numeric string; None for blanks and non-numbers (dropped, not wrong)."""
+    """A finite float from an int/float/numeric string; None for blanks and non-numbers (dropped, not
+    wrong)."""
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -187,7 +188,8 @@ def answer_values(question: Mapping[str, Any]) -> dict[str, float | None]:
 
 
 def strip_answers(obj: Any) -> Any:
-    """A deep copy with every ``Answers`` key removed at any depth (the prompt template must hold no answer)."""
+    """A deep copy with every ``Answers`` key removed at any depth (the prompt template must hold no
+    answer)."""
     if isinstance(obj, Mapping):
         return {k: strip_answers(v) for k, v in obj.items() if k != "Answers"}
     if isinstance(obj, list):
@@ -210,7 +212,8 @@ class Respondent:
 
 @dataclass(frozen=True)
 class HoldoutItem:
-    """One question to ask one respondent; ``columns`` are all its columns, ``scored`` the valid scored ones."""
+    """One question to ask one respondent; ``columns`` are all its columns, ``scored`` the valid scored
+    ones."""
 
     pid: str
     qid: str

@@ -27,8 +27,8 @@ def sampler_settings(conf: Any, vocab: int) -> dict[str, Any]:
     if conf.sampler == "plain":
         return {"max_new_tokens": conf.max_new_tokens, "steps": conf.steps, "alg": conf.alg,
                 "temperature": conf.temperature, "valid_vocab_size": vocab}
-    return {"r_len": conf.lockstep_r_len, "a_len": conf.max_new_tokens, "max_steps": conf.steps, "alg": conf.alg,
-            "temperature": conf.temperature}
+    return {"r_len": conf.lockstep_r_len, "a_len": conf.max_new_tokens, "max_steps": conf.steps,
+            "alg": conf.alg, "temperature": conf.temperature}
 
 
 def generate_completions(
@@ -49,8 +49,9 @@ def generate_completions(
     reasoning: list[str | None] = [None] * len(texts)
     delimiter = conf.lockstep_delimiter if conf.sampler == "lockstep" else ""
     batches = generate_in_batches(model, tokenizer, [texts[i] for i in order], conf.sampler,
-                                  sampler_settings(conf, len(tokenizer)), conf.batch_size, delimiter=delimiter,
-                                  generator=generator, desc=f"persona generation ({conf.sampler})")
+                                  sampler_settings(conf, len(tokenizer)), conf.batch_size,
+                                  delimiter=delimiter, generator=generator,
+                                  desc=f"persona generation ({conf.sampler})")
     for start, out in batches:
         for i, answer, thought in zip(order[start:], out.answers, out.reasoning):
             answers[i], reasoning[i] = answer, thought

@@ -3,7 +3,8 @@
 Entry points:
 - ``run_persona_eval(model, tokenizer, cfg) -> report dict`` for ``launch/eval_checkpoint.py task=persona``
   (``cfg`` = mapping with the fields of :class:`PersonaEvalConfig`; unknown keys are an error);
-- ``python -m evals.persona.run --model DIR [--fixture] [--variant ...] [--sampler plain|lockstep] --out DIR``.
+- ``python -m evals.persona.run --model DIR [--fixture] [--variant ...] [--sampler plain|lockstep]
+  --out DIR``.
 """
 
 from __future__ import annotations
@@ -222,8 +223,8 @@ def run_persona_eval(model: Any, tokenizer: Any, cfg: Mapping[str, Any] | Person
         "notes": [COMPARABILITY_NOTE]
         + (
             [
-                "persona_summary may have been written from all four waves (provenance unknown): treat summary "
-                "variants as possibly leaky."
+                "persona_summary may have been written from all four waves (provenance unknown): "
+                "treat summary variants as possibly leaky."
             ]
             if need_summary
             else []

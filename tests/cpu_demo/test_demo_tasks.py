@@ -99,7 +99,8 @@ def test_reference_solutions_pass_their_tests_in_the_real_sandbox() -> None:
 
 def test_buggy_demonstrations_are_wrong_programs_in_the_same_layout(tiny_dream_dir) -> None:
     """The warm start's noisy demonstrations: every operation's bug is valid code with the task's own name and
-    argument, fits the demo canvas, and fails the task's tests (almost always: a bug may coincide on 5 inputs)."""
+    argument, fits the demo canvas, and fails the task's tests (almost always: a bug may coincide on 5
+    inputs)."""
     from cpu_demo.tasks import BUGGY_EXPRS, DEMO_OPERATIONS, CanvasSpec, canvas_targets, sft_example
     from decoding.tokenizer import load_tokenizer
 
@@ -118,7 +119,8 @@ def test_buggy_demonstrations_are_wrong_programs_in_the_same_layout(tiny_dream_d
         r_ids, _, a_ids = canvas_targets(tok, task, CanvasSpec(r_len=18, a_len=32), buggy=True)
         assert tok.decode(r_ids, skip_special_tokens=True) == task.reasoning(buggy=True)
     assert failing >= 0.95 * len(tasks), failing
-    clean, noisy = sft_example(tok, tasks[0], CanvasSpec(18, 32)), sft_example(tok, tasks[0], CanvasSpec(18, 32), True)
+    clean, noisy = (sft_example(tok, tasks[0], CanvasSpec(18, 32)),
+                    sft_example(tok, tasks[0], CanvasSpec(18, 32), True))
     assert clean.prompt_ids == noisy.prompt_ids and clean.scored == noisy.scored
     assert clean.completion_ids != noisy.completion_ids
 

@@ -1,4 +1,5 @@
-"""The shared generation loop (checkpoint eval, demo, persona): batching, seeding and the lockstep text layout."""
+"""The shared generation loop (checkpoint eval, demo, persona): batching, seeding and the lockstep text
+layout."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def test_per_batch_seeds_let_a_resumed_run_reproduce_the_remaining_batches(model
         return 1000 + start
 
     full = collect(generate_in_batches(model, tok, PROMPTS, "plain", PLAIN, 3, seed_of=seed_of))
-    starts = [start for start, _ in generate_in_batches(model, tok, PROMPTS, "plain", PLAIN, 3, seed_of=seed_of)]
+    starts = [start for start, _ in generate_in_batches(model, tok, PROMPTS, "plain", PLAIN, 3,
+                                                        seed_of=seed_of)]
     assert starts == [0, 3, 6] and len(full) == len(PROMPTS)
     # resuming after the first batch: the remaining prompts, seeded as they were in the full run
     resumed = collect(generate_in_batches(model, tok, PROMPTS[3:], "plain", PLAIN, 3,
@@ -51,11 +53,13 @@ def test_one_generator_stream_continues_across_batches(model_and_tok) -> None:
     assert reseeded[:2] == reseeded[2:]  # a per-batch seed repeats itself on identical batches
 
 
-def test_lockstep_completion_is_reasoning_delimiter_answer_and_training_mode_is_restored(model_and_tok) -> None:
+def test_lockstep_completion_is_reasoning_delimiter_answer_and_training_mode_is_restored(
+    model_and_tok
+) -> None:
     model, tok = model_and_tok
     model.train()
-    [(_, out)] = list(generate_in_batches(model, tok, PROMPTS[:2], "lockstep", LOCKSTEP, 4, delimiter="\n[A] ",
-                                          seed_of=lambda start: 0))
+    [(_, out)] = list(generate_in_batches(model, tok, PROMPTS[:2], "lockstep", LOCKSTEP, 4,
+                                          delimiter="\n[A] ", seed_of=lambda start: 0))
     assert model.training
     assert out.completions == [r + "\n[A] " + a for r, a in zip(out.reasoning, out.answers)]
     assert out.nfe is not None and out.nfe > 0

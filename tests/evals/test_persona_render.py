@@ -109,7 +109,8 @@ def test_no_wave4_answer_reaches_any_prompt(tok, fixture_respondents):
             question_part = prompt.split("## New Survey Question")[1]
             answer_lines = re.findall(r"Answer: (.*)", question_part)
             assert answer_lines and set(answer_lines) == {"[Masked]"}
-    # a distinctive numeric answer of the retest (sunk cost 12 for pid 1, anchoring 65 for pid 17) never appears
+    # a distinctive numeric answer of the retest (sunk cost 12 for pid 1, anchoring 65 for pid 17)
+    # never appears
     one = next(r for r in fixture_respondents if r.pid == "1")
     sunk = next(i for i in holdout_items(one) if i.qid == "QID181")
     assert "Answer: 12" not in build_prompt(tok, sunk, persona_for_variant(one, "full")).text

@@ -107,10 +107,12 @@ def test_cli_without_hub_access_says_so_in_one_line(tmp_path, env):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    run = subprocess.run([sys.executable, "-m", "evals.persona.run", "--model", str(tmp_path / "never-loaded"),
-                          "--out", str(tmp_path / "out")], cwd=root, capture_output=True, text=True, timeout=300,
+    run = subprocess.run([sys.executable, "-m", "evals.persona.run", "--model",
+                          str(tmp_path / "never-loaded"), "--out", str(tmp_path / "out")], cwd=root,
+                         capture_output=True, text=True, timeout=300,
                          env={**os.environ, "HF_HOME": str(tmp_path / "hf"), **env})
     assert run.returncode == 2, run.stderr
-    assert run.stderr.startswith("error: the Hugging Face hub is unreachable (") and run.stderr.count("\n") == 1
+    assert (run.stderr.startswith("error: the Hugging Face hub is unreachable (")
+            and run.stderr.count("\n") == 1)
     assert "--wave-split-files PATH (a local copy) or --fixture (the offline fixture)" in run.stderr
     assert not (tmp_path / "out").exists()

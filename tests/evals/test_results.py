@@ -28,7 +28,8 @@ def test_find_checkpoints_sorts_numerically_and_explains_empty_dirs(tmp_path: Pa
     for name in ("global_step_10", "global_step_2", "global_step_5", "notes", "eval_results"):
         (tmp_path / name).mkdir()
     (tmp_path / "global_step_99").write_text("a file, not a checkpoint")
-    assert [p.name for p in results.find_checkpoints(tmp_path)] == ["global_step_2", "global_step_5", "global_step_10"]
+    assert [p.name for p in results.find_checkpoints(tmp_path)] == ["global_step_2", "global_step_5",
+                                                                     "global_step_10"]
     with pytest.raises(ValueError, match="no checkpoints"):
         results.find_checkpoints(tmp_path / "notes")
     run = tmp_path / "grpo"  # launch/train_grpo.py writes <run>/checkpoints/global_step_N
@@ -63,7 +64,8 @@ def test_rerun_replaces_row_and_views_are_exact(tmp_path: Path) -> None:
     )
     with open(written["csv"]) as handle:
         table = list(csv.DictReader(handle))
-    assert [(r["step"], r["pass@1_plus"], r["note"]) for r in table] == [("1", "0", ""), ("2", "0.5", "rerun")]
+    assert [(r["step"], r["pass@1_plus"], r["note"]) for r in table] == [("1", "0", ""),
+                                                                          ("2", "0.5", "rerun")]
     with Image.open(written["plot"]) as image:
         assert image.size[0] > 300 and image.size[1] > 200
 
@@ -78,9 +80,11 @@ def test_concurrent_appends_from_two_processes_keep_every_row(tmp_path: Path) ->
     code = (
         "import sys; from pathlib import Path; from evals.results import append_row\n"
         "for i in range(15):\n"
-        "    append_row(Path(sys.argv[1]), {'checkpoint': f'c{sys.argv[2]}-{i}', 'eval_name': 'x', 'task': 't'})\n"
+        "    append_row(Path(sys.argv[1]), {'checkpoint': f'c{sys.argv[2]}-{i}', "
+        "'eval_name': 'x', 'task': 't'})\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(w)], cwd=ROOT) for w in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(w)], cwd=ROOT)
+             for w in range(2)]
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
     lines = (tmp_path / results.ROWS_FILE).read_text().splitlines()
     assert len(lines) == 30 and len({json.loads(line)["checkpoint"] for line in lines}) == 30
