@@ -6,9 +6,9 @@ carry. The kept ids are cached (``$LOCKSTEP_CACHE_DIR`` or ``~/.cache/lockstep``
 was loaded (the hub commit or the files' sha256), so the 87K-row pass runs once per data version.
 
 The rule (docs/training.md, "Training corpora"): keep the inferences of ``qwen_coder_2.5`` and
-``llama3_instruct``; a row's mean and (population) std of their pass rates; keep rows whose mean is at most the
-20th percentile of all means and whose std is at least the 40th percentile of all stds (percentiles over the
-rows that have such inferences; rows without any are dropped, as DiffuCoder's NaN mean drops them).
+``llama3_instruct``; a row's mean and (population) std of their pass rates; keep rows whose mean is at most
+the 20th percentile of all means and whose std is at least the 40th percentile of all stds (percentiles over
+the rows that have such inferences; rows without any are dropped, as DiffuCoder's NaN mean drops them).
 A row whose question does not address "you" and whose best inference starts with ``def`` gets a second task,
 ``<id>/signature``, whose question is DiffuCoder's rewrite around that signature.
 """
@@ -67,7 +67,8 @@ def hard_subset_ids(rows: Any, progress: bool = True) -> list[str]:
 
 
 def _cache_file(provenance: Mapping[str, Any]) -> Path:
-    key = hashlib.sha256(json.dumps({"rule": RULE_VERSION, **provenance}, sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps({"rule": RULE_VERSION, **provenance},
+                                    sort_keys=True).encode()).hexdigest()
     root = Path(os.environ.get("LOCKSTEP_CACHE_DIR") or Path.home() / ".cache" / "lockstep")
     return root / "corpora" / f"acecode-hard-{key[:20]}.json"
 
@@ -124,7 +125,8 @@ def acecode_text(row: Mapping[str, Any]) -> str:
     return f"{question.strip()}\nTest cases: {tests[0]}"
 
 
-def expand_rows(rows: Iterator[tuple[int, Mapping[str, Any]]]) -> Iterator[tuple[int, Mapping[str, Any], str]]:
+def expand_rows(rows: Iterator[tuple[int, Mapping[str, Any]]]
+                ) -> Iterator[tuple[int, Mapping[str, Any], str]]:
     """(index, row, id suffix) for each row, plus a ``/signature`` copy whose question is the rewrite."""
     for index, row in rows:
         yield index, row, ""

@@ -67,8 +67,8 @@ def check_judged(corpus: str) -> None:
 
     spec_for(corpus)
     if corpus not in JUDGED_CORPORA:
-        raise CorpusError(f"{corpus}: its test formats are not judged yet, so it can be neither trained on nor "
-                          f"evaluated; judged corpora: {', '.join(sorted(JUDGED_CORPORA)) or 'none'}")
+        raise CorpusError(f"{corpus}: its test formats are not judged yet, so it can be neither trained on "
+                          f"nor evaluated; judged corpora: {', '.join(sorted(JUDGED_CORPORA)) or 'none'}")
 
 
 def corpus_tasks(selection: CorpusSelection, rows: Any, provenance: Mapping[str, Any], progress: bool = True
@@ -90,7 +90,8 @@ def corpus_tasks(selection: CorpusSelection, rows: Any, provenance: Mapping[str,
     else:
         indexed = ((i, row, "") for i, row in indexed)
     tasks, problems = [], Counter()
-    for index, row, suffix in tqdm(indexed, desc=f"{selection.corpus} rows", unit="row", disable=not progress):
+    for index, row, suffix in tqdm(indexed, desc=f"{selection.corpus} rows", unit="row",
+                                   disable=not progress):
         try:
             task = make_task(spec, row, index)
         except RowProblem as problem:
@@ -127,8 +128,10 @@ def within_budget(tasks: Sequence[TrainingTask], count_tokens: Callable[[list[di
     return kept, len(tasks) - len(kept)
 
 
-def build_tasks(selection: CorpusSelection, *, count_tokens: Callable[[list[dict[str, str]]], int] | None = None,
-                max_prompt_tokens: int | None = None, progress: bool = True) -> tuple[list[TrainingTask], dict]:
+def build_tasks(selection: CorpusSelection, *,
+                count_tokens: Callable[[list[dict[str, str]]], int] | None = None,
+                max_prompt_tokens: int | None = None, progress: bool = True
+                ) -> tuple[list[TrainingTask], dict]:
     """Steps 1-7 (module docstring): the training tasks and the report written to the run folder."""
     from .decontam import benchmark_index, decontaminate
     from .load import load_rows
@@ -155,5 +158,6 @@ def build_tasks(selection: CorpusSelection, *, count_tokens: Callable[[list[dict
         dropped = {"unparseable": sum(report["unparseable"].values()),
                    "decontaminated": report.get("decontamination", {}).get("dropped", 0),
                    "unjudgeable": sum(report["unjudgeable"].values()), "too_long": report["too_long"]}
-        raise CorpusError(f"{selection.corpus}: no task left of {report['rows_loaded']} rows (dropped: {dropped})")
+        raise CorpusError(f"{selection.corpus}: no task left of {report['rows_loaded']} rows "
+                          f"(dropped: {dropped})")
     return judged, report

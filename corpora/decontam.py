@@ -1,19 +1,20 @@
 """Decontamination: drop every training row that overlaps HumanEval+ or MBPP+, the benchmarks we evaluate on.
 
-Why: a gain on a benchmark whose tasks (or near copies) were trained on measures memorisation. Compared with the
-local EvalPlus release files (``../shared/data/evalplus`` or ``$LOCKSTEP_EVALPLUS_DATA``, found by
+Why: a gain on a benchmark whose tasks (or near copies) were trained on measures memorisation. Compared with
+the local EvalPlus release files (``../shared/data/evalplus`` or ``$LOCKSTEP_EVALPLUS_DATA``, found by
 :func:`rewards.tasks.offline_file`), in this order (a row is counted once, under the first reason that hits):
 
 * ``mbppplus_source``: Dream-Coder rows whose ``data_source`` is ``mbppplus`` (MBPP+ has one split, its 378
   evaluation tasks, so every such row is an evaluation task);
-* ``prompt_exact``: the row's task text contains a benchmark task statement (an MBPP+ description, a HumanEval+
-  prompt; at least ``MIN_STATEMENT_TOKENS`` words), compared as lower-case word sequences;
-* ``prompt_ngram``: the task text shares an ``N``-word sequence (default 10) with a benchmark prompt or canonical
-  solution;
-* ``test_call``: the row's tests contain a benchmark test input as a call, ``entry_point(<the same arguments>)``
-  (compared as word/number sequences, at least ``MIN_CALL_ARG_TOKENS`` argument tokens);
-* ``test_ngram``: the row's tests share an ``N``-word sequence (with at least two identifiers) with a benchmark's
-  tests (HumanEval+ ``check``, MBPP+ assertions).
+* ``prompt_exact``: the row's task text contains a benchmark task statement (an MBPP+ description, a
+  HumanEval+ prompt; at least ``MIN_STATEMENT_TOKENS`` words), compared as lower-case word sequences;
+* ``prompt_ngram``: the task text shares an ``N``-word sequence (default 10) with a benchmark prompt or
+  canonical solution;
+* ``test_call``: the row's tests contain a benchmark test input as a call,
+  ``entry_point(<the same arguments>)`` (compared as word/number sequences, at least ``MIN_CALL_ARG_TOKENS``
+  argument tokens);
+* ``test_ngram``: the row's tests share an ``N``-word sequence (with at least two identifiers) with a
+  benchmark's tests (HumanEval+ ``check``, MBPP+ assertions).
 
 Counts per reason and per source go to the run folder (:mod:`corpora.build`); docs/training.md explains them.
 """
@@ -41,7 +42,8 @@ _IDENT = re.compile(r"[A-Za-z_]\w*")
 
 
 def words(text: str) -> list[str]:
-    """Lower-case word tokens (letters, digits, underscores): punctuation, brackets and spacing do not count."""
+    """Lower-case word tokens (letters, digits, underscores): punctuation, brackets and spacing do not
+    count."""
     return _WORD.findall(text.lower())
 
 
@@ -76,8 +78,10 @@ class BenchmarkIndex:
     n: int = NGRAM
     tasks: list[str] = dataclasses.field(default_factory=list)
     prompt_grams: dict[str, str] = dataclasses.field(default_factory=dict)    # n-gram -> task id
-    statements: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)  # 6-gram -> (text, id)
-    calls: dict[str, list[tuple[tuple[str, ...], str]]] = dataclasses.field(default_factory=dict)  # name -> args
+    # 6-gram -> (text, id)
+    statements: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
+    # name -> args
+    calls: dict[str, list[tuple[tuple[str, ...], str]]] = dataclasses.field(default_factory=dict)
     test_grams: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def add(self, task_id: str, prompt: str, solution: str, entry_point: str, inputs: Iterable[object],
@@ -137,8 +141,9 @@ def benchmark_index(evalplus_dir: str | Path | None = None, n: int = NGRAM) -> B
     for dataset in ("humaneval", "mbpp"):
         path = offline_file(dataset, data_dir=evalplus_dir)
         if path is None:
-            raise CorpusError(f"decontamination needs the local {dataset} EvalPlus file (../shared/data/evalplus, "
-                              "$LOCKSTEP_EVALPLUS_DATA or lockstep.data.evalplus_dir)")
+            raise CorpusError(f"decontamination needs the local {dataset} EvalPlus file "
+                              "(../shared/data/evalplus, $LOCKSTEP_EVALPLUS_DATA or "
+                              "lockstep.data.evalplus_dir)")
         for problem in _read_jsonl_gz(path):
             tests = problem.get("test") or problem.get("assertion") or ""
             index.add(problem["task_id"], problem["prompt"], problem.get("canonical_solution") or "",

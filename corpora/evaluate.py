@@ -1,10 +1,11 @@
 """Evaluate samples on a code-RL corpus's own tests: ``python -m rewards.evaluate --dataset <corpus>``.
 
-Why: the same results layout as the EvalPlus path (``<samples stem>_eval_results.json``: ``eval`` -> task id ->
-[{task_id, solution, base_status, plus_status, base_fail_tests, plus_fail_tests}], ``pass_at_k``), so every tool
-that reads evalplus results reads these. ``base_status`` is the verdict on the row's tests, ``plus_status`` is
-equal to it (a corpus has one test set). Task ids are the training ids (``acecode/<id>``, docs/training.md);
-every row of the corpus can be evaluated (no hard-subset or decontamination filter applies here).
+Why: the same results layout as the EvalPlus path (``<samples stem>_eval_results.json``: ``eval`` -> task id
+-> [{task_id, solution, base_status, plus_status, base_fail_tests, plus_fail_tests}], ``pass_at_k``), so every
+tool that reads evalplus results reads these. ``base_status`` is the verdict on the row's tests,
+``plus_status`` is equal to it (a corpus has one test set). Task ids are the training ids (``acecode/<id>``,
+docs/training.md); every row of the corpus can be evaluated (no hard-subset or decontamination filter applies
+here).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def corpus_tests(corpus: str, task_ids: set[str], data_files: Sequence[str] = ()
     wanted = [t for t in tasks if t.task_id in task_ids]
     unknown = sorted(task_ids - {t.task_id for t in wanted})
     if unknown:
-        raise CorpusError(f"{len(unknown)} task id(s) of the samples are not in {corpus}, e.g. {unknown[0]!r} "
-                          f"(ids look like {tasks[0].task_id!r})" if tasks else f"{corpus} has no rows")
+        raise CorpusError(f"{len(unknown)} task id(s) of the samples are not in {corpus}, e.g. "
+                          f"{unknown[0]!r} (ids look like {tasks[0].task_id!r})" if tasks
+                          else f"{corpus} has no rows")
     judged, report = judged_tasks(wanted)
     if len(judged) < len(wanted):
         raise CorpusError(f"{len(wanted) - len(judged)} sampled task(s) of {corpus} cannot be judged: "
@@ -41,7 +43,8 @@ def corpus_tests(corpus: str, task_ids: set[str], data_files: Sequence[str] = ()
 
 
 def evaluate_corpus(corpus: str, samples: list[dict], samples_path: Path, *, data_files: Sequence[str] = (),
-                    revision: str | None = None, parallel: int | None = None, isolation: str = "auto") -> dict:
+                    revision: str | None = None, parallel: int | None = None,
+                    isolation: str = "auto") -> dict:
     """Score ``samples`` (evalplus format: ``task_id`` and ``solution`` or ``completion``) on the corpus rows'
     tests, write ``<stem>_eval_results.json`` next to them and return the document."""
     import dataclasses
@@ -52,7 +55,8 @@ def evaluate_corpus(corpus: str, samples: list[dict], samples_path: Path, *, dat
     from rewards.sandbox import SandboxConfig
 
     tests, provenance = corpus_tests(corpus, {s["task_id"] for s in samples}, data_files, revision)
-    base = RewardConfig.evaluation(workers=parallel, progress=True, sandbox=SandboxConfig(isolation=isolation))
+    base = RewardConfig.evaluation(workers=parallel, progress=True,
+                                   sandbox=SandboxConfig(isolation=isolation))
     results: list[Any] = [None] * len(samples)
     for fmt in ("solution", "auto"):  # a `solution` is the whole program; a `completion` is extracted from
         picked = [i for i, s in enumerate(samples) if ("solution" in s) == (fmt == "solution")]
@@ -63,8 +67,8 @@ def evaluate_corpus(corpus: str, samples: list[dict], samples_path: Path, *, dat
                  for i in picked]
         for i, result in zip(picked, score_code_tests(texts, cfg=cfg)):
             results[i] = result
-    doc: dict = {"date": datetime.now().strftime("%Y-%m-%d %H:%M"), "dataset": corpus, "provenance": provenance,
-                 "eval": defaultdict(list)}
+    doc: dict = {"date": datetime.now().strftime("%Y-%m-%d %H:%M"), "dataset": corpus,
+                 "provenance": provenance, "eval": defaultdict(list)}
     for sample, result in zip(samples, results):
         status = "pass" if result.base_status == "pass" else (result.base_status or "fail")
         doc["eval"][sample["task_id"]].append({
@@ -75,6 +79,7 @@ def evaluate_corpus(corpus: str, samples: list[dict], samples_path: Path, *, dat
     out = samples_path.with_name(samples_path.stem + "_eval_results.json")
     out.write_text(json.dumps(doc, default=str))
     for name, values in doc["pass_at_k"].items():
-        print(f"{corpus} ({name} = the row's tests): " + "  ".join(f"{k}: {v:.3f}" for k, v in values.items()))
+        print(f"{corpus} ({name} = the row's tests): "
+              + "  ".join(f"{k}: {v:.3f}" for k, v in values.items()))
     print(f"results written to {out}")
     return doc

@@ -2,8 +2,8 @@
 
 Why both through one function: the hub path and the ``--data-files`` path must yield the same rows (same
 ``Features``), so every later step (ids, filters, tests) is tested on the local fixtures and runs unchanged on
-the hub. The provenance returned with the rows (hub repo, requested revision, the commit it resolved to, or the
-local files with their sha256) goes into the run folder, so a run names exactly what it trained on.
+the hub. The provenance returned with the rows (hub repo, requested revision, the commit it resolved to, or
+the local files with their sha256) goes into the run folder, so a run names exactly what it trained on.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def local_format(paths: Sequence[Path]) -> str:
     """``parquet`` or ``json`` from the file names (all files of one corpus share a format)."""
     formats = {_FORMATS.get(p.suffix.lower()) for p in paths}
     if None in formats or len(formats) != 1:
-        raise CorpusError(f"data files must all be .parquet or all .json/.jsonl, got {[p.name for p in paths]}")
+        raise CorpusError("data files must all be .parquet or all .json/.jsonl, got "
+                          f"{[p.name for p in paths]}")
     return formats.pop()
 
 
@@ -49,9 +50,11 @@ def load_local(spec: CorpusSpec, data_files: Sequence[str | Path]) -> tuple[Any,
     except CorpusError:
         raise
     except Exception as error:  # noqa: BLE001 - a broken file is the user's to fix: one line
-        raise CorpusError(f"{spec.name}: cannot read {[p.name for p in paths]}: {' '.join(str(error).split())}") \
+        raise CorpusError(f"{spec.name}: cannot read {[p.name for p in paths]}: "
+                          f"{' '.join(str(error).split())}") \
             from None
-    provenance = {"source": "files", "files": [{"path": str(p.resolve()), "sha256": _sha256(p)} for p in paths]}
+    provenance = {"source": "files", "files": [{"path": str(p.resolve()), "sha256": _sha256(p)}
+                                               for p in paths]}
     return rows, provenance
 
 
@@ -65,12 +68,14 @@ def resolve_revision(spec: CorpusSpec, revision: str | None) -> str:
         return str(HfApi().dataset_info(spec.hub, revision=wanted).sha)
     except Exception as error:  # noqa: BLE001 - offline, unknown revision, gated repo: one line
         raise CorpusError(f"{spec.name}: cannot resolve revision {wanted!r} of {spec.hub} on the hub "
-                          f"({type(error).__name__}); pass local files with --data-files / lockstep.data.data_files"
+                          f"({type(error).__name__}); pass local files with --data-files / "
+                          "lockstep.data.data_files"
                           ) from None
 
 
 def load_hub(spec: CorpusSpec, revision: str | None) -> tuple[Any, dict[str, Any]]:
-    """Rows of the hub dataset at the commit ``revision`` resolves to (so every worker and rerun sees the same)."""
+    """Rows of the hub dataset at the commit ``revision`` resolves to (so every worker and rerun sees the
+    same)."""
     from datasets import load_dataset
 
     sha = resolve_revision(spec, revision)

@@ -1,4 +1,5 @@
-"""Turn a corpus row into a training task: a stable task id, the task text of the prompt, the text of its tests.
+"""Turn a corpus row into a training task: a stable task id, the task text of the prompt, the text of its
+tests.
 
 Why here and not in ``rewards/``: the prompt wording, the ids and what decontamination compares are data
 choices; how a row's test columns are judged is :func:`rewards.code_tests.tests_from_row` (called by
@@ -49,8 +50,8 @@ def as_value(value: Any) -> Any:
 
 
 def string_leaves(value: Any, depth: int = 0) -> Iterator[str]:
-    """Every string (and number, as text) inside a possibly JSON-encoded, even doubly encoded, value: test data
-    as text for decontamination."""
+    """Every string (and number, as text) inside a possibly JSON-encoded, even doubly encoded, value: test
+    data as text for decontamination."""
     value = as_value(value) if depth < 3 else value
     if isinstance(value, str):
         yield value
@@ -110,7 +111,8 @@ def test_text(corpus: str, row: Mapping[str, Any]) -> str:
 
 
 def source_of(corpus: str, row: Mapping[str, Any]) -> str:
-    """Per-source key of the drop counts: AceCode ``source``, KodCode ``subset``, Dream-Coder ``data_source``."""
+    """Per-source key of the drop counts: AceCode ``source``, KodCode ``subset``, Dream-Coder
+    ``data_source``."""
     column = {"acecode": "source", "kodcode-light": "subset", "kodcode-v1": "subset",
               "dream-coder": "data_source"}.get(corpus)
     value = row.get(column) if column else None

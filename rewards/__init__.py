@@ -5,7 +5,8 @@ Public API::
     from rewards import score_batch, RewardConfig, Task
     results = score_batch([(task_id, completion), ...], dataset="humaneval", cfg=RewardConfig.rl())
 
-See docs/rewards.md for the threat model, configuration and the evaluation CLI (``python -m rewards.evaluate``).
+See docs/rewards.md for the threat model, configuration and the evaluation CLI
+(``python -m rewards.evaluate``).
 """
 
 from .api import (
@@ -22,6 +23,7 @@ from .ray_pool import RayRewardPool
 from .sandbox import SandboxConfig, SandboxPool, probe_bwrap
 from .tasks import Task, load_tasks
 
-__all__ = ["ExtractedCode", "RayRewardPool", "RewardConfig", "RewardResult", "SandboxConfig", "SandboxInfraError",
-           "SandboxPool", "EvalPlusScorer", "Task", "build_solution", "close_all", "extract_code", "get_scorer",
-           "instruct_messages", "instruct_prompt", "load_tasks", "probe_bwrap", "score_batch"]
+__all__ = ["ExtractedCode", "RayRewardPool", "RewardConfig", "RewardResult", "SandboxConfig",
+           "SandboxInfraError", "SandboxPool", "EvalPlusScorer", "Task", "build_solution", "close_all",
+           "extract_code", "get_scorer", "instruct_messages", "instruct_prompt", "load_tasks", "probe_bwrap",
+           "score_batch"]

@@ -1,8 +1,8 @@
 """Canonical digests and tagged-JSON values: the one definition of "equal outputs" shared by both sides.
 
-The sandbox child digests untrusted outputs with it, and the trusted side digests caller-supplied expected values
-with the very same code, so the two can only agree when the values are equal under Python ``==``. Standalone (no
-``rewards`` imports): it is bound read-only into the sandbox next to ``_zygote.py``.
+The sandbox child digests untrusted outputs with it, and the trusted side digests caller-supplied expected
+values with the very same code, so the two can only agree when the values are equal under Python ``==``.
+Standalone (no ``rewards`` imports): it is bound read-only into the sandbox next to ``_zygote.py``.
 """
 
 from __future__ import annotations
@@ -17,27 +17,29 @@ import struct
 DIGEST_BYTES = 16
 VALUE_CAP = 65536
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # canonical digest: equal digests <=> equal values under Python == for plain builtins (bool==int, 1.0==1,
 # dict/set order-insensitive, list != tuple). Builtin subclasses are read through the base type's C methods.
 #
-# digest(x) = sha256(E(N(x))). N (_normalize) maps a value to its normal form: bool -> int, integral float -> int,
-# subclasses -> base types, set -> frozenset... E (_canon) is a function of the normal form alone: b"M" + marshal
-# (version 2: no object refs, so the bytes depend on values only) when the normal form is made of exact
-# list/tuple/str/int/bytes/None/float without NaN (_is_simple), else a structural encoding. The fast paths below
-# only compute N or decide E at C speed (type sets, map, list ==) for common shapes; they never change the result.
+# digest(x) = sha256(E(N(x))). N (_normalize) maps a value to its normal form: bool -> int, integral float ->
+# int, subclasses -> base types, set -> frozenset... E (_canon) is a function of the normal form alone: b"M" +
+# marshal (version 2: no object refs, so the bytes depend on values only) when the normal form is made of
+# exact list/tuple/str/int/bytes/None/float without NaN (_is_simple), else a structural encoding. The fast
+# paths below only compute N or decide E at C speed (type sets, map, list ==) for common shapes; they never
+# change the result.
 
 
 _LEAVES = frozenset({str, int, bytes, type(None)})
 _SIMPLE = _LEAVES | {list, tuple}
-_NORMAL_LEAVES = _LEAVES | {float}  # floats are normal when not integral (a normal form holds no integral float)
+# floats are normal when not integral (a normal form holds no integral float)
+_NORMAL_LEAVES = _LEAVES | {float}
 _NUMBERS = frozenset({int, float, bool})
 _NAN = struct.pack("<d", math.nan)  # every NaN encodes alike
 
 
 def _is_simple(x, leaves: frozenset = _LEAVES) -> bool:
-    """True when x is built only from exact list/tuple and ``leaves`` types (no NaN): then its marshal bytes are
-    canonical. Scans level by level with C-speed type sets (no per-element Python frames)."""
+    """True when x is built only from exact list/tuple and ``leaves`` types (no NaN): then its marshal bytes
+    are canonical. Scans level by level with C-speed type sets (no per-element Python frames)."""
     t = type(x)
     if t in leaves:
         return t is not float or x == x
@@ -62,8 +64,8 @@ def _is_simple(x, leaves: frozenset = _LEAVES) -> bool:
 
 
 def _normal_numbers(x):
-    """Normal form of an exact list/tuple of exact int/float/bool at C speed (one int() per item, one list ==),
-    or None when an item is inf or NaN (left to the item-by-item path)."""
+    """Normal form of an exact list/tuple of exact int/float/bool at C speed (one int() per item, one list
+    ==), or None when an item is inf or NaN (left to the item-by-item path)."""
     t = type(x)
     try:
         ints = t(map(int, x))
@@ -75,9 +77,9 @@ def _normal_numbers(x):
 
 
 def _normalize(x):
-    """Plain canonical form under Python ==: bool -> int, integral float -> int, complex with zero imaginary part
-    -> its real part, builtin subclasses -> base type (read through the base type's C methods, so overridden
-    hooks do not matter), numpy values -> Python values, set/frozenset -> frozenset."""
+    """Plain canonical form under Python ==: bool -> int, integral float -> int, complex with zero imaginary
+    part -> its real part, builtin subclasses -> base type (read through the base type's C methods, so
+    overridden hooks do not matter), numpy values -> Python values, set/frozenset -> frozenset."""
     t = type(x)
     if t is str or t is int or x is None or t is bytes:
         return x
@@ -129,7 +131,8 @@ def _canon(x, out) -> None:
 
 
 def _plain(x):
-    """Convert builtin subclasses / numpy values to plain builtins (reading storage, not overridable hooks)."""
+    """Convert builtin subclasses / numpy values to plain builtins (reading storage, not overridable
+    hooks)."""
     if isinstance(x, bool):
         return bool(int.__int__(x))
     if isinstance(x, int):
@@ -183,7 +186,8 @@ def digest(x) -> str:
 
 
 def small(x, budget: int = VALUE_CAP) -> bool:
-    """Cheap upper-bound check that a value's JSON form can fit in ``budget`` bytes (avoids encoding huge outputs)."""
+    """Cheap upper-bound check that a value's JSON form can fit in ``budget`` bytes (avoids encoding huge
+    outputs)."""
     stack = [x]
     while stack:
         y = stack.pop()

@@ -2,14 +2,16 @@
 
 Standalone like ``_zygote.py`` (no ``rewards`` imports): bound read-only next to it. Each runner is the "entry
 point" the zygote's test loop calls once per test, and whatever it returns leaves the sandbox as plain data (a
-digest and a tagged-JSON value, ``_digest.py``); nothing here ever sees an expected output, so no comparison can
-happen in here and nothing the completion patches can change a verdict (docs/rewards.md, "Code-RL corpora").
+digest and a tagged-JSON value, ``_digest.py``); nothing here ever sees an expected output, so no comparison
+can happen in here and nothing the completion patches can change a verdict (docs/rewards.md, "Code-RL
+corpora").
 
-- ``call_runner``: one test = one step ``[target, args, kwargs(, opts)]``; ``target`` is ``[name]`` (a function of
-  the completion's module), ``[class_name, method]`` (a fresh instance per test, e.g. LeetCode's ``Solution``),
-  ``["*", name]`` (``Solution().name`` when the module defines such a class, else the function ``name``), or, for
-  the stateful steps of a pytest test, ``["new", var, class_name]`` / ``["on", var, method]`` / ``["arg", k, i]``
-  (positional argument ``i`` of step ``k`` after that call, for tests that check in-place mutation).
+- ``call_runner``: one test = one step ``[target, args, kwargs(, opts)]``; ``target`` is ``[name]`` (a
+  function of the completion's module), ``[class_name, method]`` (a fresh instance per test, e.g. LeetCode's
+  ``Solution``), ``["*", name]`` (``Solution().name`` when the module defines such a class, else the function
+  ``name``), or, for the stateful steps of a pytest test, ``["new", var, class_name]`` /
+  ``["on", var, method]`` / ``["arg", k, i]`` (positional argument ``i`` of step ``k`` after that call, for
+  tests that check in-place mutation).
 - ``stdio_runner``: one test = one run of the whole program as ``__main__`` with the test's input as its stdin
   (fd 0 and ``sys.stdin``) and a file as its stdout (fd 1 and ``sys.stdout``); returns what it wrote.
 """
@@ -23,7 +25,8 @@ import sys
 
 
 class TargetMissing(Exception):
-    """The function, class or stored object a step names does not exist (never a raised exception of the code)."""
+    """The function, class or stored object a step names does not exist (never a raised exception of the
+    code)."""
 
 
 def _resolve(env: dict, objs: dict, target: list):
@@ -31,7 +34,8 @@ def _resolve(env: dict, objs: dict, target: list):
         return env[target[0]]
     if target[0] == "*":  # TACO's rule: a `class Solution` method when there is one, else the function
         cls = env.get("Solution")
-        return getattr(cls(), target[1]) if isinstance(cls, type) and hasattr(cls, target[1]) else env[target[1]]
+        return getattr(cls(), target[1]) if isinstance(cls, type) and hasattr(cls, target[1]) \
+            else env[target[1]]
     if target[0] == "new":  # ["new", var, Cls]: construct and keep for later "on" steps of the same test
         cls = env[target[2]]
         return lambda *a, **k: objs.__setitem__(target[1], cls(*a, **k))
@@ -44,7 +48,8 @@ def _resolve(env: dict, objs: dict, target: list):
     return getattr(env[target[0]](), target[1])
 
 
-_MRO_OF, _NAME_OF = type.__dict__["__mro__"].__get__, type.__dict__["__name__"].__get__  # before any sample runs
+# before any sample runs
+_MRO_OF, _NAME_OF = type.__dict__["__mro__"].__get__, type.__dict__["__name__"].__get__
 _WRAPS = {f.__name__: f for f in (list, tuple, set, frozenset, sorted, dict)}
 _BUILD_NAMES = ("datetime", "collections", "decimal", "fractions", "math")
 
@@ -52,11 +57,12 @@ _BUILD_NAMES = ("datetime", "collections", "decimal", "fractions", "math")
 def call_runner(env: dict):
     """The per-test function for call-based tests; ``env`` is the completion's loaded module namespace.
 
-    A step is ``[target, args, kwargs]`` or ``[target, args, kwargs, opts]``; ``opts["build"]`` is the source of
-    an ``(args, kwargs)`` tuple built here from the standard modules in ``_BUILD_NAMES`` (arguments that are not
-    plain data, e.g. ``datetime.date(2024, 1, 1)``), ``opts["discard"]`` drops the returned value (a statement
-    whose value no check reads), ``opts["wrap"]`` converts it first (``list(f(x))``: generators), and
-    ``opts["keep"] = k`` keeps the arguments for ``["arg", k, i]`` steps (``i``: position, or keyword name)."""
+    A step is ``[target, args, kwargs]`` or ``[target, args, kwargs, opts]``; ``opts["build"]`` is the source
+    of an ``(args, kwargs)`` tuple built here from the standard modules in ``_BUILD_NAMES`` (arguments that
+    are not plain data, e.g. ``datetime.date(2024, 1, 1)``), ``opts["discard"]`` drops the returned value (a
+    statement whose value no check reads), ``opts["wrap"]`` converts it first (``list(f(x))``: generators),
+    and ``opts["keep"] = k`` keeps the arguments for ``["arg", k, i]`` steps (``i``: position, or keyword
+    name)."""
     objs: dict = {}
 
     def run(target: list, args: list, kwargs: dict, opts: dict | None = None):
@@ -73,7 +79,8 @@ def call_runner(env: dict):
         out = fn(*args, **kwargs)
         if "keep" in opts:  # the arguments after the call, for later ["arg", k, i] steps (in-place mutation)
             objs[f"args:{opts['keep']}"] = (args, kwargs)
-        if opts.get("wrap"):  # list(f(x)) and the like, applied here: a generator's values can cross, it cannot
+        # list(f(x)) and the like, applied here: a generator's values can cross, it cannot
+        if opts.get("wrap"):
             out = _WRAPS[opts["wrap"]](out)
         return None if opts.get("discard") else out
 
@@ -81,8 +88,8 @@ def call_runner(env: dict):
 
 
 def exc_label(exc: BaseException) -> str:
-    """Names of the raised exception's classes, most derived first, read from the type slots (no Python code of
-    the exception runs): ``"ZeroDivisionError<ArithmeticError"``; ``Exception`` and its bases are left out.
+    """Names of the raised exception's classes, most derived first, read from the type slots (no Python code
+    of the exception runs): ``"ZeroDivisionError<ArithmeticError"``; ``Exception`` and its bases are left out.
     The trusted side matches ``pytest.raises(E)`` by name (docs/rewards.md)."""
     mro, name_of = _MRO_OF(type(exc)), _NAME_OF
     names = []
@@ -162,8 +169,8 @@ def stdio_runner(code, builtins_module, out_cap: int):
 
 def load_entry(payload: dict, env: dict, out_cap: int):
     """Compile the job's code and return the function the zygote calls once per test: ``env[entry_point]`` for
-    EvalPlus jobs (kind "fn"), :func:`call_runner` for "call", :func:`stdio_runner` for "stdio" (the program then
-    runs once per test, not here)."""
+    EvalPlus jobs (kind "fn"), :func:`call_runner` for "call", :func:`stdio_runner` for "stdio" (the program
+    then runs once per test, not here)."""
     kind = payload.get("kind", "fn")
     code = compile(payload["code"], "<solution>", "exec")
     env.setdefault("exit", site_exit)

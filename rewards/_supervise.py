@@ -1,19 +1,21 @@
-"""Zygote side of one job: relay the child's records to the trusted side and enforce the job's limits from outside.
+"""Zygote side of one job: relay the child's records to the trusted side and enforce the job's limits from
+outside.
 
 Runs inside the sandbox in the zygote, never in the child, so nothing a sample does (catching the timeout
-exception, ignoring, blocking or re-arming timer signals, slow ``__del__`` or conversion hooks, threads) reaches
-it. Standalone (no ``rewards`` imports): it is bound read-only into the sandbox next to ``_zygote.py``.
+exception, ignoring, blocking or re-arming timer signals, slow ``__del__`` or conversion hooks, threads)
+reaches it. Standalone (no ``rewards`` imports): it is bound read-only into the sandbox next to
+``_zygote.py``.
 
 CPU accounting. The child writes one record line per finished step (the load, then each test) into a pipe that
-only this job's child holds. The zygote reads the child's process CPU clock (any process in the pid namespace can
-read another's) each time it reads records. A *window* is the CPU between two such readings; it may use at most
-the sum of the CPU limits of the steps whose records arrived in it, plus the limit of the step in progress (with
-``TOLERANCE``). When the zygote reads promptly a window holds one step, so the limit is per test; when it is late
-(a busy machine), the steps read together share their limits, so an honest sample never times out because the
-zygote was slow. A window over its allowance kills the child and its records are not forwarded (the tests count
-as timed out). The same check runs while the child computes, so a test that never returns is killed at
-``limit * (1 + TOLERANCE[0]) + TOLERANCE[1]`` of CPU. The sample's total CPU budget and wall-clock deadline are
-enforced here too; ``RLIMIT_CPU`` set in the child is the kernel's backstop.
+only this job's child holds. The zygote reads the child's process CPU clock (any process in the pid namespace
+can read another's) each time it reads records. A *window* is the CPU between two such readings; it may use at
+most the sum of the CPU limits of the steps whose records arrived in it, plus the limit of the step in
+progress (with ``TOLERANCE``). When the zygote reads promptly a window holds one step, so the limit is per
+test; when it is late (a busy machine), the steps read together share their limits, so an honest sample never
+times out because the zygote was slow. A window over its allowance kills the child and its records are not
+forwarded (the tests count as timed out). The same check runs while the child computes, so a test that never
+returns is killed at ``limit * (1 + TOLERANCE[0]) + TOLERANCE[1]`` of CPU. The sample's total CPU budget and
+wall-clock deadline are enforced here too; ``RLIMIT_CPU`` set in the child is the kernel's backstop.
 """
 
 from __future__ import annotations
@@ -129,8 +131,9 @@ class _Job:
 
 
 def supervise(pid: int, chan: int, ack_r: int, hdr: dict, ncpu: int) -> dict:
-    """Relay child ``pid``'s records from ``chan`` and enforce its limits until it has exited; returns the job's
-    status for the trusted side (exit code, signal, why the zygote killed it, payload ack, CPU seconds)."""
+    """Relay child ``pid``'s records from ``chan`` and enforce its limits until it has exited; returns the
+    job's status for the trusted side (exit code, signal, why the zygote killed it, payload ack, CPU
+    seconds)."""
     job = _Job(pid, hdr)
     pidfd = os.pidfd_open(pid)
     deadline = time.monotonic() + hdr["wall"]
@@ -172,18 +175,18 @@ def supervise(pid: int, chan: int, ack_r: int, hdr: dict, ncpu: int) -> dict:
             "channel_error": code == EXIT_CHANNEL, "setup_error": code == EXIT_SETUP}
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # the rlimits fallback has no private mounts: its scratch dir is emptied after every job
 
 
 def wipe_tree(top: str) -> dict[str, int]:
-    """Delete everything below ``top`` (``top`` itself stays); returns {"dirs": directories scanned, "removed":
-    entries removed}. Linear: each directory is listed once, all its files are unlinked in that pass and its
-    subdirectories queued (re-listing a directory after each removed child made 30,000 siblings quadratic).
-    Iterative and relative-path based, because a sample may leave directories nested 100,000 deep (recursive
-    rmtree overflows the stack, absolute paths exceed PATH_MAX), mode-000 directories, or a chmod-ed ``top``.
-    Symlinks are never followed. Raises OSError when something cannot be removed. Walks by changing the working
-    directory (restored on return), so only call it in a single-threaded process."""
+    """Delete everything below ``top`` (``top`` itself stays); returns {"dirs": directories scanned,
+    "removed": entries removed}. Linear: each directory is listed once, all its files are unlinked in that
+    pass and its subdirectories queued (re-listing a directory after each removed child made 30,000 siblings
+    quadratic). Iterative and relative-path based, because a sample may leave directories nested 100,000 deep
+    (recursive rmtree overflows the stack, absolute paths exceed PATH_MAX), mode-000 directories, or a
+    chmod-ed ``top``. Symlinks are never followed. Raises OSError when something cannot be removed. Walks by
+    changing the working directory (restored on return), so only call it in a single-threaded process."""
     prev = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
     os.chdir(top)
     stats = {"dirs": 1, "removed": 0}

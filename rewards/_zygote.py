@@ -1,22 +1,25 @@
 """Fork-server that runs INSIDE the sandbox (bubblewrap or the rlimits-only fallback).
 
-Executed as a standalone script (``python -S -s -P -B _zygote.py WORK_DIR SECCOMP FRESH TMPFS_OPTS [SCRATCH..]``);
-it must not import anything from the ``rewards`` package, which is not mounted in the sandbox, only its siblings
-``_digest.py``, ``_supervise.py`` and ``_formats.py`` (the code-RL test runners). The trusted side imports it for
-:func:`digest` / :func:`encode_value` (re-exported from ``_digest``), so that digests of caller-supplied expected
-values are computed by the very same code that digests untrusted outputs.
+Executed as a standalone script
+(``python -S -s -P -B _zygote.py WORK_DIR SECCOMP FRESH TMPFS_OPTS [SCRATCH..]``); it must not import anything
+from the ``rewards`` package, which is not mounted in the sandbox, only its siblings ``_digest.py``,
+``_supervise.py`` and ``_formats.py`` (the code-RL test runners). The trusted side imports it for
+:func:`digest` / :func:`encode_value` (re-exported from ``_digest``), so that digests of caller-supplied
+expected values are computed by the very same code that digests untrusted outputs.
 
 Protocol (frames are a kind byte where noted, then a 4-byte big-endian length, then the bytes):
-  parent -> zygote (fd 0): HEADER frame (JSON: rlimits, CPU limits, budgets), then PAYLOAD frame (marshal: code,
-                           entry point, options) and INPUTS frame (marshal v2: list of input lists). The zygote
-                           reads only the header; the forked child reads the payload and inputs, so no job data
-                           ever lives in the zygote (a later child cannot scrape an earlier job's data).
+  parent -> zygote (fd 0): HEADER frame (JSON: rlimits, CPU limits, budgets), then PAYLOAD frame (marshal:
+                           code, entry point, options) and INPUTS frame (marshal v2: list of input lists). The
+                           zygote reads only the header; the forked child reads the payload and inputs, so no
+                           job data ever lives in the zygote (a later child cannot scrape an earlier job's
+                           data).
   child  -> zygote (a pipe created for this child alone): one JSON line per step:
         ["loaded"] | ["load_error", TypeName], then per test
         [set, i, "ok", digest_hex, value_or_null(, cpu_s)] | [set, i, "exc", TypeName] | [set, i, "timeout"]
-  zygote -> parent (fd 1): "R" frames relaying the child's complete lines (see ``_supervise``: the zygote checks
-        the CPU each window of lines used and stops relaying when it kills the child), then one "S" frame per job
-        with its status (exit code / signal / why the zygote killed it / CPU seconds / payload ack).
+  zygote -> parent (fd 1): "R" frames relaying the child's complete lines (see ``_supervise``: the zygote
+        checks the CPU each window of lines used and stops relaying when it kills the child), then one "S"
+        frame per job with its status (exit code / signal / why the zygote killed it / CPU seconds / payload
+        ack).
 Digests are never checked in the sandbox: expected values never enter it.
 """
 
@@ -46,22 +49,31 @@ else:  # the sandboxed script: the siblings are bound next to it (-P keeps its d
     from _formats import exc_label, load_entry
     from _supervise import EXIT_CHANNEL, EXIT_SETUP, send_frame, supervise, wipe_tree
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # seccomp (libseccomp through ctypes; default allow, deny-list of process/network/IPC/namespace syscalls)
 
 _ACT_ALLOW = 0x7FFF0000
 _CLONE_THREAD = 0x00010000
 _CMP_NE, _CMP_EQ, _CMP_MASKED_EQ = 1, 4, 7
-# fcntl commands that make the kernel signal another process (SIGIO / F_SETSIG to an owner pid): a way around the
-# kill() rule below. F_SETOWN, F_SETSIG, F_SETOWN_EX; ioctl FIOSETOWN / SIOCSPGRP do the same for sockets/ttys.
+# fcntl commands that make the kernel signal another process (SIGIO / F_SETSIG to an owner pid): a way around
+# the kill() rule below. F_SETOWN, F_SETSIG, F_SETOWN_EX; ioctl FIOSETOWN / SIOCSPGRP do the same for
+# sockets/ttys.
 _FCNTL_SIGNALLING = (8, 10, 15)
 _IOCTL_SIGNALLING = (0x8901, 0x8902)
 # scheduling of OTHER processes (same uid inside the sandbox = the zygote, whose later children inherit it):
 # nice 19 / SCHED_IDLE would make honest later samples hit their wall-clock limits.
 _DENY_SCHED = ["setpriority", "sched_setscheduler", "sched_setparam", "sched_setattr", "sched_setaffinity",
                "ioprio_set", "migrate_pages", "move_pages", "process_madvise", "process_mrelease"]
-_DENY_EPERM = ["fork", "vfork", "execve", "execveat", "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4", "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open", "pidfd_send_signal", "pidfd_getfd", "shmget", "shmat", "shmctl", "shmdt", "msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop", "semtimedop", "semctl", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr", "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key", "io_uring_setup", "io_uring_enter", "io_uring_register", "tkill", "personality",
-               # new mount API (the child drops its namespace-local CAP_SYS_ADMIN anyway) and handle-based opens
+_DENY_EPERM = ["fork", "vfork", "execve", "execveat", "socket", "socketpair", "connect", "bind", "listen",
+               "accept", "accept4", "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open",
+               "pidfd_send_signal", "pidfd_getfd", "shmget", "shmat", "shmctl", "shmdt", "msgget", "msgsnd",
+               "msgrcv", "msgctl", "semget", "semop", "semtimedop", "semctl", "mq_open", "mq_unlink",
+               "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr", "mount", "umount2",
+               "pivot_root", "chroot", "unshare", "setns", "bpf", "perf_event_open", "userfaultfd", "keyctl",
+               "add_key", "request_key", "io_uring_setup", "io_uring_enter", "io_uring_register", "tkill",
+               "personality",
+               # new mount API (the child drops its namespace-local CAP_SYS_ADMIN anyway) and handle-based
+               # opens
                "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr",
                "open_by_handle_at",
                # pipes and memfds take inode numbers from kernel-wide counters: a sample could advance them to
@@ -79,8 +91,8 @@ def _errno_action(code: int) -> int:
 
 class Seccomp:
     """Builds the deny-list once (in the zygote); each child adds its own-pid rules and loads the filter.
-    ``deny_list=False`` gives an empty allow-all filter to add rules to with :meth:`rule` (tests use it to emulate
-    hosts whose container profile forbids user namespaces)."""
+    ``deny_list=False`` gives an empty allow-all filter to add rules to with :meth:`rule` (tests use it to
+    emulate hosts whose container profile forbids user namespaces)."""
 
     def __init__(self, deny_list: bool = True) -> None:
         name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
@@ -135,7 +147,7 @@ class Seccomp:
 
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # framing
 
 
@@ -155,7 +167,7 @@ def _read_frame(fd: int) -> bytes:
     return _read_exact(fd, n)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # child: one completion against its test sets
 
 
@@ -176,8 +188,9 @@ def _on_timer(signum, frame):
 
 
 def _arm(cpu_s: float) -> None:
-    """The in-child CPU timer: a courtesy that turns a slow test into a "timeout" record and lets the next test
-    run. The sample can disable it; the zygote's accounting (``_supervise``) is what enforces the limit."""
+    """The in-child CPU timer: a courtesy that turns a slow test into a "timeout" record and lets the next
+    test run. The sample can disable it; the zygote's accounting (``_supervise``) is what enforces the
+    limit."""
     signal.setitimer(signal.ITIMER_PROF, cpu_s)
 
 
@@ -337,7 +350,7 @@ def _child_main(*args) -> None:
         os._exit(code)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # zygote
 
 
@@ -355,8 +368,8 @@ def _wipe(modes: dict[str, int]) -> bool:
 
 def main() -> None:
     work_root, use_seccomp = sys.argv[1], sys.argv[2] == "1"
-    # bubblewrap mode: every child mounts fresh tmpfs on the scratch dirs in its own mount namespace; the rlimits
-    # fallback cannot, and empties its one private scratch dir after every job instead
+    # bubblewrap mode: every child mounts fresh tmpfs on the scratch dirs in its own mount namespace; the
+    # rlimits fallback cannot, and empties its one private scratch dir after every job instead
     fresh_mounts = sys.argv[3] == "fresh"
     scratch = [work_root] + [d for d in sys.argv[5:] if os.path.isdir(d)]
     fresh = (scratch, sys.argv[4]) if fresh_mounts else None

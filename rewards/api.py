@@ -1,8 +1,10 @@
-"""Public scoring API: ``score_batch`` / :class:`EvalPlusScorer` turn (task_id, completion) pairs into rewards.
+"""Public scoring API: ``score_batch`` / :class:`EvalPlusScorer` turn (task_id, completion) pairs into
+rewards.
 
-Every item gets exactly one :class:`RewardResult`. Sandbox infrastructure failures are retried by the pool; if they
-persist the result has status "infra_error" and (by default) :class:`SandboxInfraError` is raised after the whole
-batch finished, carrying all results, so that an infrastructure problem is never mistaken for reward 0.
+Every item gets exactly one :class:`RewardResult`. Sandbox infrastructure failures are retried by the pool; if
+they persist the result has status "infra_error" and (by default) :class:`SandboxInfraError` is raised after
+the whole batch finished, carrying all results, so that an infrastructure problem is never mistaken for
+reward 0.
 """
 
 from __future__ import annotations
@@ -108,20 +110,22 @@ def _extract(completion: str, task: Task, cfg: RewardConfig) -> ExtractedCode:
     """The program to run for one completion; a completion the extractor cannot handle is that sample's
     "syntax_error", never an exception that would evict it (or the whole batch) from an RL step."""
     try:
-        return build_solution(completion, task.prompt, task.entry_point, completion_format=cfg.completion_format,
-                              answer_marker=cfg.answer_marker, sanitize=cfg.sanitize)
+        return build_solution(completion, task.prompt, task.entry_point,
+                              completion_format=cfg.completion_format, answer_marker=cfg.answer_marker,
+                              sanitize=cfg.sanitize)
     except (Exception, RecursionError, MemoryError) as exc:  # noqa: BLE001
         log.warning("code extraction failed for %s: %s: %s", task.task_id, type(exc).__name__, exc)
         return ExtractedCode(None, "syntax_error")
 
 
 class EvalPlusScorer:
-    """Holds tasks, their expected outputs and a warm :class:`SandboxPool`; reuse it across batches (RL steps)."""
+    """Holds tasks, their expected outputs and a warm :class:`SandboxPool`; reuse it across batches (RL
+    steps)."""
 
     def __init__(self, tasks: dict[str, Task] | Sequence[Task] | None = None, *, dataset: str | None = None,
                  cfg: RewardConfig | None = None, key: str | None = None) -> None:
-        """``key`` names the expected-output cache of caller-supplied ``tasks`` (default: a hash of the tasks);
-        pass the key returned by :func:`rewards.tasks.load_tasks` when the tasks came from there."""
+        """``key`` names the expected-output cache of caller-supplied ``tasks`` (default: a hash of the
+        tasks); pass the key returned by :func:`rewards.tasks.load_tasks` when the tasks came from there."""
         self.cfg = cfg or RewardConfig()
         if tasks is None:
             if dataset is None:
@@ -169,13 +173,14 @@ class EvalPlusScorer:
     def _submit(self, task: Task, code: str) -> Future:
         inputs, limits, budget = self._task_job_parts(task)
         exp = self.expected[task.task_id]
-        needs_values = bool(task.atol) or task.oracle in ("find_zero", "sum_div", "surface_area", "digit_distance") \
+        needs_values = bool(task.atol) or task.oracle in ("find_zero", "sum_div", "surface_area",
+                                                          "digit_distance") \
             or any(exp.values[_ALL_SETS.index(s)] for s in self.cfg.test_sets)
         # wall clock only stops samples that do not compute (sleep, block): generous, so that a busy machine
         # never turns an honest sample's CPU work into a timeout; CPU limits are enforced by the zygote
         job = Job(code=code, entry_point=task.entry_point, inputs=inputs, limits=limits, cpu_budget_s=budget,
-                  wall_budget_s=budget * self.cfg.wall_factor + 2.0, mode=task.child_mode, values=needs_values,
-                  stop_on_error=self.cfg.stop_on_error, load_limit_s=min(budget, 10.0))
+                  wall_budget_s=budget * self.cfg.wall_factor + 2.0, mode=task.child_mode,
+                  values=needs_values, stop_on_error=self.cfg.stop_on_error, load_limit_s=min(budget, 10.0))
         return self.pool.submit(job)
 
     def score(self, items: Iterable[tuple[str, str]]) -> list[RewardResult]:
@@ -192,8 +197,9 @@ class EvalPlusScorer:
                 results[idx] = self._no_code(task, ext)
             else:
                 runnable.append((idx, task, ext))
-        # longest first (by the reference solution's time on the configured tests): a batch ends with its slowest
-        # sample, so heavy samples queued last would leave the other workers idle (stable sort: ties keep order)
+        # longest first (by the reference solution's time on the configured tests): a batch ends with its
+        # slowest sample, so heavy samples queued last would leave the other workers idle (stable sort: ties
+        # keep order)
         runnable.sort(key=lambda item: -self.expected_cost(item[1]))
         pending: dict[Future, tuple[int, Task, Any]] = {
             self._submit(task, ext.code): (idx, task, ext) for idx, task, ext in runnable}
@@ -235,8 +241,8 @@ class EvalPlusScorer:
             details["detail"] = v.detail
         if cfg.keep_test_details:
             details["passed"] = dict(zip(cfg.test_sets, v.passed))
-        return RewardResult(task.task_id, correctness + cfg.format_weight * fmt, ratio, all_pass, fmt, v.status,
-                            statuses.get("base"), statuses.get("plus"), n, n_passed, details)
+        return RewardResult(task.task_id, correctness + cfg.format_weight * fmt, ratio, all_pass, fmt,
+                            v.status, statuses.get("base"), statuses.get("plus"), n, n_passed, details)
 
     def close(self) -> None:
         self.pool.close()
@@ -261,10 +267,12 @@ def get_scorer(dataset: str = "humaneval", cfg: RewardConfig | None = None,
         key: Any = ("custom", cfg, tuple(sorted(t.fingerprint() for t in tlist)))
     else:
         key = (dataset, cfg)
-    return _WARM.get(key, lambda: EvalPlusScorer(tasks, dataset=None if tasks is not None else dataset, cfg=cfg))
+    return _WARM.get(key, lambda: EvalPlusScorer(tasks, dataset=None if tasks is not None else dataset,
+                                                 cfg=cfg))
 
 
-def score_batch(items: Sequence[tuple[str, str]], *, dataset: str = "humaneval", cfg: RewardConfig | None = None,
+def score_batch(items: Sequence[tuple[str, str]], *, dataset: str = "humaneval",
+                cfg: RewardConfig | None = None,
                 tasks: dict[str, Task] | Sequence[Task] | None = None) -> list[RewardResult]:
     """Score (task_id, completion) pairs against ``dataset`` ("humaneval" = HumanEval+, "mbpp" = MBPP+,
     "humaneval-base") or caller-supplied ``tasks``. The scorer (tasks, expected outputs, warm sandbox pool) is

@@ -1,18 +1,18 @@
 """Assert statements -> sandboxed calls + a check evaluated on the trusted side (the "assert" test format).
 
 Why: ``assert f(x) == y`` run next to the completion can be forged (a lying ``__eq__``, a patched
-``AssertionError``, ``exit(0)``, reading ``y`` from a frame). Here each assert is parsed with ``ast`` on the trusted
-side into the calls it makes to the completion's functions (arguments: literals, or pure expressions of literals
-evaluated here) and the rest of the expression. Only the calls run in the sandbox (``_formats.call_runner``);
-their return values come back as plain data, and the assert expression is evaluated here, on those values, with
-Python's own operators and a small set of builtins: Python semantics stay exact (``1 == 1.0 == True``,
-``f() is True`` fails for ``1``, tolerance only where the test writes one: ``abs(f(x) - y) < eps``,
-``math.isclose``, ``pytest.approx``).
+``AssertionError``, ``exit(0)``, reading ``y`` from a frame). Here each assert is parsed with ``ast`` on the
+trusted side into the calls it makes to the completion's functions (arguments: literals, or pure expressions
+of literals evaluated here) and the rest of the expression. Only the calls run in the sandbox
+(``_formats.call_runner``); their return values come back as plain data, and the assert expression is
+evaluated here, on those values, with Python's own operators and a small set of builtins: Python semantics
+stay exact (``1 == 1.0 == True``, ``f() is True`` fails for ``1``, tolerance only where the test writes one:
+``abs(f(x) - y) < eps``, ``math.isclose``, ``pytest.approx``).
 
 An assert is excluded (counted, never run) when it cannot be judged that way: a lambda or a nested call of the
-completion (e.g. a mutation check ``(lambda m: (f(m), m)[1])(x)``), a name the completion defines used as a value,
-private attributes, or operations whose cost the completion's values could blow up on the trusted side (``*``,
-``**``, ``<<`` and method arguments built from returned values, beyond the allow-lists below). See
+completion (e.g. a mutation check ``(lambda m: (f(m), m)[1])(x)``), a name the completion defines used as a
+value, private attributes, or operations whose cost the completion's values could blow up on the trusted side
+(``*``, ``**``, ``<<`` and method arguments built from returned values, beyond the allow-lists below). See
 docs/rewards.md, "Code-RL corpora".
 """
 
@@ -30,12 +30,12 @@ from ._digest import encode_value
 # on literals)
 SAFE_BUILTINS = {
     name: getattr(builtins, name)
-    for name in ("len", "sorted", "set", "list", "tuple", "dict", "frozenset", "abs", "round", "sum", "min", "max",
-                 "all", "any", "isinstance", "str", "int", "float", "bool", "type", "repr", "chr", "ord", "reversed",
-                 "complex", "bytes", "range", "enumerate", "zip")
+    for name in ("len", "sorted", "set", "list", "tuple", "dict", "frozenset", "abs", "round", "sum", "min",
+                 "max", "all", "any", "isinstance", "str", "int", "float", "bool", "type", "repr", "chr",
+                 "ord", "reversed", "complex", "bytes", "range", "enumerate", "zip")
 }
-MATH_FUNCS = frozenset({"isclose", "isnan", "isinf", "isfinite", "fabs", "floor", "ceil", "sqrt", "log", "log2",
-                        "log10", "trunc", "inf", "nan", "pi", "e"})
+MATH_FUNCS = frozenset({"isclose", "isnan", "isinf", "isfinite", "fabs", "floor", "ceil", "sqrt", "log",
+                        "log2", "log10", "trunc", "inf", "nan", "pi", "e"})
 # methods of plain values that may take a returned value as argument (cost bounded by the values' sizes)
 VALUE_ARG_METHODS = frozenset({"join", "count", "index", "find", "rfind", "startswith", "endswith", "get",
                                "issubset", "issuperset", "isdisjoint", "union", "intersection", "difference",
@@ -54,10 +54,12 @@ class Unjudgeable(ValueError):
 
 class Approx:
     """``pytest.approx`` for numbers and (nested) lists/tuples/dicts of numbers, with pytest's defaults:
-    ``|actual - expected| <= max(rel * |expected|, abs)``, rel 1e-6, abs 1e-12; non-numbers compare with ``==``."""
+    ``|actual - expected| <= max(rel * |expected|, abs)``, rel 1e-6, abs 1e-12; non-numbers compare with
+    ``==``."""
 
     def __init__(self, expected: Any, rel: float | None = None, abs: float | None = None) -> None:  # noqa: A002
-        self.expected, self.rel, self.abs = expected, 1e-6 if rel is None else rel, 1e-12 if abs is None else abs
+        self.expected, self.rel, self.abs = expected, 1e-6 if rel is None else rel, \
+            1e-12 if abs is None else abs
 
     def _close(self, actual: Any, expected: Any) -> bool:
         if isinstance(expected, dict):
@@ -98,14 +100,15 @@ _TRUSTED_NAMES = frozenset(SAFE_BUILTINS) | {"math", "pytest", "approx"}
 
 
 def _is_target_call(node: ast.Call, names: frozenset[str]) -> list[str] | None:
-    """``[name]`` for a call of a completion function, ``[Cls, method]`` for ``Cls().method(...)`` (a capitalised
-    class name, as LeetCode's ``Solution``; ``f().lower()`` is a method of ``f``'s value), else None."""
+    """``[name]`` for a call of a completion function, ``[Cls, method]`` for ``Cls().method(...)`` (a
+    capitalised class name, as LeetCode's ``Solution``; ``f().lower()`` is a method of ``f``'s value), else
+    None."""
     func = node.func
     if isinstance(func, ast.Name) and func.id not in names:
         return [func.id]
-    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Call) and isinstance(func.value.func, ast.Name) \
-            and func.value.func.id not in names and func.value.func.id[:1].isupper() and not func.value.args \
-            and not func.value.keywords:
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Call) \
+            and isinstance(func.value.func, ast.Name) and func.value.func.id not in names \
+            and func.value.func.id[:1].isupper() and not func.value.args and not func.value.keywords:
         return [func.value.func.id, func.attr]
     return None
 
@@ -142,11 +145,13 @@ def _validate(node: ast.expr, placeholders: set[str], local: set[str]) -> None:
         if isinstance(n, (ast.ListComp, ast.SetComp, ast.GeneratorExp)) and len(n.generators) > 1 \
                 and _contains(n, tainted):
             raise Unjudgeable("nested comprehension over a returned value")
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr not in VALUE_ARG_METHODS \
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) \
+                and n.func.attr not in VALUE_ARG_METHODS \
                 and not (isinstance(n.func.value, ast.Name) and n.func.value.id in ("math", "pytest")) \
                 and any(_contains(a, tainted) for a in [*n.args, *(k.value for k in n.keywords)]):
             raise Unjudgeable(f"method {n.func.attr!r} with a returned value as argument")
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "range" and _contains(n, tainted):
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "range" \
+                and _contains(n, tainted):
             raise Unjudgeable("range over a returned value")
 
 
@@ -157,8 +162,8 @@ def _small_number(node: ast.expr, limit: float) -> bool:
 
 
 def _huge_literal_op(n: ast.BinOp) -> bool:
-    """Dataset arithmetic that could stall the trusted side (``10**10**10``, ``[0] * 10**12``): powers and shifts
-    need a literal exponent of at most 10,000; a sequence may be repeated at most 10**7 times."""
+    """Dataset arithmetic that could stall the trusted side (``10**10**10``, ``[0] * 10**12``): powers and
+    shifts need a literal exponent of at most 10,000; a sequence may be repeated at most 10**7 times."""
     if isinstance(n.op, (ast.Pow, ast.LShift)):
         return not _small_number(n.right, 10_000)
     if isinstance(n.op, ast.Mult):
@@ -184,9 +189,10 @@ def _bounded_int(node: ast.expr) -> bool:
 
 
 def _check_bounded(n: ast.BinOp, tainted: set[str]) -> None:
-    """``*``, ``**``, ``<<`` and ``%``-formatting whose cost a returned value could blow up: only with a small number
-    literal as the other operand (and never a returned exponent)."""
-    if isinstance(n.op, ast.Mod) and isinstance(n.left, ast.Constant) and isinstance(n.left.value, (str, bytes)):
+    """``*``, ``**``, ``<<`` and ``%``-formatting whose cost a returned value could blow up: only with a small
+    number literal as the other operand (and never a returned exponent)."""
+    if isinstance(n.op, ast.Mod) and isinstance(n.left, ast.Constant) \
+            and isinstance(n.left.value, (str, bytes)):
         raise Unjudgeable("%-formatting of a returned value")
     if not isinstance(n.op, _BOUNDED_OPS):
         return
@@ -238,8 +244,8 @@ class _Extract(ast.NodeTransformer):
 
 
 def constructed_method(node: ast.Call, names: frozenset[str]) -> ast.Call | None:
-    """The constructor call of ``Cls(args).method(...)`` (a capitalised class of the completion, with arguments;
-    ``Cls().method()`` is the plain ``[Cls, method]`` target), else None."""
+    """The constructor call of ``Cls(args).method(...)`` (a capitalised class of the completion, with
+    arguments; ``Cls().method()`` is the plain ``[Cls, method]`` target), else None."""
     f = node.func
     if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Call) and isinstance(f.value.func, ast.Name) \
             and f.value.func.id not in names and f.value.func.id[:1].isupper() \
@@ -248,15 +254,15 @@ def constructed_method(node: ast.Call, names: frozenset[str]) -> ast.Call | None
     return None
 
 
-# conversions a check applies directly to a returned value: applied in the sandbox instead, so that iterators and
-# generators (which cannot cross) are judged by the plain value they produce (rewards/_formats.py, "wrap")
+# conversions a check applies directly to a returned value: applied in the sandbox instead, so that iterators
+# and generators (which cannot cross) are judged by the plain value they produce (rewards/_formats.py, "wrap")
 WRAPPERS = frozenset({"list", "tuple", "set", "frozenset", "sorted", "dict"})
 
 
 def wrapped_call(node: ast.Call, is_target: Any) -> tuple[ast.Call, str | None]:
     """``list(f(x))`` -> (the inner call, "list"); anything else -> (node, None)."""
-    if isinstance(node.func, ast.Name) and node.func.id in WRAPPERS and len(node.args) == 1 and not node.keywords \
-            and isinstance(node.args[0], ast.Call) and is_target(node.args[0]):
+    if isinstance(node.func, ast.Name) and node.func.id in WRAPPERS and len(node.args) == 1 \
+            and not node.keywords and isinstance(node.args[0], ast.Call) and is_target(node.args[0]):
         return node.args[0], node.func.id
     return node, None
 
@@ -289,9 +295,10 @@ def _literal(node: ast.expr) -> Any:
 
 def parse_assert(test: ast.expr, rename: dict[str, str] | None = None, start: int = 0,
                  ) -> tuple[str, list[list], Any]:
-    """(check expression source with ``__cK`` placeholders, K from ``start``; calls ``[target, args, kwargs]``;
-    the expected value when the check is exactly ``__cK == <literal>``, for the digest comparison of returned
-    values too large to send, else the sentinel ``NO_LITERAL``). Raises Unjudgeable; rewrites ``test`` in place."""
+    """(check expression source with ``__cK`` placeholders, K from ``start``; calls
+    ``[target, args, kwargs]``; the expected value when the check is exactly ``__cK == <literal>``, for the
+    digest comparison of returned values too large to send, else the sentinel ``NO_LITERAL``). Raises
+    Unjudgeable; rewrites ``test`` in place."""
     ext = _Extract(rename or {}, start)
     expr = ext.visit(test)  # in place: asserts_of hands out nodes no one else holds
     if not ext.calls:
@@ -299,7 +306,8 @@ def parse_assert(test: ast.expr, rename: dict[str, str] | None = None, start: in
     placeholders = {f"__c{start + k}" for k in range(len(ext.calls))}
     _validate(expr, placeholders, _comp_locals(expr))
     literal: Any = NO_LITERAL
-    if len(ext.calls) == 1 and isinstance(expr, ast.Compare) and len(expr.ops) == 1 and isinstance(expr.ops[0], ast.Eq):
+    if len(ext.calls) == 1 and isinstance(expr, ast.Compare) and len(expr.ops) == 1 \
+            and isinstance(expr.ops[0], ast.Eq):
         left, right = expr.left, expr.comparators[0]
         only = f"__c{start}"
         other = right if isinstance(left, ast.Name) and left.id == only else \
@@ -322,9 +330,9 @@ NO_LITERAL = _NoLiteral()
 
 
 def asserts_of(source: str) -> tuple[list[tuple[ast.expr, dict[str, str]]], int]:
-    """The assert expressions of a test snippet, with the renames a ``def check(candidate): ...; check(f)`` block
-    implies (``candidate`` -> ``f``), and the number of other statements that cannot be judged (0 when the snippet
-    is only asserts). Raises Unjudgeable when the snippet does not parse."""
+    """The assert expressions of a test snippet, with the renames a ``def check(candidate): ...; check(f)``
+    block implies (``candidate`` -> ``f``), and the number of other statements that cannot be judged (0 when
+    the snippet is only asserts). Raises Unjudgeable when the snippet does not parse."""
     try:
         module = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
@@ -337,9 +345,9 @@ def asserts_of(source: str) -> tuple[list[tuple[ast.expr, dict[str, str]]], int]
             out.append((stmt.test, {}))
         elif isinstance(stmt, (ast.Import, ast.ImportFrom, ast.FunctionDef)):
             continue  # imports of the test file; check functions are expanded where called
-        elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and isinstance(stmt.value.func, ast.Name) \
-                and stmt.value.func.id in checks and len(stmt.value.args) == 1 \
-                and isinstance(stmt.value.args[0], ast.Name):
+        elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) \
+                and isinstance(stmt.value.func, ast.Name) and stmt.value.func.id in checks \
+                and len(stmt.value.args) == 1 and isinstance(stmt.value.args[0], ast.Name):
             fdef = checks[stmt.value.func.id]
             params = [a.arg for a in fdef.args.args]
             if len(params) != 1:

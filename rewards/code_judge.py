@@ -1,9 +1,10 @@
 """Trusted scoring of code-RL test formats: sandbox jobs out, plain-data records in, verdicts decided here.
 
-One job per completion: its calls (assert / call formats) or its program runs (stdio) are the job's tests, each
-under its own CPU limit enforced by the zygote (``rewards/_supervise.py``). Records are read with the same strict
-parser as the EvalPlus path (``rewards/judge.py``): a duplicate, garbled or out-of-range record voids the sample,
-a missing one is a failed test. Values decode into plain builtins only; every comparison runs here.
+One job per completion: its calls (assert / call formats) or its program runs (stdio) are the job's tests,
+each under its own CPU limit enforced by the zygote (``rewards/_supervise.py``). Records are read with the
+same strict parser as the EvalPlus path (``rewards/judge.py``): a duplicate, garbled or out-of-range record
+voids the sample, a missing one is a failed test. Values decode into plain builtins only; every comparison
+runs here.
 """
 
 from __future__ import annotations
@@ -40,17 +41,20 @@ def read_outcomes(raw: RawResult, n: int) -> tuple[str, list, dict[str, int], st
     try:
         return _read_outcomes(raw, n)
     except Exception as exc:  # noqa: BLE001 - anything unanticipated voids this sample only
-        return "protocol_violation", [None] * n, {"protocol_violation": 1}, f"unreadable record ({type(exc).__name__})"
+        return "protocol_violation", [None] * n, {"protocol_violation": 1}, \
+            f"unreadable record ({type(exc).__name__})"
 
 
 def _read_outcomes(raw: RawResult, n: int) -> tuple[str, list, dict[str, int], str]:
     outcomes: list = [None] * n
     if raw.sample_fault:
-        return "protocol_violation", outcomes, {"protocol_violation": 1}, "the sample broke its result channel"
+        return "protocol_violation", outcomes, {"protocol_violation": 1}, \
+            "the sample broke its result channel"
     if raw.overflow:
         return "output_overflow", outcomes, {"output_overflow": 1}, "too many result records or bytes"
     if not raw.records:
-        return "load_error", outcomes, {"load_error": 1}, "no output (the process died before loading the code)"
+        return "load_error", outcomes, {"load_error": 1}, \
+            "no output (the process died before loading the code)"
     errors: dict[str, int] = {}
     try:
         head = _parse(raw.records[0])
@@ -84,7 +88,7 @@ def _read_outcomes(raw: RawResult, n: int) -> tuple[str, list, dict[str, int], s
     return "ok", outcomes, errors, ""
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # per-format verdicts (trusted)
 
 
@@ -110,12 +114,14 @@ def _raised(out: tuple | None, expected: str) -> bool:
         return False
     names = out[1].split("<")
     if expected in ("Exception", "BaseException"):
-        return names[0] not in _NOT_RAISED_BY_CODE or (expected == "BaseException" and names[0] != "TargetMissing")
+        return names[0] not in _NOT_RAISED_BY_CODE or (expected == "BaseException"
+                                                       and names[0] != "TargetMissing")
     return expected in names
 
 
 def _assert_case(case: dict, outcomes: list) -> bool:
-    """An assert (or pytest test): every step ran (or raised what ``raises`` expects), then the check holds."""
+    """An assert (or pytest test): every step ran (or raised what ``raises`` expects), then the check
+    holds."""
     values = {}
     raises = case.get("raises", {})
     for k in case["calls"]:
@@ -138,8 +144,9 @@ def _assert_case(case: dict, outcomes: list) -> bool:
 
 
 def decode_value_obj(tagged: Any) -> Any:
-    """A tagged-JSON value already parsed into Python lists/dicts (as stored in CodeTests.data) -> plain value,
-    through the same strict decoder as the sandbox's records (a tampered CodeTests cannot smuggle objects in)."""
+    """A tagged-JSON value already parsed into Python lists/dicts (as stored in CodeTests.data) -> plain
+    value, through the same strict decoder as the sandbox's records (a tampered CodeTests cannot smuggle
+    objects in)."""
     return decode_value(json.dumps(tagged))
 
 
@@ -156,12 +163,13 @@ def case_verdicts(tests: CodeTests, outcomes: list) -> list[bool]:
     raise ValueError(f"format {tests.format!r} is not run in the sandbox")
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # jobs
 
 
 def job_inputs(tests: CodeTests) -> tuple[str, str, list]:
-    """(job kind, child output mode, per-test inputs) of a CodeTests; inputs are decoded to Python values here."""
+    """(job kind, child output mode, per-test inputs) of a CodeTests; inputs are decoded to Python values
+    here."""
     if tests.format in ("assert", "pytest"):  # pytest steps carry a 4th element, opts (_formats.call_runner)
         return "call", "exact", [[t, decode_value_obj(a), decode_value_obj(k), *rest]
                                  for t, a, k, *rest in tests.data["calls"]]
@@ -195,19 +203,22 @@ class CodeScorer:
         from .formats_judge import LCB_MODULES
 
         self.cfg = cfg or RewardConfig()
-        # the zygotes import the LCB prelude's modules once, so the children forked per sample find them loaded
-        preload = self.cfg.sandbox.preload + tuple(m for m in LCB_MODULES if m not in self.cfg.sandbox.preload)
+        # the zygotes import the LCB prelude's modules once, so the children forked per sample find them
+        # loaded
+        preload = self.cfg.sandbox.preload + tuple(m for m in LCB_MODULES
+                                                   if m not in self.cfg.sandbox.preload)
         self.pool = SandboxPool(self.cfg.workers, dataclasses.replace(self.cfg.sandbox, preload=preload))
 
     def _job(self, code: str, tests: CodeTests, prepared: dict[int, tuple]) -> Job:
-        """``prepared`` caches, per CodeTests object of this batch, its decoded and marshalled inputs (the samples
-        of one prompt share their tests)."""
+        """``prepared`` caches, per CodeTests object of this batch, its decoded and marshalled inputs (the
+        samples of one prompt share their tests)."""
         parts = prepared.get(id(tests))
         if parts is None:
             kind, mode, inputs = job_inputs(tests)
             parts = prepared[id(tests)] = (kind, mode, marshal.dumps([inputs], 2), len(inputs))
         kind, mode, blob, n = parts
-        per_test = max(self.cfg.min_time_limit_s, float(tests.data.get("time_limit_s") or DEFAULT_CALL_LIMIT_S))
+        per_test = max(self.cfg.min_time_limit_s,
+                       float(tests.data.get("time_limit_s") or DEFAULT_CALL_LIMIT_S))
         limits = [[per_test] * n]
         budget = min(self.cfg.set_time_cap_s, per_test * n) + 1.0
         if self.cfg.sample_time_cap_s is not None:
@@ -217,16 +228,17 @@ class CodeScorer:
             from .formats_judge import PRELUDES
 
             code = PRELUDES.get(prelude, "") + code
-        return Job(code=code, entry_point=_entry_point(tests) or "", inputs=blob, limits=limits, cpu_budget_s=budget,
-                   wall_budget_s=budget * self.cfg.wall_factor + 2.0, mode=mode, values=True,
-                   stop_on_error=self.cfg.stop_on_error and tests.format in ("call", "stdio"),
+        return Job(code=code, entry_point=_entry_point(tests) or "", inputs=blob, limits=limits,
+                   cpu_budget_s=budget, wall_budget_s=budget * self.cfg.wall_factor + 2.0, mode=mode,
+                   values=True, stop_on_error=self.cfg.stop_on_error and tests.format in ("call", "stdio"),
                    load_limit_s=min(budget, 10.0), kind=kind)
 
     def score(self, items: Sequence[tuple[str, CodeTests]]) -> list[RewardResult]:
         """Results in input order; a progress bar with ``cfg.progress``."""
         results: list[RewardResult | None] = [None] * len(items)
         pending: dict[Future, tuple[int, CodeTests, ExtractedCode]] = {}
-        prepared: dict[int, tuple] = {}  # id(tests) -> job parts; the items list keeps every tests object alive
+        # id(tests) -> job parts; the items list keeps every tests object alive
+        prepared: dict[int, tuple] = {}
         for idx, (completion, tests) in enumerate(items):
             if tests.format == "codeio":
                 from .formats_judge import codeio_result
@@ -235,8 +247,9 @@ class CodeScorer:
                 continue
             ext = _extract(completion, tests, self.cfg)
             if ext.status != "ok":
-                results[idx] = RewardResult("", self.cfg.no_code_reward, 0.0, False, 0.0, ext.status, None, None,
-                                            tests.n_cases, 0, {"extraction": ext.source, "excluded": tests.excluded})
+                results[idx] = RewardResult("", self.cfg.no_code_reward, 0.0, False, 0.0, ext.status, None,
+                                            None, tests.n_cases, 0,
+                                            {"extraction": ext.source, "excluded": tests.excluded})
                 continue
             pending[self.pool.submit(self._job(ext.code, tests, prepared))] = (idx, tests, ext)
         bar = tqdm(total=len(pending), desc="scoring", unit="sample", disable=not self.cfg.progress)
@@ -264,8 +277,8 @@ class CodeScorer:
         all_pass = status == "ok" and n_passed == n
         if status == "ok" and not all_pass:
             errors["failed_cases"] = n - n_passed  # the other counts are per call / run (raises included)
-        verdict = "pass" if all_pass else "timeout" if (raw.status.get("deadline") or raw.status.get("limit")) \
-            else "fail"
+        verdict = "pass" if all_pass else "timeout" \
+            if (raw.status.get("deadline") or raw.status.get("limit")) else "fail"
         ratio = n_passed / n if n else 0.0
         correctness = (1.0 if all_pass else 0.0) if cfg.reward == "binary" else ratio
         details = {"errors": errors, "extraction": ext.source, "excluded": tests.excluded,

@@ -1,12 +1,12 @@
 """Tests of the public code-RL corpora as plain data, and their trusted scoring (``score_code_tests``).
 
-A row's test columns become a :class:`CodeTests` (format + JSON-able data) in :func:`tests_from_row`; scoring runs
-only the completion's calls or program in the sandbox and compares what comes back on the trusted side
-(``rewards/code_judge.py``), so a completion can only pass by producing the right values. Formats, the guarantee
-and what is excluded per corpus: docs/rewards.md, "Code-RL corpora".
+A row's test columns become a :class:`CodeTests` (format + JSON-able data) in :func:`tests_from_row`; scoring
+runs only the completion's calls or program in the sandbox and compares what comes back on the trusted side
+(``rewards/code_judge.py``), so a completion can only pass by producing the right values. Formats, the
+guarantee and what is excluded per corpus: docs/rewards.md, "Code-RL corpora".
 
-The loaders (hub names, prompts, ids, filters) live with the corpora; this module owns the judging semantics of a
-row's tests, which is why the per-corpus conversion is here.
+The loaders (hub names, prompts, ids, filters) live with the corpora; this module owns the judging semantics
+of a row's tests, which is why the per-corpus conversion is here.
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ if TYPE_CHECKING:
 CORPORA = ("acecode", "kodcode-light", "kodcode-v1", "deepcoder-lcbv5", "deepcoder-primeintellect",
            "deepcoder-taco", "primeintellect", "dream-coder")
 FORMATS = ("assert", "call", "stdio", "pytest", "codeio")
-DEFAULT_CALL_LIMIT_S = 1.0  # per-call CPU seconds when the corpus gives none (DiffuCoder: 5 s wall per assert)
+# per-call CPU seconds when the corpus gives none (DiffuCoder: 5 s wall per assert)
+DEFAULT_CALL_LIMIT_S = 1.0
 
 
 class UnjudgeableRow(ValueError):
-    """A row whose tests cannot be judged with the guarantee; ``str(error)`` is a short reason (drop counts)."""
+    """A row whose tests cannot be judged with the guarantee; ``str(error)`` is a short reason (drop
+    counts)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +61,7 @@ class CodeTests:
         return len(self.data["cases"])
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # assert lists (AceCode test_cases, PrimeIntellect function rows' test_list)
 
 
@@ -107,7 +109,8 @@ def _acecode(row: Mapping[str, Any]) -> CodeTests:
 
 
 def _primeintellect(row: Mapping[str, Any]) -> CodeTests:
-    """Gen-Verse/PrimeIntellect (TraceRL): stdio rows with TraceRL's whitespace rule, function rows as asserts."""
+    """Gen-Verse/PrimeIntellect (TraceRL): stdio rows with TraceRL's whitespace rule, function rows as
+    asserts."""
     method = row.get("test_method")
     try:
         limit = float(row.get("test_time_limit") or 1.0)
@@ -136,7 +139,8 @@ from .corpus_tests import (  # noqa: E402 - they build on the classes above
 )
 
 _CONVERTERS: dict[str, Any] = {"acecode": _acecode, "primeintellect": _primeintellect,
-                               "deepcoder-lcbv5": deepcoder_lcbv5, "deepcoder-primeintellect": deepcoder_primeintellect,
+                               "deepcoder-lcbv5": deepcoder_lcbv5,
+                               "deepcoder-primeintellect": deepcoder_primeintellect,
                                "deepcoder-taco": deepcoder_taco, "dream-coder": dream_coder,
                                "kodcode-light": kodcode, "kodcode-v1": kodcode}
 # a corpus is listed only when every one of its formats is judged with the guarantee
@@ -156,10 +160,10 @@ tests_from_row.__test__ = False  # type: ignore[attr-defined] - not a pytest tes
 
 def score_code_tests(items: Sequence[tuple[str, CodeTests]], cfg: RewardConfig | None = None,
                      ) -> list[RewardResult]:
-    """Score ``(completion text, tests)`` pairs; results (``RewardResult``) in input order. ``base_status`` is the
-    verdict on the row's tests and ``plus_status`` equals it; the reward follows ``cfg.reward`` (binary /
-    pass_ratio) plus ``cfg.format_weight`` x format. The sandbox pool is cached per ``cfg`` (warm across calls);
-    ``cfg.progress`` shows a bar."""
+    """Score ``(completion text, tests)`` pairs; results (``RewardResult``) in input order. ``base_status`` is
+    the verdict on the row's tests and ``plus_status`` equals it; the reward follows ``cfg.reward`` (binary /
+    pass_ratio) plus ``cfg.format_weight`` x format. The sandbox pool is cached per ``cfg`` (warm across
+    calls); ``cfg.progress`` shows a bar."""
     from .code_judge import get_code_scorer
 
     return get_code_scorer(cfg).score(items)

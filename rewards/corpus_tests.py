@@ -1,8 +1,9 @@
-"""Per-corpus conversion of a row's test columns into :class:`rewards.code_tests.CodeTests` (judging semantics).
+"""Per-corpus conversion of a row's test columns into :class:`rewards.code_tests.CodeTests` (judging
+semantics).
 
-Schemas: ``../shared/data/code_rl/README.md`` as documented in docs/rewards.md, "Code-RL corpora". Columns that
-are JSON strings in one revision and structs in another (DeepCoder ``metadata``, Dream-Coder ``info``) are read
-either way.
+Schemas: ``../shared/data/code_rl/README.md`` as documented in docs/rewards.md, "Code-RL corpora". Columns
+that are JSON strings in one revision and structs in another (DeepCoder ``metadata``, Dream-Coder ``info``)
+are read either way.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def _json(value: Any, what: str) -> Any:
 
 
 def _mapping(value: Any) -> dict:
-    """A struct column that may also be a JSON string or a Python-literal string (``"{'func_name': None}"``)."""
+    """A struct column that may also be a JSON string or a Python-literal string
+    (``"{'func_name': None}"``)."""
     if isinstance(value, Mapping):
         return dict(value)
     if isinstance(value, str) and value.strip():
@@ -47,7 +49,8 @@ def _mapping(value: Any) -> dict:
 def _lcb_call_cases(inputs: list[str], outputs: list[str]) -> list[tuple[list, Any]]:
     """LCB functional tests: each input is newline-separated JSON arguments, each output JSON."""
     try:
-        return [([json.loads(a) for a in inp.split("\n")], json.loads(out)) for inp, out in zip(inputs, outputs)]
+        return [([json.loads(a) for a in inp.split("\n")], json.loads(out))
+                for inp, out in zip(inputs, outputs)]
     except (ValueError, AttributeError, TypeError, RecursionError):
         raise UnjudgeableRow("unparseable functional test") from None
 
@@ -64,8 +67,8 @@ def deepcoder_lcbv5(row: Mapping[str, Any]) -> CodeTests:
         cases = _lcb_call_cases([t.get("input") for t in tests], [t.get("output") for t in tests])
         return call_tests(["Solution", fn], cases, LCB_LIMIT_S, prelude="lcb")
     if kinds <= {"stdin", "stdin_stdout"}:
-        return stdio_tests([t.get("input") for t in tests], [t.get("output") for t in tests], LCB_LIMIT_S, "lcb",
-                           prelude="lcb")
+        return stdio_tests([t.get("input") for t in tests], [t.get("output") for t in tests], LCB_LIMIT_S,
+                           "lcb", prelude="lcb")
     raise UnjudgeableRow(f"test types {sorted(map(str, kinds))}")
 
 
@@ -83,8 +86,8 @@ def deepcoder_primeintellect(row: Mapping[str, Any]) -> CodeTests:
         cases = [(t.get("input"), _unwrap(t.get("output"))) for t in tests]
         return call_tests(["*", names.pop()], cases, LCB_LIMIT_S, prelude="lcb")
     if kinds <= {"stdin_stdout", None}:
-        return stdio_tests([t.get("input") for t in tests], [t.get("output") for t in tests], LCB_LIMIT_S, "lcb",
-                           prelude="lcb")
+        return stdio_tests([t.get("input") for t in tests], [t.get("output") for t in tests], LCB_LIMIT_S,
+                           "lcb", prelude="lcb")
     raise UnjudgeableRow(f"test types {sorted(map(str, kinds))}")
 
 

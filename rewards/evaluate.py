@@ -3,15 +3,15 @@
     python -m rewards.evaluate --dataset humaneval|mbpp --samples samples.jsonl [--mini] [--parallel N]
     python -m rewards.evaluate --dataset acecode|kodcode-light|... --samples S.jsonl [--data-files F ...]
 
-Reads evalplus's sample format (one JSON object per line with ``task_id`` and ``solution`` - the whole program -
-or ``completion`` - appended to the prompt) and writes ``<samples stem>_eval_results.json`` next to the samples with
-evalplus's layout (``eval`` -> task_id -> [{task_id, solution, base_status, plus_status, base_fail_tests,
-plus_fail_tests}]) plus ``pass_at_k`` (unbiased estimator) for base and base+plus tests.
+Reads evalplus's sample format (one JSON object per line with ``task_id`` and ``solution`` - the whole
+program - or ``completion`` - appended to the prompt) and writes ``<samples stem>_eval_results.json`` next to
+the samples with evalplus's layout (``eval`` -> task_id -> [{task_id, solution, base_status, plus_status,
+base_fail_tests, plus_fail_tests}]) plus ``pass_at_k`` (unbiased estimator) for base and base+plus tests.
 
 A code-RL corpus name (``corpora.CORPUS_NAMES``) scores the samples on the corpus rows' own tests
-(:mod:`corpora.evaluate`; ``base_status`` = the verdict on the row's tests, ``plus_status`` equal to it), read from
-``--data-files`` or, without them, from the hub (``--revision``). A corpus whose test formats are not judged yet
-is refused with one line.
+(:mod:`corpora.evaluate`; ``base_status`` = the verdict on the row's tests, ``plus_status`` equal to it), read
+from ``--data-files`` or, without them, from the hub (``--revision``). A corpus whose test formats are not
+judged yet is refused with one line.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def read_samples(path: Path) -> list[dict]:
                 raise UsageError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(s, dict) or not isinstance(s.get("task_id"), str) \
                     or not isinstance(s.get("solution", s.get("completion")), str):
-                raise UsageError(f"{path}:{lineno}: each sample must be a JSON object with a string task_id and a "
-                                 "string solution or completion")
+                raise UsageError(f"{path}:{lineno}: each sample must be a JSON object with a string task_id "
+                                 "and a string solution or completion")
             samples.append(s)
     if not samples:
         raise UsageError(f"{path}: no samples")
@@ -79,8 +79,10 @@ def evaluate(dataset: str, samples_path: Path, *, mini: bool = False, noextreme:
         raise UsageError(str(exc)) from None
     unknown = sorted({s["task_id"] for s in samples} - set(tasks))
     if unknown:
-        raise UsageError(f"{len(unknown)} task id(s) of {samples_path.name} are not in {key}, e.g. {unknown[0]!r}")
-    cfg = RewardConfig.evaluation(mini=mini, noextreme=noextreme, workers=parallel, progress=True, keep_test_details=True,
+        raise UsageError(f"{len(unknown)} task id(s) of {samples_path.name} are not in {key}, e.g. "
+                         f"{unknown[0]!r}")
+    cfg = RewardConfig.evaluation(mini=mini, noextreme=noextreme, workers=parallel, progress=True,
+                                  keep_test_details=True,
                                   test_sets=("base",) if base_only else ("base", "plus"),
                                   completion_format="solution", sandbox=SandboxConfig(isolation=isolation))
     with EvalPlusScorer(tasks, cfg=cfg, key=key) as scorer:
@@ -96,7 +98,8 @@ def evaluate(dataset: str, samples_path: Path, *, mini: bool = False, noextreme:
             "task_id": s["task_id"], "solution": prog, "base_status": r.base_status or "fail",
             "plus_status": None if base_only else (r.plus_status or "fail"),
             "base_fail_tests": _fails(task.base_inputs, passed.get("base"), r.base_status),
-            "plus_fail_tests": [] if base_only else _fails(task.plus_inputs, passed.get("plus"), r.plus_status)})
+            "plus_fail_tests": [] if base_only else _fails(task.plus_inputs, passed.get("plus"),
+                                                           r.plus_status)})
     doc["eval"] = dict(doc["eval"])
     doc["pass_at_k"] = pass_at_k_table(doc["eval"], base_only)
     out = samples_path.with_name(samples_path.stem + "_eval_results.json")
@@ -156,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point; user mistakes print ``python -m rewards.evaluate: error: ...`` and return 2."""
     ap = _Parser(prog="python -m rewards.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", required=True,
-                    help="humaneval (HumanEval+), mbpp (MBPP+) or a code-RL corpus (acecode, kodcode-light, ...)")
+                    help="humaneval (HumanEval+), mbpp (MBPP+) or a code-RL corpus "
+                         "(acecode, kodcode-light, ...)")
     ap.add_argument("--samples", required=True, type=Path, help="evalplus-format samples .jsonl")
     ap.add_argument("--mini", action="store_true", help="HumanEval+ Mini (not available for MBPP+)")
     ap.add_argument("--noextreme", action="store_true")
@@ -164,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, default=None, help="sandbox workers (default: all cores)")
     ap.add_argument("--isolation", default="auto", choices=["auto", "bwrap", "rlimits"])
     ap.add_argument("--data-files", nargs="+", default=None, help="corpus: local files (default: the hub)")
-    ap.add_argument("--revision", default=None, help="corpus on the hub: branch, tag or commit (default: main)")
+    ap.add_argument("--revision", default=None,
+                    help="corpus on the hub: branch, tag or commit (default: main)")
     try:
         args = ap.parse_args(argv)
         if args.parallel is not None and args.parallel < 1:

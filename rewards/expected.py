@@ -1,9 +1,9 @@
-"""Expected outputs: run each reference solution once in the sandbox (pinned PYTHONHASHSEED=0, same digest code as
-for completions) and cache digests + small values + reference CPU times on disk.
+"""Expected outputs: run each reference solution once in the sandbox (pinned PYTHONHASHSEED=0, same digest
+code as for completions) and cache digests + small values + reference CPU times on disk.
 
-The cache is a gzip'd JSON file per dataset key (dataset hash) and harness version (hash of ``_zygote.py``), a few
-MB for the full HumanEval+ instead of evalplus's 255 MB pickle. A dedicated pool computes it and is then closed,
-so no zygote that later runs completions ever handled reference outputs.
+The cache is a gzip'd JSON file per dataset key (dataset hash) and harness version (hash of ``_zygote.py``), a
+few MB for the full HumanEval+ instead of evalplus's 255 MB pickle. A dedicated pool computes it and is then
+closed, so no zygote that later runs completions ever handled reference outputs.
 """
 
 from __future__ import annotations
@@ -70,10 +70,10 @@ def _from_values(task: Task) -> TaskExpected:
 
 def _gt_job(task: Task) -> Job:
     sizes = [len(task.base_inputs), len(task.plus_inputs)]
-    return Job(code=task.reference_solution or "", entry_point=task.entry_point, inputs=task.inputs_bytes(SETS),
-               limits=[[GT_TEST_LIMIT_S] * n for n in sizes], cpu_budget_s=GT_TASK_BUDGET_S,
-               wall_budget_s=2 * GT_TASK_BUDGET_S, mode=task.child_mode, values=True, timing=True,
-               load_limit_s=GT_TEST_LIMIT_S)
+    return Job(code=task.reference_solution or "", entry_point=task.entry_point,
+               inputs=task.inputs_bytes(SETS), limits=[[GT_TEST_LIMIT_S] * n for n in sizes],
+               cpu_budget_s=GT_TASK_BUDGET_S, wall_budget_s=2 * GT_TASK_BUDGET_S, mode=task.child_mode,
+               values=True, timing=True, load_limit_s=GT_TEST_LIMIT_S)
 
 
 def _collect(task: Task, raw) -> TaskExpected:

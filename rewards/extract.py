@@ -1,10 +1,10 @@
 """Prompt formats for instruct models and code extraction from completions.
 
-Extraction never raises: it returns an :class:`ExtractedCode` whose ``status`` says what went wrong, so a batch
-of RL rollouts gets one clear per-sample status ("no_answer_block", "no_code", "syntax_error") instead of an
-exception. Order: (1) the A block of a lockstep rollout when ``answer_marker`` is given (the markers are plain
-text in the completion); (2) fenced code blocks; (3) the raw text; (4) evalplus's sanitizer (tree-sitter) when
-the text does not parse as Python.
+Extraction never raises: it returns an :class:`ExtractedCode` whose ``status`` says what went wrong, so a
+batch of RL rollouts gets one clear per-sample status ("no_answer_block", "no_code", "syntax_error") instead
+of an exception. Order: (1) the A block of a lockstep rollout when ``answer_marker`` is given (the markers are
+plain text in the completion); (2) fenced code blocks; (3) the raw text; (4) evalplus's sanitizer
+(tree-sitter) when the text does not parse as Python.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import threading
 # evalplus's chat prompt wording (evalplus/codegen + provider/utility.make_raw_chat_prompt)
 INSTRUCTION_PREFIX = ("Please provide a self-contained Python script that solves the following problem in a "
                       "markdown code block:")
-RESPONSE_PREFIX = ("Below is a Python script with a self-contained function that solves the problem and passes "
-                   "corresponding tests:")
+RESPONSE_PREFIX = ("Below is a Python script with a self-contained function that solves the problem and "
+                   "passes corresponding tests:")
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|eot_id|>", "<|mask|>", "</s>")
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _CODE_LANGS = {"", "python", "py", "python3", "py3", "Python", "Python3"}
@@ -44,8 +44,8 @@ def instruct_messages(task_prompt: str) -> list[dict[str, str]]:
 
 
 def instruct_prompt(task_prompt: str, *, lockstep: bool = False) -> str:
-    """Plain-text instruct prompt (no chat template). With ``lockstep=True`` the model is asked for a reasoning
-    block after ``[R]`` and the final code after ``[A]`` (the lockstep R/A canvas)."""
+    """Plain-text instruct prompt (no chat template). With ``lockstep=True`` the model is asked for a
+    reasoning block after ``[R]`` and the final code after ``[A]`` (the lockstep R/A canvas)."""
     text = f"{INSTRUCTION_PREFIX}\n```\n{task_prompt.strip()}\n```\n"
     if lockstep:
         return text + "Think in the [R] block, then give only the final code in the [A] block.\n[R] "
@@ -64,20 +64,22 @@ def answer_block(completion: str, answer_marker: str, stop_markers: tuple[str, .
 
 def _strip_special(text: str) -> str:
     for tok in SPECIAL_TOKENS:
-        text = text.split(tok)[0] if tok in ("<|endoftext|>", "<|im_end|>", "<|eot_id|>") else text.replace(tok, "")
+        text = text.split(tok)[0] if tok in ("<|endoftext|>", "<|im_end|>", "<|eot_id|>") \
+            else text.replace(tok, "")
     return text
 
 
-# CPython 3.11 keeps the AST constructor's recursion counter per interpreter, not per thread, so ast.parse called
-# from several threads at once (verl's reward thread pool) can fail with "SystemError: AST constructor recursion
-# depth mismatch". Parsing is serialised; whatever ast still raises on hostile text is that text's failure.
+# CPython 3.11 keeps the AST constructor's recursion counter per interpreter, not per thread, so ast.parse
+# called from several threads at once (verl's reward thread pool) can fail with "SystemError: AST constructor
+# recursion depth mismatch". Parsing is serialised; whatever ast still raises on hostile text is that text's
+# failure.
 _AST_LOCK = threading.Lock()
 _AST_ERRORS = (SyntaxError, ValueError, MemoryError, RecursionError, SystemError, OverflowError)
 
 
 def parse_or_none(code: str) -> ast.Module | None:
-    """``ast.parse(code)``, or None when the text does not parse or the parser itself fails on it (never raises
-    for any text; thread-safe)."""
+    """``ast.parse(code)``, or None when the text does not parse or the parser itself fails on it (never
+    raises for any text; thread-safe)."""
     with _AST_LOCK:
         try:
             return ast.parse(code)
@@ -97,7 +99,8 @@ def defines(code: str, name: str) -> bool:
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
             return True
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name
+                                                for t in node.targets):
             return True
     return False
 
@@ -152,7 +155,8 @@ def prompt_imports(prompt: str) -> str:
     if tree is None:
         return ""
     lines = prompt.splitlines()
-    out = [("\n".join(lines[n.lineno - 1:n.end_lineno])) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    out = [("\n".join(lines[n.lineno - 1:n.end_lineno])) for n in tree.body
+           if isinstance(n, (ast.Import, ast.ImportFrom))]
     return "\n".join(out) + ("\n" if out else "")
 
 
@@ -160,16 +164,18 @@ def build_solution(completion: str, prompt: str, entry_point: str, *, completion
                    answer_marker: str | None = None, sanitize: bool = True) -> ExtractedCode:
     """Program to run for a completion.
 
-    completion_format: "continuation" (evalplus's ``completion`` field: prompt + completion), "code" (extracted
-    code must define the entry point; the prompt's imports are prepended), "solution" (the text is the whole
-    program, evalplus's ``solution`` field), or "auto" (code when it defines the entry point, else continuation).
+    completion_format: "continuation" (evalplus's ``completion`` field: prompt + completion), "code"
+    (extracted code must define the entry point; the prompt's imports are prepended), "solution" (the text is
+    the whole program, evalplus's ``solution`` field), or "auto" (code when it defines the entry point, else
+    continuation).
     """
     if completion_format == "solution":
         return ExtractedCode(completion, "ok", "raw", _parses(completion))
     if completion_format == "continuation":
         return ExtractedCode(prompt + completion, "ok", "raw", _parses(prompt + completion))
     if completion_format not in ("auto", "code"):
-        raise ValueError(f"completion_format must be auto/code/continuation/solution, got {completion_format!r}")
+        raise ValueError("completion_format must be auto/code/continuation/solution, got "
+                         f"{completion_format!r}")
     ext = extract_code(completion, answer_marker=answer_marker, entry_point=entry_point, sanitize=sanitize)
     if ext.status == "ok" and defines(ext.code, entry_point):
         return dataclasses.replace(ext, code=prompt_imports(prompt) + ext.code)

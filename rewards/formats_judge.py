@@ -1,13 +1,14 @@
-"""The "call", "stdio" and "codeio" formats: building their data and judging one case, all on the trusted side.
+"""The "call", "stdio" and "codeio" formats: building their data and judging one case, all on the trusted
+side.
 
-- call (fn_name tests): the sandbox calls the function with the case's arguments and returns its value as plain
-  data; the LCB checker's rule decides here (``grade_call_based``: a returned tuple becomes a list, then Python
-  ``==`` against the JSON expected value). TACO-style ``[ret]`` outputs are unwrapped to ``ret`` first, as
-  rLLM's ``taco_to_lcb_format`` does for DeepCoder.
+- call (fn_name tests): the sandbox calls the function with the case's arguments and returns its value as
+  plain data; the LCB checker's rule decides here (``grade_call_based``: a returned tuple becomes a list, then
+  Python ``==`` against the JSON expected value). TACO-style ``[ret]`` outputs are unwrapped to ``ret`` first,
+  as rLLM's ``taco_to_lcb_format`` does for DeepCoder.
 - stdio: the sandbox runs the program on the case's stdin and returns what it wrote to stdout; the comparison
   follows the repo that consumes the corpus (``STDIO_RULES``).
-- codeio (Dream-Coder output prediction): nothing runs; the last JSON object of the completion is compared with
-  the ground truth.
+- codeio (Dream-Coder output prediction): nothing runs; the last JSON object of the completion is compared
+  with the ground truth.
 See docs/rewards.md, "Code-RL corpora".
 """
 
@@ -24,27 +25,29 @@ from .api import RewardConfig, RewardResult
 from .code_tests import CodeTests, UnjudgeableRow
 
 STDIO_RULES = ("lcb", "primeintellect", "sandboxfusion")
-# LiveCodeBench's harness runs every program after these lines (lcb_runner testing_util ``import_string``, kept by
-# rLLM for DeepCoder): LeetCode-style answers use ``List`` / ``defaultdict`` without importing them
-LCB_MODULES = ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random", "statistics",
-               "itertools", "functools", "operator", "io", "sys", "json", "builtins", "typing")
+# LiveCodeBench's harness runs every program after these lines (lcb_runner testing_util ``import_string``,
+# kept by rLLM for DeepCoder): LeetCode-style answers use ``List`` / ``defaultdict`` without importing them
+LCB_MODULES = ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random",
+               "statistics", "itertools", "functools", "operator", "io", "sys", "json", "builtins", "typing")
 LCB_PRELUDE = "".join(f"from {m} import *\n" for m in LCB_MODULES) + "".join(
-    f"import {m}\n" for m in ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random",
-                               "statistics", "itertools", "functools", "operator", "io", "sys", "json")) \
+    f"import {m}\n" for m in ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math",
+                              "random", "statistics", "itertools", "functools", "operator", "io", "sys",
+                              "json")) \
     + "sys.setrecursionlimit(50000)\n"
 PRELUDES = {"lcb": LCB_PRELUDE}
 MAX_STDIO_CHARS = 8 * 1024**2  # expected outputs above this are not kept in a row's tests
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # builders
 
 
 def call_tests(target: list[str], cases: list[tuple[Any, Any]], time_limit_s: float | None = None,
                prelude: str | None = None) -> CodeTests:
-    """``cases`` = [(argument list, expected value)] of plain data; ``target`` = ``[fn]``, ``["Solution", fn]``
-    or ``["*", fn]`` (``Solution().fn`` when the program defines such a class, else the free function ``fn``);
-    ``prelude``: a key of PRELUDES, lines run before the program (the consuming harness's imports)."""
+    """``cases`` = [(argument list, expected value)] of plain data; ``target`` = ``[fn]``,
+    ``["Solution", fn]`` or ``["*", fn]`` (``Solution().fn`` when the program defines such a class, else the
+    free function ``fn``); ``prelude``: a key of PRELUDES, lines run before the program (the consuming
+    harness's imports)."""
     out = []
     for args, expected in cases:
         if not isinstance(args, list):
@@ -69,7 +72,8 @@ def stdio_tests(inputs: Any, outputs: Any, time_limit_s: float | None, rule: str
     :func:`call_tests`."""
     if rule not in STDIO_RULES:
         raise ValueError(f"unknown stdio rule {rule!r}")
-    if not isinstance(inputs, (list, tuple)) or not isinstance(outputs, (list, tuple)) or len(inputs) != len(outputs):
+    if not isinstance(inputs, (list, tuple)) or not isinstance(outputs, (list, tuple)) \
+            or len(inputs) != len(outputs):
         raise UnjudgeableRow("unparseable stdin/stdout tests")
     if not inputs:
         raise UnjudgeableRow("no tests")
@@ -85,7 +89,7 @@ def stdio_tests(inputs: Any, outputs: Any, time_limit_s: float | None, rule: str
     return CodeTests("stdio", data)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # trusted comparisons
 
 
@@ -104,7 +108,8 @@ def call_case(data: dict, i: int, outcome: tuple | None) -> bool:
     from .code_judge import MISSING
 
     if got is MISSING:  # too large to send: equal digests <=> equal values under ==
-        return outcome[1] == digest(expected) or (isinstance(expected, list) and outcome[1] == digest(tuple(expected)))
+        return outcome[1] == digest(expected) or (isinstance(expected, list)
+                                                  and outcome[1] == digest(tuple(expected)))
     if isinstance(got, tuple):
         got = list(got)
     try:
@@ -128,11 +133,13 @@ def stdio_equal(rule: str, out: str, expected: str) -> bool:
     """The output rule of the repo that consumes the corpus.
 
     - ``lcb`` (LiveCodeBench's checker, used by rLLM/DeepCoder for lcbv5, primeintellect and taco): strip the
-      whole output, split lines, strip each; same number of lines; each line equal, or all its whitespace tokens
-      equal as ``Decimal``s.
-    - ``primeintellect`` (TraceRL, Gen-Verse/PrimeIntellect): ``" ".join(out.split()) == " ".join(exp.split())``.
-    - ``sandboxfusion`` (Dream-Coder via SandboxFusion ``check_stdio_test_case``): strip, split lines, ignore one
-      trailing empty line, compare lines lower-cased and stripped, or as floats with relative tolerance 1e-5.
+      whole output, split lines, strip each; same number of lines; each line equal, or all its whitespace
+      tokens equal as ``Decimal``s.
+    - ``primeintellect`` (TraceRL, Gen-Verse/PrimeIntellect):
+      ``" ".join(out.split()) == " ".join(exp.split())``.
+    - ``sandboxfusion`` (Dream-Coder via SandboxFusion ``check_stdio_test_case``): strip, split lines, ignore
+      one trailing empty line, compare lines lower-cased and stripped, or as floats with relative tolerance
+      1e-5.
     """
     if rule == "primeintellect":
         return " ".join(out.split()) == " ".join(expected.split())
@@ -185,7 +192,7 @@ def stdio_case(data: dict, i: int, outcome: tuple | None) -> bool:
     return isinstance(outcome[2], str) and stdio_equal(data["rule"], outcome[2], expected)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # codeio (nothing executed)
 
 _MAX_CODEIO_CHARS = 1 << 20
@@ -218,7 +225,8 @@ def codeio_tests(ground_truth: Any) -> CodeTests:
 
 
 def codeio_pass(completion: str, gt: dict) -> bool:
-    """The last JSON object of the completion has the ground truth's key (``output``, else ``input``), equal."""
+    """The last JSON object of the completion has the ground truth's key (``output``, else ``input``),
+    equal."""
     pred = last_json_object(completion)
     if pred is None:
         return False

@@ -1,5 +1,6 @@
-"""Isolation settings and start-up detection: the bubblewrap command line of a sandboxed zygote, which host paths
-it may see, and the loud fallback when user namespaces are unavailable (see docs/rewards.md, threat model)."""
+"""Isolation settings and start-up detection: the bubblewrap command line of a sandboxed zygote, which host
+paths it may see, and the loud fallback when user namespaces are unavailable (see docs/rewards.md, threat
+model)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ class SandboxConfig:
     isolation: "auto" (bubblewrap when user namespaces work, else the rlimits+seccomp fallback with a loud
     warning), "bwrap" (refuse to start without bubblewrap), or "rlimits" (fallback only; for hosts without
     namespaces). ``packages`` are the only third-party packages visible inside the sandbox; ``preload`` are
-    imported once in the zygote so completions get them for free (as in EvalPlus, whose harness imports numpy).
+    imported once in the zygote so completions get them for free (as in EvalPlus, whose harness imports
+    numpy).
     """
 
     isolation: str = "auto"
@@ -55,7 +57,8 @@ class SandboxConfig:
 
 @dataclasses.dataclass
 class Job:
-    """One completion against its test sets. ``inputs`` is marshal-v2 bytes (shared between jobs of a task)."""
+    """One completion against its test sets. ``inputs`` is marshal-v2 bytes (shared between jobs of a
+    task)."""
 
     code: str
     entry_point: str
@@ -63,7 +66,8 @@ class Job:
     limits: list[list[float]]
     cpu_budget_s: float
     wall_budget_s: float
-    mode: str = "exact"  # "exact" | "not_none" | "set_eq" | "stdio": output conversion applied inside the child
+    # "exact" | "not_none" | "set_eq" | "stdio": output conversion applied inside the child
+    mode: str = "exact"
     kind: str = "fn"  # "fn": entry_point(*input); "call" / "stdio": the runners of rewards/_formats.py
     values: bool = False
     timing: bool = False
@@ -93,7 +97,7 @@ class ChannelError(InfraError):
     that sample's failure (so no sample can fail a batch by faking it)."""
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # start-up detection
 
 
@@ -118,8 +122,9 @@ def _hidden_site_dirs(prefixes: list[str]) -> list[str]:
     cands = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     cands |= {str(Path(p)) for p in sys.path if p.endswith(("site-packages", "dist-packages"))}
     for root in prefixes:
-        for pattern in ("lib/python3*/site-packages", "lib/python3*/dist-packages", "lib/python3/dist-packages",
-                        "local/lib/python3*/dist-packages", "local/lib/python3*/site-packages"):
+        for pattern in ("lib/python3*/site-packages", "lib/python3*/dist-packages",
+                        "lib/python3/dist-packages", "local/lib/python3*/dist-packages",
+                        "local/lib/python3*/site-packages"):
             cands |= {str(p) for p in Path(root).glob(pattern)}
     out = []
     for c in sorted(cands):
@@ -132,15 +137,16 @@ def _hidden_site_dirs(prefixes: list[str]) -> list[str]:
 def bwrap_argv(cfg: SandboxConfig) -> list[str]:
     """Full command line of one sandboxed zygote (bubblewrap, read-only system + interpreter, no /proc).
 
-    The zygote keeps CAP_SYS_ADMIN of the sandbox's own user namespace (``--unshare-user`` makes that namespace
-    mandatory, also when the trainer runs as root) so that each child can mount fresh tmpfs scratch dirs in a
-    private mount namespace; the child drops every capability before it runs any sample code."""
+    The zygote keeps CAP_SYS_ADMIN of the sandbox's own user namespace (``--unshare-user`` makes that
+    namespace mandatory, also when the trainer runs as root) so that each child can mount fresh tmpfs scratch
+    dirs in a private mount namespace; the child drops every capability before it runs any sample code."""
     python = os.path.realpath(sys.executable)
     prefix = os.path.realpath(sys.base_prefix)
     mounts = ["/usr"] + ([prefix] if not prefix.startswith("/usr/") else [])
-    argv = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--cap-add", "CAP_SYS_ADMIN", "--clearenv", "--ro-bind", "/usr", "/usr"]
-    for link, target in (("/lib", "usr/lib"), ("/lib64", "usr/lib64"), ("/bin", "usr/bin"), ("/sbin", "usr/sbin")):
+    argv = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop",
+            "ALL", "--cap-add", "CAP_SYS_ADMIN", "--clearenv", "--ro-bind", "/usr", "/usr"]
+    for link, target in (("/lib", "usr/lib"), ("/lib64", "usr/lib64"), ("/bin", "usr/bin"),
+                         ("/sbin", "usr/sbin")):
         if os.path.islink(link):
             argv += ["--symlink", target, link]
         elif os.path.isdir(link):
@@ -155,8 +161,8 @@ def bwrap_argv(cfg: SandboxConfig) -> list[str]:
     for f in HARNESS_FILES:
         argv += ["--ro-bind", str(f), f"/sandbox/{f.name.removeprefix('_') if f == ZYGOTE_PATH else f.name}"]
     # the zygote's own /tmp and /dev/shm: no child ever sees them (each mounts fresh ones over them)
-    argv += ["--dev", "/dev", "--size", str(16 * 1024**2), "--tmpfs", "/tmp", "--size", str(1024**2), "--tmpfs",
-             "/dev/shm", "--chdir", "/", "--uid", "65534", "--gid", "65534"]
+    argv += ["--dev", "/dev", "--size", str(16 * 1024**2), "--tmpfs", "/tmp", "--size", str(1024**2),
+             "--tmpfs", "/dev/shm", "--chdir", "/", "--uid", "65534", "--gid", "65534"]
     for key, val in _sandbox_env(cfg, SANDBOX_SITE).items():
         argv += ["--setenv", key, val]
     # everything else read-only: bwrap's root and /dev are tmpfs mounts too, and a writable one would carry
@@ -187,7 +193,8 @@ def probe_bwrap(cfg: SandboxConfig = SandboxConfig()) -> tuple[bool, str]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"bubblewrap failed to run: {exc}"
     if proc.returncode != 0:
-        return False, f"bubblewrap cannot create namespaces here: {proc.stderr.decode(errors='replace').strip()}"
+        return False, \
+            f"bubblewrap cannot create namespaces here: {proc.stderr.decode(errors='replace').strip()}"
     return True, "ok"
 
 
@@ -199,7 +206,8 @@ def resolve_isolation(cfg: SandboxConfig) -> str:
     if ok:
         return "bwrap"
     if cfg.isolation == "bwrap":
-        raise RuntimeError(f"sandbox refused to start: {why} (set isolation='auto' to allow the weaker fallback)")
+        raise RuntimeError(f"sandbox refused to start: {why} (set isolation='auto' to allow the weaker "
+                           "fallback)")
     msg = (f"SANDBOX DEGRADED: {why}. Falling back to rlimits+seccomp without filesystem/network namespaces; "
            "untrusted code can read host files. Set isolation='bwrap' to refuse instead.")
     log.warning(msg)

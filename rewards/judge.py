@@ -1,10 +1,11 @@
 """Trusted-side judge: turns a sandbox's raw record lines into per-test verdicts.
 
-Why it cannot be fooled: the sandbox never sees expected outputs, so the only way to produce a matching digest is
-to produce the right value. Records are size-capped JSON; values are decoded by a strict object hook into plain
-builtins only (nothing is unpickled or unmarshalled). A duplicate, out-of-range or malformed record voids the whole
-sample (``protocol_violation``); a missing record is a failed test. EvalPlus's oracles (atol/rtol, set equality,
-not-None, find_zero and the MBPP special cases) are applied here, never inside the sandbox.
+Why it cannot be fooled: the sandbox never sees expected outputs, so the only way to produce a matching digest
+is to produce the right value. Records are size-capped JSON; values are decoded by a strict object hook into
+plain builtins only (nothing is unpickled or unmarshalled). A duplicate, out-of-range or malformed record
+voids the whole sample (``protocol_violation``); a missing record is a failed test. EvalPlus's oracles
+(atol/rtol, set equality, not-None, find_zero and the MBPP special cases) are applied here, never inside the
+sandbox.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from .sandbox import RawResult
 from .tasks import VALUE_ORACLES, Task
 
 _HEX = re.compile(r"[0-9a-f]{32}")
-# exactly the bytes the sandbox writes for an ok record without a value: JSON that _parse + _check_record would
-# read as [s, i, "ok", digest, null] (no leading zeros, at most 9 digits, no whitespace)
+# exactly the bytes the sandbox writes for an ok record without a value: JSON that _parse + _check_record
+# would read as [s, i, "ok", digest, null] (no leading zeros, at most 9 digits, no whitespace)
 _OK_NO_VALUE = re.compile(rb'\[(0|[1-9][0-9]{0,8}),(0|[1-9][0-9]{0,8}),"ok","([0-9a-f]{32})",null\]')
 _TAGS = {"t", "s", "d", "c", "b", "i", "f"}
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ def _hook(obj: dict) -> Any:
         return set(val)
     if tag == "d" and isinstance(val, list) and all(isinstance(kv, list) and len(kv) == 2 for kv in val):
         return {k: v for k, v in val}
-    if tag == "c" and isinstance(val, list) and len(val) == 2 and all(isinstance(v, (int, float)) for v in val):
+    if tag == "c" and isinstance(val, list) and len(val) == 2 and all(isinstance(v, (int, float))
+                                                                      for v in val):
         return complex(val[0], val[1])
     if tag == "b" and isinstance(val, str):
         return bytes.fromhex(val)
@@ -69,7 +71,7 @@ def decode_value(text: str) -> Any:
         raise ProtocolViolation(f"undecodable value: {type(exc).__name__}") from exc
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # oracles (trusted)
 
 
@@ -114,7 +116,7 @@ def oracle_pass(task: Task, inp: list, out: Any, exp: Any) -> bool:
         return False
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -143,8 +145,9 @@ class Verdict:
 def judge(task: Task, sets: tuple[str, ...], exp: TaskExpected, raw: RawResult) -> Verdict:
     """Verdict for one sample; never raises on anything the sandbox sent.
 
-    The records are untrusted input to trusted code: every way they can fail to decode, convert or compare is a
-    protocol violation of this sample alone (an escaping exception would abort a whole evaluation or RL step)."""
+    The records are untrusted input to trusted code: every way they can fail to decode, convert or compare is
+    a protocol violation of this sample alone (an escaping exception would abort a whole evaluation or RL
+    step)."""
     sizes = [len(task.base_inputs if s == "base" else task.plus_inputs) for s in sets]
     try:
         return _judge(task, sets, exp, raw, sizes)
@@ -191,7 +194,8 @@ def _judge(task: Task, sets: tuple[str, ...], exp: TaskExpected, raw: RawResult,
             seen.add((s, i))
             if kind == "ok":
                 ok = rec[3] == exp.digests[s][i] or task.oracle == "always"
-                if not ok and rec[4] is not None and (task.oracle in VALUE_ORACLES or task.atol or exp.values[s]):
+                if not ok and rec[4] is not None and (task.oracle in VALUE_ORACLES or task.atol
+                                                      or exp.values[s]):
                     inp = (task.base_inputs if sets[s] == "base" else task.plus_inputs)[i]
                     ok = oracle_pass(task, inp, decode_value(rec[4]), exp.value(s, i))
                 passed[s][i] = ok
@@ -209,7 +213,8 @@ def _judge(task: Task, sets: tuple[str, ...], exp: TaskExpected, raw: RawResult,
     for s, n in enumerate(sizes):
         if all(passed[s]):
             set_status.append("pass")
-        elif (raw.status.get("deadline") or raw.status.get("limit")) and any((s, i) not in seen for i in range(n)):
+        elif (raw.status.get("deadline") or raw.status.get("limit")) and any((s, i) not in seen
+                                                                             for i in range(n)):
             set_status.append("timeout")
         else:
             set_status.append("fail")

@@ -1,23 +1,24 @@
-"""pytest files (KodCode ``test``, Dream-Coder ``autoeval``) -> sandboxed steps + trusted checks (the "pytest" format).
+"""pytest files (KodCode ``test``, Dream-Coder ``autoeval``) -> sandboxed steps + trusted checks (the "pytest"
+format).
 
-Why not run pytest next to the completion: the completion could patch ``pytest``, ``AssertionError`` or builtins,
-exit 0, or hand back objects whose ``__eq__`` lies. So the test file never runs: each ``def test_*`` is read with
-``ast`` on the trusted side into *steps* (calls of the completion's functions, construction of its classes and
-method calls on those objects, in order) and *checks* (its asserts, with each call replaced by the value the step
-returned). Only the steps run in the sandbox (``_formats.call_runner``; a fresh process per sample, the steps of a
-test in order so objects keep their state); their values cross as plain data and the checks run here, with the
-assert format's evaluator (``rewards/assert_parse.py``). ``with pytest.raises(E):`` steps pass when the call raised
-an exception whose class, or a base class, is named ``E``.
+Why not run pytest next to the completion: the completion could patch ``pytest``, ``AssertionError`` or
+builtins, exit 0, or hand back objects whose ``__eq__`` lies. So the test file never runs: each ``def test_*``
+is read with ``ast`` on the trusted side into *steps* (calls of the completion's functions, construction of
+its classes and method calls on those objects, in order) and *checks* (its asserts, with each call replaced by
+the value the step returned). Only the steps run in the sandbox (``_formats.call_runner``; a fresh process per
+sample, the steps of a test in order so objects keep their state); their values cross as plain data and the
+checks run here, with the assert format's evaluator (``rewards/assert_parse.py``). ``with pytest.raises(E):``
+steps pass when the call raised an exception whose class, or a base class, is named ``E``.
 
-What a test may contain: asserts; ``x = <call | Class(...) | literal>``; bare calls (a list/dict/set variable passed
-in is read back after the call: in-place changes); ``list(f(x))`` and the like (converted in the sandbox, so
-generators work); ``Cls(args).method(...)``; ``for v in <literal>:``
-loops (unrolled); ``with pytest.raises(E):`` blocks without ``match=``; ``@pytest.mark.parametrize`` with literal
-values (expanded, one case per parameter set); arguments that are literals, or built in the sandbox from
-``datetime`` / ``collections`` / ``decimal`` / ``fractions`` / ``math`` (values that cannot cross). Anything else
-(fixtures such as ``capsys`` / ``monkeypatch`` / ``tmp_path``, helpers or classes of the test file, objects passed
-back into calls, generators consumed in the test, ``try``/``if`` blocks, ``match=``) excludes that test, counted in
-``CodeTests.excluded``. docs/rewards.md lists the consequences.
+What a test may contain: asserts; ``x = <call | Class(...) | literal>``; bare calls (a list/dict/set variable
+passed in is read back after the call: in-place changes); ``list(f(x))`` and the like (converted in the
+sandbox, so generators work); ``Cls(args).method(...)``; ``for v in <literal>:``
+loops (unrolled); ``with pytest.raises(E):`` blocks without ``match=``; ``@pytest.mark.parametrize`` with
+literal values (expanded, one case per parameter set); arguments that are literals, or built in the sandbox
+from ``datetime`` / ``collections`` / ``decimal`` / ``fractions`` / ``math`` (values that cannot cross).
+Anything else (fixtures such as ``capsys`` / ``monkeypatch`` / ``tmp_path``, helpers or classes of the test
+file, objects passed back into calls, generators consumed in the test, ``try``/``if`` blocks, ``match=``)
+excludes that test, counted in ``CodeTests.excluded``. docs/rewards.md lists the consequences.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ _ALLOWED_IMPORTS = BUILD_MODULES | {"pytest"}
 
 
 def _copy(node: Any) -> Any:
-    """A copy of an AST (3x faster than ``copy.deepcopy``; positions are not kept: unparse does not need them)."""
+    """A copy of an AST (3x faster than ``copy.deepcopy``; positions are not kept: unparse does not need
+    them)."""
     if isinstance(node, ast.AST):
         new = node.__class__()
         for field, value in ast.iter_fields(node):
@@ -70,7 +72,8 @@ class _Module:
     def __init__(self, tree: ast.Module, solution_import: bool) -> None:
         self.targets: set[str] | None = set() if solution_import else None
         self.constants: dict[str, Any] = {}
-        self.foreign: set[str] = set()  # names the test file defines or imports: a test using them is excluded
+        # names the test file defines or imports: a test using them is excluded
+        self.foreign: set[str] = set()
         self.modules: set[str] = set()
         for stmt in tree.body:
             if isinstance(stmt, ast.ImportFrom) and stmt.module == "solution" and self.targets is not None:
@@ -86,7 +89,8 @@ class _Module:
                         self.foreign.add((a.asname or a.name).split(".")[0])
             elif isinstance(stmt, ast.ImportFrom):
                 self.foreign |= {a.asname or a.name for a in stmt.names}
-            elif isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            elif isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
+                    and isinstance(stmt.targets[0], ast.Name):
                 try:
                     _validate(stmt.value, set(), _comp_locals(stmt.value))
                     self.constants[stmt.targets[0].id] = trusted_eval(_copy(stmt.value))
@@ -125,9 +129,10 @@ class _Case:
         self.own: list[int] = []
         self.checks: list[str] = []
         self.raises: dict[str, str] = {}
-        self.mutable: set[str] = set()  # names bound to list/dict/set literals (a call may change them in place)
+        # names bound to list/dict/set literals (a call may change them in place)
+        self.mutable: set[str] = set()
 
-    # --- expressions -------------------------------------------------------------------------------------------
+    # --- expressions ----------------------------------------------------------------------------------------
 
     def _subst(self, node: ast.expr) -> ast.expr:
         """Names bound to literals or to earlier steps' values replaced; objects may not be used as values."""
@@ -158,8 +163,9 @@ class _Case:
                 raise Unjudgeable("a value an object of the completion holds")
             if f.value.id in self.mod.modules and f.value.id not in _ALLOWED_IMPORTS:  # solution.f(...)
                 return [f.attr]
-        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Call) and isinstance(f.value.func, ast.Name) \
-                and self.mod.is_target(f.value.func.id) and f.value.func.id[:1].isupper() and not f.value.args:
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Call) \
+                and isinstance(f.value.func, ast.Name) and self.mod.is_target(f.value.func.id) \
+                and f.value.func.id[:1].isupper() and not f.value.args:
             return [f.value.func.id, f.attr]
         return None
 
@@ -216,7 +222,8 @@ class _Case:
         self.steps.append([target, args, kwargs, {**build, **opts}])
         self.own.append(k)
         # a list/dict/set variable passed in may be changed in place: later reads see it after the call
-        passed = [(i, a.id) for i, a in enumerate(node.args) if isinstance(a, ast.Name) and a.id in self.mutable]
+        passed = [(i, a.id) for i, a in enumerate(node.args)
+                  if isinstance(a, ast.Name) and a.id in self.mutable]
         passed += [(kw.arg, kw.value.id) for kw in node.keywords
                    if isinstance(kw.value, ast.Name) and kw.value.id in self.mutable]
         if passed and (not peek or build):
@@ -237,7 +244,8 @@ class _Case:
 
         class Ext(ast.NodeTransformer):
             def visit_Call(self, n: ast.Call) -> ast.AST:
-                inner, wrap = wrapped_call(n, lambda c: case._call_target(c) is not None or case._ctor(c) is not None)
+                inner, wrap = wrapped_call(
+                    n, lambda c: case._call_target(c) is not None or case._ctor(c) is not None)
                 ctor, target = case._ctor(inner), None
                 if ctor is not None:  # Cls(a).method(b): construct, then call the method on the object
                     target = ["on", case._new_object("tmp", ctor), inner.func.attr]
@@ -251,15 +259,16 @@ class _Case:
         _validate(expr, placeholders, _comp_locals(expr))
         return ast.unparse(expr)
 
-    # --- statements --------------------------------------------------------------------------------------------
+    # --- statements -----------------------------------------------------------------------------------------
 
     def stmt(self, s: ast.stmt) -> None:
         if isinstance(s, ast.Assert):
             self.checks.append(self._expr(s.test))
         elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant):
             return  # docstring
-        elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Name) \
-                and s.value.func.id == "print" and not self.mod.is_target("print"):
+        elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) \
+                and isinstance(s.value.func, ast.Name) and s.value.func.id == "print" \
+                and not self.mod.is_target("print"):
             return  # a debugging print of the test: no effect on its verdict
         elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call):
             self._step(s.value, {"discard": True})
@@ -284,8 +293,8 @@ class _Case:
         return expr
 
     def _assign(self, name: str, value: ast.expr) -> None:
-        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and self.mod.is_target(value.func.id) \
-                and value.func.id[:1].isupper():
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) \
+                and self.mod.is_target(value.func.id) and value.func.id[:1].isupper():
             self.bound[name] = ("obj", self._new_object(name, value))
         elif isinstance(value, ast.Call) and self._call_target(value) is not None:
             self.bound[name] = ast.Name(id=f"__c{self._step(value, {})}", ctx=ast.Load())
@@ -302,22 +311,24 @@ class _Case:
             self.bound[name] = expr
 
     def _raises(self, ctx: ast.expr, body: list[ast.stmt]) -> None:
-        if not (isinstance(ctx, ast.Call) and isinstance(ctx.func, ast.Attribute) and ctx.func.attr == "raises"
-                and isinstance(ctx.func.value, ast.Name) and ctx.func.value.id == "pytest" and len(ctx.args) == 1
-                and not ctx.keywords):
+        if not (isinstance(ctx, ast.Call) and isinstance(ctx.func, ast.Attribute)
+                and ctx.func.attr == "raises" and isinstance(ctx.func.value, ast.Name)
+                and ctx.func.value.id == "pytest" and len(ctx.args) == 1 and not ctx.keywords):
             raise Unjudgeable("with-block other than pytest.raises(E)")
         exc = ctx.args[0]
         name = exc.id if isinstance(exc, ast.Name) else exc.attr if isinstance(exc, ast.Attribute) else None
         if name is None or name.startswith("_"):
             raise Unjudgeable("pytest.raises of an expression")
         calls = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-        if len(calls) != 1 or not isinstance(calls[0], (ast.Expr, ast.Assign)) or not isinstance(calls[0].value, ast.Call):
+        if len(calls) != 1 or not isinstance(calls[0], (ast.Expr, ast.Assign)) \
+                or not isinstance(calls[0].value, ast.Call):
             raise Unjudgeable("pytest.raises block that is not one call")
         # pytest stops at the raise; a mutable argument's later state is not read after it
         self.raises[str(self._step(calls[0].value, {"discard": True}, peek=False))] = name
 
     def case(self) -> dict:
-        out: dict[str, Any] = {"check": " and ".join(f"({c})" for c in self.checks) or "True", "calls": self.own}
+        out: dict[str, Any] = {"check": " and ".join(f"({c})" for c in self.checks) or "True",
+                               "calls": self.own}
         if self.raises:
             out["raises"] = self.raises
         return out
@@ -326,7 +337,8 @@ class _Case:
 def _parametrizations(fn: ast.FunctionDef, mod: _Module) -> list[dict[str, Any]]:
     sets: list[list[dict[str, Any]]] = []
     for dec in fn.decorator_list:
-        if not (isinstance(dec, ast.Call) and ast.unparse(dec.func) == "pytest.mark.parametrize" and len(dec.args) == 2):
+        if not (isinstance(dec, ast.Call) and ast.unparse(dec.func) == "pytest.mark.parametrize"
+                and len(dec.args) == 2):
             raise Unjudgeable("decorator other than pytest.mark.parametrize")
         names = trusted_eval(_copy(dec.args[0]))
         names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
@@ -338,7 +350,8 @@ def _parametrizations(fn: ast.FunctionDef, mod: _Module) -> list[dict[str, Any]]
                 raise Unjudgeable("parametrize row of the wrong length")
             rows.append(dict(zip(names, v)))
         sets.append(rows)
-    combos = [dict(itertools.chain.from_iterable(d.items() for d in c)) for c in itertools.product(*sets)] if sets else [{}]
+    combos = [dict(itertools.chain.from_iterable(d.items() for d in c))
+              for c in itertools.product(*sets)] if sets else [{}]
     params = [a.arg for a in fn.args.args]
     if any(set(params) != set(c) for c in combos) or fn.args.vararg or fn.args.kwarg or fn.args.kwonlyargs:
         raise Unjudgeable("test arguments that are fixtures")
@@ -346,9 +359,10 @@ def _parametrizations(fn: ast.FunctionDef, mod: _Module) -> list[dict[str, Any]]
 
 
 def pytest_tests(source: Any, *, solution_import: bool = True) -> CodeTests:
-    """A pytest file -> "pytest" CodeTests (one case per test function and parametrization); tests that cannot be
-    judged with the guarantee are counted in ``excluded``. ``solution_import``: the file imports the completion
-    as ``solution`` (KodCode); else the tests sit in the completion's own file (Dream-Coder autoeval)."""
+    """A pytest file -> "pytest" CodeTests (one case per test function and parametrization); tests that cannot
+    be judged with the guarantee are counted in ``excluded``. ``solution_import``: the file imports the
+    completion as ``solution`` (KodCode); else the tests sit in the completion's own file (Dream-Coder
+    autoeval)."""
     if not isinstance(source, str):
         raise UnjudgeableRow("unparseable test")
     try:

@@ -1,8 +1,10 @@
-"""Ray actors that spread scoring over a cluster: one :class:`EvalPlusScorer` (with its own local sandbox pool) per actor.
+"""Ray actors that spread scoring over a cluster: one :class:`EvalPlusScorer` (with its own local sandbox
+pool) per actor.
 
-Each actor reserves ``cpus_per_actor`` CPUs and runs that many sandbox workers, so Ray's scheduler places reward
-work on nodes with free cores and it does not compete with the trainer's own CPU budget. Results come back in
-input order; an actor that dies is replaced and its chunk re-run (infrastructure failure, never a score).
+Each actor reserves ``cpus_per_actor`` CPUs and runs that many sandbox workers, so Ray's scheduler places
+reward work on nodes with free cores and it does not compete with the trainer's own CPU budget. Results come
+back in input order; an actor that dies is replaced and its chunk re-run (infrastructure failure, never a
+score).
 """
 
 from __future__ import annotations
@@ -48,14 +50,16 @@ class RayRewardPool:
         self._dataset = None if self._tasks else dataset
         self._actor_cls = ray.remote(num_cpus=cpus_per_actor, max_restarts=max_actor_restarts,
                                      max_task_retries=max_actor_restarts)(_ScorerActor)
-        self.actors = [self._actor_cls.remote(self._dataset, self.cfg, self._tasks) for _ in range(num_actors)]
+        self.actors = [self._actor_cls.remote(self._dataset, self.cfg, self._tasks)
+                       for _ in range(num_actors)]
 
     def score(self, items: Sequence[tuple[str, str]]) -> list[RewardResult]:
         """Split items round-robin over the actors and reassemble them in input order."""
         items = list(items)
         n = len(self.actors)
         chunks = [items[a::n] for a in range(n)]
-        refs = [(a, actor.score.remote(chunk)) for a, (actor, chunk) in enumerate(zip(self.actors, chunks)) if chunk]
+        refs = [(a, actor.score.remote(chunk)) for a, (actor, chunk) in enumerate(zip(self.actors, chunks))
+                if chunk]
         outs = self._ray.get([r for _, r in refs])
         results: list[Any] = [None] * len(items)
         for (a, _), out in zip(refs, outs):

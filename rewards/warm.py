@@ -1,8 +1,9 @@
 """A bounded, process-wide cache of live scorers, each holding a warm sandbox pool.
 
 Why: building a scorer starts sandbox workers and loads expected outputs (seconds), while RL steps and
-evaluations score with the same settings over and over. Callers get the same live scorer back for the same key;
-at most ``limit`` stay alive (the least recently used one is closed to make room) and all are closed at exit.
+evaluations score with the same settings over and over. Callers get the same live scorer back for the same
+key; at most ``limit`` stay alive (the least recently used one is closed to make room) and all are closed at
+exit.
 """
 
 from __future__ import annotations

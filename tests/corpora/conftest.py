@@ -1,5 +1,5 @@
-"""Fixtures of the corpora tests: the schema-exact offline corpus fixtures (../shared/data/code_rl) by corpus name,
-and a private cache folder so the AceCode hard-subset cache of one test never answers another."""
+"""Fixtures of the corpora tests: the schema-exact offline corpus fixtures (../shared/data/code_rl) by corpus
+name, and a private cache folder so the AceCode hard-subset cache of one test never answers another."""
 
 from __future__ import annotations
 

@@ -66,7 +66,8 @@ def test_the_fixtures_keep_every_row_but_the_mbppplus_one(index, fixture_file) -
             assert dropped == set(), (corpus, report["examples"])
 
 
-def test_no_evaluation_task_reaches_the_training_data(index, benchmark_problems, fixture_file, tmp_path) -> None:
+def test_no_evaluation_task_reaches_the_training_data(index, benchmark_problems, fixture_file,
+                                                      tmp_path) -> None:
     """Every HumanEval+ and MBPP+ prompt, planted as an AceCode question (as is, re-spaced and lower-cased, or
     inside a longer question), is dropped; the fixture's own rows are not."""
     fixture = pd.read_parquet(fixture_file("acecode"))
@@ -74,7 +75,8 @@ def test_no_evaluation_task_reaches_the_training_data(index, benchmark_problems,
     for n, problem in enumerate(benchmark_problems):
         prompt = problem["prompt"]
         variants.append([prompt, " ".join(prompt.split()).lower(),
-                         f"You are a helpful engineer. Solve this task carefully.\n{prompt}\nReturn the result."][n % 3])
+                         f"You are a helpful engineer. Solve this task carefully.\n{prompt}\n"
+                         "Return the result."][n % 3])
     tasks = acecode_tasks(planted_frame(fixture, variants), tmp_path)
     kept, report = decontaminate(tasks, index, progress=False)
     planted = [t for t in kept if "/planted_" in t.task_id]
@@ -89,10 +91,13 @@ def test_a_planted_humaneval_prompt_and_test_input_are_found(index, fixture_file
     fixture = pd.read_parquet(fixture_file("acecode"))
     docstring = ("Check if in given list of numbers, are any two numbers closer to each other than given "
                  "threshold.")  # HumanEval/0's statement, inside an otherwise new question
-    questions = [f"You are given a list of floats. {docstring} Write close_pair(values, limit) returning a bool.",
-                 "You write a function that tells whether two numbers in a list are close; it returns a bool."]
+    questions = [f"You are given a list of floats. {docstring} "
+                 "Write close_pair(values, limit) returning a bool.",
+                 "You write a function that tells whether two numbers in a list are close; "
+                 "it returns a bool."]
     tests = [["assert close_pair([1.0, 2.0], 0.5) == False"] * 5,
-             ["assert has_close_elements([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True"] * 5]  # HumanEval/0's input
+             # HumanEval/0's input
+             ["assert has_close_elements([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True"] * 5]
     tasks = acecode_tasks(planted_frame(fixture, questions, tests), tmp_path)
     kept, report = decontaminate(tasks, index, progress=False)
     assert report["examples"] == {"acecode/planted_0": "prompt_ngram: HumanEval/0",
@@ -102,7 +107,8 @@ def test_a_planted_humaneval_prompt_and_test_input_are_found(index, fixture_file
 
 def test_an_mbpp_statement_is_found_exactly(index, fixture_file, tmp_path) -> None:
     fixture = pd.read_parquet(fixture_file("acecode"))
-    question = "You must do this: write a function to find the shared elements from the given two lists. Be quick."
+    question = ("You must do this: write a function to find the shared elements from the given two lists. "
+                "Be quick.")
     tasks = acecode_tasks(planted_frame(fixture, [question]), tmp_path)
     _, report = decontaminate(tasks, index, progress=False)
     assert report["examples"] == {"acecode/planted_0": "prompt_exact: Mbpp/2"}

@@ -1,6 +1,6 @@
-"""``python -m rewards.evaluate --dataset <corpus> --data-files ... --samples S.jsonl`` on the AceCode fixture:
-reference programs pass, wrong ones fail, the results file has evalplus's layout with pass@k, and what cannot be
-evaluated is one line with exit status 2."""
+"""``python -m rewards.evaluate --dataset <corpus> --data-files ... --samples S.jsonl`` on the AceCode
+fixture: reference programs pass, wrong ones fail, the results file has evalplus's layout with pass@k, and
+what cannot be evaluated is one line with exit status 2."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def evaluate(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rewards.evaluate", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=600)
+    return subprocess.run([sys.executable, "-m", "rewards.evaluate", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,8 @@ def samples_of(parquet: Path) -> tuple[list[dict], dict[str, list[str]]]:
         samples.append({"task_id": task_id, "solution": right})
         samples.append({"task_id": task_id, "solution": wrong or right})
         expected[task_id] = ["pass", "fail" if wrong else "pass"]
-    samples.append({"task_id": "acecode/oss_90001", "completion": f"Here it is:\n```python\n{samples[0]['solution']}```"})
+    samples.append({"task_id": "acecode/oss_90001",
+                    "completion": f"Here it is:\n```python\n{samples[0]['solution']}```"})
     expected["acecode/oss_90001"].append("pass")
     return samples, expected
 
@@ -66,9 +67,11 @@ def test_what_cannot_be_evaluated_is_one_line_exit_2(acecode_file, tmp_path) -> 
     path.write_text(json.dumps({"task_id": "acecode/oss_00000", "solution": "x = 1"}) + "\n")
     cases = [(["--dataset", "acecode", "--data-files", str(acecode_file)],
               "1 task id(s) of the samples are not in acecode, e.g. 'acecode/oss_00000'"),
-             (["--dataset", "acecode", "--data-files", str(tmp_path / "none.parquet")], "data file not found"),
+             (["--dataset", "acecode", "--data-files", str(tmp_path / "none.parquet")],
+              "data file not found"),
              (["--dataset", "acecode"], "cannot resolve revision 'main' of TIGER-Lab/AceCode-87K"),
-             (["--dataset", "humaneval", "--data-files", str(acecode_file)], "--data-files and --revision are for"),
+             (["--dataset", "humaneval", "--data-files", str(acecode_file)],
+              "--data-files and --revision are for"),
              (["--dataset", "acecode87k"], "unknown dataset 'acecode87k'")]
     for args, message in cases:
         result = evaluate(*args, "--samples", str(path), env={"HF_HUB_OFFLINE": "1"})
@@ -83,7 +86,8 @@ FIXTURES = {"kodcode-light": "kodcode_light_rl_10k.sample.parquet", "kodcode-v1"
             "deepcoder-lcbv5": "deepcoder_preview.lcbv5.sample.parquet",
             "deepcoder-primeintellect": "deepcoder_preview.primeintellect.sample.parquet",
             "deepcoder-taco": "deepcoder_preview.taco.sample.parquet",
-            "primeintellect": "primeintellect_genverse.sample.json", "dream-coder": "dream_coder_rl_17k.sample.parquet"}
+            "primeintellect": "primeintellect_genverse.sample.json",
+            "dream-coder": "dream_coder_rl_17k.sample.parquet"}
 WRONG_PROGRAM = "```python\nprint('wrong answer 7d1f')\n```"
 WRONG_OUTPUT = '{"output": "wrong answer 7d1f"}'
 
@@ -124,7 +128,8 @@ def test_every_corpus_evaluates_references_as_pass_and_wrong_answers_as_fail(cor
         samples += [{"task_id": task_id, "completion": completion}, {"task_id": task_id, "completion": wrong}]
     path = tmp_path / "samples.jsonl"
     path.write_text("".join(json.dumps(s) + "\n" for s in samples))
-    result = evaluate("--dataset", corpus, "--data-files", str(code_rl / FIXTURES[corpus]), "--samples", str(path))
+    result = evaluate("--dataset", corpus, "--data-files", str(code_rl / FIXTURES[corpus]), "--samples",
+                      str(path))
     assert result.returncode == 0, result.stderr[-3000:]
     doc = json.loads((tmp_path / "samples_eval_results.json").read_text())
     statuses = {t: [r["base_status"] for r in rs] for t, rs in doc["eval"].items()}
@@ -134,7 +139,8 @@ def test_every_corpus_evaluates_references_as_pass_and_wrong_answers_as_fail(cor
 
 def test_an_mbppplus_row_of_dream_coder_is_refused_in_one_line(shared_data_dir, tmp_path) -> None:
     path = tmp_path / "samples.jsonl"
-    path.write_text(json.dumps({"task_id": "dream-coder/mbppplus/900005", "completion": WRONG_PROGRAM}) + "\n")
+    path.write_text(json.dumps({"task_id": "dream-coder/mbppplus/900005",
+                                "completion": WRONG_PROGRAM}) + "\n")
     code_rl = shared_data_dir("code_rl")
     result = evaluate("--dataset", "dream-coder", "--data-files", str(code_rl / FIXTURES["dream-coder"]),
                       "--samples", str(path))

@@ -1,5 +1,5 @@
-"""Corpus loaders on the offline fixtures: stable task ids, AceCode's hard subset and prompt rule, defensive reads
-of unverified schema points, and one-line errors for what a user gets wrong."""
+"""Corpus loaders on the offline fixtures: stable task ids, AceCode's hard subset and prompt rule, defensive
+reads of unverified schema points, and one-line errors for what a user gets wrong."""
 
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ def test_acecode_hard_subset_follows_diffucoder_and_is_cached(fixture_file, _pri
 
 def test_hard_subset_ignores_other_models_and_drops_rows_without_reference_rates() -> None:
     def row(i, rates, model="qwen_coder_2.5"):
-        return {"id": f"r{i}", "inferences": [{"model_name": model, "pass_rate": r, "completion": ""} for r in rates]}
+        return {"id": f"r{i}", "inferences": [{"model_name": model, "pass_rate": r, "completion": ""}
+                                              for r in rates]}
 
     rows = [row(0, [0.0, 1.0]), row(1, [0.5, 0.5]), row(2, [1.0, 1.0]), row(3, [1.0, 0.0], "gpt-4o"),
             row(4, [0.2, 0.6]), row(5, [0.9, 0.9])]
@@ -94,7 +95,8 @@ def test_acecode_prompt_rule_and_signature_copy(fixture_file) -> None:
     plain, copy = by_id["acecode/oss_90002"], by_id["acecode/oss_90002/signature"]
     question, first_test = plain.row["question"], plain.row["test_cases"][0]
     assert plain.text == f"{question.strip()}\nTest cases: {first_test}"
-    assert copy.text.startswith("Please complete the following problem:\n```\ndef first_unique_index(s: str) -> int:")
+    assert copy.text.startswith("Please complete the following problem:\n```\n"
+                                "def first_unique_index(s: str) -> int:")
     assert question in copy.text and "Test cases:" not in copy.text
     assert signature_question(by_id["acecode/oss_90001"].row) is None  # its question says "you"
     assert copy.source == plain.source == "oss"
@@ -107,8 +109,8 @@ def test_primeintellect_stdio_rows_get_the_stdio_instruction(fixture_file) -> No
 
 
 def test_unverified_schema_points_are_read_defensively(fixture_file, tmp_path) -> None:
-    """``metadata`` as a JSON string instead of a struct, an extra column, a row without its question: the rows
-    load, the broken one is counted as unparseable, the ids are unchanged."""
+    """``metadata`` as a JSON string instead of a struct, an extra column, a row without its question: the
+    rows load, the broken one is counted as unparseable, the ids are unchanged."""
     frame = pd.read_parquet(fixture_file("kodcode-light"))
     frame["metadata"] = frame["metadata"].map(lambda m: json.dumps({k: (int(v) if k == "row_id" else v)
                                                                      for k, v in m.items()}))
@@ -142,9 +144,11 @@ def test_user_mistakes_are_one_line(tmp_path) -> None:
 
 def test_hub_without_access_is_one_line_naming_data_files() -> None:
     code = ("from corpora.load import load_rows\nfrom corpora.specs import spec_for, CorpusError\n"
-            "try:\n    load_rows(spec_for('acecode'), None, 'main')\nexcept CorpusError as e:\n    print(e)\n")
+            "try:\n    load_rows(spec_for('acecode'), None, 'main')\n"
+            "except CorpusError as e:\n    print(e)\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     line = result.stdout.strip()
     assert line.startswith("acecode: cannot resolve revision 'main' of TIGER-Lab/AceCode-87K on the hub")

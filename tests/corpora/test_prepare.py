@@ -1,6 +1,6 @@
-"""Data preparation on a corpus (``launch/prepare_data.py --corpus``), the recipes that use it and the verl reward
-on its rows: train rows carry the row's tests, validation rows are the whole benchmark in the evaluation's prompt,
-no recipe trains on a benchmark, and drop counts land in the run folder."""
+"""Data preparation on a corpus (``launch/prepare_data.py --corpus``), the recipes that use it and the verl
+reward on its rows: train rows carry the row's tests, validation rows are the whole benchmark in the
+evaluation's prompt, no recipe trains on a benchmark, and drop counts land in the run folder."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def test_corpus_rows_carry_their_tests_and_validation_is_all_of_humaneval_plus(a
     from rewards.code_tests import CodeTests
     from rewards.tasks import load_tasks
 
-    train, val = pd.read_parquet(acecode_data / "train.parquet"), pd.read_parquet(acecode_data / "val.parquet")
+    train, val = pd.read_parquet(acecode_data / "train.parquet"), \
+        pd.read_parquet(acecode_data / "val.parquet")
     assert list(train["extra_info"].map(lambda e: e["task_id"])) == ACECODE_IDS
     assert set(train["data_source"]) == {"acecode"}
     tests = CodeTests.from_json(train.iloc[0]["reward_model"]["ground_truth"])
@@ -57,7 +58,8 @@ def test_corpus_rows_carry_their_tests_and_validation_is_all_of_humaneval_plus(a
     humaneval, _key = load_tasks("humaneval")
     assert list(val["reward_model"].map(lambda r: r["ground_truth"])) == list(humaneval)  # all 164, in order
     for row in val.itertuples():  # the evaluation's own user message
-        assert row.prompt[0]["content"] == prompt_parts(humaneval[row.reward_model["ground_truth"]].prompt, False)[0]
+        assert row.prompt[0]["content"] == \
+            prompt_parts(humaneval[row.reward_model["ground_truth"]].prompt, False)[0]
     assert not set(val["reward_model"].map(lambda r: r["ground_truth"])) & set(train["extra_info"].map(
         lambda e: e["task_id"]))
 
@@ -91,21 +93,26 @@ def test_unjudgeable_and_unparseable_rows_are_counted_by_reason(tmp_path, shared
     frame.at[2, "question"] = ""                               # no question: evol_90003 goes
     path = tmp_path / "train-00000-of-00001.parquet"
     frame.to_parquet(path, index=False)
-    write_corpus_files(CorpusSelection("acecode", (str(path),), hard_subset=False), "humaneval", tmp_path / "d")
+    write_corpus_files(CorpusSelection("acecode", (str(path),), hard_subset=False), "humaneval",
+                       tmp_path / "d")
     report = json.loads((tmp_path / "d" / "corpus_report.json").read_text())
     assert report["unparseable"] == {"no question": 1}
     assert sum(report["unjudgeable"].values()) == 2 and len(report["unjudgeable"]) == 1
-    train_ids = set(pd.read_parquet(tmp_path / "d" / "train.parquet")["extra_info"].map(lambda e: e["task_id"]))
-    assert train_ids == set(ACECODE_IDS) - {"acecode/oss_90002", "acecode/oss_90002/signature", "acecode/evol_90003"}
+    train_ids = set(pd.read_parquet(tmp_path / "d" / "train.parquet")["extra_info"]
+                    .map(lambda e: e["task_id"]))
+    assert train_ids == set(ACECODE_IDS) - {"acecode/oss_90002", "acecode/oss_90002/signature",
+                                            "acecode/evol_90003"}
     assert report["tasks"] == 9
     frame["question"] = ""
     frame.to_parquet(path, index=False)
     with pytest.raises(RecipeError, match=r"acecode: no task left of 8 rows \(dropped: \{'unparseable': 8"):
-        write_corpus_files(CorpusSelection("acecode", (str(path),), hard_subset=False), "humaneval", tmp_path / "e")
+        write_corpus_files(CorpusSelection("acecode", (str(path),), hard_subset=False), "humaneval",
+                           tmp_path / "e")
 
 
 def test_dream_coder_mbppplus_rows_never_reach_the_training_file(tmp_path, shared_data_dir) -> None:
-    selection = CorpusSelection("dream-coder", (str(shared_data_dir("code_rl") / "dream_coder_rl_17k.sample.parquet"),))
+    selection = CorpusSelection("dream-coder",
+                                (str(shared_data_dir("code_rl") / "dream_coder_rl_17k.sample.parquet"),))
     write_corpus_files(selection, "mbpp", tmp_path)
     train = pd.read_parquet(tmp_path / "train.parquet")
     assert not [t for t in train["extra_info"].map(lambda e: e["task_id"]) if "mbppplus" in t]
@@ -114,10 +121,11 @@ def test_dream_coder_mbppplus_rows_never_reach_the_training_file(tmp_path, share
 
 
 def test_a_corpus_not_judged_yet_is_one_line(tmp_path, capsys, monkeypatch) -> None:
-    """While a corpus's formats are not judged (``JUDGED_CORPORA`` grows as formats land), asking for it is one
-    line and writes nothing."""
+    """While a corpus's formats are not judged (``JUDGED_CORPORA`` grows as formats land), asking for it is
+    one line and writes nothing."""
     monkeypatch.setattr("rewards.code_tests.JUDGED_CORPORA", frozenset({"acecode"}))
-    assert main(["--corpus", "kodcode-light", "--out", str(tmp_path / "d"), "--data-files", str(tmp_path / "x.parquet")]) == 2
+    assert main(["--corpus", "kodcode-light", "--out", str(tmp_path / "d"), "--data-files",
+                 str(tmp_path / "x.parquet")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: kodcode-light: its test formats are not judged yet") and "\n" not in err
     assert not (tmp_path / "d").exists()
@@ -133,8 +141,8 @@ def test_corpus_names_are_the_names_the_rewards_side_judges() -> None:
 
 
 def test_no_recipe_trains_on_a_benchmark() -> None:
-    """Every training recipe (GRPO, SFT) as composed: GRPO recipes train on a corpus or the synthetic demo tasks,
-    never on HumanEval+/MBPP+ rows; the HumanEval+/MBPP+ recipes validate on their benchmark."""
+    """Every training recipe (GRPO, SFT) as composed: GRPO recipes train on a corpus or the synthetic demo
+    tasks, never on HumanEval+/MBPP+ rows; the HumanEval+/MBPP+ recipes validate on their benchmark."""
     from launch.recipes import recipe_names
     from launch.train_grpo import compose_recipe
 
@@ -162,7 +170,8 @@ def test_the_launcher_refuses_a_bad_corpus_before_writing_anything(tmp_path, mon
              ("lockstep.data.val=humaneval_plus", "lockstep.data.val must be one of"),
              (f"lockstep.data.data_files=[{tmp_path / 'none.parquet'}]", "none.parquet does not exist"),
              ("lockstep.data.corpus=dream-coder", "its test formats are not judged yet"),
-             ("+lockstep.data.dataset=humaneval", "lockstep.data: set corpus (acecode) or dataset (humaneval), not both")]
+             ("+lockstep.data.dataset=humaneval",
+              "lockstep.data: set corpus (acecode) or dataset (humaneval), not both")]
     monkeypatch.setattr("rewards.code_tests.JUDGED_CORPORA", frozenset({"acecode"}))
     for override, message in cases:
         cfg = compose_recipe("humaneval", [model, f"lockstep.run_dir={tmp_path / 'run'}", override])
@@ -171,7 +180,8 @@ def test_the_launcher_refuses_a_bad_corpus_before_writing_anything(tmp_path, mon
     assert not (tmp_path / "run").exists()
 
 
-def test_verl_reward_scores_corpus_rows_on_their_own_tests(acecode_data, shared_data_dir, monkeypatch) -> None:
+def test_verl_reward_scores_corpus_rows_on_their_own_tests(acecode_data, shared_data_dir,
+                                                           monkeypatch) -> None:
     from rl.verl.reward import compute_score
 
     monkeypatch.setenv("LOCKSTEP_REWARD_CONFIG", json.dumps({"reward": "binary"}))
@@ -186,11 +196,12 @@ def test_verl_reward_scores_corpus_rows_on_their_own_tests(acecode_data, shared_
     assert (bad["score"], bad["pass_base"]) == (0.0, 0.0)
 
 
-@pytest.mark.parametrize("corpus", ["kodcode-light", "kodcode-v1", "deepcoder-lcbv5", "deepcoder-primeintellect",
-                                    "deepcoder-taco", "primeintellect", "dream-coder"])
+@pytest.mark.parametrize("corpus", ["kodcode-light", "kodcode-v1", "deepcoder-lcbv5",
+                                    "deepcoder-primeintellect", "deepcoder-taco", "primeintellect",
+                                    "dream-coder"])
 def test_every_corpus_fixture_prepares_into_judged_training_rows(corpus, fixture_file, tmp_path) -> None:
-    """Each corpus end to end: every fixture row becomes a training row with its tests as ground truth (nothing is
-    dropped but Dream-Coder's MBPP+ row), and the report accounts for every row."""
+    """Each corpus end to end: every fixture row becomes a training row with its tests as ground truth
+    (nothing is dropped but Dream-Coder's MBPP+ row), and the report accounts for every row."""
     from corpora.build import corpus_tasks
     from corpora.load import load_rows
     from corpora.specs import spec_for
@@ -214,8 +225,10 @@ def test_prepare_data_cli_writes_a_corpus_with_a_row_cap(fixture_file, tmp_path,
     out = tmp_path / "data"
     assert main(["--corpus", "acecode", "--data-files", str(fixture_file("acecode")), "--all-rows",
                  "--max-rows", "3", "--val", "mbpp", "--out", str(out)]) == 0
-    assert list(pd.read_parquet(out / "train.parquet")["extra_info"].map(lambda e: e["task_id"])) == ACECODE_IDS[:3]
+    assert list(pd.read_parquet(out / "train.parquet")["extra_info"].map(lambda e: e["task_id"])) \
+        == ACECODE_IDS[:3]
     assert len(pd.read_parquet(out / "val.parquet")) == 378
-    assert main(["--corpus", "acecode", "--data-files", str(fixture_file("acecode")), "--out", str(tmp_path / "h")]) == 0
+    assert main(["--corpus", "acecode", "--data-files", str(fixture_file("acecode")), "--out",
+                 str(tmp_path / "h")]) == 0
     hard = pd.read_parquet(tmp_path / "h" / "train.parquet")  # the hard subset by default
     assert list(hard["extra_info"].map(lambda e: e["task_id"])) == ["acecode/oss_90001", "acecode/oss_90007"]
