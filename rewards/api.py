@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, as_completed
 from typing import Any
 
@@ -104,6 +104,25 @@ class SandboxInfraError(RuntimeError):
     def __init__(self, message: str, results: list[RewardResult]) -> None:
         super().__init__(message)
         self.results = results
+
+
+def collect_results(pending: dict[Future, tuple[int, Any, Any]], results: list[RewardResult | None],
+                    finish: Callable[[Any, Any, Any], RewardResult], cfg: RewardConfig) -> list[RewardResult]:
+    """Fill ``results[idx]`` with ``finish(item, extracted, raw)`` as each pool job completes (a bar with
+    ``cfg.progress``); ``pending`` maps a job's future to ``(idx, item, extracted)``. Every scorer ends a batch
+    here so that infrastructure failures are handled one way: with ``on_infra_error="raise"`` a batch with
+    such samples raises :class:`SandboxInfraError` carrying all results (never recorded as verdicts)."""
+    bar = tqdm(total=len(pending), desc="scoring", unit="sample", disable=not cfg.progress)
+    for fut in as_completed(pending):
+        idx, item, ext = pending.pop(fut)
+        results[idx] = finish(item, ext, fut.result())
+        bar.update()
+    bar.close()
+    failed = [r for r in results if r is not None and r.status == "infra_error"]
+    if failed and cfg.on_infra_error == "raise":
+        raise SandboxInfraError(f"{len(failed)} of {len(results)} samples could not be scored (sandbox "
+                                f"infrastructure): {failed[0].details.get('infra_error')}", results)
+    return results  # type: ignore[return-value]
 
 
 def _extract(completion: str, task: Task, cfg: RewardConfig) -> ExtractedCode:
@@ -203,17 +222,7 @@ class EvalPlusScorer:
         runnable.sort(key=lambda item: -self.expected_cost(item[1]))
         pending: dict[Future, tuple[int, Task, Any]] = {
             self._submit(task, ext.code): (idx, task, ext) for idx, task, ext in runnable}
-        bar = tqdm(total=len(pending), desc="scoring", unit="sample", disable=not self.cfg.progress)
-        for fut in as_completed(pending):
-            idx, task, ext = pending.pop(fut)
-            results[idx] = self._result(task, ext, fut.result())
-            bar.update()
-        bar.close()
-        failed = [r for r in results if r.status == "infra_error"]
-        if failed and self.cfg.on_infra_error == "raise":
-            raise SandboxInfraError(f"{len(failed)} of {len(results)} samples could not be scored (sandbox "
-                                    f"infrastructure): {failed[0].details.get('infra_error')}", results)
-        return results  # type: ignore[return-value]
+        return collect_results(pending, results, self._result, self.cfg)
 
     def _no_code(self, task: Task, ext: Any) -> RewardResult:
         n = sum(len(task.base_inputs if s == "base" else task.plus_inputs) for s in self.cfg.test_sets)

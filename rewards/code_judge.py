@@ -17,13 +17,11 @@ import logging
 import marshal
 import re
 from collections.abc import Sequence
-from concurrent.futures import Future, as_completed
+from concurrent.futures import Future
 from typing import Any
 
-from tqdm import tqdm
-
 from ._digest import digest
-from .api import RewardConfig, RewardResult, SandboxInfraError
+from .api import RewardConfig, RewardResult, collect_results
 from .assert_parse import _comp_locals, _validate, check_env
 from .code_tests import DEFAULT_CALL_LIMIT_S, CodeTests
 from .extract import _AST_LOCK, ExtractedCode, extract_code
@@ -252,17 +250,7 @@ class CodeScorer:
                                             {"extraction": ext.source, "excluded": tests.excluded})
                 continue
             pending[self.pool.submit(self._job(ext.code, tests, prepared))] = (idx, tests, ext)
-        bar = tqdm(total=len(pending), desc="scoring", unit="sample", disable=not self.cfg.progress)
-        for fut in as_completed(pending):
-            idx, tests, ext = pending.pop(fut)
-            results[idx] = self._result(tests, ext, fut.result())
-            bar.update()
-        bar.close()
-        failed = [r for r in results if r is not None and r.status == "infra_error"]
-        if failed and self.cfg.on_infra_error == "raise":
-            raise SandboxInfraError(f"{len(failed)} of {len(results)} samples could not be scored (sandbox "
-                                    f"infrastructure): {failed[0].details.get('infra_error')}", results)
-        return results  # type: ignore[return-value]
+        return collect_results(pending, results, self._result, self.cfg)
 
     def _result(self, tests: CodeTests, ext: ExtractedCode, raw: RawResult) -> RewardResult:
         cfg, n = self.cfg, tests.n_cases
