@@ -23,9 +23,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _restore_environ():
-    """Entry points configure their own process environment by design (``rl.verl.config.prepare_runtime`` exports
-    ``WANDB_DIR``, ``VERL_PLATFORM``, ...); a test that calls them in-process must not redirect later tests'
-    subprocesses (e.g. their W&B runs) to its temporary directory."""
+    """Entry points configure their own process environment by design (``rl.verl.config.prepare_runtime``
+    exports ``WANDB_DIR``, ``VERL_PLATFORM``, ...); a test that calls them in-process must not redirect later
+    tests' subprocesses (e.g. their W&B runs) to its temporary directory."""
     saved = dict(os.environ)
     yield
     if os.environ != saved:
@@ -72,20 +72,21 @@ def hub_dream_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Dream in exactly the layout of the downloaded ``Dream-org/Dream-v0-Instruct-7B`` folder.
 
     The real hub files (``vocab.json`` + ``merges.txt``, ``tokenizer_config.json`` naming the remote
-    ``DreamTokenizer``, ``config.json`` with ``model_type: Dream`` and an ``auto_map``, ...) with dims shrunk to
-    hidden 64 / 2 layers (vocab stays 152,064: ~20 M parameters), bf16 weights in four safetensors shards with
-    an index, and no remote-code ``.py`` files (:func:`decoding.tiny.make_hub_layout_dream`).
+    ``DreamTokenizer``, ``config.json`` with ``model_type: Dream`` and an ``auto_map``, ...) with dims shrunk
+    to hidden 64 / 2 layers (vocab stays 152,064: ~20 M parameters), bf16 weights in four safetensors shards
+    with an index, and no remote-code ``.py`` files (:func:`decoding.tiny.make_hub_layout_dream`).
     """
     from decoding.tiny import make_hub_layout_dream
 
-    return make_hub_layout_dream(tmp_path_factory.mktemp("hub") / "Dream-v0-Instruct-7B", shared_data(HUB_DREAM))
+    return make_hub_layout_dream(tmp_path_factory.mktemp("hub") / "Dream-v0-Instruct-7B",
+                                 shared_data(HUB_DREAM))
 
 
-# The headline command, shrunk to CPU size: only these values differ from `recipe=humaneval` as a user runs it.
-# Training data: the AceCode-87K fixture (../shared/data/code_rl) instead of the hub, all 8 rows + 4 signature copies
-# (the hard subset of 8 rows is 2), of which the 7 whose chat prompt fits 128 tokens are kept; validation: the
-# HumanEval+ tasks that fit 128 tokens (~32 of 164; verl's overlong-prompt filter), once, at step 2. With the
-# 152,064-token vocabulary, logits of 4 rows x 152 tokens already take ~370 MB.
+# The headline command, shrunk to CPU size: only these values differ from `recipe=humaneval` as a user runs
+# it. Training data: the AceCode-87K fixture (../shared/data/code_rl) instead of the hub, all 8 rows + 4
+# signature copies (the hard subset of 8 rows is 2), of which the 7 whose chat prompt fits 128 tokens are
+# kept; validation: the HumanEval+ tasks that fit 128 tokens (~32 of 164; verl's overlong-prompt filter),
+# once, at step 2. With the 152,064-token vocabulary, logits of 4 rows x 152 tokens already take ~370 MB.
 HEADLINE_TRAIN_FILE = SHARED_DATA / "code_rl" / "acecode87k.sample.parquet"
 HEADLINE_OVERRIDES = (
     f"lockstep.data.data_files=[{HEADLINE_TRAIN_FILE}]", "lockstep.data.hard_subset=false",
@@ -97,7 +98,8 @@ HEADLINE_OVERRIDES = (
     "actor_rollout_ref.rollout.custom.dream.options.a_len=12",
     "actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora_alpha=16",
     "actor_rollout_ref.model.enable_gradient_checkpointing=false",
-    "trainer.total_training_steps=2", "trainer.save_freq=2", "trainer.test_freq=2", "trainer.val_before_train=false",
+    "trainer.total_training_steps=2", "trainer.save_freq=2", "trainer.test_freq=2",
+    "trainer.val_before_train=false",
 )
 
 
@@ -118,17 +120,18 @@ class HeadlineRun:
 
 @pytest.fixture(scope="session")
 def headline_run(hub_dream_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> HeadlineRun:
-    """``torchrun --standalone --nproc_per_node 2 launch/train_grpo.py recipe=humaneval`` through real torchrun,
-    on the hub-layout tiny model: 2 GRPO steps (LoRA, lockstep rollouts, sandboxed rewards, W&B offline) and a
-    checkpoint at step 2, trained on the AceCode fixture and validated on HumanEval+ at step 2. Runs once per
-    session (~3 min on 2 cores); tests of the launcher, checkpoint export, evaluation and data work assert on its
-    outputs."""
+    """``torchrun --standalone --nproc_per_node 2 launch/train_grpo.py recipe=humaneval`` through real
+    torchrun, on the hub-layout tiny model: 2 GRPO steps (LoRA, lockstep rollouts, sandboxed rewards, W&B
+    offline) and a checkpoint at step 2, trained on the AceCode fixture and validated on HumanEval+ at step 2.
+    Runs once per session (~3 min on 2 cores); tests of the launcher, checkpoint export, evaluation and data
+    work assert on its outputs."""
     shared_data("code_rl")
     root = Path(__file__).resolve().parents[1]
     run_dir = tmp_path_factory.mktemp("headline") / "run"
     torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "launch/train_grpo.py", "recipe=humaneval",
-               f"actor_rollout_ref.model.path={hub_dream_dir}", f"lockstep.run_dir={run_dir}", *HEADLINE_OVERRIDES]
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "launch/train_grpo.py",
+               "recipe=humaneval", f"actor_rollout_ref.model.path={hub_dream_dir}",
+               f"lockstep.run_dir={run_dir}", *HEADLINE_OVERRIDES]
     env = {**os.environ, "WANDB_MODE": "offline"}
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RAY_ADDRESS"):
         env.pop(name, None)

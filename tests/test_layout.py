@@ -1,7 +1,7 @@
 """The layout a newcomer relies on: where verl may be imported, and that README's layout table is the tree.
 
-Why: verl pins torch, Ray and transformers behaviour and is heavy to import; keeping it behind ``rl/verl/`` and
-the launcher means the decoder, the rewards and the evaluation run (and are tested) without it.
+Why: verl pins torch, Ray and transformers behaviour and is heavy to import; keeping it behind ``rl/verl/``
+and the launcher means the decoder, the rewards and the evaluation run (and are tested) without it.
 """
 
 from __future__ import annotations
@@ -61,17 +61,20 @@ def _readme_layout_rows() -> dict[str, str]:
 
 
 def test_readme_layout_table_is_the_tree() -> None:
-    """Every top-level folder of the project is in README's layout table, and every row names a real folder."""
+    """Every top-level folder of the project is in README's layout table, and every row names a real
+    folder."""
     rows = _readme_layout_rows()
     skip = {".git", ".venv", ".ci", "runs", "outputs", "shared"}
-    top = {p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in skip and not p.name.startswith((".", "_"))
+    top = {p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in skip
+           and not p.name.startswith((".", "_"))
            and not p.name.endswith(".egg-info") and any(p.iterdir())}
     assert set(r for r in rows if "/" not in r) == top
     assert all((ROOT / path).is_dir() for path in rows), [p for p in rows if not (ROOT / p).is_dir()]
 
 
 def test_readme_layout_names_the_files_it_mentions() -> None:
-    """Files a row names in backticks (``results.py``, ``_grpo_7b.yaml``, ...) exist under that row's folder."""
+    """Files a row names in backticks (``results.py``, ``_grpo_7b.yaml``, ...) exist under that row's
+    folder."""
     import re
 
     missing = []
@@ -96,9 +99,11 @@ def test_no_script_or_test_edits_sys_path() -> None:
 
 
 def test_every_top_level_package_is_installed() -> None:
-    """pyproject's packages list names every top-level package (a missing one imports only from a checkout)."""
+    """pyproject's packages list names every top-level package (a missing one imports only from a
+    checkout)."""
     import tomllib
 
-    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    include = (tomllib.loads((ROOT / "pyproject.toml").read_text())
+               ["tool"]["setuptools"]["packages"]["find"]["include"])
     packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
     assert packages == {name.rstrip("*") for name in include}

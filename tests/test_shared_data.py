@@ -1,4 +1,5 @@
-"""Tests that need ../shared/data skip where it is absent, but fail in CI (CI=true), where it always exists."""
+"""Tests that need ../shared/data skip where it is absent, but fail in CI (CI=true), where it always
+exists."""
 
 from __future__ import annotations
 

@@ -31,12 +31,13 @@ def tiny_tok(tiny_dream_dir):
 
 @pytest.fixture
 def run_bench() -> Callable[[str, list[str], Path], dict]:
-    """Run ``python bench/<name>.py ARGS --json OUT`` as a user does (its sibling imports need that); the report."""
+    """Run ``python bench/<name>.py ARGS --json OUT`` as a user does (its sibling imports need that); the
+    report."""
     root = Path(__file__).resolve().parents[2]
 
     def run(name: str, args: list[str], out: Path) -> dict:
-        subprocess.run([sys.executable, str(root / "bench" / f"{name}.py"), *args, "--json", str(out)], cwd=root,
-                       check=True, capture_output=True, timeout=600)
+        subprocess.run([sys.executable, str(root / "bench" / f"{name}.py"), *args, "--json", str(out)],
+                       cwd=root, check=True, capture_output=True, timeout=600)
         return json.loads(out.read_text())
 
     return run

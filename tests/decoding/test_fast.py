@@ -1,4 +1,5 @@
-"""Fast path: block-wise, KV-cached threshold decoding on the tiny Dream (cache exactness, guard, batching)."""
+"""Fast path: block-wise, KV-cached threshold decoding on the tiny Dream (cache exactness, guard,
+batching)."""
 
 from __future__ import annotations
 
@@ -14,20 +15,23 @@ from decoding.tokenizer import build_chat_prompt, encode_prompts
 # ------------------------------------------------------------------------------------------ tiny model
 @pytest.fixture(scope="module")
 def prompts(tiny_tok) -> tuple[torch.Tensor, torch.Tensor]:
-    texts = [build_chat_prompt(tiny_tok, "Write a function that adds two numbers."), build_chat_prompt(tiny_tok, "hi")]
+    texts = [build_chat_prompt(tiny_tok, "Write a function that adds two numbers."),
+             build_chat_prompt(tiny_tok, "hi")]
     return encode_prompts(tiny_tok, texts)
 
 
 @pytest.fixture(scope="module")
 def one_layer_model(tmp_path_factory):
     """A 1-layer tiny Dream: layer-0 K/V depend only on token and position, so a cache is exact."""
-    path = make_tiny_dream(tmp_path_factory.mktemp("one-layer") / "m", seed=1, num_layers=1, initializer_range=0.3)
+    path = make_tiny_dream(tmp_path_factory.mktemp("one-layer") / "m", seed=1, num_layers=1,
+                           initializer_range=0.3)
     return load_dream(path, dtype=torch.float32)
 
 
 def test_fast_generate_invariants(tiny_model, prompts) -> None:
     ids, mask = prompts
-    out = fast_generate(tiny_model, ids, mask, max_new_tokens=16, block_size=8, threshold=0.05, eos_guard=False)
+    out = fast_generate(tiny_model, ids, mask, max_new_tokens=16, block_size=8, threshold=0.05,
+                        eos_guard=False)
     p = ids.shape[1]
     assert torch.equal(out.sequences[:, :p], ids)
     assert not (out.sequences == tiny_model.config.mask_token_id).any()
@@ -39,18 +43,21 @@ def test_fast_generate_invariants(tiny_model, prompts) -> None:
 
 def test_threshold_extremes_fix_the_step_count(tiny_model, prompts) -> None:
     ids, mask = prompts
-    one_per_step = fast_generate(tiny_model, ids, mask, max_new_tokens=8, block_size=4, threshold=1.0, eos_guard=False)
+    one_per_step = fast_generate(tiny_model, ids, mask, max_new_tokens=8, block_size=4, threshold=1.0,
+                                 eos_guard=False)
     assert one_per_step.nfe == 8 and one_per_step.block_steps == [4, 4]
     p = ids.shape[1]
     assert sorted(one_per_step.commit_step[0, p:].tolist()) == list(range(8))
-    all_at_once = fast_generate(tiny_model, ids, mask, max_new_tokens=8, block_size=4, threshold=1e-9, eos_guard=False)
+    all_at_once = fast_generate(tiny_model, ids, mask, max_new_tokens=8, block_size=4, threshold=1e-9,
+                                eos_guard=False)
     assert all_at_once.nfe == 2 and all_at_once.block_steps == [1, 1]
-    capped = fast_generate(tiny_model, ids, mask, max_new_tokens=8, block_size=4, threshold=1.0, steps_per_block=2,
-                           eos_guard=False)
+    capped = fast_generate(tiny_model, ids, mask, max_new_tokens=8, block_size=4, threshold=1.0,
+                           steps_per_block=2, eos_guard=False)
     assert capped.block_steps == [2, 2] and not (capped.sequences == tiny_model.config.mask_token_id).any()
 
 
-@pytest.mark.parametrize(("cache", "refresh"), [("prefix", "full"), ("dual", "full"), ("dual", "incremental")])
+@pytest.mark.parametrize(("cache", "refresh"), [("prefix", "full"), ("dual", "full"),
+                                                ("dual", "incremental")])
 def test_cached_equals_uncached_when_cache_is_exact(one_layer_model, prompts, cache, refresh) -> None:
     ids, mask = prompts
     kw = dict(max_new_tokens=12, block_size=4, threshold=0.2, eos_guard=False)
@@ -112,7 +119,8 @@ def test_bad_inputs_raise_clear_errors(tiny_model, prompts) -> None:
     with pytest.raises(ValueError, match="cache must be"):
         fast_generate(tiny_model, ids, mask, max_new_tokens=4, cache="bogus")
     with pytest.raises(ValueError, match="mask token"):
-        fast_generate(tiny_model, torch.full_like(ids, tiny_model.config.mask_token_id), None, max_new_tokens=4)
+        fast_generate(tiny_model, torch.full_like(ids, tiny_model.config.mask_token_id), None,
+                      max_new_tokens=4)
     with pytest.raises(ValueError, match="positive"):
         fast_generate(tiny_model, ids, mask, max_new_tokens=0)
     with pytest.raises(ValueError, match="refresh must be"):
@@ -127,16 +135,18 @@ def test_bench_fast_tiny_smoke(tmp_path, run_bench) -> None:
     rows = {r["sampler"]: r for r in report["rows"]}
     assert set(rows) == {"plain", "fast_prefix", "fast_dual", "fast_nocache", "fast_dual_incremental"}
     assert out.exists()
-    assert all(r["nfe"] == 4 and r["speedup_vs_plain"] > 0 for r in rows.values())  # 8 tokens, 1 block, <= 4 steps
+    # 8 tokens, 1 block, <= 4 steps
+    assert all(r["nfe"] == 4 and r["speedup_vs_plain"] > 0 for r in rows.values())
 
 
 def test_cli_prints_completion(tiny_dream_dir, capsys) -> None:
     from decoding.fast import main
 
-    assert main(["--model", str(tiny_dream_dir), "--prompt", "hi", "--max-new-tokens", "8", "--block-size", "4",
-                 "--threshold", "0.05", "--device", "cpu"]) == 0
+    assert main(["--model", str(tiny_dream_dir), "--prompt", "hi", "--max-new-tokens", "8",
+                 "--block-size", "4", "--threshold", "0.05", "--device", "cpu"]) == 0
     assert "fast/nfe=" in capsys.readouterr().err
-    assert main(["--model", str(tiny_dream_dir), "--prompt", "hi", "--threshold", "2", "--device", "cpu"]) == 2
+    assert main(["--model", str(tiny_dream_dir), "--prompt", "hi", "--threshold", "2",
+                 "--device", "cpu"]) == 2
 
 
 @pytest.mark.gpu

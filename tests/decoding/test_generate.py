@@ -1,4 +1,5 @@
-"""diffusion_generate: token-for-token parity with a transcription of Dream's reference loop, batching, hooks."""
+"""diffusion_generate: token-for-token parity with a transcription of Dream's reference loop, batching,
+hooks."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def _reference_sample_tokens(logits, temperature, top_p, top_k, margin=False, ne
         drop = torch.cumsum(F.softmax(order_logits, dim=-1), dim=-1) > top_p
         drop[..., 1:] = drop[..., :-1].clone()
         drop[..., 0] = False
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), torch.finfo(logits.dtype).min)
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop),
+                                    torch.finfo(logits.dtype).min)
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1)))[0][..., -1, None]
         logits = logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
@@ -50,7 +52,8 @@ def _reference_sample_tokens(logits, temperature, top_p, top_k, margin=False, ne
     return confidence, x0
 
 
-def _reference_generate(model, input_ids, *, alg, alg_temp, temperature, top_p, top_k, steps, max_new, eps=1e-3):
+def _reference_generate(model, input_ids, *, alg, alg_temp, temperature, top_p, top_k, steps,
+                        max_new, eps=1e-3):
     """Transcription of DreamGenerationMixin._sample for an unpadded batch (attention 'full', global RNG)."""
     mask_id = model.config.mask_token_id
     x = F.pad(input_ids, (0, max_new), value=mask_id)
@@ -104,7 +107,8 @@ SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: f"{s['alg']}-T{s['temperature']}-a{s['alg_temp']}")
+@pytest.mark.parametrize("settings", SETTINGS,
+                         ids=lambda s: f"{s['alg']}-T{s['temperature']}-a{s['alg_temp']}")
 def test_matches_reference_transcription(tiny_model: DreamModel, settings: dict) -> None:
     prompt = _prompt(tiny_model)
     torch.manual_seed(1234)
@@ -237,7 +241,8 @@ def test_cli_prints_completion_and_rejects_bad_dir(tiny_dream_dir, tmp_path, cap
 
 
 def test_bench_tiny_smoke(tmp_path) -> None:
-    """`bench/bench_decoding.py --tiny` runs the benchmark code end to end on CPU and writes its JSON report."""
+    """`bench/bench_decoding.py --tiny` runs the benchmark code end to end on CPU and writes its JSON
+    report."""
     import importlib.util
     from pathlib import Path
 
@@ -268,7 +273,8 @@ def test_sample_tokens_exact_small_cases() -> None:
     logits = probs.log()
     low = torch.finfo(torch.float32).min
     # cumulative 0.5, 0.8, 1.0 > 0.6 -> shifted right: the first token over the threshold (0.3) is kept
-    assert top_p_logits(logits, 0.6)[0, 2] == low and (top_p_logits(logits, 0.6)[0, :2] == logits[0, :2]).all()
+    assert top_p_logits(logits, 0.6)[0, 2] == low and (top_p_logits(logits, 0.6)[0, :2]
+                                                       == logits[0, :2]).all()
     assert (top_k_logits(logits, 1)[0, 1:] == low).all()
     conf, x0 = sample_tokens(logits)
     assert x0.tolist() == [0] and torch.allclose(conf, torch.tensor([0.5]))
@@ -294,7 +300,8 @@ def test_cli_runs_every_sampler_and_rejects_options_of_another(tiny_dream_dir, c
 
     common = ["--model", str(tiny_dream_dir), "--prompt", "Write add(a, b)", "--device", "cpu", "--seed", "3"]
     model, tok = load_dream(tiny_dream_dir, dtype=torch.float32), load_tokenizer(tiny_dream_dir)
-    ids, mask = encode_prompts(tok, [build_chat_prompt(tok, "Write add(a, b)", system="You are a helpful assistant.")])
+    ids, mask = encode_prompts(tok, [build_chat_prompt(tok, "Write add(a, b)",
+                                                       system="You are a helpful assistant.")])
 
     assert main([*common, "--sampler", "fast", "--max-new-tokens", "8", "--block-size", "4"]) == 0
     expected = fast_generate(model, ids, mask, max_new_tokens=8, block_size=4, valid_vocab_size=len(tok),
@@ -310,10 +317,12 @@ def test_cli_runs_every_sampler_and_rejects_options_of_another(tiny_dream_dir, c
     reasoning, answer = result.texts(tok)
     assert capsys.readouterr().out == f"{reasoning[0]}\n```python\n{answer[0]}\n"
 
-    assert fast_main([*common, "--max-new-tokens", "8", "--block-size", "4"]) == 0  # decoding.fast = --sampler fast
+    # decoding.fast = --sampler fast
+    assert fast_main([*common, "--max-new-tokens", "8", "--block-size", "4"]) == 0
     assert capsys.readouterr().out == out.out
     assert main([*common, "--r-len", "3", "--block-size", "4"]) == 2
-    assert capsys.readouterr().err == ("error: --sampler plain does not use --block-size (fast), --r-len (lockstep)\n")
+    assert capsys.readouterr().err == ("error: --sampler plain does not use --block-size (fast), --r-len "
+                                       "(lockstep)\n")
 
 
 @pytest.mark.parametrize("module", ["decoding.generate", "decoding.fast", "decoding.lockstep", "decoding.viz",
@@ -321,13 +330,14 @@ def test_cli_runs_every_sampler_and_rejects_options_of_another(tiny_dream_dir, c
 def test_python_m_has_no_runpy_warning(module) -> None:
     """``python -m decoding.X`` used to warn ``'decoding.X' found in sys.modules after import of package``
     (the package imported its CLI submodules); ``decoding.lockstep`` used to exit 0 doing nothing."""
-    run = subprocess.run([sys.executable, "-W", "default", "-m", module, "--help"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-W", "default", "-m", module, "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "RuntimeWarning" not in run.stderr, run.stderr
     assert "usage:" in run.stdout
     if module == "decoding.lockstep":
         assert "--sampler {plain,fast,lockstep}" in run.stdout and "--r-len" in run.stdout
-        bare = subprocess.run([sys.executable, "-m", module], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        bare = subprocess.run([sys.executable, "-m", module], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
         assert bare.returncode == 2 and "required: --model, --prompt" in bare.stderr
 
 

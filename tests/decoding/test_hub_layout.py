@@ -29,7 +29,8 @@ def test_hub_layout_is_the_real_folder_with_tiny_dims(hub_dream_dir: Path) -> No
     tok_config = json.loads((hub_dream_dir / "tokenizer_config.json").read_text())
     assert tok_config["tokenizer_class"] == "DreamTokenizer" and "auto_map" in tok_config
     index = json.loads((hub_dream_dir / "model.safetensors.index.json").read_text())
-    assert sorted(set(index["weight_map"].values())) == [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]
+    assert sorted(set(index["weight_map"].values())) == [f"model-0000{i}-of-00004.safetensors"
+                                                         for i in range(1, 5)]
     assert (hub_dream_dir / "vocab.json").is_file() and (hub_dream_dir / "merges.txt").is_file()
     assert not list(hub_dream_dir.glob("*.py")) and not (hub_dream_dir / "tokenizer.json").exists()
 
@@ -37,7 +38,8 @@ def test_hub_layout_is_the_real_folder_with_tiny_dims(hub_dream_dir: Path) -> No
 def test_real_tokenizer_loads_without_remote_code_with_dreams_ids(hub_dream_dir: Path) -> None:
     tokenizer = load_tokenizer(hub_dream_dir)
     assert isinstance(tokenizer, DreamTokenizer) and len(tokenizer) == 151667
-    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.mask_token_id) == (
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id,
+            tokenizer.mask_token_id) == (
         151643, 151643, 151665, 151666)
     assert tokenizer.padding_side == "left"
     prompt = build_chat_prompt(tokenizer, "Write add(a, b).")
@@ -50,14 +52,16 @@ def test_real_tokenizer_loads_without_remote_code_with_dreams_ids(hub_dream_dir:
 
 @pytest.mark.parametrize("trust_remote_code", [None, False, True])
 def test_auto_classes_and_verl_pick_our_classes(hub_dream_dir: Path, trust_remote_code) -> None:
-    """verl's reward loop calls ``hf_tokenizer(path, trust_remote_code=True)``: the hub's auto_map must not win."""
+    """verl's reward loop calls ``hf_tokenizer(path, trust_remote_code=True)``: the hub's auto_map must not
+    win."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from verl.utils import hf_tokenizer
 
     kwargs = {} if trust_remote_code is None else {"trust_remote_code": trust_remote_code}
     assert isinstance(AutoTokenizer.from_pretrained(hub_dream_dir, **kwargs), DreamTokenizer)
-    assert isinstance(hf_tokenizer(str(hub_dream_dir), trust_remote_code=bool(trust_remote_code)), DreamTokenizer)
+    assert isinstance(hf_tokenizer(str(hub_dream_dir), trust_remote_code=bool(trust_remote_code)),
+                      DreamTokenizer)
     assert type(AutoConfig.from_pretrained(hub_dream_dir, **kwargs)).__module__ == "decoding.config"
     assert isinstance(AutoModel.from_pretrained(hub_dream_dir, **kwargs), DreamModel)
 
@@ -83,7 +87,8 @@ def test_truncated_shard_is_a_clear_error_naming_the_file(hub_dream_dir: Path, t
     shutil.copytree(hub_dream_dir, broken)
     shard = broken / "model-00002-of-00004.safetensors"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    with pytest.raises(ValueError, match="model-00002-of-00004.safetensors is not a readable safetensors file"):
+    with pytest.raises(ValueError,
+                       match="model-00002-of-00004.safetensors is not a readable safetensors file"):
         load_dream(broken)
 
 
@@ -99,7 +104,8 @@ def _export(tmp_path: Path, base: Path) -> Path:
 
 def test_export_drops_auto_map_when_the_base_has_no_remote_code(hub_dream_dir: Path, tmp_path: Path) -> None:
     out = _export(tmp_path, hub_dream_dir)
-    assert "auto_map" in json.loads((out / "tokenizer_config.json").read_text())  # what save_pretrained writes
+    # what save_pretrained writes
+    assert "auto_map" in json.loads((out / "tokenizer_config.json").read_text())
     sync_remote_code(out, hub_dream_dir)
     assert not list(out.glob("*.py"))
     for name in ("config.json", "tokenizer_config.json"):
@@ -117,7 +123,8 @@ def test_export_carries_the_users_remote_code_over(hub_dream_dir: Path, tmp_path
     assert sorted(p.name for p in out.glob("*.py")) == sorted(REMOTE_CODE[:3])  # what the auto_maps name
     assert (out / "modeling_dream.py").read_text() == "# the user's modeling_dream.py\n"
     for name in ("config.json", "tokenizer_config.json"):
-        assert json.loads((out / name).read_text())["auto_map"] == json.loads((user / name).read_text())["auto_map"]
+        assert (json.loads((out / name).read_text())["auto_map"]
+                == json.loads((user / name).read_text())["auto_map"])
 
 
 @pytest.mark.parametrize("sampler_args", [
@@ -125,10 +132,11 @@ def test_export_carries_the_users_remote_code_over(hub_dream_dir: Path, tmp_path
     ["--sampler", "fast", "--max-new-tokens", "8", "--block-size", "4"],
     ["--sampler", "lockstep", "--r-len", "4", "--a-len", "8"],
 ], ids=["plain", "fast", "lockstep"])
-def test_generate_cli_runs_every_sampler_on_the_hub_folder(hub_dream_dir: Path, sampler_args: list[str]) -> None:
+def test_generate_cli_runs_every_sampler_on_the_hub_folder(hub_dream_dir: Path,
+                                                           sampler_args: list[str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "decoding.generate", "--model", str(hub_dream_dir), "--prompt", "Write add(a, b).",
-         *sampler_args],
+        [sys.executable, "-m", "decoding.generate", "--model", str(hub_dream_dir), "--prompt",
+         "Write add(a, b).", *sampler_args],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr

@@ -1,8 +1,10 @@
-"""The commit step's memory-lean sampler gives the reference sampler's tokens and confidences (exact small cases).
+"""The commit step's memory-lean sampler gives the reference sampler's tokens and confidences (exact small
+cases).
 
-Reference = what the decoders ran before: ban/penalty on a full copy of the block's logits, ``logits[masked]``,
-then :func:`decoding.sampling.sample_tokens` (sorted top-p). Lean = :func:`decoding.sampling.sample_masked_rows`
-(chunks, in-place filters, top-p within top-k). Same generator seed -> same draws.
+Reference = what the decoders ran before: ban/penalty on a full copy of the block's logits,
+``logits[masked]``, then :func:`decoding.sampling.sample_tokens` (sorted top-p). Lean =
+:func:`decoding.sampling.sample_masked_rows` (chunks, in-place filters, top-p within top-k). Same generator
+seed -> same draws.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def test_lean_sampler_equals_the_reference(monkeypatch, temperature, top_p, top_
 def test_chunk_sizes() -> None:
     vocab = 1000
     assert chunk_rows(5, vocab, 64 * 1000) == 5  # floor of 2**20 elements: small blocks in one chunk
-    assert chunk_rows(10_000, vocab, 10_000 * vocab) == (10_000 * vocab // 8) // vocab  # an eighth of the block
+    # an eighth of the block
+    assert chunk_rows(10_000, vocab, 10_000 * vocab) == (10_000 * vocab // 8) // vocab
     assert chunk_rows(10**6, 152_064, 10**6 * 152_064) == (1 << 26) // 152_064  # capped at 2**26 elements
     assert chunk_rows(3, 10**9, 3 * 10**9) == 1  # at least one row
 

@@ -1,4 +1,5 @@
-"""Lockstep R/A decoder: scripted commit sequences (GS vs Jacobi), invariants on the tiny Dream, equivalences."""
+"""Lockstep R/A decoder: scripted commit sequences (GS vs Jacobi), invariants on the tiny Dream,
+equivalences."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ DELIM = [12]
 
 @pytest.fixture(scope="module")
 def prompts(tiny_tok) -> tuple[torch.Tensor, torch.Tensor]:
-    texts = [build_chat_prompt(tiny_tok, "Write a function that adds two numbers."), build_chat_prompt(tiny_tok, "hi")]
+    texts = [build_chat_prompt(tiny_tok, "Write a function that adds two numbers."),
+             build_chat_prompt(tiny_tok, "hi")]
     return encode_prompts(tiny_tok, texts)
 
 
@@ -73,7 +75,8 @@ def blocks(res, values):
 
 def test_jacobi_commit_sequence_is_exact(tiny_model, prompts) -> None:
     res, hook = run_scripted(tiny_model, prompts, "jacobi", **SCRIPT)
-    # step 0: R0 clears tau; A sees no R yet (stale probs) -> top-1 fallback A0. step 1: A sees R0 -> A1 (0.96).
+    # step 0: R0 clears tau; A sees no R yet (stale probs) -> top-1 fallback A0.
+    # step 1: A sees R0 -> A1 (0.96).
     assert blocks(res, res.commit_step) == ([0, 1, 2], [0, 1, 2])
     assert blocks(res, res.commit_nfe) == ([0, 1, 2], [0, 1, 2])
     assert res.nfe == 3 and res.steps == 3
@@ -136,7 +139,8 @@ def check_invariants(res, cfg, seen, mask_id) -> None:
     lay, final = res.layout, res.sequences
     never = res.commit_step == -1
     assert never[:, : lay.prompt_len].all() and never[:, slice(*lay.span("delim"))].all()
-    assert not never[:, lay.span("r")[0] : lay.span("r")[1]].any() and not never[:, slice(*lay.span("a"))].any()
+    assert (not never[:, lay.span("r")[0] : lay.span("r")[1]].any()
+            and not never[:, slice(*lay.span("a"))].any())
     assert not (final == mask_id).any() and res.steps <= cfg.step_bound
     for k, x_k in enumerate(seen):  # forward k saw exactly the tokens decided by earlier forwards
         assert torch.equal(x_k, res.canvas_at(k, mask_id)), f"forward {k}"
@@ -174,11 +178,12 @@ def test_invariants_on_tiny_model(tiny_model, prompts, mode) -> None:
     assert res.fill_a.shape == (res.steps, 2) and torch.all(res.fill_a[-1] == 1)
 
 
-@pytest.mark.parametrize(("mode", "use_cache"), [("gauss_seidel", False), ("jacobi", False), ("gauss_seidel", True)])
+@pytest.mark.parametrize(("mode", "use_cache"), [("gauss_seidel", False), ("jacobi", False),
+                                                 ("gauss_seidel", True)])
 def test_batch_rows_are_independent(tiny_model, prompts, mode, use_cache) -> None:
     ids, mask = prompts
-    cfg = LockstepCfg(mode=mode, r_len=5, a_len=6, tau_r=0.03, tau_a=0.03, max_fill_frac=0.5, use_cache=use_cache,
-                      refresh_every=2)
+    cfg = LockstepCfg(mode=mode, r_len=5, a_len=6, tau_r=0.03, tau_a=0.03, max_fill_frac=0.5,
+                      use_cache=use_cache, refresh_every=2)
     batch = lockstep_sample(tiny_model, ids, mask, cfg, delimiter_ids=DELIM)
     p = ids.shape[1]
     for row in range(ids.shape[0]):
@@ -218,7 +223,8 @@ def test_root_forward_mode_matches_split_forward(tiny_model, prompts) -> None:
 
 
 def test_prefix_cache_is_exact_on_one_layer_model(tmp_path_factory, prompts) -> None:
-    path = make_tiny_dream(tmp_path_factory.mktemp("one-layer-ls") / "m", seed=1, num_layers=1, initializer_range=0.3)
+    path = make_tiny_dream(tmp_path_factory.mktemp("one-layer-ls") / "m", seed=1, num_layers=1,
+                           initializer_range=0.3)
     model = load_dream(path, dtype=torch.float32)
     ids, mask = prompts
     kw = dict(mode="gauss_seidel", r_len=5, a_len=6, tau_r=0.2, tau_a=0.2, refresh_every=3)
@@ -299,9 +305,11 @@ def test_lockstep_runs_on_cuda_bf16_with_cache(tiny_dream_dir, tiny_tok) -> None
     texts = [build_chat_prompt(tiny_tok, "Add two numbers."), build_chat_prompt(tiny_tok, "hi")]
     ids, mask = encode_prompts(tiny_tok, texts)
     for mode in ("gauss_seidel", "jacobi"):
-        cfg = LockstepCfg(mode=mode, r_len=8, a_len=12, tau_r=0.05, tau_a=0.05, use_cache=True, temperature=0.7)
+        cfg = LockstepCfg(mode=mode, r_len=8, a_len=12, tau_r=0.05, tau_a=0.05, use_cache=True,
+                          temperature=0.7)
         res = lockstep_sample(model, ids.cuda(), mask.cuda(), cfg, delimiter_ids=DELIM, num_samples=2,
-                              generator=torch.Generator("cuda").manual_seed(0), valid_vocab_size=len(tiny_tok))
+                              generator=torch.Generator("cuda").manual_seed(0),
+                              valid_vocab_size=len(tiny_tok))
         assert not (res.sequences == model.config.mask_token_id).any() and res.sequences.shape[0] == 4
 
 

@@ -1,4 +1,5 @@
-"""DreamModel: Qwen2 key layout and causal-mask oracle, bidirectional attention, padding, KV cache, loading."""
+"""DreamModel: Qwen2 key layout and causal-mask oracle, bidirectional attention, padding, KV cache,
+loading."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def test_state_dict_layout_is_qwen2(tiny_model: DreamModel) -> None:
     ours = {k: tuple(v.shape) for k, v in tiny_model.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in twin.state_dict().items()}
     assert ours == theirs
-    assert "model.layers.0.self_attn.q_proj.bias" in ours and "model.layers.0.self_attn.o_proj.bias" not in ours
+    assert ("model.layers.0.self_attn.q_proj.bias" in ours
+            and "model.layers.0.self_attn.o_proj.bias" not in ours)
     assert not any("inv_freq" in k for k in ours)  # non-persistent buffer
 
 
@@ -115,7 +117,8 @@ def test_pad_query_rows_attend_to_themselves() -> None:
     mask = torch.tensor([[0, 0, 1, 1]])
     m = key_padding_to_4d(mask, 0, 4)[0, 0]
     assert m.tolist() == [
-        [True, False, True, True], [False, True, True, True], [False, False, True, True], [False, False, True, True]
+        [True, False, True, True], [False, True, True, True], [False, False, True, True],
+        [False, False, True, True]
     ]
     window = key_padding_to_4d(mask, 1, 2)[0, 0]  # queries at absolute positions 1, 2
     assert window.tolist() == [[False, True, True, True], [False, False, True, True]]
@@ -143,7 +146,8 @@ def test_prefix_and_dual_cache_reproduce_full_forward(tiny_model: DreamModel, pa
         torch.testing.assert_close(filled, full, atol=0, rtol=0)
         # Dual cache: recompute only the window [start, end), keys = cache prefix + window + cached tail.
         dual = tiny_model(
-            ids[:, start:end], attention_mask=attn, position_ids=pos[:, start:end], kv_cache=cache, cache_start=start
+            ids[:, start:end], attention_mask=attn, position_ids=pos[:, start:end], kv_cache=cache,
+            cache_start=start
         ).logits
         torch.testing.assert_close(dual, full[:, start:end], atol=ATOL, rtol=0)
         # Prefix cache: keep [0, start) of a full forward (bidirectional: prefix K/V depend on the suffix),
@@ -152,7 +156,8 @@ def test_prefix_and_dual_cache_reproduce_full_forward(tiny_model: DreamModel, pa
         tiny_model(ids, attention_mask=attn, position_ids=pos, kv_cache=prefix, store_kv=True)
         prefix.crop(start)
         suffix = tiny_model(
-            ids[:, start:], attention_mask=attn, position_ids=pos[:, start:], kv_cache=prefix, cache_start=start
+            ids[:, start:], attention_mask=attn, position_ids=pos[:, start:], kv_cache=prefix,
+            cache_start=start
         ).logits
     torch.testing.assert_close(suffix, full[:, start:], atol=ATOL, rtol=0)
     assert prefix.length == start  # not stored
@@ -190,7 +195,8 @@ def test_rope_stays_fp32_after_dtype_cast(tiny_dream_dir) -> None:
     cos, _ = rope(torch.zeros(1, 1, dtype=torch.bfloat16), torch.tensor([[1000]]))
     ref = torch.cat([1000 * expected, 1000 * expected]).cos().to(torch.bfloat16)
     torch.testing.assert_close(cos[0, 0], ref, atol=0, rtol=0)
-    assert model.lm_head.weight.dtype == torch.bfloat16 and model(torch.tensor([[1, 2]])).logits.dtype == torch.bfloat16
+    assert (model.lm_head.weight.dtype == torch.bfloat16
+            and model(torch.tensor([[1, 2]])).logits.dtype == torch.bfloat16)
 
 
 def test_auto_classes_and_save_roundtrip(tiny_dream_dir, tiny_model: DreamModel, tmp_path) -> None:
@@ -247,7 +253,8 @@ def test_peft_lora_wraps_model(tiny_dream_dir) -> None:
     from peft import LoraConfig, get_peft_model
 
     model = load_dream(tiny_dream_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                  task_type="CAUSAL_LM"))
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     out = peft_model(input_ids=torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 3, dtype=torch.long))
@@ -267,7 +274,8 @@ REAL_7B_CONFIG_JSON = {  # Dream-org/Dream-v0-Instruct-7B config.json (HF hub), 
     "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
     "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 3584,
     "initializer_range": 0.02, "intermediate_size": 18944, "mask_token_id": 151666,
-    "max_position_embeddings": 131072, "max_window_layers": 28, "model_type": "Dream", "num_attention_heads": 28,
+    "max_position_embeddings": 131072, "max_window_layers": 28, "model_type": "Dream",
+    "num_attention_heads": 28,
     "num_hidden_layers": 28, "num_key_value_heads": 4, "pad_token_id": 151643, "rms_norm_eps": 1e-06,
     "rope_scaling": None, "rope_theta": 1000000.0, "sliding_window": None, "tie_word_embeddings": False,
     "torch_dtype": "bfloat16", "transformers_version": "4.46.2", "use_cache": False, "use_mrope": False,
@@ -293,7 +301,8 @@ def test_cuda_bf16_load_matches_cpu_fp32(tiny_dream_dir, tiny_model: DreamModel)
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     model = load_dream(tiny_dream_dir, dtype=torch.bfloat16, device="cuda")
-    assert model.lm_head.weight.device.type == "cuda" and model.model.rotary_emb.inv_freq.device.type == "cuda"
+    assert (model.lm_head.weight.device.type == "cuda"
+            and model.model.rotary_emb.inv_freq.device.type == "cuda")
     ids = _ids(tiny_model, 2, 16)
     mask = torch.ones_like(ids)
     mask[0, :4] = 0

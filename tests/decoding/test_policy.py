@@ -49,7 +49,8 @@ def test_select_top_picks_highest_candidates() -> None:
 
 def test_schedule_counts_match_dream_float32_rule() -> None:
     n = torch.tensor([8, 3, 0])
-    # timesteps = linspace(1, 1e-3, 5): step 0 keeps s/t = 0.75025 -> int(8 * 0.24975) = 1, int(3 * 0.24975) = 0
+    # timesteps = linspace(1, 1e-3, 5): step 0 keeps s/t = 0.75025 -> int(8 * 0.24975) = 1,
+    # int(3 * 0.24975) = 0
     assert schedule_counts(n, 0, 4).tolist() == [1, 0, 0]
     assert schedule_counts(n, 3, 4).tolist() == [8, 3, 0]  # last step: everything left
     t = torch.linspace(1, 1e-3, 5)

@@ -75,7 +75,8 @@ def test_cli_writes_checkpoint(tmp_path, capsys) -> None:
 
 
 def test_tiny_model_names_no_remote_code(tiny_dream_dir) -> None:
-    """An ``auto_map`` must not point at code files that are not there (tools loading with remote code break)."""
+    """An ``auto_map`` must not point at code files that are not there (tools loading with remote code
+    break)."""
     for name in ("config.json", "tokenizer_config.json"):
         assert "auto_map" not in json.loads((tiny_dream_dir / name).read_text()), name
     assert not list(tiny_dream_dir.glob("*.py"))

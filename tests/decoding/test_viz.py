@@ -24,7 +24,8 @@ from decoding.viz import (
 @pytest.fixture(scope="module")
 def result(tiny_model, tiny_tok):
     ids, mask = encode_prompts(tiny_tok, build_chat_prompt(tiny_tok, "Add two numbers."))
-    cfg = LockstepCfg(mode="jacobi", r_len=3, a_len=5, tau_r=0.02, tau_a=0.02, max_fill_frac=0.5, eos_guard=False)
+    cfg = LockstepCfg(mode="jacobi", r_len=3, a_len=5, tau_r=0.02, tau_a=0.02, max_fill_frac=0.5,
+                      eos_guard=False)
     return lockstep_sample(tiny_model, ids, mask, cfg, delimiter_ids=[12])
 
 
@@ -46,7 +47,8 @@ def test_frames_follow_the_commit_trace(result, tiny_tok) -> None:
     a_colour = frames[-1].getpixel(cell_centre(2, 0))
     assert int(result.commit_step[0, a_lo]) < result.steps and a_colour[0] > a_colour[2]  # A is orange
     for frame in (frames[0], frames[-1]):
-        masked = [frame.getpixel(cell_centre(line, col)) == MASKED_FILL for line, col in ((0, 1), (2, 3), (3, 0))]
+        masked = [frame.getpixel(cell_centre(line, col)) == MASKED_FILL
+                  for line, col in ((0, 1), (2, 3), (3, 0))]
         assert all(masked) if frame is frames[0] else not any(masked)
 
 
@@ -70,14 +72,16 @@ def test_token_label_handles_odd_ids(tiny_tok) -> None:
 
 def test_cli_writes_gif_and_strip(tiny_dream_dir, tmp_path, capsys) -> None:
     out = tmp_path / "fill.gif"
-    code = main(["--model", str(tiny_dream_dir), "--prompt", "Add two numbers.", "--out", str(out), "--r-len", "3",
+    code = main(["--model", str(tiny_dream_dir), "--prompt", "Add two numbers.", "--out", str(out),
+                 "--r-len", "3",
                  "--a-len", "4", "--tau-r", "0.02", "--tau-a", "0.02", "--mode", "jacobi", "--device", "cpu"])
     assert code == 0 and out.exists() and out.with_suffix(".png").exists()
     assert "wrote" in capsys.readouterr().out
     assert main(["--model", str(tmp_path), "--prompt", "x", "--out", str(out), "--device", "cpu"]) == 2
 
 
-def test_defaults_are_the_demo_rollout_and_give_a_readable_gif_of_the_demo_checkpoint(tmp_path, capsys) -> None:
+def test_defaults_are_the_demo_rollout_and_give_a_readable_gif_of_the_demo_checkpoint(tmp_path,
+                                                                                      capsys) -> None:
     """With no decoding flags the GIF of the committed demo checkpoint shows the canvas the demo trains on
     (recipes/demo.yaml's lockstep rollout): a few frames, one short line per 16 cells, end-of-text cells
     labelled ``<eot>`` rather than a cut ``<|endoft``, token text dark on light cells."""
@@ -93,13 +97,14 @@ def test_defaults_are_the_demo_rollout_and_give_a_readable_gif_of_the_demo_check
     for key, value in VIZ_DEFAULTS.items():  # unset in the recipe: the defaults of decoding/lockstep.py
         default = DEFAULT_DELIMITER if key == "delimiter" else LockstepCfg.__dataclass_fields__[key].default
         assert (rollout.get(key) if rollout.get(key) is not None else default) == value, key
-    prompt = ("Please provide a self-contained Python script that solves the following problem in a markdown code "
-              "block:\n```\ndef find_score(s: str) -> int:\n    \"\"\"Return the length of s.\n    >>> "
+    prompt = ("Please provide a self-contained Python script that solves the following problem in a markdown "
+              "code block:\n```\ndef find_score(s: str) -> int:\n    \"\"\"Return the length of s.\n    >>> "
               "find_score('tree')\n    4\n    \"\"\"\n```\n")
     out = tmp_path / "fill.gif"
     assert main(["--model", str(root / "recipes" / "assets" / "demo_warmstart"), "--prompt", prompt,
                  "--out", str(out)]) == 0
-    assert "A: 'def find_score(s: str) -> int:" in capsys.readouterr().out  # the warm start writes the function
+    # the warm start writes the function
+    assert "A: 'def find_score(s: str) -> int:" in capsys.readouterr().out
     gif = Image.open(out)
     assert 2 <= gif.n_frames <= 40 and gif.size[1] <= 12 * CELL_H  # 18 + 6 + 32 cells: a handful of lines
     for name in ("r", "a"):

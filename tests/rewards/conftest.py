@@ -1,5 +1,5 @@
-"""Shared fixtures: a small caller-supplied task set, one warm EvalPlusScorer over a real bubblewrap pool, and the warm
-code-RL scorer (``code_scorer``) of the corpus test formats."""
+"""Shared fixtures: a small caller-supplied task set, one warm EvalPlusScorer over a real bubblewrap pool, and
+the warm code-RL scorer (``code_scorer``) of the corpus test formats."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def scorer(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _cfg(workers: int, cache: str) -> RewardConfig:
-    return RewardConfig.rl(workers=workers, sample_time_cap_s=2.0, min_time_limit_s=0.5, on_infra_error="mark",
-                           completion_format="solution", cache_dir=cache,
+    return RewardConfig.rl(workers=workers, sample_time_cap_s=2.0, min_time_limit_s=0.5,
+                           on_infra_error="mark", completion_format="solution", cache_dir=cache,
                            sandbox=SandboxConfig(isolation="bwrap", memory_bytes=1024**3, max_retries=1))
 
 

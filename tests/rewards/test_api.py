@@ -13,12 +13,14 @@ HALF_RIGHT = "```python\ndef f(x):\n    return (x * 7919 + 13) % 1000003 if x < 
 
 
 def _given_values_task() -> Task:
-    return Task(task_id="double", prompt="def double(xs):\n", entry_point="double", base_inputs=[[[1, 2]], [[]]],
+    return Task(task_id="double", prompt="def double(xs):\n", entry_point="double",
+                base_inputs=[[[1, 2]], [[]]],
                 plus_inputs=[[[5]]], expected_base=[[2, 4], []], expected_plus=[[10]])
 
 
 def test_rewards_shaping_and_statuses(scorer) -> None:
-    binary = EvalPlusScorer.__new__(EvalPlusScorer)  # same pool and tables, different shaping (no second pool needed)
+    # same pool and tables, different shaping (no second pool needed)
+    binary = EvalPlusScorer.__new__(EvalPlusScorer)
     binary.__dict__.update(scorer.__dict__)
     binary.cfg = RewardConfig.rl(completion_format="auto", format_weight=0.5, reward="pass_ratio",
                                  answer_marker="[A]", no_code_reward=-1.0)
@@ -66,7 +68,8 @@ def test_samples_with_the_heaviest_reference_run_first(tmp_path) -> None:
             return real_submit(job)
 
         scorer.pool.submit = recording_submit
-        results = scorer.score([("fast", fast_ref), ("slow", slow_ref), ("fast", "def fast(n):\n    return n\n")])
+        results = scorer.score([("fast", fast_ref), ("slow", slow_ref),
+                                ("fast", "def fast(n):\n    return n\n")])
     assert submitted == ["slow", "fast", "fast"]
     assert [(r.task_id, r.all_pass) for r in results] == [("fast", True), ("slow", True), ("fast", False)]
 

@@ -1,8 +1,10 @@
-"""Assert-list tests (AceCode-87K, PrimeIntellect function rows) judged on the trusted side, in the real sandbox.
+"""Assert-list tests (AceCode-87K, PrimeIntellect function rows) judged on the trusted side, in the real
+sandbox.
 
-Reference solutions score 1, wrong ones 0 (their scores match the fixture's stored pass rates), Python semantics
-are exact (``is True``, ``1 == 1.0``, tolerance only where the assert writes one), and a completion cannot forge
-its verdict: every hostile class of the issue scores 0 against a task whose answer it cannot guess.
+Reference solutions score 1, wrong ones 0 (their scores match the fixture's stored pass rates), Python
+semantics are exact (``is True``, ``1 == 1.0``, tolerance only where the assert writes one), and a completion
+cannot forge its verdict: every hostile class of the issue scores 0 against a task whose answer it cannot
+guess.
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ def test_acecode_fixture_pass_rates_match(pass_ratio_code_scorer, shared_data_di
         else:
             assert not res.all_pass and res.base_status == "fail"
             assert res.n_tests == tests.n_cases
-            # the stored rate counts the excluded assert too; the wrong solutions pass it (it checks no mutation)
-            assert res.n_passed in (round(rate * res.n_tests), round(rate * (res.n_tests + tests.excluded)) - tests.excluded)
+            # the stored rate counts the excluded assert too;
+            # the wrong solutions pass it (it checks no mutation)
+            assert res.n_passed in (round(rate * res.n_tests),
+                                    round(rate * (res.n_tests + tests.excluded)) - tests.excluded)
 
 
 def test_primeintellect_function_rows(pass_ratio_code_scorer, shared_data_dir) -> None:
@@ -60,8 +64,9 @@ def test_primeintellect_function_rows(pass_ratio_code_scorer, shared_data_dir) -
         if row["test_method"] == "function":
             tests = tests_from_row("primeintellect", row)
             assert tests.format == "assert" and tests.excluded == 0 and tests.n_cases == 4
-            items += [(row["prefix"] + refs[str(idx)] + "\n```", tests), (_fenced("def prime_factors(n):\n    return []\n"
-                      "def count_islands(g):\n    return 0\n"), tests)]
+            items += [(row["prefix"] + refs[str(idx)] + "\n```", tests),
+                      (_fenced("def prime_factors(n):\n    return []\n"
+                               "def count_islands(g):\n    return 0\n"), tests)]
     results = pass_ratio_code_scorer.score(items)
     assert [r.all_pass for r in results] == [True, False, True, False]
 
@@ -95,8 +100,9 @@ SEMANTICS = [  # (assert, completion body of g, passes?)
 
 @pytest.mark.parametrize(("test", "body", "ok"), SEMANTICS, ids=[s[0] + " / " + str(s[1]) for s in SEMANTICS])
 def test_python_semantics_are_exact(pass_ratio_code_scorer, test: str, body: str | None, ok: bool) -> None:
-    code = ("class Solution:\n    def __init__(self, n=0):\n        self.n = n\n    def g(self):\n        return 5\n"
-            "    def gen(self):\n        yield from range(self.n)\n") if body is None else f"def g():\n    {body}\n"
+    code = ("class Solution:\n    def __init__(self, n=0):\n        self.n = n\n    def g(self):\n"
+            "        return 5\n    def gen(self):\n        yield from range(self.n)\n"
+            if body is None else f"def g():\n    {body}\n")
     [res] = pass_ratio_code_scorer.score([(_fenced(code), assert_tests([test]))])
     assert res.all_pass is ok, res.details
     # the same verdict as running the assert next to the code (for honest code the formats agree)
@@ -134,29 +140,34 @@ def test_unjudgeable_asserts_are_excluded(test: str, reason: str) -> None:
 
 
 HOSTILE = {  # each must score 0 on SECRET_ASSERTS (the naive `python -c code + assert` passes the first five)
-    "lying_eq": "class A:\n    def __eq__(s, o): return True\n    __hash__ = object.__hash__\ndef f(x):\n    return A()\n",
+    "lying_eq": "class A:\n    def __eq__(s, o): return True\n    __hash__ = object.__hash__\ndef f(x):\n"
+                "    return A()\n",
     "lying_int_subclass": "class E(int):\n    def __eq__(s, o): return True\n    __hash__ = int.__hash__\n"
                           "def f(x):\n    return E(0)\n",
     "lying_bool_and_sub": "class B:\n    def __bool__(s): return True\n    def __eq__(s, o): return s\n"
                           "    def __sub__(s, o): return 0\n    def __rsub__(s, o): return 0\n"
                           "    __hash__ = object.__hash__\ndef f(x):\n    return B()\n",
-    "patch_assertion_error": "import builtins\nclass Quiet(BaseException): pass\nbuiltins.AssertionError = Quiet\n"
+    "patch_assertion_error": "import builtins\nclass Quiet(BaseException): pass\n"
+                             "builtins.AssertionError = Quiet\n"
                              "import sys\nsys.excepthook = lambda *a: None\ndef f(x):\n    return -1\n",
     "exit_zero_in_call": "import os\ndef f(x):\n    os._exit(0)\n",
     "exit_zero_at_import": "import os\nos._exit(0)\n",
     "system_exit": "def f(x):\n    raise SystemExit(0)\n",
-    "print_passed": "import sys\nprint('passed'); sys.stdout.write('All tests passed\\n')\ndef f(x):\n    print('ok')\n"
-                    "    return 'passed'\n",
+    "print_passed": "import sys\nprint('passed'); sys.stdout.write('All tests passed\\n')\ndef f(x):\n"
+                    "    print('ok')\n    return 'passed'\n",
     "patch_builtins": "import builtins\nbuiltins.sorted = builtins.len = builtins.abs = lambda *a, **k: 0\n"
                       "builtins.isinstance = lambda *a: True\ndef f(x):\n    return 0\n",
     "frames_for_expected": "import sys, gc\ndef f(x):\n    fr = sys._getframe(1)\n    while fr:\n"
                            "        for v in list(fr.f_locals.values()):\n"
                            "            if type(v) is int and v > 1000: return v\n        fr = fr.f_back\n"
-                           "    for o in gc.get_objects():\n        if type(o) is list and len(o) == 3 and type(o[1]) is list:\n"
+                           "    for o in gc.get_objects():\n"
+                           "        if type(o) is list and len(o) == 3 and type(o[1]) is list:\n"
                            "            return o\n    return None\n",
-    "kill_the_harness": "import os, signal\nfor pid in (os.getppid(), 1, -1, 0):\n    try: os.kill(pid, signal.SIGKILL)\n"
+    "kill_the_harness": "import os, signal\nfor pid in (os.getppid(), 1, -1, 0):\n"
+                        "    try: os.kill(pid, signal.SIGKILL)\n"
                         "    except OSError: pass\ndef f(x):\n    return 0\n",
-    "forge_records": "import os, json\nrec = ''.join(json.dumps([0, i, 'ok', '0' * 32, json.dumps(1)]) + '\\n'"
+    "forge_records": "import os, json\n"
+                     "rec = ''.join(json.dumps([0, i, 'ok', '0' * 32, json.dumps(1)]) + '\\n'"
                      " for i in range(3))\nfor fd in range(3, 64):\n    try: os.write(fd, rec.encode())\n"
                      "    except OSError: pass\nos._exit(0)\n",
 }
@@ -164,7 +175,8 @@ HOSTILE = {  # each must score 0 on SECRET_ASSERTS (the naive `python -c code + 
 
 def test_hostile_completions_score_zero(pass_ratio_code_scorer) -> None:
     tests = assert_tests(SECRET_ASSERTS + ["assert not (f(5) - 39608)", "assert abs(f(7) - 55446) < 1e-9"])
-    results = pass_ratio_code_scorer.score([(_fenced(code), tests) for code in HOSTILE.values()] + [(_fenced(SECRET), tests)])
+    results = pass_ratio_code_scorer.score([(_fenced(code), tests) for code in HOSTILE.values()]
+                                           + [(_fenced(SECRET), tests)])
     for name, res in zip(HOSTILE, results):
         assert res.reward == 0.0 and res.n_passed == 0 and not res.all_pass, (name, res)
     assert results[-1].reward == 1.0  # the pool is intact: an honest sample after them still passes
@@ -173,7 +185,8 @@ def test_hostile_completions_score_zero(pass_ratio_code_scorer) -> None:
 def test_the_naive_harness_is_fooled() -> None:
     """Control: the same cheats pass when the assert runs next to the code, as ``python -c code + assert``
     (DiffuCoder's AceCode reward): that is why only values cross and the comparison happens outside."""
-    for name in ("lying_eq", "lying_int_subclass", "lying_bool_and_sub", "exit_zero_at_import", "system_exit"):
+    for name in ("lying_eq", "lying_int_subclass", "lying_bool_and_sub", "exit_zero_at_import",
+                 "system_exit"):
         program = HOSTILE[name] + "\n" + "\n".join(SECRET_ASSERTS) + "\n"
         assert subprocess.run([sys.executable, "-c", program], capture_output=True).returncode == 0, name
 

@@ -1,8 +1,8 @@
 """fn_name calls, stdin/stdout programs and codeio predictions of the code-RL corpora, in the real sandbox.
 
-Every fixture's reference solutions score 1 and wrong ones 0; output comparison follows the consuming repo's rules
-(LCB checker for DeepCoder, TraceRL for Gen-Verse/PrimeIntellect, SandboxFusion for Dream-Coder); and every hostile
-class of the issue scores 0 in each format.
+Every fixture's reference solutions score 1 and wrong ones 0; output comparison follows the consuming repo's
+rules (LCB checker for DeepCoder, TraceRL for Gen-Verse/PrimeIntellect, SandboxFusion for Dream-Coder); and
+every hostile class of the issue scores 0 in each format.
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def test_fixture_references_pass_and_wrong_programs_fail(code_scorer, shared_dat
                      "def max_profit(p):\n    return 0\ndef countPrimes(n):\n    return 0\n"
                      "def digital_root(n):\n    return 0\n",
              "stdio": "import sys\nprint(sys.stdin.read().split()[0])\n", "codeio": '{"output": -1}'}
-    results = code_scorer.score([(c, t) for _, c, t in items] + [(_fenced(wrong[t.format]) if t.format != "codeio"
-                                                                   else wrong["codeio"], t) for _, _, t in items])
+    results = code_scorer.score([(c, t) for _, c, t in items]
+                                + [(_fenced(wrong[t.format]) if t.format != "codeio" else wrong["codeio"], t)
+                                   for _, _, t in items])
     n = len(items)
     for (label, _, _), res in zip(items, results[:n]):
         assert res.reward == 1.0 and res.base_status == res.plus_status == "pass", (label, res)
@@ -72,13 +73,16 @@ def test_row_conversion_and_judged_corpora(shared_data_dir) -> None:
         tests_from_row("dream-coder", mbpp)
     lcb = pq.read_table(root / "deepcoder_preview.lcbv5.sample.parquet").to_pylist()[1]
     tests = tests_from_row("deepcoder-lcbv5", {**lcb, "metadata": {"func_name": "longestGoodSubarray"}})
-    assert tests == tests_from_row("deepcoder-lcbv5", lcb)  # struct or (Python-literal / JSON) string metadata
-    assert tests.data["target"] == ["Solution", "longestGoodSubarray"] and tests.data["cases"][0][0] == [[1, 3, 2, 4, 6, 5], 2]
+    # struct or (Python-literal / JSON) string metadata
+    assert tests == tests_from_row("deepcoder-lcbv5", lcb)
+    assert (tests.data["target"] == ["Solution", "longestGoodSubarray"]
+            and tests.data["cases"][0][0] == [[1, 3, 2, 4, 6, 5], 2])
     with pytest.raises(ValueError, match="unknown corpus"):
         tests_from_row("humaneval", {})
     with pytest.raises(UnjudgeableRow):
         tests_from_row("deepcoder-taco", {"tests": "not json"})
-    assert {"acecode", "primeintellect", "deepcoder-lcbv5", "deepcoder-primeintellect", "deepcoder-taco"} <= JUDGED_CORPORA
+    assert {"acecode", "primeintellect", "deepcoder-lcbv5", "deepcoder-primeintellect",
+            "deepcoder-taco"} <= JUDGED_CORPORA
 
 
 @pytest.mark.parametrize(("rule", "out", "expected", "ok"), [
@@ -106,14 +110,17 @@ def test_stdio_program_shapes(code_scorer) -> None:
     tests = stdio_tests(["2 3\n", "10 20\n"], ["5\n", "30\n"], 1.0, "lcb")
     programs = {
         "open0": "a, b = map(int, open(0).read().split())\nprint(a + b)\n",
-        "buffer": "import sys\na, b = map(int, sys.stdin.buffer.read().split())\nsys.stdout.buffer.write(b'%d\\n' % (a + b))\n",
-        "os_write": "import os, sys\na, b = map(int, input().split())\nos.write(1, str(a + b).encode() + b'\\n')\n",
+        "buffer": "import sys\na, b = map(int, sys.stdin.buffer.read().split())\n"
+                  "sys.stdout.buffer.write(b'%d\\n' % (a + b))\n",
+        "os_write": "import os, sys\na, b = map(int, input().split())\n"
+                    "os.write(1, str(a + b).encode() + b'\\n')\n",
         "exit_after": "import sys\na, b = map(int, input().split())\nprint(a + b)\nsys.exit()\n",
         "site_exit": "a, b = map(int, input().split())\nprint(a + b)\nexit()\nprint('unreachable')\n",
         "site_quit": "a, b = map(int, input().split())\nprint(a + b)\nquit(0)\n",
-        "thread": "import threading, sys\ndef main():\n    a, b = map(int, input().split())\n    print(a + b)\n"
-                  "threading.stack_size(1 << 26)\nthreading.Thread(target=main).start()\n",
-        "main_guard": "def main():\n    print(sum(map(int, input().split())))\nif __name__ == '__main__':\n    main()\n",
+        "thread": "import threading, sys\ndef main():\n    a, b = map(int, input().split())\n"
+                  "    print(a + b)\nthreading.stack_size(1 << 26)\nthreading.Thread(target=main).start()\n",
+        "main_guard": "def main():\n    print(sum(map(int, input().split())))\nif __name__ == '__main__':\n"
+                      "    main()\n",
     }
     bad = "import sys\na, b = map(int, input().split())\nprint(a + b)\nsys.exit(1)\n"
     results = code_scorer.score([(_fenced(p), tests) for p in programs.values()] + [(_fenced(bad), tests)])
@@ -131,7 +138,8 @@ def test_call_rules(code_scorer) -> None:
 
 def test_codeio() -> None:
     tests = codeio_tests('{"output": [1, 2]}')
-    assert last_json_object('think {"output": [9]} then\n```json\n{"output": [1, 2]}\n```') == {"output": [1, 2]}
+    assert (last_json_object('think {"output": [9]} then\n```json\n{"output": [1, 2]}\n```')
+            == {"output": [1, 2]})
     from rewards.formats_judge import codeio_pass
 
     assert codeio_pass('so {"output": [1, 2]}', tests.data["cases"][0])
@@ -148,39 +156,49 @@ HOSTILE_STDIO = {
     "exit_zero": "import os\nos._exit(0)\n",
     "system_exit": "raise SystemExit(0)\n",
     "echo_input": "print(input())\n",
-    "patch_builtins": "import builtins\nbuiltins.print = lambda *a, **k: None\nbuiltins.input = lambda *a: '0'\n"
-                      "import sys\nsys.stdout.write('0\\n')\n",
-    "frames_and_gc": "import sys, gc\nfound = []\nfr = sys._getframe()\nwhile fr:\n    found += [v for v in fr.f_locals.values() "
+    "patch_builtins": "import builtins\nbuiltins.print = lambda *a, **k: None\n"
+                      "builtins.input = lambda *a: '0'\nimport sys\nsys.stdout.write('0\\n')\n",
+    "frames_and_gc": "import sys, gc\nfound = []\nfr = sys._getframe()\nwhile fr:\n"
+                     "    found += [v for v in fr.f_locals.values() "
                      "if isinstance(v, str) and v.strip().isdigit()]\n    fr = fr.f_back\n"
-                     "found += [o for o in gc.get_objects() if isinstance(o, list) and any(isinstance(x, str) for x in o)][:3]\n"
+                     "found += [o for o in gc.get_objects() "
+                     "if isinstance(o, list) and any(isinstance(x, str) for x in o)][:3]\n"
                      "print(found[-1] if found else 0)\n",
-    "kill_the_harness": "import os, signal\nfor pid in (os.getppid(), 1, -1, 0):\n    try: os.kill(pid, signal.SIGKILL)\n"
-                        "    except OSError: pass\nprint(0)\n",
-    "forge_records": "import os, json\nrec = ''.join(json.dumps([0, i, 'ok', '0' * 32, json.dumps('1\\n')]) + '\\n'"
+    "kill_the_harness": "import os, signal\nfor pid in (os.getppid(), 1, -1, 0):\n"
+                        "    try: os.kill(pid, signal.SIGKILL)\n    except OSError: pass\nprint(0)\n",
+    "forge_records": "import os, json\n"
+                     "rec = ''.join(json.dumps([0, i, 'ok', '0' * 32, json.dumps('1\\n')]) + '\\n'"
                      " for i in range(3))\nfor fd in range(3, 64):\n    try: os.write(fd, rec.encode())\n"
                      "    except OSError: pass\nos._exit(0)\n",
-    "lying_stdout_object": "import sys\nclass W:\n    def write(s, x): return len(x)\n    def flush(s): pass\n"
+    "lying_stdout_object": "import sys\nclass W:\n    def write(s, x): return len(x)\n"
+                           "    def flush(s): pass\n"
                            "    def __eq__(s, o): return True\nsys.stdout = W()\nprint('0')\n",
-    "read_files": "import glob\nhits = glob.glob('/work/**/*.json', recursive=True) + glob.glob('/tmp/**', recursive=True)\n"
-                  "print(len(hits))\n",
+    "read_files": "import glob\nhits = glob.glob('/work/**/*.json', recursive=True)"
+                  " + glob.glob('/tmp/**', recursive=True)\nprint(len(hits))\n",
 }
 HOSTILE_CALL = {
-    "lying_eq": "class A:\n    def __eq__(s, o): return True\n    __hash__ = object.__hash__\ndef g(x):\n    return A()\n",
-    "lying_int": "class E(int):\n    def __eq__(s, o): return True\n    __hash__ = int.__hash__\ndef g(x):\n    return E(0)\n",
+    "lying_eq": "class A:\n    def __eq__(s, o): return True\n    __hash__ = object.__hash__\ndef g(x):\n"
+                "    return A()\n",
+    "lying_int": "class E(int):\n    def __eq__(s, o): return True\n    __hash__ = int.__hash__\ndef g(x):\n"
+                 "    return E(0)\n",
     "lying_bool_sub": "class B:\n    def __bool__(s): return True\n    def __sub__(s, o): return 0\n"
-                      "    def __eq__(s, o): return True\n    __hash__ = object.__hash__\ndef g(x):\n    return B()\n",
+                      "    def __eq__(s, o): return True\n    __hash__ = object.__hash__\ndef g(x):\n"
+                      "    return B()\n",
     "exit_zero": "import os\ndef g(x):\n    os._exit(0)\n",
     "system_exit": "def g(x):\n    raise SystemExit(0)\n",
     "print_passed": "def g(x):\n    print('passed')\n    return 'passed'\n",
-    "patch_assertion_error_and_builtins": "import builtins\nbuiltins.AssertionError = KeyError\nbuiltins.isinstance = "
-                                          "lambda *a: True\nbuiltins.list = lambda *a: [0]\ndef g(x):\n    return (0,)\n",
-    "frames": "import sys\ndef g(x):\n    fr = sys._getframe(1)\n    while fr:\n        for v in fr.f_locals.values():\n"
+    "patch_assertion_error_and_builtins": "import builtins\nbuiltins.AssertionError = KeyError\n"
+                                          "builtins.isinstance = lambda *a: True\n"
+                                          "builtins.list = lambda *a: [0]\ndef g(x):\n    return (0,)\n",
+    "frames": "import sys\ndef g(x):\n    fr = sys._getframe(1)\n    while fr:\n"
+              "        for v in fr.f_locals.values():\n"
               "            if type(v) is int and v > 1000: return v\n        fr = fr.f_back\n    return 0\n",
-    "forge_records": "import os, json\nrec = ''.join(json.dumps([0, i, 'ok', '0' * 32, json.dumps(1)]) + '\\n'"
+    "forge_records": "import os, json\n"
+                     "rec = ''.join(json.dumps([0, i, 'ok', '0' * 32, json.dumps(1)]) + '\\n'"
                      " for i in range(3))\nfor fd in range(3, 64):\n    try: os.write(fd, rec.encode())\n"
                      "    except OSError: pass\nos._exit(0)\n",
-    "kill_the_harness": "import os, signal\ndef g(x):\n    for pid in (os.getppid(), 1, -1, 0):\n        try: os.kill(pid, 9)\n"
-                        "        except OSError: pass\n    return 0\n",
+    "kill_the_harness": "import os, signal\ndef g(x):\n    for pid in (os.getppid(), 1, -1, 0):\n"
+                        "        try: os.kill(pid, 9)\n        except OSError: pass\n    return 0\n",
 }
 
 
@@ -189,23 +207,28 @@ def test_hostile_stdio_and_call_score_zero(code_scorer) -> None:
     call = call_tests(["*", "g"], [([int(x)], int(y)) for x, y in zip(SECRET_IN, SECRET_OUT)])
     honest_stdio = "x = int(input())\nprint((x * 7919 + 13) % 1000003)\n"
     honest_call = "def g(x):\n    return (x * 7919 + 13) % 1000003\n"
-    items = [(_fenced(p), stdio) for p in HOSTILE_STDIO.values()] + [(_fenced(p), call) for p in HOSTILE_CALL.values()]
+    items = ([(_fenced(p), stdio) for p in HOSTILE_STDIO.values()]
+             + [(_fenced(p), call) for p in HOSTILE_CALL.values()])
     results = code_scorer.score(items + [(_fenced(honest_stdio), stdio), (_fenced(honest_call), call)])
     for name, res in zip([*HOSTILE_STDIO, *HOSTILE_CALL], results):
         assert res.reward == 0.0 and res.n_passed == 0, (name, res)
     assert [r.reward for r in results[-2:]] == [1.0, 1.0]  # the pool survived every attack
 
 
-GARBAGE_ROWS = [{}, {"tests": None, "info": None, "test": None, "test_cases": None}, {"tests": "[1, 2]", "info": "{]"},
-                {"tests": '{"inputs": [1], "outputs": []}', "info": '{"test": 5}', "data_source": "code_contests",
-                 "test_cases": [5], "test_method": "stdio", "test_input": ["1"], "test_output": [2], "test": "def ("},
-                {"tests": '[{"testtype": "functional", "type": "other", "input": "[1", "output": "1"}]', "metadata": "{'func_name': 'f'}",
-                 "data_source": "livecodebench", "info": '{"test": "{\\"input_output\\": 3}"}',
-                 "test_method": "function", "test_list": ["assert True"], "test": "def test_x(capsys):\n    pass\n"}]
+GARBAGE_ROWS = [{}, {"tests": None, "info": None, "test": None, "test_cases": None},
+                {"tests": "[1, 2]", "info": "{]"},
+                {"tests": '{"inputs": [1], "outputs": []}', "info": '{"test": 5}',
+                 "data_source": "code_contests", "test_cases": [5], "test_method": "stdio",
+                 "test_input": ["1"], "test_output": [2], "test": "def ("},
+                {"tests": '[{"testtype": "functional", "type": "other", "input": "[1", "output": "1"}]',
+                 "metadata": "{'func_name': 'f'}", "data_source": "livecodebench",
+                 "info": '{"test": "{\\"input_output\\": 3}"}', "test_method": "function",
+                 "test_list": ["assert True"], "test": "def test_x(capsys):\n    pass\n"}]
 
 
 @pytest.mark.parametrize("row", GARBAGE_ROWS)
-@pytest.mark.parametrize("corpus", ["acecode", "kodcode-light", "kodcode-v1", "deepcoder-lcbv5", "deepcoder-primeintellect",
+@pytest.mark.parametrize("corpus", ["acecode", "kodcode-light", "kodcode-v1", "deepcoder-lcbv5",
+                                    "deepcoder-primeintellect",
                                     "deepcoder-taco", "primeintellect", "dream-coder"])
 def test_malformed_rows_raise_unjudgeable_row(corpus: str, row: dict) -> None:
     """Loaders count drops by reason: a malformed row is UnjudgeableRow with a short reason, never a crash."""
@@ -219,7 +242,8 @@ def test_mixed_batch_keeps_input_order(code_scorer) -> None:
     stdio = stdio_tests(["1 2\n"], ["3\n"], 1.0, "primeintellect")
     call = call_tests(["*", "g"], [([2], 4)])
     codeio = codeio_tests('{"output": 1}')
-    items = [("```python\nprint(sum(map(int, input().split())))\n```", stdio), ("```python\ndef g(:\n```", call),
+    items = [("```python\nprint(sum(map(int, input().split())))\n```", stdio),
+             ("```python\ndef g(:\n```", call),
              ('{"output": 1}', codeio), ("```python\ndef g(x):\n    return x * 2\n```", call),
              ("", stdio), ("```python\nprint(4)\n```", stdio)]
     results = code_scorer.score(items)
@@ -228,13 +252,14 @@ def test_mixed_batch_keeps_input_order(code_scorer) -> None:
 
 
 def test_lcb_rows_get_lcb_imports(code_scorer, shared_data_dir) -> None:
-    """LiveCodeBench's harness runs programs after its import lines (typing, collections, ...): a LeetCode answer
-    that uses `defaultdict` / `Counter` without importing them passes DeepCoder's lcbv5 functional rows, as under
-    rLLM's checker."""
+    """LiveCodeBench's harness runs programs after its import lines (typing, collections, ...): a LeetCode
+    answer that uses `defaultdict` / `Counter` without importing them passes DeepCoder's lcbv5 functional
+    rows, as under rLLM's checker."""
     rows = pq.read_table(shared_data_dir("code_rl") / "deepcoder_preview.lcbv5.sample.parquet").to_pylist()
     tests = tests_from_row("deepcoder-lcbv5", rows[2])  # minChangesToPalindrome
     assert tests.data["prelude"] == "lcb"
-    code = ("class Solution:\n    seen = defaultdict(int)\n    def minChangesToPalindrome(self, s: str) -> int:\n"
+    code = ("class Solution:\n    seen = defaultdict(int)\n"
+            "    def minChangesToPalindrome(self, s: str) -> int:\n"
             "        c = Counter(s[i] != s[-1 - i] for i in range(len(s) // 2))\n        return c[True]\n")
     [res] = code_scorer.score([(_fenced(code), tests)])
     assert res.reward == 1.0, res.details
@@ -244,7 +269,8 @@ def test_lcb_rows_get_lcb_imports(code_scorer, shared_data_dir) -> None:
 
 
 def test_score_code_tests_reuses_its_pool() -> None:
-    """The loaders' entry point: one warm pool per RewardConfig, reused across calls (RL steps), input order kept."""
+    """The loaders' entry point: one warm pool per RewardConfig, reused across calls (RL steps), input order
+    kept."""
     from rewards.code_judge import close_code_scorers, get_code_scorer
     from rewards.code_tests import score_code_tests
 

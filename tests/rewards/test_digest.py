@@ -1,7 +1,8 @@
-"""The digest's C-speed fast paths (flat str/int lists, flat int/float/bool lists, nested simple lists) against the
-definition they shortcut, written out item by item here: digest(x) = sha256(E(N(x))) with N the normal form under
-Python == and E the canonical encoding of a normal form. Exact small cases plus a seeded random sweep; the security
-cases (builtin subclasses with lying hooks, arbitrary objects) must take the general path and behave as before."""
+"""The digest's C-speed fast paths (flat str/int lists, flat int/float/bool lists, nested simple lists)
+against the definition they shortcut, written out item by item here: digest(x) = sha256(E(N(x))) with N the
+normal form under Python == and E the canonical encoding of a normal form. Exact small cases plus a seeded
+random sweep; the security cases (builtin subclasses with lying hooks, arbitrary objects) must take the
+general path and behave as before."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from rewards import _zygote as z
 NAN, INF = float("nan"), float("inf")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # the definition, item by item (no fast paths)
 
 
@@ -75,7 +76,7 @@ def typed(x):
     return (type(x).__name__, "nan" if x != x else x)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 class LyingInt(int):
@@ -112,7 +113,8 @@ CASES = [
     [], (), [1, 2, 3], [1.0, 2.0, 3.0], [True, 2, 3.0], (1, 2.0), [True, False], [1, 0],
     [0.5, -0.0, 0.0, 2.5], [-0.0], [INF, -INF, 1.0], [NAN, 1.0], [1.5, NAN], [2**53, 2.0**53, 2**53 + 1],
     [2.0**60, 10**400, -(10**400), 1.5], [1e308, -1e308, 5e-324], [0.1 + 0.2, 0.3],
-    [[1.0, 2], (3.0,)], [[1, 2], (3,)], [[0.5, NAN], [INF]], [[[1.5]], [[2.0]]], [(1.0, "a"), (2, b"b", None)],
+    [[1.0, 2], (3.0,)], [[1, 2], (3,)], [[0.5, NAN], [INF]], [[[1.5]], [[2.0]]],
+    [(1.0, "a"), (2, b"b", None)],
     [1, "1", None, 1.0, b"x"], ["a", "b"], [1.5, "x"], [{1.0: [2.0]}], [{1.0, 2}], [1 + 0j, 2.5 + 1j],
     MyList([1.0, 2]), [LyingInt(5), 2.0], [LyingFloat(2.5), 1], (LyingInt(7),), [MyList([1.5])],
     [bytearray(b"a"), 3.0],
@@ -159,7 +161,8 @@ def test_objects_in_number_lists_are_refused() -> None:
 
 
 def _random_value(rng: random.Random, depth: int = 0):
-    leaves = [lambda: rng.randint(-3, 3), lambda: float(rng.randint(-3, 3)), lambda: rng.choice([0.5, -2.5, 1e20]),
+    leaves = [lambda: rng.randint(-3, 3), lambda: float(rng.randint(-3, 3)),
+              lambda: rng.choice([0.5, -2.5, 1e20]),
               lambda: rng.choice([True, False]), lambda: rng.choice([NAN, INF, -INF, -0.0]),
               lambda: rng.choice([2**70, 2.0**70]), lambda: rng.choice(["a", None, b"b"])]
     if depth < 2 and rng.random() < 0.3:

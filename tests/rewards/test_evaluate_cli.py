@@ -52,12 +52,13 @@ BAD_INPUTS = {
     "no code": (["--dataset", "humaneval"], '{"task_id": "HumanEval/0"}\n', "solution or completion"),
     "not an object": (["--dataset", "humaneval"], "[1, 2]\n", "JSON object"),
     "empty": (["--dataset", "humaneval"], "\n", "no samples"),
-    "unknown dataset": (["--dataset", "apps"], '{"task_id": "x", "solution": ""}\n', "unknown dataset 'apps'"),
+    "unknown dataset": (["--dataset", "apps"], '{"task_id": "x", "solution": ""}\n',
+                        "unknown dataset 'apps'"),
     "MBPP+ Mini": (["--dataset", "mbpp", "--mini"], '{"task_id": "Mbpp/2", "solution": ""}\n', "no Mini"),
-    "unknown task id": (["--dataset", "humaneval", "--mini"], '{"task_id": "HumanEval/999", "solution": ""}\n',
-                        "'HumanEval/999'"),
-    "bad parallel": (["--dataset", "humaneval", "--parallel", "0"], '{"task_id": "HumanEval/0", "solution": ""}\n',
-                     "--parallel"),
+    "unknown task id": (["--dataset", "humaneval", "--mini"],
+                        '{"task_id": "HumanEval/999", "solution": ""}\n', "'HumanEval/999'"),
+    "bad parallel": (["--dataset", "humaneval", "--parallel", "0"],
+                     '{"task_id": "HumanEval/0", "solution": ""}\n', "--parallel"),
 }
 
 
@@ -70,7 +71,8 @@ def test_cli_user_mistakes_are_one_line_errors(case, tmp_path, evalplus_data, mo
         path.write_text(content)
     assert main([*args, "--samples", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("python -m rewards.evaluate: error: ") and message in err, err
+    assert (err.count("\n") == 1 and err.startswith("python -m rewards.evaluate: error: ")
+            and message in err), err
 
 
 def test_cli_module_exit_status_without_traceback(tmp_path) -> None:

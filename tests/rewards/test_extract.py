@@ -53,7 +53,8 @@ def test_build_solution_formats() -> None:
     code = build_solution("```python\ndef add(xs):\n    return sum(xs)\n```", PROMPT, "add")
     assert code.code.startswith("from typing import List\n") and "def add" in code.code
     cont = build_solution("    return sum(xs)\n", PROMPT, "add")
-    assert cont.status == "ok" and cont.source == "continuation" and cont.code == PROMPT + "    return sum(xs)\n"
+    assert (cont.status == "ok" and cont.source == "continuation"
+            and cont.code == PROMPT + "    return sum(xs)\n")
     assert build_solution("```python\ndef other():\n    return 1\n```", PROMPT, "add",
                           completion_format="code").status == "no_entry_point"
     assert build_solution("x", PROMPT, "add", completion_format="solution").code == "x"
@@ -69,8 +70,8 @@ def test_prompt_formats() -> None:
     assert prompt_imports(PROMPT) == "from typing import List\n"
 
 
-# ast.parse on hostile text, and from many threads at once (verl scores rewards in a thread pool; on CPython 3.11
-# concurrent ast construction can raise "SystemError: AST constructor recursion depth mismatch")
+# ast.parse on hostile text, and from many threads at once (verl scores rewards in a thread pool; on CPython
+# 3.11 concurrent ast construction can raise "SystemError: AST constructor recursion depth mismatch")
 DEEP = ["def add(xs):\n    return " + "-" * 3000 + "xs\n",  # RecursionError during AST construction
         "def add(xs):\n    return " + "(" * 150 + "xs" + ")" * 150 + "\n",
         "def add(xs):\n    return " + "[" * 90 + "xs" + "]" * 90 + "\n",
@@ -122,7 +123,9 @@ def test_a_completion_the_parser_fails_on_scores_zero_without_raising(tmp_path, 
     secret_ref = "def f(x):\n    return (x * 7919 + 13) % 1000003\n"
 
     cfg = RewardConfig.rl(workers=1, cache_dir=str(tmp_path), sandbox=SandboxConfig(isolation="bwrap"))
-    hostile = ["```python\ndef f(x):\n    return " + "-" * 3000 + "x\n```", "def f(x):\n    return '\ud800'\n"]
-    results = score_batch([("secret", t) for t in hostile] + [("secret", secret_ref)], tasks=secret_task_list, cfg=cfg)
+    hostile = ["```python\ndef f(x):\n    return " + "-" * 3000 + "x\n```",
+               "def f(x):\n    return '\ud800'\n"]
+    results = score_batch([("secret", t) for t in hostile] + [("secret", secret_ref)],
+                          tasks=secret_task_list, cfg=cfg)
     assert [r.reward for r in results] == [0.0, 0.0, 1.0], [(r.status, r.details) for r in results]
     assert all(r.status != "ok" for r in results[:2])

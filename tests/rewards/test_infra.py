@@ -1,6 +1,7 @@
-"""Infrastructure failures and degraded hosts, on the real sandbox: a worker killed mid-job is restarted and the
-job re-run (counted, never scored 0, never lost); a failure that persists is reported as "infra_error" with no
-reward; a host without user namespaces is detected at start-up and either refused or used loudly degraded."""
+"""Infrastructure failures and degraded hosts, on the real sandbox: a worker killed mid-job is restarted and
+the job re-run (counted, never scored 0, never lost); a failure that persists is reported as "infra_error"
+with no reward; a host without user namespaces is detected at start-up and either refused or used loudly
+degraded."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from rewards.api import SandboxInfraError
 
 ANSWER = "(x * 7919 + 13) % 1000003"
 SECRET_REF = f"def f(x):\n    return {ANSWER}\n"  # the conftest's 'secret' task
-# 0.12 s of CPU per test, 0.84 s for the 7 tests: long enough to be caught in flight, and at most half of every
-# limit (0.5 s per test, 2 s per sample in the conftest) so that a busy machine can never make it time out
-SLOW = ("import time\ndef f(x):\n    t = time.process_time()\n    while time.process_time() - t < 0.12: pass\n"
+# 0.12 s of CPU per test, 0.84 s for the 7 tests: long enough to be caught in flight, and at most half of
+# every limit (0.5 s per test, 2 s per sample in the conftest) so that a busy machine can never make it
+# time out
+SLOW = ("import time\ndef f(x):\n    t = time.process_time()\n"
+        "    while time.process_time() - t < 0.12: pass\n"
         f"    return {ANSWER}\n")
 
 
@@ -37,7 +40,8 @@ def _kill_workers_in_flight(pool, n_busy: int, timeout_s: float = 60.0) -> int:
             if proc is None or proc.poll() is not None:
                 continue
             with_child = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                          if "python" in p.name() and p.parent() is not None and "python" in p.parent().name()]
+                          if "python" in p.name() and p.parent() is not None
+                          and "python" in p.parent().name()]
             if with_child:
                 busy.append(proc.pid)
         if len(busy) >= n_busy:
@@ -75,8 +79,9 @@ def test_worker_killed_mid_job_is_retried_not_scored(scorer) -> None:
 
 
 def test_persistent_infra_failure_is_reported_never_scored(tmp_path, secret_task_list) -> None:
-    """No retries left: the item comes back as infra_error with reward None, the batch raises SandboxInfraError
-    carrying every result (the honest sample's included), and the pool recovers for the next batch."""
+    """No retries left: the item comes back as infra_error with reward None, the batch raises
+    SandboxInfraError carrying every result (the honest sample's included), and the pool recovers for the next
+    batch."""
     cfg = RewardConfig.rl(workers=1, cache_dir=str(tmp_path), completion_format="solution",
                           sandbox=SandboxConfig(isolation="bwrap", memory_bytes=1024**3, max_retries=0))
     with EvalPlusScorer(secret_task_list, cfg=cfg) as s:
@@ -85,7 +90,8 @@ def test_persistent_infra_failure_is_reported_never_scored(tmp_path, secret_task
         th.join(120)
         assert not done and len(errors) == 1 and isinstance(errors[0], SandboxInfraError)
         first, second = errors[0].results
-        assert first.status == "infra_error" and first.reward is None and "zygote exited" in first.details["infra_error"]
+        assert (first.status == "infra_error" and first.reward is None
+                and "zygote exited" in first.details["infra_error"])
         assert second.status == "ok" and second.reward == 1.0
         assert s.pool.stats["infra_errors_reported"] == 1
         assert s.score([("secret", SECRET_REF)])[0].reward == 1.0
@@ -149,7 +155,8 @@ def test_wipe_tree_handles_deep_locked_trees_and_never_follows_links(tmp_path) -
 
 
 def test_wipe_tree_lists_each_directory_once(tmp_path) -> None:
-    """30,000 sibling directories: the old wipe re-listed the parent after every removal (quadratic, minutes)."""
+    """30,000 sibling directories: the old wipe re-listed the parent after every removal (quadratic,
+    minutes)."""
     top = tmp_path / "scratch"
     top.mkdir()
     for i in range(30000):

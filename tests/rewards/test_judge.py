@@ -1,5 +1,5 @@
-"""Trusted-side pieces on exact small cases: canonical digests, value decoding, the judge's protocol checks and
-EvalPlus's oracles. No sandbox needed: the judge is fed hand-written record lines, exactly what a hostile
+"""Trusted-side pieces on exact small cases: canonical digests, value decoding, the judge's protocol checks
+and EvalPlus's oracles. No sandbox needed: the judge is fed hand-written record lines, exactly what a hostile
 sandbox child could write."""
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ def test_missing_records_fail_and_deadline_means_timeout() -> None:
 
 def test_load_error_and_empty_output() -> None:
     t = _task()
-    assert judge(t, ("base",), _expected(t), RawResult([b'["load_error","SyntaxError"]'], {})).status == "load_error"
+    assert judge(t, ("base",), _expected(t),
+                 RawResult([b'["load_error","SyntaxError"]'], {})).status == "load_error"
     assert judge(t, ("base",), _expected(t), RawResult([], {})).status == "load_error"
 
 
@@ -136,7 +137,8 @@ def test_float_tolerance_and_type_rules() -> None:
     t = _task(expected_base=[0.1 + 0.2, [1.0, 2.0]], expected_plus=[1.0])
     exp = _expected(t)
     v = judge(t, ("base",), exp, _raw(_rec(0, 0, 0.3), _rec(0, 1, (1.0, 2.0))))
-    assert v.passed == [[True, False]]  # 0.3 within atol 1e-6; tuple is not list (evalplus asserts type equality)
+    # 0.3 within atol 1e-6; tuple is not list (evalplus asserts type equality)
+    assert v.passed == [[True, False]]
 
 
 def test_special_oracles() -> None:
@@ -161,13 +163,15 @@ def test_set_eq_and_not_none_expected_are_converted_like_the_sandbox() -> None:
 
 
 def _compact(s, i, value) -> bytes:
-    """An ok record exactly as the sandbox child writes it when no value is sent (the judge's json-free path)."""
+    """An ok record exactly as the sandbox child writes it when no value is sent (the judge's json-free
+    path)."""
     return b'[%d,%d,"ok","%s",null]' % (s, i, z.digest(value).encode())
 
 
 def test_compact_ok_records_judge_like_json_ones() -> None:
     t = _task()
-    fast = judge(t, ("base", "plus"), _expected(t), _raw(_compact(0, 0, 10), _compact(0, 1, 21), _compact(1, 0, 30)))
+    fast = judge(t, ("base", "plus"), _expected(t), _raw(_compact(0, 0, 10), _compact(0, 1, 21),
+                                                         _compact(1, 0, 30)))
     slow = judge(t, ("base", "plus"), _expected(t), _raw(_rec(0, 0, 10), _rec(0, 1, 21), _rec(1, 0, 30)))
     assert fast == slow and fast.passed == [[True, False], [True]]
 

@@ -1,9 +1,9 @@
 """The trusted judge never raises on anything a sandbox child can send (issue #20, class 1).
 
 Hand-written records that once escaped as exceptions (complex numbers built from huge integers, ...), then a
-derandomized hypothesis fuzz of the record decoder and the whole judge: random bytes, random JSON, and well-formed
-records carrying random tagged values, against tasks that exercise every oracle. Every outcome must be a
-:class:`Verdict`; an undecodable or out-of-range record voids that sample only.
+derandomized hypothesis fuzz of the record decoder and the whole judge: random bytes, random JSON, and
+well-formed records carrying random tagged values, against tasks that exercise every oracle. Every outcome
+must be a :class:`Verdict`; an undecodable or out-of-range record voids that sample only.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def _tasks() -> list[Task]:
         Task(task_id="set_eq", oracle="set_eq", expected_base=[[1, 2], [3]], expected_plus=[[4]], **base),
         Task(task_id="not_none", oracle="not_none", expected_base=[1, None], expected_plus=[True], **base),
         Task(task_id="find_zero", oracle="find_zero", atol=1e-6, prompt="", entry_point="f",
-             base_inputs=[[[-6, 11, -6, 1]]], expected_base=[1.0], plus_inputs=[[[1, 1]]], expected_plus=[-1.0]),
+             base_inputs=[[[-6, 11, -6, 1]]], expected_base=[1.0], plus_inputs=[[[1, 1]]],
+             expected_plus=[-1.0]),
         Task(task_id="surface_area", oracle="surface_area", atol=1e-6, prompt="", entry_point="f",
              base_inputs=[[5, 12]], expected_base=[1.0], plus_inputs=[[1, 1]], expected_plus=[2.0]),
         Task(task_id="digit_distance", oracle="digit_distance", prompt="", entry_point="f",
@@ -105,7 +106,8 @@ def test_crafted_value_records_are_judged_not_raised(value) -> None:
 
 
 def test_crafted_records_of_every_kind_are_judged_not_raised() -> None:
-    weird = [b'[0,0,"exc","\\ud800"]', b'[0,0,"exc",' + b'"x"' * 1 + b']', b'["load_error",' + b'1' * 5000 + b']',
+    weird = [b'[0,0,"exc","\\ud800"]', b'[0,0,"exc",' + b'"x"' * 1 + b']',
+             b'["load_error",' + b'1' * 5000 + b']',
              b'[0,0,"ok","' + b"0" * 32 + b'",null,' + b"9" * 4000 + b"]", b"\xff\xfe", b"[" * 200000,
              b'[0,0,"ok","' + b"0" * 32 + b'","' + b"[" * 50000 + b'"]', b'[1e999,0,"timeout"]']
     for first in (b'["loaded"]', b'["load_error","\\udfff"]', b"[]", b"null"):
@@ -114,7 +116,7 @@ def test_crafted_records_of_every_kind_are_judged_not_raised() -> None:
             _judge_all([first, w])
 
 
-# --- fuzzing --------------------------------------------------------------------------------------------------
+# --- fuzzing ------------------------------------------------------------------------------------------------
 
 _hex = (st.text("0123456789abcdef", min_size=0, max_size=420) | st.text(max_size=8)
         | st.sampled_from([HUGE, "-" + HUGE, "1" + "0" * 256, "-0", "0x1f"]))
@@ -143,7 +145,8 @@ def _ok_line(s, i, d, v) -> bytes:
 
 
 RECORD = (st.builds(_ok_line, INDEX, INDEX, DIGEST, VALUES)
-          | st.builds(lambda s, i, n: json.dumps([s, i, "exc", n]).encode(), INDEX, INDEX, st.text(max_size=70))
+          | st.builds(lambda s, i, n: json.dumps([s, i, "exc", n]).encode(), INDEX, INDEX,
+                      st.text(max_size=70))
           | st.builds(lambda s, i: json.dumps([s, i, "timeout"]).encode(), INDEX, INDEX)
           | st.builds(lambda v: json.dumps(v).encode(), VALUES)
           | st.binary(max_size=64))

@@ -1,4 +1,5 @@
-"""The warm-scorer cache: the same key gives the same live scorer, and making room closes the least recently used."""
+"""The warm-scorer cache: the same key gives the same live scorer, and making room closes the least recently
+used."""
 
 from __future__ import annotations
 

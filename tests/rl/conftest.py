@@ -19,7 +19,8 @@ EOS_ID = 14
 def build_tiny_dream(seed: int = 0, vocab_size: int = TINY_VOCAB) -> DreamModel:
     """A 2-layer Dream (hidden 32) with large init so that log-probs depend visibly on the context."""
     config = DreamConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.3, rope_theta=10000.0,
         mask_token_id=MASK_ID, pad_token_id=EOS_ID, bos_token_id=EOS_ID, eos_token_id=EOS_ID,
     )

@@ -1,4 +1,5 @@
-"""Exactness tests of the diffusion log-prob estimators on a tiny Dream (vocabulary 16, completion 3-4 tokens).
+"""Exactness tests of the diffusion log-prob estimators on a tiny Dream (vocabulary 16, completion 3-4
+tokens).
 
 Expectations are computed exactly: every mask subset is enumerated with its probability, and the integral over
 the masking rate t uses Gauss-Legendre nodes, which is exact here because P(mask | t) times the estimate is a
@@ -99,7 +100,8 @@ def test_logit_shift_hand_built() -> None:
         logits[0, j, (j + 1) % 4] = 3.0
     completion = torch.tensor([[2, 3, 1]])  # at absolute positions 2, 3, 4
     logp, entropy = completion_logprobs_from_logits(logits, completion, with_entropy=True)
-    expected = torch.stack([torch.log_softmax(logits[0, j - 1], -1)[tok] for j, tok in zip((2, 3, 4), (2, 3, 1))])
+    expected = torch.stack([torch.log_softmax(logits[0, j - 1], -1)[tok]
+                            for j, tok in zip((2, 3, 4), (2, 3, 1))])
     torch.testing.assert_close(logp[0], expected)
     # Rows 1 and 2 predict tokens 2 and 3 (likely); row 3 predicts 0, not 1 (unlikely). Reading the logits
     # unshifted (rows 2, 3, 4 predicting 3, 0, 1) would give the opposite pattern.
@@ -162,7 +164,8 @@ def test_coupled_expectation_equals_exact_elbo(tiny_dream, completion: list[int]
     exact = _exact_elbo(tiny_dream, completion, loss, Fraction(0), Fraction(1))
     assert expectation == pytest.approx(exact, rel=1e-5, abs=1e-5)
     # The ELBO differs from the naive "all masked" score, so the comparison has teeth.
-    all_masked = sum(lp for lp, keep in zip(_direct_logprobs(tiny_dream, PROMPT, completion, set(range(len(completion)))), loss) if keep)
+    all_masked = sum(lp for lp, keep in zip(_direct_logprobs(tiny_dream, PROMPT, completion,
+                                                             set(range(len(completion)))), loss) if keep)
     assert abs(exact - all_masked) > 1e-3
 
 
@@ -184,7 +187,8 @@ def test_same_plan_same_logprob_and_padding_invariance(tiny_dream) -> None:
     with torch.no_grad():
         first = masked_logprob(tiny_dream, ids, attention, plan, MASK_ID, with_entropy=True)
         second = masked_logprob(tiny_dream, ids, attention, plan, MASK_ID)
-        unpadded = masked_logprob(tiny_dream, ids[:1, 2:], attention[:1, 2:], plan.select(slice(0, 1)), MASK_ID)
+        unpadded = masked_logprob(tiny_dream, ids[:1, 2:], attention[:1, 2:],
+                                  plan.select(slice(0, 1)), MASK_ID)
     assert torch.equal(first.logp, second.logp)  # old == new on a shared plan: ratio exactly 1
     torch.testing.assert_close(first.logp[0], unpadded.logp[0], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(first.logp[0], first.logp[1])  # a different prompt changes the estimate
@@ -252,7 +256,8 @@ def test_trajectory_estimate_matches_replay(tiny_dream, score: str) -> None:
         assert len(seen[k]) == len(reference[k])
         assert np.mean(seen[k]) == pytest.approx(np.mean(reference[k]), abs=1e-5)
     # All stages at once: a deterministic estimate equal to the replay's token-by-token values.
-    full = draw_trajectory_masks(commit, loss, num_draws=10, score=score, generator=torch.Generator().manual_seed(0))
+    full = draw_trajectory_masks(commit, loss, num_draws=10, score=score,
+                                 generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         est = masked_logprob(tiny_dream, ids, torch.ones_like(ids), full, MASK_ID).logp[0]
     for k, keep in enumerate(TRAJ_LOSS):
@@ -267,16 +272,17 @@ def test_trajectory_rejects_scoring_fixed_positions() -> None:
 
 
 def test_trajectory_estimate_of_a_real_lockstep_rollout_is_the_sampler_probability(tiny_dream) -> None:
-    """A Gauss-Seidel lockstep rollout (maskgit_plus, temperature 1, no cache, left-padded rows): replaying every
-    stage of its commit order scores each token in the context the sampler drew it in, so the estimate is the
-    log of the probability it was drawn with (``commit_prob``); the fixed delimiter is neither masked nor scored."""
+    """A Gauss-Seidel lockstep rollout (maskgit_plus, temperature 1, no cache, left-padded rows): replaying
+    every stage of its commit order scores each token in the context the sampler drew it in, so the estimate
+    is the log of the probability it was drawn with (``commit_prob``); the fixed delimiter is neither masked
+    nor scored."""
     from decoding.lockstep import LockstepCfg, lockstep_sample
     from decoding.tokenizer import left_pad
 
     ids, attention = left_pad([[3, 7, 1], [5, 2]], EOS_ID, "cpu")
     ids, attention = ids.repeat_interleave(3, 0), attention.repeat_interleave(3, 0)
-    cfg = LockstepCfg(mode="gauss_seidel", r_len=4, a_len=3, tau_r=0.3, tau_a=0.3, temperature=1.0, eos_guard=False,
-                      use_cache=False)
+    cfg = LockstepCfg(mode="gauss_seidel", r_len=4, a_len=3, tau_r=0.3, tau_a=0.3, temperature=1.0,
+                      eos_guard=False, use_cache=False)
     result = lockstep_sample(tiny_dream, ids, attention, cfg, delimiter_ids=(13,), mask_token_id=MASK_ID,
                              eos_token_id=EOS_ID, generator=torch.Generator().manual_seed(0))
     prompt_len = result.layout.prompt_len

@@ -64,7 +64,8 @@ def test_sample_batch_is_seeded_and_scores_through_the_first_stop(rollout_model,
     for tokens, scored, text in zip(first.completions, first.scored_masks, first.reward_texts):
         assert len(tokens) == 12 and tokenizer.mask_token_id not in tokens  # the whole decoded canvas
         kept = len(cut_after_stop(tokens, stops))
-        assert scored == [1] * kept + [0] * (12 - kept)  # scored through the first stop, the run after: context
+        # scored through the first stop, the run after: context
+        assert scored == [1] * kept + [0] * (12 - kept)
         assert text == decode_completion(tokenizer, tokens)
 
 
@@ -72,7 +73,8 @@ def test_scored_mask_and_reward_text_per_block() -> None:
     assert scored_mask([5, 9, 7, 1, 2, 6, 9, 9], {9}, (3, 2)) == [1, 1, 0, 0, 0, 1, 1, 0]
     assert scored_mask([5, 6, 1, 2, 7], {9}, (2, 2)) == [1, 1, 0, 0, 1]  # no stop: the whole block is scored
     assert scored_mask([9, 5], {9}, None) == [1, 0]
-    assert scored_mask([5, 9, 7, 1, 2, 6, 9, 9], {9}, (3, 2), score_reasoning_run=True) == [1, 1, 1, 0, 0, 1, 1, 0]
+    assert scored_mask([5, 9, 7, 1, 2, 6, 9, 9], {9}, (3, 2),
+                       score_reasoning_run=True) == [1, 1, 1, 0, 0, 1, 1, 0]
 
 
 def test_lockstep_completion_is_the_decoded_canvas(rollout_model, tmp_path) -> None:
@@ -84,7 +86,8 @@ def test_lockstep_completion_is_the_decoded_canvas(rollout_model, tmp_path) -> N
     delimiter_ids = tokenizer.encode(delimiter, add_special_tokens=False)
     canvas = result.trace.sequences[:, result.trace.layout.prompt_len:].tolist()
     for row, (tokens, span) in enumerate(zip(result.completions, result.fixed_spans)):
-        assert tokens == canvas[row] and len(tokens) == 6 + len(delimiter_ids) + 8  # R whole, delimiter, A whole
+        # R whole, delimiter, A whole
+        assert tokens == canvas[row] and len(tokens) == 6 + len(delimiter_ids) + 8
         assert tokens[6:6 + len(delimiter_ids)] == delimiter_ids and span == (6, len(delimiter_ids))
         reasoning, answer = result.trace.texts(tokenizer)
         assert result.reward_texts[row] == reasoning[row] + delimiter + answer[row]

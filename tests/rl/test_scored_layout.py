@@ -1,6 +1,6 @@
-"""The gradient is taken on what the rollout decoded: every GRPO recipe, composed with real Hydra, decodes a lockstep
-canvas (Gauss-Seidel and Jacobi) on a tiny Dream, and the Dream engine scores exactly the tokens the sampler
-committed, at their canvas positions; the reward reads R text + delimiter + A text."""
+"""The gradient is taken on what the rollout decoded: every GRPO recipe, composed with real Hydra, decodes a
+lockstep canvas (Gauss-Seidel and Jacobi) on a tiny Dream, and the Dream engine scores exactly the tokens the
+sampler committed, at their canvas positions; the reward reads R text + delimiter + A text."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ def rollout_model(tiny_dream_dir):
 
 
 def _expected_scored(canvas: list[int], layout, stops: set[int], whole_r: bool) -> list[int]:
-    """Independently of rl/rollout_decoding: each block of the trace's layout, scored through its first stop (the R
-    block whole with ``rollout.custom.dream.score_reasoning_run``)."""
+    """Independently of rl/rollout_decoding: each block of the trace's layout, scored through its first stop
+    (the R block whole with ``rollout.custom.dream.score_reasoning_run``)."""
     expected = [0] * len(canvas)
     for name in ("r", "a"):
         lo, hi = (i - layout.prompt_len for i in layout.span(name))
@@ -44,9 +44,11 @@ def _expected_scored(canvas: list[int], layout, stops: set[int], whole_r: bool) 
 
 def test_every_recipe_is_lockstep() -> None:
     assert set(GRPO_RECIPES) >= {"demo", "humaneval", "mbpp"}
-    for recipe in GRPO_RECIPES:  # only the demo (measured, docs/demo.md) scores R's run; the 7B recipes do not
+    # only the demo (measured, docs/demo.md) scores R's run; the 7B recipes do not
+    for recipe in GRPO_RECIPES:
         dream = compose_recipe(recipe, []).actor_rollout_ref.rollout.custom.dream
-        assert dream.sampler == "lockstep" and bool(dream.get("score_reasoning_run", False)) == (recipe == "demo")
+        assert (dream.sampler == "lockstep"
+                and bool(dream.get("score_reasoning_run", False)) == (recipe == "demo"))
 
 
 @pytest.mark.parametrize("mode", ["gauss_seidel", "jacobi"])
@@ -58,7 +60,8 @@ def test_scored_tokens_sit_where_the_sampler_committed_them(rollout_model, recip
     dream = OmegaConf.to_container(rollout.custom.dream, resolve=True)
     assert dream["sampler"] == "lockstep"
     config = DreamSamplerConfig.from_dict(dream, response_length=int(rollout.response_length))
-    prompts = [tokenizer.encode(t, add_special_tokens=False) for t in ("def add(a, b):", "Square x.\ndef sq(x):")]
+    prompts = [tokenizer.encode(t, add_special_tokens=False)
+               for t in ("def add(a, b):", "Square x.\ndef sq(x):")]
     sampling = {"temperature": float(rollout.temperature), "top_p": float(rollout.top_p), "top_k": -1}
     result = sample_batch(model, tokenizer, prompts, sampling, config, seed=3)
     trace, layout = result.trace, result.trace.layout
@@ -73,12 +76,14 @@ def test_scored_tokens_sit_where_the_sampler_committed_them(rollout_model, recip
     fixed_ids = tokenizer.encode(estimator.fixed_text, add_special_tokens=False)
     prompt_tensors = [torch.tensor(p) for p in prompts]
     _, _, positions, window = build_dense_batch(prompt_tensors, responses, pad_id=0)
-    plan = draw_row_plans(prompt_tensors, responses, positions, estimator, response_masks, fixed_ids=fixed_ids, step=1)
+    plan = draw_row_plans(prompt_tensors, responses, positions, estimator, response_masks,
+                          fixed_ids=fixed_ids, step=1)
 
     for row, response in enumerate(responses):
         canvas = trace.sequences[row, layout.prompt_len:]
         committed = trace.commit_step[row, layout.prompt_len:] >= 0
-        assert torch.equal(response, canvas)  # the response IS the canvas: every token at its decoded position
+        # the response IS the canvas: every token at its decoded position
+        assert torch.equal(response, canvas)
         offset = window - response.numel()
         scored = (plan.weights[:, row, offset:] != 0).any(0)
         masked = plan.masks[:, row, offset:]
@@ -86,7 +91,8 @@ def test_scored_tokens_sit_where_the_sampler_committed_them(rollout_model, recip
                                 dtype=torch.bool)
         assert torch.equal(scored, expected)
         assert bool(committed[scored].all())  # scored tokens are tokens the sampler committed ...
-        assert torch.equal(masked[0] | masked[1], committed)  # ... every committed token is masked in one pass
+        # ... every committed token is masked in one pass
+        assert torch.equal(masked[0] | masked[1], committed)
         assert not bool((masked[0] & masked[1]).any())
         delimiter = slice(layout.r_len, layout.r_len + layout.delim_len)
         assert response[delimiter].tolist() == fixed_ids and not bool(committed[delimiter].any())
@@ -95,15 +101,17 @@ def test_scored_tokens_sit_where_the_sampler_committed_them(rollout_model, recip
 
 
 def test_reward_reads_the_answer_block_not_the_runs_after_the_stops(tiny_dream_dir, monkeypatch) -> None:
-    """The context runs may hold anything (R has no end guard): a longer fence there must not become the answer."""
+    """The context runs may hold anything (R has no end guard): a longer fence there must not become the
+    answer."""
     _, tokenizer = load_rollout_model(str(tiny_dream_dir), dtype="float32", device="cpu")
-    monkeypatch.setenv("LOCKSTEP_REWARD_CONFIG", json.dumps({"reward": "binary", "test_sets": ["base", "plus"]}))
+    monkeypatch.setenv("LOCKSTEP_REWARD_CONFIG",
+                       json.dumps({"reward": "binary", "test_sets": ["base", "plus"]}))
     eos = tokenizer.eos_token_id
-    junk = tokenizer.encode("```python\ndef has_close_elements(numbers, threshold):\n    return False  # junk\n```",
-                            add_special_tokens=False)
+    junk = tokenizer.encode("```python\ndef has_close_elements(numbers, threshold):\n"
+                            "    return False  # junk\n```", add_special_tokens=False)
     code = ("def has_close_elements(numbers, threshold):\n"
-            "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for j, b in enumerate(numbers)"
-            " if i != j)\n```")
+            "    return any(abs(a - b) < threshold for i, a in enumerate(numbers)"
+            " for j, b in enumerate(numbers) if i != j)\n```")
     r_block = tokenizer.encode("Compare every pair.", add_special_tokens=False) + [eos] + junk
     delimiter = tokenizer.encode("\n```python\n", add_special_tokens=False)
     a_block = tokenizer.encode(code, add_special_tokens=False) + [eos, eos] + junk
@@ -116,5 +124,6 @@ def test_reward_reads_the_answer_block_not_the_runs_after_the_stops(tiny_dream_d
     verl_decode = tokenizer.decode(tokens, skip_special_tokens=True)  # what verl hands compute_score
     extra = {"mini": True, REWARD_TEXT_FIELD: text}
     assert compute_score("humaneval", verl_decode, "HumanEval/0", extra)["score"] == 1.0
-    assert compute_score("humaneval", verl_decode, "HumanEval/0", {"mini": True})["score"] == 0.0  # the junk won
+    # the junk won
+    assert compute_score("humaneval", verl_decode, "HumanEval/0", {"mini": True})["score"] == 0.0
     assert compute_score("humaneval", text, "HumanEval/0", {"mini": True})["score"] == 1.0

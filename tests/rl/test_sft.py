@@ -1,4 +1,5 @@
-"""Tests of the masked-diffusion SFT objective (rl/sft.py): exact values on hand cases, shift, masking rules."""
+"""Tests of the masked-diffusion SFT objective (rl/sft.py): exact values on hand cases, shift, masking
+rules."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ class TableLM(nn.Module):
         self.table = nn.Parameter(table.clone())
         self.calls: list[torch.Tensor] = []
 
-    def forward(self, input_ids: torch.Tensor, attention_mask=None, position_ids=None, logits_to_keep=0):  # noqa: ANN001
+    def forward(self, input_ids: torch.Tensor, attention_mask=None, position_ids=None,  # noqa: ANN001
+                logits_to_keep=0):  # noqa: ANN001
         self.calls.append(input_ids.clone())
         logits = self.table[input_ids]
         return type("Out", (), {"logits": logits[:, -logits_to_keep:] if logits_to_keep else logits})()

@@ -3,7 +3,8 @@
 Replaying every stage of a lockstep rollout's commit order scores each token in the context the sampler used;
 that equals the log-probability the sampler drew the token with exactly when
 :func:`rl.logprob.trajectory_inexact_reasons` finds nothing — and not with a prompt K/V cache or a vocabulary
-ban, which the Dream rollout server always applies (so every recipe refuses ``lockstep.estimator.name=trajectory``).
+ban, which the Dream rollout server always applies (so every recipe refuses
+``lockstep.estimator.name=trajectory``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Fitting the GPUs a recipe names: rollout device choice, decode-batch sizing, sandbox workers per reward worker,
-and the launcher's one-line refusal of ``trainer.device=cuda`` without a GPU."""
+"""Fitting the GPUs a recipe names: rollout device choice, decode-batch sizing, sandbox workers per reward
+worker, and the launcher's one-line refusal of ``trainer.device=cuda`` without a GPU."""
 
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ def test_rollout_device_follows_the_recipe_and_never_falls_back_silently() -> No
     assert rollout_device("cpu", cuda_available=True) == "cpu"
     assert rollout_device("cuda", cuda_available=True) == "cuda"
     assert rollout_device(None, cuda_available=False) == "cpu"
-    with pytest.raises(RuntimeError, match="trainer.device=cuda but the Dream rollout server finds no CUDA GPU") as err:
+    with pytest.raises(RuntimeError,
+                       match="trainer.device=cuda but the Dream rollout server finds no CUDA GPU") as err:
         rollout_device("cuda", cuda_available=False)
     assert "\n" not in str(err.value)
 
 
 def test_decode_row_bytes_hand_computed() -> None:
-    config = SimpleNamespace(num_attention_heads=4, num_key_value_heads=2, hidden_size=32, num_hidden_layers=3,
-                             vocab_size=100, intermediate_size=64)
+    config = SimpleNamespace(num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+                             num_hidden_layers=3, vocab_size=100, intermediate_size=64)
     # kv 2*3*2*8*(10+20) = 2880; logits 20*100*1.5 = 3000; activations 30*(128+192) = 9600; x 2 bytes
     assert decode_row_bytes(config, prompt_len=10, canvas_len=20, dtype_bytes=2) == (2880 + 3000 + 9600) * 2
 
@@ -66,11 +67,12 @@ def test_runtime_exports_device_and_reward_workers_per_node(monkeypatch, tmp_pat
 
     for name in ("VERL_PLATFORM", "LOCKSTEP_DEVICE", REWARD_WORKERS_ENV):
         monkeypatch.delenv(name, raising=False)
-    cfg = compose_recipe("humaneval", ["actor_rollout_ref.model.path=/models/dream", f"lockstep.run_dir={tmp_path}",
-                                       "trainer.nnodes=2"])
+    cfg = compose_recipe("humaneval", ["actor_rollout_ref.model.path=/models/dream",
+                                       f"lockstep.run_dir={tmp_path}", "trainer.nnodes=2"])
     prepare_runtime(cfg, ROOT)
     env = cfg.ray_kwargs.ray_init.runtime_env.env_vars
-    assert env.LOCKSTEP_DEVICE == "cuda" and env[REWARD_WORKERS_ENV] == "4"  # verl's 8 reward workers on 2 nodes
+    # verl's 8 reward workers on 2 nodes
+    assert env.LOCKSTEP_DEVICE == "cuda" and env[REWARD_WORKERS_ENV] == "4"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a CUDA GPU")
@@ -79,8 +81,8 @@ def test_cuda_recipe_without_a_gpu_is_a_one_line_error(tmp_path, capsys) -> None
 
     assert main(["recipe=demo", "trainer.device=cuda", f"lockstep.run_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
-    assert err == ("error: trainer.device=cuda but torch finds no CUDA GPU on this machine: run on a GPU node "
-                   "(and a CUDA build of torch), or pass trainer.device=cpu for a CPU run\n")
+    assert err == ("error: trainer.device=cuda but torch finds no CUDA GPU on this machine: run on a GPU "
+                   "node (and a CUDA build of torch), or pass trainer.device=cpu for a CPU run\n")
     assert not (tmp_path / "run").exists()
 
 

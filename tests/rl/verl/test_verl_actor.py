@@ -1,10 +1,11 @@
 """The actor verl trains (its TrainingWorker + our Dream engine, FSDP2 on gloo, LoRA via peft), on CPU.
 
-Each check runs ``tests/rl/verl/verl_actor_script.py`` in fresh processes (it owns a torch process group): one rank
-with all 4 rows, and two ranks with 2 rows each. What a user relies on: only the LoRA adapters train and the
-reference policy is the base model; the log-probs verl trains on are our estimator on the model our loader
+Each check runs ``tests/rl/verl/verl_actor_script.py`` in fresh processes (it owns a torch process group): one
+rank with all 4 rows, and two ranks with 2 rows each. What a user relies on: only the LoRA adapters train and
+the reference policy is the base model; the log-probs verl trains on are our estimator on the model our loader
 builds (before and after the update, through the exported peft adapter); gradient checkpointing changes
-nothing; two data-parallel ranks shard the weights and take exactly the step one rank takes on the whole batch.
+nothing; two data-parallel ranks shard the weights and take exactly the step one rank takes on the whole
+batch.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def _run_ranks(model_dir: Path, out: Path, world: int) -> list[dict]:
     procs = []
     for rank in range(world):
         env = {**os.environ, "VERL_PLATFORM": "cpu", "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1",
-               "LOCAL_ACTOR_RUN_DIR": str(out / "run"), "WANDB_MODE": "disabled"}
+               "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+               "OMP_NUM_THREADS": "1", "LOCAL_ACTOR_RUN_DIR": str(out / "run"), "WANDB_MODE": "disabled"}
         procs.append(subprocess.Popen([sys.executable, str(SCRIPT), str(model_dir), str(out)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     logs = [proc.communicate(timeout=600)[0] for proc in procs]
@@ -64,9 +65,11 @@ def test_lora_update_trains_only_adapters_and_the_reference_stays_the_base_model
     assert all(float((new - old).abs().max()) > 1e-3 for new, old in zip(one_rank["new"], one_rank["old"]))
 
 
-def test_engine_logprobs_are_our_estimator_on_the_loaded_model_and_the_exported_adapter(one_rank: dict) -> None:
+def test_engine_logprobs_are_our_estimator_on_the_loaded_model_and_the_exported_adapter(
+        one_rank: dict) -> None:
     """verl's worker scores exactly what rl.logprob computes on decoding.load_dream's model (+ peft adapter);
-    the lockstep delimiter of every row (after its 3-token R block; response_mask 0) scores 0, the rest does not."""
+    the lockstep delimiter of every row (after its 3-token R block; response_mask 0) scores 0, the rest does
+    not."""
     _assert_rows_equal(one_rank["base_logprobs"], one_rank["reference_before"], atol=1e-5)
     _assert_rows_equal(one_rank["adapter_logprobs"], one_rank["new"], atol=1e-5)
     for row in one_rank["old"]:
@@ -77,12 +80,14 @@ def test_engine_logprobs_are_our_estimator_on_the_loaded_model_and_the_exported_
 
 def test_gradient_checkpointing_changes_nothing(one_rank: dict) -> None:
     assert one_rank["checkpointing_on"] == [False, True]
-    assert one_rank["checkpointed_metrics"]["grad_norm"] == pytest.approx(one_rank["metrics"]["grad_norm"], rel=1e-5)
+    assert one_rank["checkpointed_metrics"]["grad_norm"] == pytest.approx(one_rank["metrics"]["grad_norm"],
+                                                                          rel=1e-5)
     _assert_rows_equal(one_rank["checkpointed_new"], one_rank["new"], atol=1e-5)
 
 
 @pytest.mark.slow
-def test_two_ranks_shard_and_take_the_one_rank_step(one_rank: dict, tiny_dream_dir: Path, tmp_path: Path) -> None:
+def test_two_ranks_shard_and_take_the_one_rank_step(one_rank: dict, tiny_dream_dir: Path,
+                                                    tmp_path: Path) -> None:
     """FSDP2 over 2 gloo ranks, 2 rows each: sharded storage, the gradient norm of the whole batch (token mean
     over both ranks), and after the step every row's log-probs equal the one-rank run's."""
     ranks = _run_ranks(tiny_dream_dir, tmp_path, world=2)

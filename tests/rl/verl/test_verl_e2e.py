@@ -1,9 +1,10 @@
 """End to end on CPU: verl 0.9.1's GRPO trainer drives our Dream engine, rollout and sandboxed reward.
 
 One real run of ``launch/train_grpo.py recipe=demo`` (tiny random Dream, LoRA r=8, 2 prompts x 4 lockstep
-rollouts, 2 GRPO steps, local Ray, TransferQueue, FSDP2 on gloo, W&B offline), then checks what it produced: the per-step
-metrics verl logged, the coupling of old/new log-prob masks (``ppo_kl == 0`` before the first update of a
-step), non-zero LoRA gradients, and a checkpoint whose peft adapter loads onto the base model with decoding.
+rollouts, 2 GRPO steps, local Ray, TransferQueue, FSDP2 on gloo, W&B offline), then checks what it produced:
+the per-step metrics verl logged, the coupling of old/new log-prob masks (``ppo_kl == 0`` before the first
+update of a step), non-zero LoRA gradients, and a checkpoint whose peft adapter loads onto the base model with
+decoding.
 
 A random tiny model never passes a HumanEval test, so every GRPO group would get the same reward and a zero
 gradient. The run therefore scores with :func:`shaped_score`: our real sandboxed ``compute_score`` plus a
@@ -38,7 +39,8 @@ def shaped_score(data_source: str, solution_str: str, ground_truth: str, extra_i
 
 
 def _metrics(stdout: str) -> dict[int, dict[str, float]]:
-    """verl's console logger lines ``step:N - key:value - ...`` -> {step: {key: value}} (the demo's parser)."""
+    """verl's console logger lines ``step:N - key:value - ...`` -> {step: {key: value}} (the demo's
+    parser)."""
     from launch.demo import parse_step_line
 
     return dict(parsed for parsed in map(parse_step_line, stdout.splitlines()) if parsed)
@@ -87,17 +89,21 @@ def pinned_overrides(run_dir: Path) -> list[str]:
         "data.train_batch_size=2", "data.max_prompt_length=384", "data.max_response_length=24",
         "data.shuffle=true", "data.seed=0",
         "actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora_alpha=16",
-        "actor_rollout_ref.model.target_modules=all-linear", "actor_rollout_ref.model.enable_gradient_checkpointing=false",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.model.target_modules=all-linear",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=false",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
         "actor_rollout_ref.actor.ppo_epochs=1", "actor_rollout_ref.actor.optim.lr=1e-3",
         "actor_rollout_ref.actor.use_kl_loss=false", "actor_rollout_ref.actor.fsdp_config.model_dtype=fp32",
-        "actor_rollout_ref.rollout.n=4", "actor_rollout_ref.rollout.temperature=1.0", "actor_rollout_ref.rollout.top_p=1.0",
+        "actor_rollout_ref.rollout.n=4", "actor_rollout_ref.rollout.temperature=1.0",
+        "actor_rollout_ref.rollout.top_p=1.0",
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
         "~actor_rollout_ref.rollout.custom.dream",
         "+actor_rollout_ref.rollout.custom.dream={sampler:lockstep,batch_wait_s:0.5,max_batch:64,gif_every:1,"
         f"gif_dir:'{run_dir / 'viz'}',options:{{mode:gauss_seidel,r_len:4,a_len:12,tau_r:0.9,tau_a:0.9,"
         f"alg:maskgit_plus,delimiter:{delimiter}}}}}",
-        "trainer.total_epochs=1", "trainer.total_training_steps=2", "trainer.save_freq=1", "trainer.test_freq=-1",
+        "trainer.total_epochs=1", "trainer.total_training_steps=2", "trainer.save_freq=1",
+        "trainer.test_freq=-1",
         "trainer.val_before_train=false", "trainer.resume_mode=auto", "trainer.logger=[console,wandb]",
         f"reward.custom_reward_function.path={Path(__file__).resolve()}",
         "reward.custom_reward_function.name=shaped_score",
@@ -106,7 +112,8 @@ def pinned_overrides(run_dir: Path) -> list[str]:
 
 def _train(run_dir: Path, extra: tuple[str, ...] = (), env_extra: dict[str, str] | None = None
            ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONHASHSEED": "0", "RAY_DEDUP_LOGS": "0", **(env_extra or {})}
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONHASHSEED": "0", "RAY_DEDUP_LOGS": "0",
+           **(env_extra or {})}
     env.pop("VERL_PLATFORM", None)
     command = [sys.executable, str(ROOT / "launch" / "train_grpo.py"), *pinned_overrides(run_dir), *extra]
     result = subprocess.run(command, cwd=run_dir, env=env, capture_output=True, text=True, timeout=1500)
@@ -144,7 +151,8 @@ def test_two_grpo_steps_through_verl_on_cpu(demo_run) -> None:
 
 @pytest.mark.slow
 def test_offline_wandb_run_holds_the_training_signals_and_the_fill_gif(demo_run) -> None:
-    """The real ``wandb`` library ran offline and its run file holds, for each step, the per-step metrics our trainer mode logs (rl/verl/trainer.py)."""
+    """The real ``wandb`` library ran offline and its run file holds, for each step, the per-step metrics our
+    trainer mode logs (rl/verl/trainer.py)."""
     run_dir, result = demo_run
     assert result.returncode == 0, result.stderr[-4000:]
     (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
@@ -155,8 +163,8 @@ def test_offline_wandb_run_holds_the_training_signals_and_the_fill_gif(demo_run)
                     "critic/advantages/mean", "critic/advantages/max", "critic/advantages/min",
                     "actor/pg_clipfrac", "actor/ppo_kl", "actor/entropy", "actor/grad_norm",
                     "response_length/mean", "response_length/max", "rollout/tokens_per_s", "reward/latency_s",
-                    "timing_s/gen", "timing_s/old_log_prob", "timing_s/update_actor", "timing_s/update_weights",
-                    "timing_s/step"):
+                    "timing_s/gen", "timing_s/old_log_prob", "timing_s/update_actor",
+                    "timing_s/update_weights", "timing_s/step"):
             assert isinstance(row.get(key), int | float), (step, key)
         assert row["reward/pass_base"] == 0.0  # a random tiny model never passes HumanEval
         assert row["rollout/lockstep_fill/_type"] == "image-file", step
@@ -176,7 +184,8 @@ def test_checkpoint_holds_a_peft_adapter_that_decoding_loads(demo_run) -> None:
     for name in ("adapter_config.json", "adapter_model.safetensors"):  # standard peft layout
         assert (step_dir / "lora_adapter" / name).is_file(), name
     assert json.loads((step_dir / "lora_adapter" / "adapter_config.json").read_text())["r"] == 8
-    for name in ("model", "optim", "extra_state"):  # weights, optimizer, LR scheduler + RNG (verl's resume state)
+    # weights, optimizer, LR scheduler + RNG (verl's resume state)
+    for name in ("model", "optim", "extra_state"):
         assert (step_dir / f"{name}_world_size_1_rank_0.pt").is_file(), name
     assert (step_dir.parent / "data.pt").is_file()  # data-loader position
     base = load_dream(run_dir / "model", dtype=torch.float32)
@@ -196,8 +205,9 @@ def test_resume_from_step_1_reproduces_step_2_even_when_requests_arrive_late(dem
     group came back permuted and the gradient norm drifted by ~1e-3 relative.
 
     The resumed run delays every rollout request by a random 0-2 s (``LOCKSTEP_ROLLOUT_JITTER_S``), 4x the
-    recipe's 0.5 s ``batch_wait_s``: what a loaded machine does to a step's requests. The step must still decode
-    as one batch (the trainer announces its rows to the server), or its seed and rollouts would change."""
+    recipe's 0.5 s ``batch_wait_s``: what a loaded machine does to a step's requests. The step must still
+    decode as one batch (the trainer announces its rows to the server), or its seed and rollouts would
+    change."""
     run_dir, result = demo_run
     assert result.returncode == 0, result.stderr[-4000:]
     uninterrupted = _metrics(result.stdout + result.stderr)[2]
@@ -210,16 +220,18 @@ def test_resume_from_step_1_reproduces_step_2_even_when_requests_arrive_late(dem
     assert resumed.returncode == 0, (resumed.stdout[-4000:], resumed.stderr[-4000:])
     steps = _metrics(resumed.stdout + resumed.stderr)
     assert sorted(steps) == [2]
-    assert steps[2]["rollout/batch_size"] == uninterrupted["rollout/batch_size"] == 8  # 2 prompts x 4: one batch
+    # 2 prompts x 4: one batch
+    assert steps[2]["rollout/batch_size"] == uninterrupted["rollout/batch_size"] == 8
     for key in ("critic/score/mean", "critic/advantages/max", "response_length/mean", "actor/pg_loss",
                 "actor/grad_norm", "actor/entropy", "actor/pg_clipfrac"):
-        assert steps[2][key] == pytest.approx(uninterrupted[key], rel=1e-6, abs=1e-9), key  # measured: identical
+        # measured: identical
+        assert steps[2][key] == pytest.approx(uninterrupted[key], rel=1e-6, abs=1e-9), key
 
 
 @pytest.mark.slow
 def test_log_is_quiet_and_the_config_is_a_file(demo_run) -> None:
-    """What a run prints: no ~1,000-line config dump (it is ``<run_dir>/config.yaml``, one line says where), no
-    TransferQueue thread-count warning per put/get, no per-sample Continuous Token builder warning, and no
+    """What a run prints: no ~1,000-line config dump (it is ``<run_dir>/config.yaml``, one line says where),
+    no TransferQueue thread-count warning per put/get, no per-sample Continuous Token builder warning, and no
     W&B ``ConnectionResetError`` traceback at exit."""
     from omegaconf import OmegaConf
 

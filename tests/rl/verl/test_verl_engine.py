@@ -1,4 +1,5 @@
-"""Dream engine layout and coupling: jagged verl micro-batches <-> dense estimator batches (no Ray, no verl)."""
+"""Dream engine layout and coupling: jagged verl micro-batches <-> dense estimator batches (no Ray, no
+verl)."""
 
 from __future__ import annotations
 
@@ -69,37 +70,43 @@ def test_row_masks_depend_only_on_the_row() -> None:
 
 
 def test_delimiter_is_never_masked_and_runs_after_a_stop_are_context_only() -> None:
-    """The lockstep delimiter (``fixed_start``) stays visible in both coupled passes and carries no weight; tokens
-    outside the scored mask (runs after a stop) are masked in exactly one pass like any generated token, but
-    carry no weight either; a response without the delimiter where the layout puts it is refused."""
+    """The lockstep delimiter (``fixed_start``) stays visible in both coupled passes and carries no weight;
+    tokens outside the scored mask (runs after a stop) are masked in exactly one pass like any generated
+    token, but carry no weight either; a response without the delimiter where the layout puts it is
+    refused."""
     prompts, responses = _rows()
     responses = [torch.tensor([10, 7, 8, 11]), torch.tensor([12, 7, 8, 3]), torch.tensor([2, 7, 8, EOS_ID])]
-    config = EstimatorConfig(seed=3, fixed_start=1, fixed_text="unused here: fixed_ids are the delimiter's ids")
+    config = EstimatorConfig(seed=3, fixed_start=1,
+                             fixed_text="unused here: fixed_ids are the delimiter's ids")
     _, _, positions, window = build_dense_batch(prompts, responses, pad_id=0)
     scored = [torch.tensor([1, 0, 0, 1]), torch.tensor([1, 0, 0, 1]), torch.tensor([1, 0, 0, 0])]
     plan = draw_row_plans(prompts, responses, positions, config, scored, fixed_ids=[7, 8])
     fixed = torch.zeros(3, window, dtype=torch.bool)
     fixed[:, 1:3] = True
     assert not bool(plan.masks[:, fixed].any()) and not bool((plan.weights[:, fixed] != 0).any())
-    assert torch.equal(plan.masks[0] | plan.masks[1], positions & ~fixed)  # the EOS run of row 2 is masked ...
+    # the EOS run of row 2 is masked ...
+    assert torch.equal(plan.masks[0] | plan.masks[1], positions & ~fixed)
     assert not bool((plan.weights[:, 2, 3] != 0).any())  # ... but never scored
     assert torch.equal((plan.weights != 0).any(0), torch.stack(scored).bool())
     with pytest.raises(ValueError, match="response_mask has 3 entries"):
-        draw_row_plans(prompts, responses, positions, config, [scored[0], torch.ones(3), scored[2]], fixed_ids=[7, 8])
+        draw_row_plans(prompts, responses, positions, config, [scored[0], torch.ones(3), scored[2]],
+                       fixed_ids=[7, 8])
     with pytest.raises(ValueError, match="not the lockstep delimiter"):
         draw_row_plans(prompts, responses, positions, config, scored, fixed_ids=[7, 9])
 
 
 def test_masks_are_fresh_every_step_and_identical_within_one() -> None:
-    """The global step salts the masks: a row scored again at a later step gets new estimator noise, while every
-    pass of one step (old policy, reference, update: each calls draw_row_plans with that step) sees the same."""
+    """The global step salts the masks: a row scored again at a later step gets new estimator noise, while
+    every pass of one step (old policy, reference, update: each calls draw_row_plans with that step) sees the
+    same."""
     prompts, responses = _rows()
     config = EstimatorConfig(seed=3)
     _, _, positions, _ = build_dense_batch(prompts, responses, pad_id=0)
     plans = {step: draw_row_plans(prompts, responses, positions, config, step=step) for step in range(1, 9)}
     again = draw_row_plans(prompts, responses, positions, config, step=4)
     assert torch.equal(plans[4].masks, again.masks) and torch.equal(plans[4].weights, again.weights)
-    distinct = {tuple(plans[step].masks[0, 1].tolist()) for step in plans}  # row 1: 4 tokens, 16 possible masks
+    # row 1: 4 tokens, 16 possible masks
+    distinct = {tuple(plans[step].masks[0, 1].tolist()) for step in plans}
     assert len(distinct) > 3
     assert len({float(plans[step].weights.max()) for step in plans}) == len(plans)  # a fresh t every step
     assert row_seed(prompts[0], responses[0], 3, step=1) != row_seed(prompts[0], responses[0], 3, step=2)

@@ -17,8 +17,8 @@ def test_informative_means_rewards_not_all_equal() -> None:
 
 
 def test_refill_exactly_the_shortfall_then_select_only_informative_groups() -> None:
-    first = [_group("a", (1.0, 1.0), index=3), _group("b", (0.0, 1.0), index=1), _group("c", (0.0, 0.0), index=2),
-             _group("d", (1.0, 0.0), index=0)]
+    first = [_group("a", (1.0, 1.0), index=3), _group("b", (0.0, 1.0), index=1),
+             _group("c", (0.0, 0.0), index=2), _group("d", (1.0, 0.0), index=0)]
     assert decide(first, batch_size=4, rounds=1, enabled=True).refill == 2  # a and c are all-equal
     second = first + [_group("e", (0.0, 0.0), round=2, index=5), _group("f", (0.0, 1.0), round=2, index=4)]
     assert decide(second, batch_size=4, rounds=2, enabled=True).refill == 1
@@ -33,8 +33,8 @@ def test_refill_exactly_the_shortfall_then_select_only_informative_groups() -> N
 
 
 def test_round_cap_completes_the_batch_with_the_earliest_uninformative_groups() -> None:
-    groups = [_group("a", (0.0, 0.0), index=1), _group("b", (0.0, 1.0), index=0), _group("c", (1.0, 1.0), index=0),
-              _group("d", (0.0, 0.0), round=2, index=0)]
+    groups = [_group("a", (0.0, 0.0), index=1), _group("b", (0.0, 1.0), index=0),
+              _group("c", (1.0, 1.0), index=0), _group("d", (0.0, 0.0), round=2, index=0)]
     assert decide(groups[:3], batch_size=3, rounds=1, enabled=True, max_rounds=2).refill == 2
     capped = decide(groups, batch_size=3, rounds=2, enabled=True, max_rounds=2)
     assert capped.refill == 0 and capped.selected == ["b", "c", "a"] and capped.dropped == ["d"]
@@ -46,7 +46,8 @@ def test_without_filtering_the_batch_is_kept_and_its_zero_advantage_fraction_log
     groups = [_group("a", (0.0, 0.0), index=1), _group("b", (0.0, 1.0), index=0)]
     kept = decide(groups, batch_size=2, rounds=1, enabled=False)
     assert kept.selected == ["b", "a"] and kept.dropped == []
-    assert kept.metrics["filter/zero_advantage_fraction"] == 0.5 and kept.metrics["filter/refill_rounds"] == 0.0
+    assert (kept.metrics["filter/zero_advantage_fraction"] == 0.5
+            and kept.metrics["filter/refill_rounds"] == 0.0)
     assert decide(groups[:1], batch_size=2, rounds=1, enabled=False).refill == 1  # a failed group is replaced
 
 

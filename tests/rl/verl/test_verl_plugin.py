@@ -39,14 +39,15 @@ PROBE = textwrap.dedent("""
                    device_id=get_device_id(), device_module_name=get_torch_device().get_device_name(),
                    free_memory_positive=get_torch_device().mem_get_info()[0] > 0)
     print("PROBE" + json.dumps(out))
-""")
+""")  # noqa: E501 (the probe script's own lines: wrapping them changes the probe)
 
 
 def _probe(platform: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("VERL_PLATFORM", "VERL_USE_EXTERNAL_PLUGINS")}
     if platform:
         env["VERL_PLATFORM"] = platform
-    result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("PROBE"))
     return json.loads(line[len("PROBE"):])

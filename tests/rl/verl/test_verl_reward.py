@@ -21,7 +21,8 @@ def has_close_elements(numbers, threshold):
 
 @pytest.fixture(autouse=True)
 def _reward_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOCKSTEP_REWARD_CONFIG", json.dumps({"reward": "binary", "test_sets": ["base", "plus"]}))
+    monkeypatch.setenv("LOCKSTEP_REWARD_CONFIG",
+                       json.dumps({"reward": "binary", "test_sets": ["base", "plus"]}))
 
 
 def test_correct_wrong_and_unparsable_completions() -> None:

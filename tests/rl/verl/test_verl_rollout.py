@@ -20,8 +20,8 @@ def server(tiny_dream_dir) -> DreamRolloutServer:
     rollout_config = OmegaConf.create({
         "response_length": 24, "dtype": "bfloat16", "seed": 0,
         "custom": {"dream": {"sampler": "lockstep", "batch_wait_s": 0.05, "max_batch": 4, "options": {
-            "mode": "gauss_seidel", "r_len": 4, "a_len": 12, "tau_r": 0.9, "tau_a": 0.9, "alg": "maskgit_plus",
-            "delimiter": "\n```python\n"}}},
+            "mode": "gauss_seidel", "r_len": 4, "a_len": 12, "tau_r": 0.9, "tau_a": 0.9,
+            "alg": "maskgit_plus", "delimiter": "\n```python\n"}}},
     })
     model_config = OmegaConf.create({"path": str(tiny_dream_dir), "trust_remote_code": False})
     return DreamRolloutServer(rollout_config, model_config, replica_rank=0)
@@ -30,7 +30,8 @@ def server(tiny_dream_dir) -> DreamRolloutServer:
 def _serve(server: DreamRolloutServer, arrival: list[int], gap_s: float = 0.0) -> dict[int, list[int]]:
     """Submit one step's requests in ``arrival`` order the way our agent loop does: sample ``i`` is sample
     ``i % n`` of dataset row ``i // n`` and goes through the agent loop's keyed client (random request ids).
-    ``gap_s``: the j-th request arrives ``j * gap_s`` seconds after the first (agent-loop workers start apart)."""
+    ``gap_s``: the j-th request arrives ``j * gap_s`` seconds after the first (agent-loop workers start
+    apart)."""
     tokenizer = server.tokenizer
     prompts = [tokenizer.encode(text, add_special_tokens=False) for text in PROMPTS]
 
@@ -53,8 +54,9 @@ def _serve(server: DreamRolloutServer, arrival: list[int], gap_s: float = 0.0) -
 def test_each_sample_gets_the_same_completion_whatever_the_arrival_order(server) -> None:
     """verl's agent loop submits a step's requests concurrently (arrival order varies between runs) and the
     samples of one prompt are identical requests: the completion of a sample must depend on its batch row
-    (the sample key our agent loop sends), never on arrival order — otherwise a resumed run permutes each group.
-    ``max_batch=4`` < 6 requests: which rows share a decode batch (and its seed) must not depend on it either."""
+    (the sample key our agent loop sends), never on arrival order — otherwise a resumed run permutes each
+    group. ``max_batch=4`` < 6 requests: which rows share a decode batch (and its seed) must not depend on it
+    either."""
     server.set_global_steps(3)
     samples = len(PROMPTS) * SAMPLES_PER_PROMPT
     in_order = _serve(server, list(range(samples)))
@@ -82,7 +84,8 @@ def test_a_response_is_the_canvas_with_its_scored_mask_and_reward_text(server) -
 
     tokenizer = server.tokenizer
     delimiter = tokenizer.encode("\n```python\n", add_special_tokens=False)
-    batch = [_Request(tokenizer.encode(PROMPTS[0], add_special_tokens=False), {"temperature": 1.0}, None, (0, 0))]
+    batch = [_Request(tokenizer.encode(PROMPTS[0], add_special_tokens=False), {"temperature": 1.0},
+                      None, (0, 0))]
     (output,) = server._decode(batch)
     tokens, extra = output.token_ids, output.extra_fields
     assert len(tokens) == 4 + len(delimiter) + 12 and tokens[4:4 + len(delimiter)] == delimiter

@@ -9,10 +9,12 @@ from rl.verl.trainer import lockstep_metrics
 
 def test_means_of_reward_extras_and_rollout_fields() -> None:
     extra_fields = [
-        {"reward_extra_info": {"pass_base": 1.0, "pass_plus": 0.0, "pass_ratio": 0.5, "reward_latency_s": 0.2},
+        {"reward_extra_info": {"pass_base": 1.0, "pass_plus": 0.0, "pass_ratio": 0.5,
+                               "reward_latency_s": 0.2},
          "rollout_tokens_per_s": 100.0, "rollout_seconds": 2.0, "rollout_batch_size": 8, "rollout/nfe": 6.0,
          "global_steps": 3},
-        {"reward_extra_info": {"pass_base": -1.0, "pass_plus": -1.0, "pass_ratio": 0.0, "reward_latency_s": 0.4},
+        {"reward_extra_info": {"pass_base": -1.0, "pass_plus": -1.0, "pass_ratio": 0.0,
+                               "reward_latency_s": 0.4},
          "rollout_tokens_per_s": 300.0, "rollout_seconds": 2.0, "rollout_batch_size": 8, "rollout/nfe": 8.0},
         None,
     ]

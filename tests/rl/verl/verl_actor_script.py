@@ -1,11 +1,12 @@
-"""One rank of the verl-actor checks of ``tests/rl/verl/test_verl_actor.py`` (run as a script: it owns a process group).
+"""One rank of the verl-actor checks of ``tests/rl/verl/test_verl_actor.py`` (run as a script: it owns a
+process group).
 
 ``python verl_actor_script.py MODEL_DIR OUT_DIR`` with verl's ``RANK``/``WORLD_SIZE``/``MASTER_*`` set. Every
-rank builds :class:`rl.verl.local.LocalActor` for ``recipe=demo`` with LoRA r=4 on the tiny Dream in MODEL_DIR,
-takes its share of 4 fixed rows, runs the old-policy, reference and one PPO update pass through verl's worker,
-and writes ``OUT_DIR/rank<r>.pt`` with what the test compares. On one rank it also builds a second actor with
-gradient checkpointing, checks the exported peft adapter against ``decoding.load_dream`` + peft, and records
-the parameters before/after the update.
+rank builds :class:`rl.verl.local.LocalActor` for ``recipe=demo`` with LoRA r=4 on the tiny Dream in
+MODEL_DIR, takes its share of 4 fixed rows, runs the old-policy, reference and one PPO update pass through
+verl's worker, and writes ``OUT_DIR/rank<r>.pt`` with what the test compares. On one rank it also builds a
+second actor with gradient checkpointing, checks the exported peft adapter against ``decoding.load_dream`` +
+peft, and records the parameters before/after the update.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ R_LEN = 3  # the recipe's lockstep R block is overridden to 3 tokens (rollout op
 
 def fixed_rows(model_dir: str):
     """4 rows in the decoded lockstep layout: R (R_LEN tokens), the delimiter, A; the scored mask is every
-    generated token (the delimiter is neither masked nor scored, as the engine requires it where r_len puts it)."""
+    generated token (the delimiter is neither masked nor scored, as the engine requires it where r_len puts
+    it)."""
     from transformers import AutoTokenizer
 
     from decoding.lockstep import DEFAULT_DELIMITER
@@ -53,7 +55,8 @@ def build(model_dir: str, checkpointing: bool):
                  "actor_rollout_ref.model.lora_alpha=8", "actor_rollout_ref.model.target_modules=all-linear",
                  f"actor_rollout_ref.model.enable_gradient_checkpointing={str(checkpointing).lower()}",
                  "actor_rollout_ref.actor.ppo_mini_batch_size=1", "actor_rollout_ref.rollout.n=4",
-                 "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "actor_rollout_ref.actor.optim.lr=0.05",
+                 "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+                 "actor_rollout_ref.actor.optim.lr=0.05",
                  "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
                  f"actor_rollout_ref.rollout.custom.dream.options.r_len={R_LEN}",
                  f"lockstep.run_dir={os.environ['LOCAL_ACTOR_RUN_DIR']}"]
@@ -85,7 +88,8 @@ def base_model_logprobs(model_dir: str, rows, adapter: str | None = None) -> lis
     ids, attention, positions, window = build_dense_batch(rows.prompts, rows.responses, pad_id=0)
     config = EstimatorConfig.from_env()
     fixed_ids = AutoTokenizer.from_pretrained(model_dir).encode(config.fixed_text, add_special_tokens=False)
-    plan = draw_row_plans(rows.prompts, rows.responses, positions, config, rows.response_masks, fixed_ids=fixed_ids)
+    plan = draw_row_plans(rows.prompts, rows.responses, positions, config, rows.response_masks,
+                          fixed_ids=fixed_ids)
     with torch.no_grad():
         logp = masked_logprob(model, ids, attention, plan, int(model.config.mask_token_id)).logp
     return [logp[row, window - r.numel():] for row, r in enumerate(rows.responses)]
