@@ -32,14 +32,16 @@ PROBE = textwrap.dedent("""
            "agent_loop": __import__("verl.experimental.agent_loop.agent_loop", fromlist=["x"])
                          ._agent_loop_registry.get("dream_single_turn"),
            "gloo_patched": getattr(workers.initialize_global_process_group_ray, "_lockstep_gloo", False)
-                           and workers.initialize_global_process_group_ray is dist.initialize_global_process_group_ray}
+                           and workers.initialize_global_process_group_ray
+                           is dist.initialize_global_process_group_ray}
     if out["lm_cpu"]:
         platform = get_platform()
-        out.update(device=platform.device_name, backend=get_nccl_backend(), resource=platform.ray_resource_name(),
-                   device_id=get_device_id(), device_module_name=get_torch_device().get_device_name(),
+        out.update(device=platform.device_name, backend=get_nccl_backend(),
+                   resource=platform.ray_resource_name(), device_id=get_device_id(),
+                   device_module_name=get_torch_device().get_device_name(),
                    free_memory_positive=get_torch_device().mem_get_info()[0] > 0)
     print("PROBE" + json.dumps(out))
-""")  # noqa: E501 (the probe script's own lines: wrapping them changes the probe)
+""")
 
 
 def _probe(platform: str | None) -> dict:
