@@ -109,9 +109,10 @@ class SandboxInfraError(RuntimeError):
 def collect_results(pending: dict[Future, tuple[int, Any, Any]], results: list[RewardResult | None],
                     finish: Callable[[Any, Any, Any], RewardResult], cfg: RewardConfig) -> list[RewardResult]:
     """Fill ``results[idx]`` with ``finish(item, extracted, raw)`` as each pool job completes (a bar with
-    ``cfg.progress``); ``pending`` maps a job's future to ``(idx, item, extracted)``. Every scorer ends a batch
-    here so that infrastructure failures are handled one way: with ``on_infra_error="raise"`` a batch with
-    such samples raises :class:`SandboxInfraError` carrying all results (never recorded as verdicts)."""
+    ``cfg.progress``); ``pending`` maps a job's future to ``(idx, item, extracted)``. Every scorer ends a
+    batch here so that infrastructure failures are handled one way: with ``on_infra_error="raise"`` a batch
+    with such samples raises :class:`SandboxInfraError` carrying all results, so that no caller records an
+    infrastructure failure as a verdict."""
     bar = tqdm(total=len(pending), desc="scoring", unit="sample", disable=not cfg.progress)
     for fut in as_completed(pending):
         idx, item, ext = pending.pop(fut)
