@@ -3,7 +3,8 @@
 Why: verl's LM engine scores a response with one causal forward (log p(o_k | o_<k)); a masked diffusion LM has
 no such likelihood. This engine keeps everything of verl's FSDP engine (sharding, LoRA via peft, optimizer,
 checkpointing, micro-batching) and replaces only ``forward_step``: the per-token log-prob is the coupled
-complementary-mask estimate of :func:`rl.logprob.masked_logprob` (`rl.md` §2).
+complementary-mask estimate of :func:`rl.logprob.masked_logprob` (``docs/rl.md``, "Coupled complementary
+masks").
 
 Contracts (verl 0.9.1):
 
