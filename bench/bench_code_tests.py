@@ -1,17 +1,18 @@
-"""Code-RL test formats: scoring throughput of ours (sandboxed, trusted verdicts) vs a local baseline that scores
-the same samples the way the public repos do (one subprocess per sample running the tests in-process), same run.
+"""Code-RL test formats: scoring throughput of ours (sandboxed, trusted verdicts) vs a local baseline that
+scores the same samples the way the public repos do (one subprocess per sample running the tests in-process),
+same run.
 
     python bench/bench_code_tests.py                 # every format, fixture rows x --repeat, 2 workers
     python bench/bench_code_tests.py --repeat 20 --workers 4
 
-Samples: every fixture row of ``../shared/data/code_rl`` (``tests_from_row``) with its reference solution and with a
-wrong program, repeated ``--repeat`` times. Baseline per format (a fresh ``python`` per sample, tests in-process, the
-verdict = its exit code): assert -> the code followed by every assert (DiffuCoder / TraceRL style); call -> a harness
-that calls ``Solution().fn`` or ``fn`` and compares with ``==`` (LCB's rule); stdio -> a harness that execs the
-program once per case with ``sys.stdin`` / ``sys.stdout`` replaced (LCB / TraceRL style) and compares whitespace
-tokens; pytest -> ``python -m pytest`` on ``solution.py`` + the test file (KodCode), plugin autoload off. codeio
-executes nothing in
-either. Both sides get the same parallelism (``--workers`` sandbox workers vs as many concurrent subprocesses).
+Samples: every fixture row of ``../shared/data/code_rl`` (``tests_from_row``) with its reference solution and
+with a wrong program, repeated ``--repeat`` times. Baseline per format (a fresh ``python`` per sample, tests
+in-process, the verdict = its exit code): assert -> the code followed by every assert (DiffuCoder / TraceRL
+style); call -> a harness that calls ``Solution().fn`` or ``fn`` and compares with ``==`` (LCB's rule); stdio
+-> a harness that execs the program once per case with ``sys.stdin`` / ``sys.stdout`` replaced (LCB / TraceRL
+style) and compares whitespace tokens; pytest -> ``python -m pytest`` on ``solution.py`` + the test file
+(KodCode), plugin autoload off. codeio executes nothing in either. Both sides get the same parallelism
+(``--workers`` sandbox workers vs as many concurrent subprocesses).
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ for inp, exp in json.load(open(sys.argv[2])):
 
 
 def _raw(corpus: str, row: dict, tests: CodeTests) -> dict:
-    """What the baseline runs for one row, from the row's own test text (assert / pytest) or its tests' data."""
+    """What the baseline runs for one row, from the row's own test text (assert / pytest) or its tests'
+    data."""
     from rewards.code_judge import decode_value_obj
 
     if tests.format == "assert":
@@ -95,18 +97,22 @@ def fixture_samples() -> list[tuple[str, str, CodeTests, dict]]:
     refs = json.loads((DATA / "reference_solutions.json").read_text())
     rows: list[tuple[str, dict, str]] = []
     for row in pq.read_table(DATA / "acecode87k.sample.parquet").to_pylist():
-        rows.append(("acecode", row, next(i["completion"] for i in row["inferences"] if i["pass_rate"] == 1.0)))
+        rows.append(("acecode", row,
+                     next(i["completion"] for i in row["inferences"] if i["pass_rate"] == 1.0)))
     for name, corpus in (("kodcode_light_rl_10k", "kodcode-light"), ("kodcode_v1", "kodcode-v1")):
-        rows += [(corpus, r, r["solution"]) for r in pq.read_table(DATA / f"{name}.sample.parquet").to_pylist()]
+        rows += [(corpus, r, r["solution"])
+                 for r in pq.read_table(DATA / f"{name}.sample.parquet").to_pylist()]
     for cfg in ("lcbv5", "primeintellect", "taco"):
         name = f"deepcoder_preview.{cfg}.sample.parquet"
         for i, r in enumerate(pq.read_table(DATA / name).to_pylist()):
             sol = r["solutions"][0] if r.get("solutions") else refs[name][str(i)]
             rows.append((f"deepcoder-{cfg}", r, sol.replace("```python", "").replace("```", "")))
     name = "dream_coder_rl_17k.sample.parquet"
-    rows += [("dream-coder", r, refs[name][str(i)]) for i, r in enumerate(pq.read_table(DATA / name).to_pylist())]
+    rows += [("dream-coder", r, refs[name][str(i)])
+             for i, r in enumerate(pq.read_table(DATA / name).to_pylist())]
     name = "primeintellect_genverse.sample.json"
-    rows += [("primeintellect", r, refs[name][str(i)]) for i, r in enumerate(json.loads((DATA / name).read_text()))]
+    rows += [("primeintellect", r, refs[name][str(i)])
+             for i, r in enumerate(json.loads((DATA / name).read_text()))]
     out = []
     for corpus, row, sol in rows:
         try:
@@ -160,10 +166,10 @@ def main() -> None:
     base = fixture_samples()
     samples = base * args.repeat
     cfg = RewardConfig.rl(workers=args.workers, sample_time_cap_s=30.0)
-    print(f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}; {len(base)} fixture samples x {args.repeat}, {args.workers} workers")
-    print("| format | samples | ours: wall s | ours samples/s | baseline: wall s | baseline samples/s | ratio | "
-          "passes ours / baseline |")
+    print(f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}; {len(base)} fixture samples x {args.repeat}, {args.workers} workers")
+    print("| format | samples | ours: wall s | ours samples/s | baseline: wall s | baseline samples/s | "
+          "ratio | passes ours / baseline |")
     print("|---|---|---|---|---|---|---|---|")
     scorer = CodeScorer(cfg)
     try:

@@ -6,7 +6,7 @@ that claim on the same work the engine does per GRPO step: the coupled two-pass 
 (``rl.logprob.masked_logprob``) of a rollout batch with the committed demo warm start, forward + backward
 (update) and forward only (old-log-prob pass), in fp32 and under ``torch.autocast("cpu", bfloat16)``.
 
-    python bench/bench_cpu_precision.py                      # 64 rollouts x (prompt 125 + completion 50), 2 threads
+    python bench/bench_cpu_precision.py                # 64 rollouts x (prompt 125 + completion 50), 2 threads
     python bench/bench_cpu_precision.py --threads 1 --micro 8
 
 Prints one row per precision and the bf16 / fp32 time ratio. Inputs are random token ids (cost depends on the
@@ -35,7 +35,8 @@ def time_passes(model, ids, plan, mask_id: int, micro: int, dtype: torch.dtype) 
     for s in range(0, ids.shape[0], micro):
         rows = slice(s, s + micro)
         with context():
-            est = masked_logprob(model, ids[rows], attention[rows], plan.select(rows), mask_id, with_entropy=True)
+            est = masked_logprob(model, ids[rows], attention[rows], plan.select(rows), mask_id,
+                                 with_entropy=True)
         est.logp.sum().backward()
     middle = time.perf_counter()
     with torch.no_grad():
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rollouts", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=125)
     parser.add_argument("--completion-len", type=int, default=50)
-    parser.add_argument("--micro", type=int, default=64, help="rows per forward (the recipe's micro-batch: 32-64)")
+    parser.add_argument("--micro", type=int, default=64,
+                        help="rows per forward (the recipe's micro-batch: 32-64)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -66,11 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     ids = torch.randint(0, 1000, (args.rollouts, args.prompt_len + args.completion_len))
     maskable = torch.ones(args.rollouts, args.completion_len, dtype=torch.bool)
     plan = draw_coupled_masks(maskable, maskable, generator=torch.Generator().manual_seed(0))
-    time_passes(model, ids[: args.micro], plan.select(slice(0, args.micro)), mask_id, args.micro, torch.float32)
-    rows = {dtype: time_passes(model, ids, plan, mask_id, args.micro, dtype) for dtype in (torch.float32, torch.bfloat16)}
+    time_passes(model, ids[: args.micro], plan.select(slice(0, args.micro)), mask_id, args.micro,
+                torch.float32)
+    rows = {dtype: time_passes(model, ids, plan, mask_id, args.micro, dtype)
+            for dtype in (torch.float32, torch.bfloat16)}
     model.zero_grad(set_to_none=True)
-    print(f"{args.rollouts} rollouts x ({args.prompt_len} + {args.completion_len}) tokens, micro {args.micro}, "
-          f"{args.threads} threads")
+    print(f"{args.rollouts} rollouts x ({args.prompt_len} + {args.completion_len}) tokens, micro "
+          f"{args.micro}, {args.threads} threads")
     print("| precision | fwd+bwd (s) | fwd (s) |\n|---|---|---|")
     for dtype, (both, forward) in rows.items():
         print(f"| {str(dtype).removeprefix('torch.')} | {both:.2f} | {forward:.2f} |")

@@ -1,14 +1,15 @@
 """Benchmark Dream decoding on a random-init model: tokens/s, ms per forward, peak memory, achieved TFLOP/s.
 
 Default: the full-size Dream-7B architecture (7,615,616,512 parameters) in bf16 on CUDA, prompt 256 / generate
-256, the plain Dream-semantics sampler (``decoding.generate.diffusion_generate``, alg entropy, greedy) at 256 and 64
-steps, batch 1 and 8. Random weights never emit EOS early, so NFE = steps: the numbers are cost per step.
+256, the plain Dream-semantics sampler (``decoding.generate.diffusion_generate``, alg entropy, greedy) at 256
+and 64 steps, batch 1 and 8. Random weights never emit EOS early, so NFE = steps: the numbers are cost per
+step.
 
     python bench/bench_decoding.py --json runs/bench_decoding.json
     python bench/bench_decoding.py --tiny            # same code, tiny config on CPU (smoke test)
 
-Other samplers (the fast path) plug in through :func:`run_benchmark` with a ``{name: sampler}`` dict; a sampler is
-``sampler(model, input_ids, gen_len, steps) -> sequences`` or ``-> (sequences, nfe)``.
+Other samplers (the fast path) plug in through :func:`run_benchmark` with a ``{name: sampler}`` dict; a
+sampler is ``sampler(model, input_ids, gen_len, steps) -> sequences`` or ``-> (sequences, nfe)``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ Sampler = Callable[[DreamModel, torch.Tensor, int, int], "torch.Tensor | tuple[t
 
 def plain_sampler(model: DreamModel, input_ids: torch.Tensor, gen_len: int, steps: int) -> torch.Tensor:
     """The reference-semantics sampler as Dream's evals run it (entropy confidence, greedy tokens)."""
-    return diffusion_generate(model, input_ids, max_new_tokens=gen_len, steps=steps, alg="entropy", temperature=0.0)
+    return diffusion_generate(model, input_ids, max_new_tokens=gen_len, steps=steps, alg="entropy",
+                              temperature=0.0)
 
 
 def tiny_bench_config() -> DreamConfig:
@@ -43,7 +45,8 @@ def tiny_bench_config() -> DreamConfig:
     )
 
 
-def build_random_model(config: DreamConfig, dtype: torch.dtype, device: torch.device, seed: int = 0) -> DreamModel:
+def build_random_model(config: DreamConfig, dtype: torch.dtype, device: torch.device,
+                       seed: int = 0) -> DreamModel:
     """Random-init model materialised directly on the device (no CPU copy of 15 GB)."""
     with torch.device("meta"):
         model = DreamModel(config)
@@ -62,7 +65,8 @@ def build_random_model(config: DreamConfig, dtype: torch.dtype, device: torch.de
 
 
 def forward_flops(config: DreamConfig, n_params: int, batch: int, seq: int) -> float:
-    """Matmul FLOPs of one full-canvas forward: 2 * (params - embedding) * tokens + attention scores/values."""
+    """Matmul FLOPs of one full-canvas forward: 2 * (params - embedding) * tokens + attention
+    scores/values."""
     matmul_params = n_params - config.vocab_size * config.hidden_size
     attention = 4 * config.num_hidden_layers * batch * seq * seq * config.hidden_size
     return 2.0 * matmul_params * batch * seq + attention
@@ -94,12 +98,14 @@ def measure(
     n_params = sum(p.numel() for p in model.parameters())
     flops = forward_flops(model.config, n_params, batch, prompt_len + gen_len) * nfe
     return {
-        "sampler": name, "batch": batch, "prompt_len": prompt_len, "gen_len": gen_len, "steps": steps, "nfe": nfe,
+        "sampler": name, "batch": batch, "prompt_len": prompt_len, "gen_len": gen_len, "steps": steps,
+        "nfe": nfe,
         "seconds": round(seconds, 4),
         "tokens_per_s": round(batch * gen_len / seconds, 2),
         "ms_per_forward": round(1000 * seconds / max(nfe, 1), 3),
         "tokens_per_step": round(gen_len / max(nfe, 1), 3),
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None,
+        "peak_memory_gib": (round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda"
+                            else None),
         "achieved_tflops": round(flops / seconds / 1e12, 6),
     }
 
@@ -110,7 +116,8 @@ def environment(device: torch.device) -> dict:
     info = {
         "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "device": str(device), "cpu": platform.processor() or platform.machine(),
     }
     if device.type == "cuda":
@@ -121,7 +128,8 @@ def environment(device: torch.device) -> dict:
 
 def run_benchmark(
     samplers: dict[str, Sampler], *, tiny: bool = False, batches: Sequence[int] = (1, 8),
-    steps_list: Sequence[int] = (256, 64), prompt_len: int = 256, gen_len: int = 256, device: str | None = None,
+    steps_list: Sequence[int] = (256, 64), prompt_len: int = 256, gen_len: int = 256,
+    device: str | None = None,
     dtype: torch.dtype | None = None, progress: Callable[[dict], None] | None = print,
 ) -> dict:
     """Benchmark every sampler on every (steps, batch) on one shared random model; returns the JSON report.
@@ -149,13 +157,15 @@ def run_benchmark(
         base = plain.get((row["batch"], row["steps"]))
         if base is not None:
             row["speedup_vs_plain"] = round(row["tokens_per_s"] / base["tokens_per_s"], 3)
-    return {"environment": environment(dev), "model": {"config": "tiny" if tiny else "dream-7b", "params": n_params,
+    return {"environment": environment(dev), "model": {"config": "tiny" if tiny else "dream-7b",
+                                                       "params": n_params,
             "dtype": str(dtype).removeprefix("torch.")}, "rows": rows}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny config on CPU (smoke test of the same code)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny config on CPU (smoke test of the same code)")
     parser.add_argument("--batch", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, nargs="+", default=None)
     parser.add_argument("--prompt-len", type=int, default=None)

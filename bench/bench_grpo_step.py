@@ -1,12 +1,13 @@
 """One GRPO step of Dream through the verl path, timed phase by phase: rollout / reward / log-prob / update /
 weight sync, plus peak memory.
 
-Why: what one training step of the full-size Dream-7B costs on one GPU and where the time goes, measured on the
-step training really runs. Each phase calls the code a run executes:
+Why: what one training step of the full-size Dream-7B costs on one GPU and where the time goes, measured on
+the step training really runs. Each phase calls the code a run executes:
 
-* rollout: :func:`rl.rollout_decoding.sample_batch` on a rollout copy of the model, as the Dream rollout server
-  (``rl/verl/rollout.py``) calls it, with the recipe's ``rollout.custom.dream`` decoder (lockstep Gauss-Seidel
-  R/A, prompt KV cache, temperature 1, top-p 0.95 in ``recipes/_grpo_7b.yaml``) at the shapes below;
+* rollout: :func:`rl.rollout_decoding.sample_batch` on a rollout copy of the model, as the Dream rollout
+  server (``rl/verl/rollout.py``) calls it, with the recipe's ``rollout.custom.dream`` decoder (lockstep
+  Gauss-Seidel R/A, prompt KV cache, temperature 1, top-p 0.95 in ``recipes/_grpo_7b.yaml``) at the shapes
+  below;
 * reward: sandboxed EvalPlus scoring (``rewards.api.EvalPlusScorer`` on HumanEval+ tasks);
 * advantages: verl's ``compute_grpo_outcome_advantage``;
 * old_logprob / ref_logprob / update: verl's actor ``TrainingWorker`` with our Dream engine (FSDP2, LoRA via
@@ -88,13 +89,15 @@ class StepSettings:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if (self.prompts * self.n) % self.mini_batch or self.mini_batch % self.n:
-            raise ValueError(f"mini_batch ({self.mini_batch} rows) must be a multiple of n ({self.n}) and divide "
-                             f"the {self.prompts * self.n} rows of a step (verl's mini-batches are whole groups)")
+            raise ValueError(f"mini_batch ({self.mini_batch} rows) must be a multiple of n ({self.n}) and "
+                             f"divide the {self.prompts * self.n} rows of a step (verl's mini-batches are "
+                             "whole groups)")
 
     def warmup(self) -> StepSettings:
         """Tiny shapes that still run every phase once (2 rows, short A block, 2 steps). ``r_len`` stays: the
         engine finds the lockstep delimiter where the recipe's R block ends (rl/verl/engine.py)."""
-        return replace(self, prompts=1, n=2, prompt_len=min(self.prompt_len, 8), a_len=min(self.a_len, 4), steps=2,
+        return replace(self, prompts=1, n=2, prompt_len=min(self.prompt_len, 8), a_len=min(self.a_len, 4),
+                       steps=2,
                        ppo_epochs=1, mini_batch=2, micro_batch=2)
 
 
@@ -145,9 +148,11 @@ def step_recipe(model_dir: Path, settings: StepSettings, device: torch.device, r
         f"{arr}.actor.ppo_micro_batch_size_per_gpu={settings.micro_batch}",
         f"{arr}.rollout.log_prob_micro_batch_size_per_gpu={settings.micro_batch}",
         f"{arr}.actor.ppo_epochs={settings.ppo_epochs}", f"{arr}.actor.optim.lr={settings.lr}",
-        f"{arr}.actor.use_kl_loss={str(settings.kl_coef > 0).lower()}", f"{arr}.actor.kl_loss_coef={settings.kl_coef}",
+        f"{arr}.actor.use_kl_loss={str(settings.kl_coef > 0).lower()}",
+        f"{arr}.actor.kl_loss_coef={settings.kl_coef}",
         f"{dream}.options.mode={settings.mode}", f"{dream}.options.r_len={settings.r_len}",
-        f"{dream}.options.a_len={settings.a_len}", f"{dream}.options.use_cache={str(settings.use_cache).lower()}",
+        f"{dream}.options.a_len={settings.a_len}",
+        f"{dream}.options.use_cache={str(settings.use_cache).lower()}",
         f"+{dream}.options.max_steps={settings.steps}", f"{dream}.max_batch={settings.prompts * settings.n}",
         f"data.max_response_length={settings.r_len + settings.a_len + 16}",
         f"trainer.device={'cpu' if device.type == 'cpu' else 'cuda'}", f"lockstep.run_dir={run_dir}",
@@ -184,7 +189,8 @@ def build_pipeline(settings: StepSettings, model_dir: Path, device: torch.device
 
 
 def reward_scorer(task_ids: Sequence[str], workers: int | None) -> Any:
-    """A warm :class:`rewards.api.EvalPlusScorer` over the chosen HumanEval+ tasks (expected outputs computed now)."""
+    """A warm :class:`rewards.api.EvalPlusScorer` over the chosen HumanEval+ tasks (expected outputs computed
+    now)."""
     from rewards import EvalPlusScorer, RewardConfig, load_tasks
 
     tasks, _ = load_tasks("humaneval")
@@ -196,8 +202,10 @@ def reward_scorer(task_ids: Sequence[str], workers: int | None) -> Any:
     return scorer
 
 
-def score_rows(scorer: Any, texts: Sequence[str], task_ids: Sequence[str], n: int) -> tuple[torch.Tensor, dict]:
-    """Score row i against task ``task_ids[(i // n) % len]``; rewards ``[N]`` and a summary of the outcomes."""
+def score_rows(scorer: Any, texts: Sequence[str], task_ids: Sequence[str],
+               n: int) -> tuple[torch.Tensor, dict]:
+    """Score row i against task ``task_ids[(i // n) % len]``; rewards ``[N]`` and a summary of the
+    outcomes."""
     items = [(task_ids[(row // n) % len(task_ids)], text) for row, text in enumerate(texts)]
     results = scorer.score(items)
     rewards = torch.tensor([float(r.reward or 0.0) for r in results])
@@ -212,15 +220,18 @@ def score_rows(scorer: Any, texts: Sequence[str], task_ids: Sequence[str], n: in
     return rewards, summary
 
 
-def rollout_rows(pipe: Pipeline, settings: StepSettings, prompts: list[list[int]]) -> tuple[Any, list[str], dict]:
-    """Decode ``n`` samples per prompt as the rollout server does; rows for the actor, texts for the reward."""
+def rollout_rows(pipe: Pipeline, settings: StepSettings,
+                 prompts: list[list[int]]) -> tuple[Any, list[str], dict]:
+    """Decode ``n`` samples per prompt as the rollout server does; rows for the actor, texts for the
+    reward."""
     from rl.rollout_decoding import sample_batch
     from rl.verl.local import Rows
 
     requests = [p for p in prompts for _ in range(settings.n)]
     rollout = pipe.cfg.actor_rollout_ref.rollout
     params = {"temperature": float(rollout.temperature), "top_p": float(rollout.top_p)}
-    sampler = replace(pipe.sampler, options={**pipe.sampler.options, "r_len": settings.r_len, "a_len": settings.a_len,
+    sampler = replace(pipe.sampler, options={**pipe.sampler.options, "r_len": settings.r_len,
+                                             "a_len": settings.a_len,
                                              "max_steps": settings.steps})
     result = sample_batch(pipe.rollout_model, pipe.tokenizer, requests, params, sampler, seed=settings.seed)
     # the decoded canvas, scored through each block's first stop (the rollout server's response_mask), and the
@@ -236,18 +247,21 @@ def grpo_advantages(rewards: torch.Tensor, n: int) -> torch.Tensor:
     from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
     index = np.arange(rewards.numel()) // n
-    advantages, _ = compute_grpo_outcome_advantage(rewards.float().unsqueeze(1), torch.ones(rewards.numel(), 1),
+    advantages, _ = compute_grpo_outcome_advantage(rewards.float().unsqueeze(1),
+                                                   torch.ones(rewards.numel(), 1),
                                                    index, norm_adv_by_std_in_grpo=True)
     return advantages[:, 0]
 
 
-def run_step(pipe: Pipeline, scorer: Any, task_ids: Sequence[str], settings: StepSettings, clock: PhaseClock) -> dict:
+def run_step(pipe: Pipeline, scorer: Any, task_ids: Sequence[str], settings: StepSettings,
+             clock: PhaseClock) -> dict:
     """One GRPO step, each phase timed by ``clock``; returns the step's non-timing facts."""
     from rl.rollout_decoding import apply_weights
 
     valid_vocab = len(pipe.tokenizer)
     generator = torch.Generator().manual_seed(settings.seed)
-    prompts = torch.randint(0, valid_vocab - 300, (settings.prompts, settings.prompt_len), generator=generator)
+    prompts = torch.randint(0, valid_vocab - 300, (settings.prompts, settings.prompt_len),
+                            generator=generator)
     with clock.phase("rollout"):
         rows, texts, rollout_metrics = rollout_rows(pipe, settings, prompts.tolist())
     with clock.phase("reward"):
@@ -261,14 +275,16 @@ def run_step(pipe: Pipeline, scorer: Any, task_ids: Sequence[str], settings: Ste
         with clock.phase("ref_logprob"):
             reference = pipe.actor.log_probs(rows, reference=True)
     with clock.phase("update"):
-        update = pipe.actor.update(rows, advantages, old, seed=settings.seed, mini_batch_rows=settings.mini_batch,
+        update = pipe.actor.update(rows, advantages, old, seed=settings.seed,
+                                   mini_batch_rows=settings.mini_batch,
                                    epochs=settings.ppo_epochs, ref_log_probs=reference)
     with clock.phase("update_weights"):
         named, peft_config = pipe.actor.exported_weights()
         pipe.rollout_model = apply_weights(pipe.rollout_model, named, peft_config)
     grouped = rewards.view(-1, settings.n)
     return {
-        "rows": len(rows), "sequence_len": max(p.numel() + r.numel() for p, r in zip(rows.prompts, rows.responses)),
+        "rows": len(rows),
+        "sequence_len": max(p.numel() + r.numel() for p, r in zip(rows.prompts, rows.responses)),
         "generated_tokens": int(sum(int(m.sum()) for m in rows.response_masks)),
         "rollout_metrics": rollout_metrics, "rewards": reward_summary, "texts": texts,
         "groups_all_equal_fraction": float((grouped.max(1).values == grouped.min(1).values).float().mean()),
@@ -320,11 +336,13 @@ def run_benchmark(settings: StepSettings, *, model_dir: Path | None, device: str
 
 def build_report(settings: StepSettings, dev: torch.device, dtype: str, tiny: bool, task_ids: Sequence[str],
                  actor: Any, clock: PhaseClock, step: dict, step_s: float, all_tests: dict) -> dict:
-    """The JSON report: settings, parameter counts, per-phase seconds/shares/peaks, rollout and reward facts."""
+    """The JSON report: settings, parameter counts, per-phase seconds/shares/peaks, rollout and reward
+    facts."""
     timed = [p for p in PHASES if p in clock.seconds]
     total = sum(clock.seconds[p] for p in timed)
     phases = {p: {"seconds": round(clock.seconds[p], 4), "share": round(clock.seconds[p] / total, 4),
-                  "peak_memory_gib": round(clock.peak_gib[p], 3) if p in clock.peak_gib else None} for p in timed}
+                  "peak_memory_gib": round(clock.peak_gib[p], 3) if p in clock.peak_gib else None}
+              for p in timed}
     rollout_s = clock.seconds["rollout"]
     metrics = step["rollout_metrics"]
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
@@ -332,7 +350,8 @@ def build_report(settings: StepSettings, dev: torch.device, dtype: str, tiny: bo
         "environment": bench_decoding.environment(dev),
         "model": {"config": "tiny" if tiny else "dream-7b", "dtype": dtype, "lora_rank": settings.lora_rank,
                   "params": parameter_counts(actor)},
-        "path": "verl actor TrainingWorker + Dream engine (rl/verl/local.py), rollout via rl/rollout_decoding.py",
+        "path": "verl actor TrainingWorker + Dream engine (rl/verl/local.py), rollout via "
+                "rl/rollout_decoding.py",
         "settings": {**asdict(settings), "reward_tasks": list(task_ids), "estimator": "coupled",
                      "recipe": "humaneval"},
         "phases": phases,
@@ -359,10 +378,11 @@ def format_table(report: dict) -> str:
         lines.append(f"{name:<14}{row['seconds']:>10.3f}{row['share']:>8.1%}{peak:>10}")
     params, roll, rew = report["model"]["params"], report["rollout"], report["reward_all_tests"]
     lines += [
-        f"step {report['step_seconds']:.3f} s | rollout {roll['tokens_per_s']:.1f} tok/s, nfe {roll['nfe']:.0f}, "
-        f"{roll['ms_per_forward']:.2f} ms/forward | params {params['total']:,} total, {params['trainable']:,} trainable",
-        f"reward: {report['reward']['sandboxed']}/{report['reward']['rows']} rows sandboxed; all-tests scoring of "
-        f"{rew['rows']} canonical solutions {rew['seconds']:.3f} s ({rew['passed']} passed)",
+        f"step {report['step_seconds']:.3f} s | rollout {roll['tokens_per_s']:.1f} tok/s, nfe "
+        f"{roll['nfe']:.0f}, {roll['ms_per_forward']:.2f} ms/forward | params {params['total']:,} total, "
+        f"{params['trainable']:,} trainable",
+        f"reward: {report['reward']['sandboxed']}/{report['reward']['rows']} rows sandboxed; all-tests "
+        f"scoring of {rew['rows']} canonical solutions {rew['seconds']:.3f} s ({rew['passed']} passed)",
         f"peak GPU memory {report['peak_memory_gib']} GiB | peak RSS {report['peak_rss_gib']} GiB",
     ]
     return "\n".join(lines)
@@ -373,12 +393,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny Dream on CPU (smoke test of the same code)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--prompts", type=int, default=None, help=f"prompts per step (default {d.prompts}; tiny 2)")
+    parser.add_argument("--prompts", type=int, default=None,
+                        help=f"prompts per step (default {d.prompts}; tiny 2)")
     parser.add_argument("--n", type=int, default=None, help=f"samples per prompt (default {d.n}; tiny 2)")
     parser.add_argument("--prompt-len", type=int, default=None, help=f"default {d.prompt_len}; tiny 16")
     parser.add_argument("--r-len", type=int, default=None, help=f"default {d.r_len}; tiny 8")
     parser.add_argument("--a-len", type=int, default=None, help=f"default {d.a_len}; tiny 16")
-    parser.add_argument("--steps", type=int, default=None, help=f"lockstep step cap (default {d.steps}; tiny 8)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"lockstep step cap (default {d.steps}; tiny 8)")
     parser.add_argument("--mode", choices=("gauss_seidel", "jacobi"), default=d.mode)
     parser.add_argument("--no-cache", action="store_true", help="no prompt KV cache during the rollout")
     parser.add_argument("--lora-rank", type=int, default=d.lora_rank)
@@ -386,9 +408,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ppo-epochs", type=int, default=d.ppo_epochs)
     parser.add_argument("--mini-batch", type=int, default=None, help=f"default {d.mini_batch}; tiny 4")
     parser.add_argument("--micro-batch", type=int, default=None, help=f"default {d.micro_batch}; tiny 2")
-    parser.add_argument("--kl-coef", type=float, default=d.kl_coef, help="> 0 adds the reference log-prob pass")
+    parser.add_argument("--kl-coef", type=float, default=d.kl_coef,
+                        help="> 0 adds the reference log-prob pass")
     parser.add_argument("--reward-tasks", nargs="+", default=list(DEFAULT_TASKS), help="HumanEval+ task ids")
-    parser.add_argument("--reward-workers", type=int, default=None, help="sandbox workers (default: CPU count)")
+    parser.add_argument("--reward-workers", type=int, default=None,
+                        help="sandbox workers (default: CPU count)")
     parser.add_argument("--model", type=Path, default=None, help="a Dream checkpoint folder (full-size run)")
     parser.add_argument("--no-warmup", action="store_true")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -401,7 +425,8 @@ def settings_from_args(args: argparse.Namespace) -> StepSettings:
     base = StepSettings(prompts=2, n=2, prompt_len=16, r_len=8, a_len=16, steps=8, mini_batch=4,
                         micro_batch=2) if args.tiny else StepSettings()
     given = {"prompts": args.prompts, "n": args.n, "prompt_len": args.prompt_len, "r_len": args.r_len,
-             "a_len": args.a_len, "steps": args.steps, "mini_batch": args.mini_batch, "micro_batch": args.micro_batch}
+             "a_len": args.a_len, "steps": args.steps, "mini_batch": args.mini_batch,
+             "micro_batch": args.micro_batch}
     return replace(base, **{k: v for k, v in given.items() if v is not None}, mode=args.mode,
                    use_cache=not args.no_cache, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                    ppo_epochs=args.ppo_epochs, kl_coef=args.kl_coef, seed=args.seed)
@@ -419,7 +444,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         settings = settings_from_args(args)
         if settings.lora_rank < 1:
-            raise ValueError(f"the benchmark measures a LoRA step: --lora-rank must be >= 1, got {settings.lora_rank}")
+            raise ValueError("the benchmark measures a LoRA step: --lora-rank must be >= 1, got "
+                             f"{settings.lora_rank}")
         report = run_benchmark(settings, model_dir=args.model, device=args.device, task_ids=args.reward_tasks,
                                reward_workers=args.reward_workers, warmup=not args.no_warmup)
     except ValueError as err:

@@ -1,9 +1,10 @@
-"""Benchmark lockstep R/A decoding (Gauss-Seidel, Jacobi; uncached and prompt-cached) vs the single-block sampler.
+"""Benchmark lockstep R/A decoding (Gauss-Seidel, Jacobi; uncached and prompt-cached) vs the single-block
+sampler.
 
 Equal canvas: the single-block sampler (``diffusion_generate``, entropy, greedy) generates ``gen_len`` tokens;
-lockstep splits the same ``gen_len`` into R + 4 delimiter tokens + A. Every sampler runs at most ``steps`` steps
-(lockstep: ``max_steps``; random weights are never confident, so the threshold rule commits one token per
-block and step and the last step commits the rest). Gauss-Seidel costs 2 forwards per step, Jacobi 1; the
+lockstep splits the same ``gen_len`` into R + 4 delimiter tokens + A. Every sampler runs at most ``steps``
+steps (lockstep: ``max_steps``; random weights are never confident, so the threshold rule commits one token
+per block and step and the last step commits the rest). Gauss-Seidel costs 2 forwards per step, Jacobi 1; the
 report gives NFE, tokens/s, ms per forward, peak memory and ``speedup_vs_plain`` (= vs the single-block
 sampler at equal batch and steps). Default: full-size random Dream-7B in bf16 on CUDA, prompt 256,
 canvas 256, 128 steps, batch 1, 8, 32.
@@ -21,7 +22,8 @@ import torch
 
 from decoding.lockstep import LockstepCfg, lockstep_sample  # noqa: E402
 
-DELIMITER = (198, 73594, 12669, 198)  # any four fixed ids below every vocabulary's mask id (values irrelevant)
+# any four fixed ids below every vocabulary's mask id (values irrelevant)
+DELIMITER = (198, 73594, 12669, 198)
 
 
 def lockstep_sampler(mode: str, use_cache: bool) -> bench_decoding.Sampler:

@@ -1,5 +1,5 @@
-"""Reward-worker throughput vs evalplus 0.3.1's own evaluator, side by side in one run, plus a 10,000-completion
-stress run and the full canonical-solution check.
+"""Reward-worker throughput vs evalplus 0.3.1's own evaluator, side by side in one run, plus a
+10,000-completion stress run and the full canonical-solution check.
 
     python bench/bench_rewards.py --suite compare   # executions/s, ours vs evalplus, same samples, same run
     python bench/bench_rewards.py --suite compare --configs humaneval-plus   # one row only
@@ -10,8 +10,8 @@ stress run and the full canonical-solution check.
 
 Expected outputs (ours: ~/.cache/lockstep, evalplus: ~/.cache/evalplus) are computed before timing starts, and
 both evaluators get the same parallelism. Samples: the canonical solution of every task (all tests run) plus a
-wrong one (``def <entry_point>(*args, **kwargs): return None``, which parses and so is executed by both, and fails
-at the first test under evalplus's fast check and ours). The evalplus side is evalplus 0.3.1's own
+wrong one (``def <entry_point>(*args, **kwargs): return None``, which parses and so is executed by both, and
+fails at the first test under evalplus's fast check and ours). The evalplus side is evalplus 0.3.1's own
 ``evaluate`` path: one ``check_correctness`` per sample submitted to a ProcessPoolExecutor (which pickles the
 problem and its expected outputs per sample, as ``evalplus.evaluate`` does).
 """
@@ -31,7 +31,8 @@ from pathlib import Path
 from rewards import EvalPlusScorer, RewardConfig  # noqa: E402
 
 # --configs names -> (dataset, mini, base_only), in the order the rows are run
-COMPARE_CONFIGS = {"humaneval-base": ("humaneval", False, True), "humaneval-plus": ("humaneval", False, False),
+COMPARE_CONFIGS = {"humaneval-base": ("humaneval", False, True),
+                   "humaneval-plus": ("humaneval", False, False),
                    "mbpp-plus": ("mbpp", False, False)}
 
 
@@ -58,7 +59,8 @@ def run_ours(dataset: str, mini: bool, base_only: bool, workers: int, limit: int
         wall = time.perf_counter() - t0
     n_tests = sum(r.n_tests for r in res[::2])
     return {"samples": len(res), "wall_s": wall, "exec_per_s": len(res) / wall, "canonical_tests": n_tests,
-            "canonical_pass": sum(r.all_pass for r in res[::2]), "wrong_pass": sum(r.all_pass for r in res[1::2])}
+            "canonical_pass": sum(r.all_pass for r in res[::2]),
+            "wrong_pass": sum(r.all_pass for r in res[1::2])}
 
 
 def run_evalplus(dataset: str, mini: bool, base_only: bool, workers: int, limit: int | None) -> dict:
@@ -117,7 +119,8 @@ def suite_compare(workers: int, limit: int | None, configs: list[tuple[str, bool
 
 
 def suite_stress(n: int, workers: int) -> dict:
-    """n queued completions (canonical / wrong / crashing / forging) on HumanEval+ Mini base tests, RL config."""
+    """n queued completions (canonical / wrong / crashing / forging) on HumanEval+ Mini base tests, RL
+    config."""
     cfg = RewardConfig.rl(mini=True, workers=workers, test_sets=("base",), completion_format="solution",
                           on_infra_error="mark", progress=True)
     with EvalPlusScorer(dataset="humaneval", cfg=cfg) as s:
@@ -133,7 +136,8 @@ def suite_stress(n: int, workers: int) -> dict:
         stats = dict(s.pool.stats)
     lost = n - len([r for r in res if r is not None and r.status != "infra_error"])
     correct = all(r.all_pass == (i % 4 == 0) for i, r in enumerate(res))
-    out = {"completions": n, "scored": len(res), "lost": lost, "verdicts_as_expected": correct, "wall_s": wall,
+    out = {"completions": n, "scored": len(res), "lost": lost, "verdicts_as_expected": correct,
+           "wall_s": wall,
            "exec_per_s": n / wall, "peak_rss_mb_before": rss0 / 1024, "peak_rss_mb_after": rss1 / 1024,
            "pool_stats": stats}
     print(json.dumps(out), flush=True)
@@ -158,13 +162,15 @@ def suite_canonical(workers: int) -> list[dict]:
     return rows
 
 
-FLOOD_CHUNKS = {"newlines": "b'\\n' * (1 << 20)", "short lines": "b'12\\n' * 349525", "one long line": "b'x' * (1 << 20)"}
+FLOOD_CHUNKS = {"newlines": "b'\\n' * (1 << 20)", "short lines": "b'12\\n' * 349525",
+                "one long line": "b'x' * (1 << 20)"}
 
 
 def suite_flood(workers: int, mb: int = 40, rounds: int = 3) -> dict:
-    """Samples that write ``mb`` MB of newlines / short lines / one long line to every fd (in their first test)
-    before returning the right answer, ``workers`` at once, ``rounds`` times per kind; peak RSS of this (trusted) process before and
-    after (the result buffer was once capped in bytes only, and split into one object per line)."""
+    """Samples that write ``mb`` MB of newlines / short lines / one long line to every fd (in their first
+    test) before returning the right answer, ``workers`` at once, ``rounds`` times per kind; peak RSS of this
+    (trusted) process before and after (the result buffer was once capped in bytes only, and split into one
+    object per line)."""
     from rewards import SandboxConfig, Task
 
     task = Task(task_id="t", prompt="def f(x):\n", entry_point="f", base_inputs=[[i] for i in range(5)],
@@ -177,8 +183,10 @@ def suite_flood(workers: int, mb: int = 40, rounds: int = 3) -> dict:
         statuses: dict = {}
         t0 = time.perf_counter()
         for kind, chunk in FLOOD_CHUNKS.items():
-            code = (f"import os\ndef f(x):\n    chunk = {chunk} if x == 0 else b''\n    for fd in range(3, 256):\n"
-                    f"        try:\n            for _ in range({mb}): os.write(fd, chunk)\n        except OSError:\n"
+            code = (f"import os\ndef f(x):\n    chunk = {chunk} if x == 0 else b''\n"
+                    "    for fd in range(3, 256):\n"
+                    f"        try:\n            for _ in range({mb}): os.write(fd, chunk)\n"
+                    "        except OSError:\n"
                     "            pass\n    return x * 7 + 1\n")
             for _ in range(rounds):
                 for r in s.score([("t", code)] * workers):
@@ -194,7 +202,8 @@ def suite_flood(workers: int, mb: int = 40, rounds: int = 3) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", choices=["compare", "stress", "canonical", "flood", "smoke"], default="compare")
+    ap.add_argument("--suite", choices=["compare", "stress", "canonical", "flood", "smoke"],
+                    default="compare")
     ap.add_argument("--parallel", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--limit", type=int, default=None, help="first N tasks only (compare suite)")
     ap.add_argument("--n", type=int, default=10_000, help="completions for the stress suite")

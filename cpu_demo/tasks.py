@@ -1,20 +1,23 @@
 """Synthetic family of small Python function-writing tasks for the CPU demo.
 
-Why: the demo must show GRPO teaching a *tiny* Dream model to write code on a 2-core machine, without downloaded
-weights or datasets. HumanEval is far too hard for such a model, so we generate HumanEval-shaped tasks (a typed
-signature plus a docstring with one example) whose solution is a single ``return`` expression: arithmetic on an
-int, string methods, list operations. Function names, argument names, constants and the operation vary, so a model
-has to read the prompt (copy the name, pick the operation, copy the constant) to pass.
+Why: the demo must show GRPO teaching a *tiny* Dream model to write code on a 2-core machine, without
+downloaded weights or datasets. HumanEval is far too hard for such a model, so we generate HumanEval-shaped
+tasks (a typed signature plus a docstring with one example) whose solution is a single ``return`` expression:
+arithmetic on an int, string methods, list operations. Function names, argument names, constants and the
+operation vary, so a model has to read the prompt (copy the name, pick the operation, copy the constant) to
+pass.
 
 Contract:
 
 * :func:`generate_demo_tasks` is a pure function of its arguments (fixed seed -> identical tasks, in order);
-  train and held-out splits never share a task key or a prompt, and held-out function names are word pairs that
-  never occur in the train split (every single word does), so held-out success needs copying, not memorising.
+  train and held-out splits never share a task key or a prompt, and held-out function names are word pairs
+  that never occur in the train split (every single word does), so held-out success needs copying, not
+  memorising.
 * Every task carries its reference solution (a full function), test inputs and expected outputs computed by
   running that reference (our own trusted code, executed in-process), so it can be scored by the sandboxed
   reward worker exactly like an EvalPlus task.
-* :meth:`DemoTask.reasoning` and :meth:`DemoTask.answer_code` are the supervised targets of the R and A blocks.
+* :meth:`DemoTask.reasoning` and :meth:`DemoTask.answer_code` are the supervised targets of the R and A
+  blocks.
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("neg", "int", "int", "Return the negative of {a}.", "-{a}"),
     Operation("abs", "int", "int", "Return the absolute value of {a}.", "abs({a})"),
     Operation("mod", "int", "int", "Return the remainder of {a} divided by {k}.", "{a} % {k}", (2, 9)),
-    Operation("divisible", "int", "bool", "Return True if {a} is divisible by {k}.", "{a} % {k} == 0", (2, 9)),
+    Operation("divisible", "int", "bool", "Return True if {a} is divisible by {k}.", "{a} % {k} == 0",
+              (2, 9)),
     Operation("max_k", "int", "int", "Return the larger of {a} and {k}.", "max({a}, {k})", (1, 9)),
     Operation("upper", "str", "str", "Return {a} in upper case.", "{a}.upper()"),
     Operation("reverse_str", "str", "str", "Return {a} reversed.", "{a}[::-1]"),
@@ -75,21 +79,23 @@ OPERATIONS: tuple[Operation, ...] = (
               "[v + {k} for v in {a}]", (1, 9)),
     Operation("filter_gt", "list", "list[int]", "Return the elements of {a} that are greater than {k}.",
               "[v for v in {a} if v > {k}]", (0, 5)),
-    Operation("count_k", "list", "int", "Return how many times {k} appears in {a}.", "{a}.count({k})", (0, 5)),
+    Operation("count_k", "list", "int", "Return how many times {k} appears in {a}.", "{a}.count({k})",
+              (0, 5)),
 )
 OPERATIONS_BY_NAME = {op.name: op for op in OPERATIONS}
 
-# A plausible bug of each operation (same argument and constant; {k1} = k + 1): off-by-one constants, a swapped
-# function (max/min, sum/len), a missing call. The demo's SFT warm start learns from demonstrations of which a
-# fraction (``bug_rate``) use these instead of the correct expression, like SFT data distilled from an imperfect
-# coder; GRPO's verifiable reward is what tells the two apart (docs/demo.md).
+# A plausible bug of each operation (same argument and constant; {k1} = k + 1): off-by-one constants, a
+# swapped function (max/min, sum/len), a missing call. The demo's SFT warm start learns from demonstrations of
+# which a fraction (``bug_rate``) use these instead of the correct expression, like SFT data distilled from an
+# imperfect coder; GRPO's verifiable reward is what tells the two apart (docs/demo.md).
 BUGGY_EXPRS: dict[str, str] = {
     "add": "{a} + {k1}", "sub": "{a} - {k1}", "mul": "{a} * {k1}", "square": "{a} * 2", "neg": "abs({a})",
     "abs": "-{a}", "mod": "{a} % {k1}", "divisible": "{a} % {k1} == 0", "max_k": "max({a}, {k1})",
     "upper": "{a}.lower()", "reverse_str": "{a}", "repeat": "{a} * {k1}", "len_str": "len({a}) - 1",
     "prefix": "{a}[:{k1}]", "count_char": '{a}.find("{c}")', "sum": "len({a})", "max": "min({a})",
     "min": "max({a})", "len_list": "sum({a})", "sorted": "{a}", "reverse_list": "{a}",
-    "add_each": "[v + {k1} for v in {a}]", "filter_gt": "[v for v in {a} if v >= {k}]", "count_k": "{a}.count({k1})",
+    "add_each": "[v + {k1} for v in {a}]", "filter_gt": "[v for v in {a} if v >= {k}]",
+    "count_k": "{a}.count({k1})",
 }
 
 ARG_NAMES = {"int": ("x", "n", "num", "value"), "str": ("s", "text", "word"), "list": ("xs", "nums", "items")}
@@ -97,13 +103,15 @@ ARG_TYPES = {"int": "int", "str": "str", "list": "list[int]"}
 NAME_VERBS = ("compute", "get", "make", "find", "apply", "calc", "build", "solve", "check", "do")
 NAME_NOUNS = ("value", "result", "item", "total", "score", "answer", "output", "data", "thing", "part")
 LETTERS = "abcdeor"
-WORDS = ("a", "to", "cat", "dog", "tree", "code", "abba", "apple", "hello", "river", "banana", "letter", "balloon")
+WORDS = ("a", "to", "cat", "dog", "tree", "code", "abba", "apple", "hello", "river", "banana", "letter",
+         "balloon")
 
 
 # --------------------------------------------------------------------------------------------- tasks
 @dataclass(frozen=True)
 class DemoTask:
-    """One generated task. ``prompt`` is HumanEval-shaped (signature + docstring); ``solution`` a full function."""
+    """One generated task. ``prompt`` is HumanEval-shaped (signature + docstring); ``solution`` a full
+    function."""
 
     task_id: str
     entry_point: str
@@ -217,7 +225,8 @@ class DemoSplits:
 
 
 def _split_names(seed: int, heldout_name_frac: float) -> tuple[list[str], list[str]]:
-    """Split verb_noun names so that held-out names are unseen pairs of words that all occur in train names."""
+    """Split verb_noun names so that held-out names are unseen pairs of words that all occur in train
+    names."""
     rng = random.Random(f"names-{seed}")
     names = [f"{v}_{n}" for v in NAME_VERBS for n in NAME_NOUNS]
     rng.shuffle(names)
@@ -250,9 +259,11 @@ def generate_demo_tasks(
     names = list(operations) if operations is not None else [op.name for op in OPERATIONS]
     unknown = sorted(set(names) - set(OPERATIONS_BY_NAME))
     if unknown or not names:
-        raise ValueError(f"unknown demo operations {unknown or names}; choose from {sorted(OPERATIONS_BY_NAME)}")
+        raise ValueError(f"unknown demo operations {unknown or names}; choose from "
+                         f"{sorted(OPERATIONS_BY_NAME)}")
     if n_train < 0 or n_heldout < 0 or n_tests < 1:
-        raise ValueError(f"need n_train, n_heldout >= 0 and n_tests >= 1 (got {n_train}, {n_heldout}, {n_tests})")
+        raise ValueError(f"need n_train, n_heldout >= 0 and n_tests >= 1 (got {n_train}, {n_heldout}, "
+                         f"{n_tests})")
     ops = [OPERATIONS_BY_NAME[n] for n in names]
     train_names, held_names = _split_names(seed, heldout_name_frac)
     rng = random.Random(seed)
@@ -278,11 +289,12 @@ def generate_demo_tasks(
 
 
 # --------------------------------------------------------------------------------------------- task spec
-# The demo's default family: every operation whose R and A targets fit the demo canvas (18 + 32 tokens with the
-# tiny tokenizer); the long list comprehensions and list-returning operations are left out to keep the canvas
-# (and so every CPU forward pass) short.
+# The demo's default family: every operation whose R and A targets fit the demo canvas (18 + 32 tokens with
+# the tiny tokenizer); the long list comprehensions and list-returning operations are left out to keep the
+# canvas (and so every CPU forward pass) short.
 DEMO_OPERATIONS: tuple[str, ...] = (
-    "add", "sub", "mul", "square", "neg", "abs", "mod", "divisible", "max_k", "upper", "reverse_str", "repeat",
+    "add", "sub", "mul", "square", "neg", "abs", "mod", "divisible", "max_k", "upper", "reverse_str",
+    "repeat",
     "len_str", "prefix", "count_char", "sum", "max", "min", "len_list",
 )
 
@@ -291,9 +303,9 @@ DEMO_OPERATIONS: tuple[str, ...] = (
 class DemoTaskSpec:
     """Everything that determines a demo task set: :func:`generate_demo_tasks` arguments as one value.
 
-    Why: the SFT warm start, the GRPO prompts (parquet rows) and the reward workers must all see the same tasks;
-    the rows carry :meth:`to_json` and each reward worker regenerates the tasks from it (:func:`tasks_from_json`,
-    cached), so no task list travels between processes.
+    Why: the SFT warm start, the GRPO prompts (parquet rows) and the reward workers must all see the same
+    tasks; the rows carry :meth:`to_json` and each reward worker regenerates the tasks from it
+    (:func:`tasks_from_json`, cached), so no task list travels between processes.
     """
 
     seed: int = 0
@@ -305,7 +317,8 @@ class DemoTaskSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> DemoTaskSpec:
-        """Build from a (recipe) mapping; ``operations: null`` = the default family. ValueError on unknown keys."""
+        """Build from a (recipe) mapping; ``operations: null`` = the default family. ValueError on unknown
+        keys."""
         values = dict(values or {})
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(values) - known)
@@ -327,16 +340,18 @@ class DemoTaskSpec:
 
 @functools.lru_cache(maxsize=4)
 def tasks_from_json(spec_json: str) -> dict[str, DemoTask]:
-    """All tasks (train and held-out) of a :meth:`DemoTaskSpec.to_json` string, by task id (cached per process)."""
+    """All tasks (train and held-out) of a :meth:`DemoTaskSpec.to_json` string, by task id (cached per
+    process)."""
     raw = json.loads(spec_json)
     splits = DemoTaskSpec.from_dict(raw).generate()
     return {t.task_id: t for t in [*splits.train, *splits.heldout]}
 
 
 # --------------------------------------------------------------------------------------------- R/A format
-# The demo uses the HumanEval recipe's format exactly: evalplus's instruct user turn (rewards.extract), Dream's
-# ChatML with the default system turn, and a lockstep canvas R block + DEFAULT_DELIMITER + A block (the
-# delimiter recipes/_grpo_7b.yaml decodes with: its options.delimiter is null, i.e. decoding.lockstep's default).
+# The demo uses the HumanEval recipe's format exactly: evalplus's instruct user turn (rewards.extract),
+# Dream's ChatML with the default system turn, and a lockstep canvas R block + DEFAULT_DELIMITER + A block
+# (the delimiter recipes/_grpo_7b.yaml decodes with: its options.delimiter is null, i.e. decoding.lockstep's
+# default).
 
 
 @dataclass(frozen=True)
@@ -375,8 +390,8 @@ def canvas_targets(tokenizer: Any, task: DemoTask, canvas: CanvasSpec, buggy: bo
                    ) -> tuple[list[int], list[int], list[int]]:
     """Token ids of the R block, the delimiter and the A block of the target canvas.
 
-    R = reasoning + end-of-text fill; A = code + closing fence + ``<|im_end|>`` + end-of-text fill (Dream ends a
-    turn with ``<|im_end|>`` and pads with ``<|endoftext|>``). Raises ``ValueError`` if a block overflows.
+    R = reasoning + end-of-text fill; A = code + closing fence + ``<|im_end|>`` + end-of-text fill (Dream ends
+    a turn with ``<|im_end|>`` and pads with ``<|endoftext|>``). Raises ``ValueError`` if a block overflows.
     """
     eos = tokenizer.eos_token_id
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -384,14 +399,15 @@ def canvas_targets(tokenizer: Any, task: DemoTask, canvas: CanvasSpec, buggy: bo
     a_ids = tokenizer.encode(task.answer_code(buggy) + "```", add_special_tokens=False) + [im_end]
     for name, ids, size in (("R", r_ids, canvas.r_len), ("A", a_ids, canvas.a_len)):
         if len(ids) > size:
-            raise ValueError(f"{task.task_id}: the {name} target needs {len(ids)} tokens > {name.lower()}_len={size}")
+            raise ValueError(f"{task.task_id}: the {name} target needs {len(ids)} tokens > "
+                             f"{name.lower()}_len={size}")
     delimiter = delimiter_ids(tokenizer)
     return r_ids + [eos] * (canvas.r_len - len(r_ids)), delimiter, a_ids + [eos] * (canvas.a_len - len(a_ids))
 
 
 def buggy_demonstrations(n_tasks: int, bug_rate: float, seed: int) -> list[bool]:
-    """Which of ``n_tasks`` SFT demonstrations use the buggy expression: ``round(bug_rate * n_tasks)`` of them,
-    chosen by ``seed`` (deterministic)."""
+    """Which of ``n_tasks`` SFT demonstrations use the buggy expression: ``round(bug_rate * n_tasks)`` of
+    them, chosen by ``seed`` (deterministic)."""
     if not 0.0 <= bug_rate <= 1.0:
         raise ValueError(f"bug_rate must be in [0, 1], got {bug_rate}")
     buggy = set(random.Random(f"bugs-{seed}").sample(range(n_tasks), round(bug_rate * n_tasks)))

@@ -1,13 +1,15 @@
-"""The CPU demo (``make demo``): GRPO through verl visibly teaches a tiny Dream to write small Python functions.
+"""The CPU demo (``make demo``): GRPO through verl visibly teaches a tiny Dream to write small Python
+functions.
 
     python launch/demo.py [demo.KEY=VALUE ...] [RECIPE_KEY=VALUE ...]
     python launch/demo.py --help
 
-Steps, all on CPU: (1) held-out evaluation of the committed SFT warm start (lockstep R/A decoding + the sandboxed
-reward worker, :mod:`cpu_demo.evaluate`); (2) GRPO with ``python launch/train_grpo.py recipe=demo`` (verl driver, Ray
-workers, Dream rollout/engine, sandboxed rewards, checkpoints every ``trainer.save_freq`` steps, W&B offline) in a
-subprocess whose log goes to ``<run_dir>/train.log`` while a progress bar shows the steps; (3) held-out evaluation of
-every saved checkpoint; (4) ``<run_dir>/learning_curve.png``, ``summary.json`` and ``summary.md``.
+Steps, all on CPU: (1) held-out evaluation of the committed SFT warm start (lockstep R/A decoding + the
+sandboxed reward worker, :mod:`cpu_demo.evaluate`); (2) GRPO with ``python launch/train_grpo.py recipe=demo``
+(verl driver, Ray workers, Dream rollout/engine, sandboxed rewards, checkpoints every ``trainer.save_freq``
+steps, W&B offline) in a subprocess whose log goes to ``<run_dir>/train.log`` while a progress bar shows the
+steps; (3) held-out evaluation of every saved checkpoint; (4) ``<run_dir>/learning_curve.png``,
+``summary.json`` and ``summary.md``.
 
 The held-out metric is sampled pass@1: ``demo.eval_samples`` completions per held-out task at the rollout
 temperature, averaged (the policy GRPO optimises); the greedy pass rate is reported beside it.
@@ -129,11 +131,12 @@ def plan_from_recipe(overrides: list[str], settings: DemoSettings) -> DemoPlan:
         raise RecipeError(f"lockstep.data.dataset must be 'demo' for the demo, got {data.get('dataset')!r}")
     dream = OmegaConf.to_container(cfg.actor_rollout_ref.rollout.custom.dream, resolve=True)
     if dream.get("sampler") != "lockstep":
-        raise RecipeError("the demo evaluates lockstep R/A decoding: keep actor_rollout_ref.rollout.custom.dream."
-                        "sampler=lockstep")
+        raise RecipeError("the demo evaluates lockstep R/A decoding: keep "
+                          "actor_rollout_ref.rollout.custom.dream.sampler=lockstep")
     spec = demo_spec(int(data.train_tasks), int(data.val_tasks),
                      OmegaConf.to_container(data.demo, resolve=True) if data.get("demo") else None)
-    # the rollout's own lockstep settings (rl/rollout_decoding.py), so evaluation decodes exactly like training
+    # the rollout's own lockstep settings (rl/rollout_decoding.py), so evaluation decodes exactly like
+    # training
     options = {k: v for k, v in dream.get("options", {}).items()
                if k not in ("delimiter", "r_len", "a_len")}
     rollout = cfg.actor_rollout_ref.rollout
@@ -142,7 +145,8 @@ def plan_from_recipe(overrides: list[str], settings: DemoSettings) -> DemoPlan:
     try:
         canvas = CanvasSpec(r_len=int(dream["options"]["r_len"]), a_len=int(dream["options"]["a_len"]))
         eval_cfg = DemoEvalConfig(canvas=canvas, batch_size=settings.eval_batch,
-                                  temperature=float(rollout.temperature), seed=settings.seed, lockstep=options)
+                                  temperature=float(rollout.temperature), seed=settings.seed,
+                                  lockstep=options)
         eval_cfg.lockstep_cfg()
     except (KeyError, TypeError, ValueError) as error:
         raise RecipeError(f"actor_rollout_ref.rollout.custom.dream.options: {error}") from None
@@ -150,10 +154,11 @@ def plan_from_recipe(overrides: list[str], settings: DemoSettings) -> DemoPlan:
     if not model_path.is_absolute() and not model_path.exists():
         model_path = PROJECT_ROOT / model_path
     if not (model_path / "config.json").is_file():
-        raise RecipeError(f"actor_rollout_ref.model.path={cfg.actor_rollout_ref.model.path} is not a Dream checkpoint "
-                        "(regenerate the warm start: python launch/train_sft.py recipe=demo_sft "
-                        "export_dir=recipes/assets/demo_warmstart)")
-    return DemoPlan(run_dir=Path(str(cfg.lockstep.run_dir)).resolve(), model_path=model_path.resolve(), spec=spec,
+        raise RecipeError(f"actor_rollout_ref.model.path={cfg.actor_rollout_ref.model.path} is not a Dream "
+                          "checkpoint (regenerate the warm start: python launch/train_sft.py recipe=demo_sft "
+                          "export_dir=recipes/assets/demo_warmstart)")
+    return DemoPlan(run_dir=Path(str(cfg.lockstep.run_dir)).resolve(), model_path=model_path.resolve(),
+                    spec=spec,
                     eval_cfg=eval_cfg, total_steps=int(cfg.trainer.total_training_steps),
                     lora=int(cfg.actor_rollout_ref.model.lora_rank) > 0)
 
@@ -166,7 +171,8 @@ def evaluate_model(model: Any, tokenizer: Any, tasks: list[Any], plan: DemoPlan,
 
     from cpu_demo.evaluate import evaluate_pass_rate
 
-    sampled = evaluate_pass_rate(model, tokenizer, tasks * settings.eval_samples, plan.eval_cfg, progress=False)
+    sampled = evaluate_pass_rate(model, tokenizer, tasks * settings.eval_samples, plan.eval_cfg,
+                                 progress=False)
     metrics = {"pass_at_1": sampled.pass_rate, "well_formed": sampled.well_formed}
     if settings.greedy:
         greedy_cfg = dataclasses.replace(plan.eval_cfg, temperature=0.0)
@@ -177,7 +183,8 @@ def evaluate_model(model: Any, tokenizer: Any, tasks: list[Any], plan: DemoPlan,
 
 
 def load_checkpoint(step_dir: Path, base: Path, lora: bool) -> tuple[Any, Any]:
-    """(model, tokenizer) of a verl checkpoint ``global_step_<k>/actor``: full weights or peft adapter on base."""
+    """(model, tokenizer) of a verl checkpoint ``global_step_<k>/actor``: full weights or peft adapter on
+    base."""
     import torch
 
     from evals.code.model import ModelSource, load_model
@@ -217,9 +224,9 @@ class TrainLog:
     samples that failed (and were evicted from their step) on the way.
 
     verl logs a failed sample as ``Error in _run_prompt ...`` (an agent loop, its reward included, raised) and
-    reports ``.../rollout_failure/evicted_samples`` for groups left with no trajectory; failures seen before the
-    step line of step N belong to step N. A run with failures trained on fewer samples than its recipe says, so
-    its result is not the reproducible one: the summary says so."""
+    reports ``.../rollout_failure/evicted_samples`` for groups left with no trajectory; failures seen before
+    the step line of step N belong to step N. A run with failures trained on fewer samples than its recipe
+    says, so its result is not the reproducible one: the summary says so."""
 
     def __init__(self) -> None:
         self.steps: dict[int, dict[str, float]] = {}
@@ -243,12 +250,14 @@ class TrainLog:
 
 
 def run_grpo(overrides: list[str], plan: DemoPlan) -> TrainLog:
-    """``launch/train_grpo.py recipe=demo`` in a subprocess; full log in ``<run_dir>/train.log``, a progress bar
-    over the GRPO steps here. Returns what :class:`TrainLog` read. RuntimeError (exit 1) when the run fails."""
+    """``launch/train_grpo.py recipe=demo`` in a subprocess; full log in ``<run_dir>/train.log``, a progress
+    bar over the GRPO steps here. Returns what :class:`TrainLog` read. RuntimeError (exit 1) when the run
+    fails."""
     from tqdm.auto import tqdm
 
     command = [sys.executable, str(PROJECT_ROOT / "launch" / "train_grpo.py"), f"recipe={RECIPE}",
-               f"lockstep.run_dir={plan.run_dir}", f"actor_rollout_ref.model.path={plan.model_path}", *overrides]
+               f"lockstep.run_dir={plan.run_dir}", f"actor_rollout_ref.model.path={plan.model_path}",
+               *overrides]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
     env.setdefault("WANDB_MODE", "offline")
     log_path = plan.run_dir / "train.log"
@@ -256,7 +265,8 @@ def run_grpo(overrides: list[str], plan: DemoPlan) -> TrainLog:
     tail: deque[str] = deque(maxlen=40)
     bar = tqdm(total=plan.total_steps, desc="GRPO (verl)", unit="step", dynamic_ncols=True)
     bar.set_postfix_str("starting Ray and verl workers")
-    with open(log_path, "w") as log, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    with open(log_path, "w") as log, subprocess.Popen(command, stdout=subprocess.PIPE,
+                                                      stderr=subprocess.STDOUT,
                                                        text=True, env=env, cwd=PROJECT_ROOT) as process:
         assert process.stdout is not None
         for line in process.stdout:
@@ -308,8 +318,9 @@ def failure_note(failures: dict[str, int]) -> str | None:
     if not failures:
         return None
     steps = ", ".join(f"{step} ({n})" for step, n in sorted(failures.items(), key=lambda kv: int(kv[0])))
-    return (f"WARNING: {sum(failures.values())} rollout samples failed and were evicted (step (count): {steps}); "
-            "this run trained on fewer samples than the recipe and is not the reproducible result; see train.log")
+    return (f"WARNING: {sum(failures.values())} rollout samples failed and were evicted (step (count): "
+            f"{steps}); this run trained on fewer samples than the recipe and is not the reproducible "
+            "result; see train.log")
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
@@ -347,8 +358,10 @@ def run(argv: list[str]) -> dict[str, Any]:
     print(f"[1/4] held-out evaluation of the warm start {plan.model_path} ({len(heldout)} tasks)", flush=True)
     torch.manual_seed(settings.seed)
     evals = [{"step": 0, **evaluate_model(load_dream(plan.model_path, dtype=torch.float32).eval(),
-                                          load_tokenizer(plan.model_path), heldout, plan, settings, "warm start")}]
-    print(f"[2/4] GRPO through verl: python launch/train_grpo.py recipe=demo {' '.join(overrides)}", flush=True)
+                                          load_tokenizer(plan.model_path), heldout, plan, settings,
+                                          "warm start")}]
+    print(f"[2/4] GRPO through verl: python launch/train_grpo.py recipe=demo {' '.join(overrides)}",
+          flush=True)
     train_log = run_grpo(overrides, plan)
     steps = train_log.steps
     found = checkpoints(plan.run_dir)
@@ -358,7 +371,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     print(f"[3/4] held-out evaluation of {len(found)} checkpoint(s)", flush=True)
     for step, step_dir in found:
         model, tokenizer = load_checkpoint(step_dir, plan.model_path, plan.lora)
-        evals.append({"step": step, **evaluate_model(model, tokenizer, heldout, plan, settings, f"step {step}")})
+        evals.append({"step": step,
+                      **evaluate_model(model, tokenizer, heldout, plan, settings, f"step {step}")})
     for e in evals:
         reward = steps.get(e["step"], {}).get("critic/score/mean")
         if reward is not None:
@@ -397,13 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     before, after = summary["before"], summary["after"]
     greedy = (f"; greedy {before['greedy_pass_rate']:.0%} -> {after['greedy_pass_rate']:.0%}"
               if "greedy_pass_rate" in before else "")
-    print(f"\nheld-out pass@1 (sampled, T={summary['eval_temperature']}): {before['pass_at_1']:.0%} (warm start) -> "
-          f"{after['pass_at_1']:.0%} after {after['step']} GRPO steps{greedy}")
+    print(f"\nheld-out pass@1 (sampled, T={summary['eval_temperature']}): {before['pass_at_1']:.0%} "
+          f"(warm start) -> {after['pass_at_1']:.0%} after {after['step']} GRPO steps{greedy}")
     note = failure_note(summary["rollout_failures"])
     if note:
         print(note, file=sys.stderr)
-    print(f"wall time {summary['wall_s'] / 60:.1f} min; learning curve: {summary['run_dir']}/learning_curve.png; "
-          f"summary: {summary['run_dir']}/summary.md")
+    print(f"wall time {summary['wall_s'] / 60:.1f} min; learning curve: "
+          f"{summary['run_dir']}/learning_curve.png; summary: {summary['run_dir']}/summary.md")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Evaluate one checkpoint: generate, score in the sandbox, write evalplus-compatible results, add a table row.
+"""Evaluate one checkpoint: generate, score in the sandbox, write evalplus-compatible results, add a table
+row.
 
 Usage::
 
@@ -7,8 +8,8 @@ Usage::
     python launch/eval_checkpoint.py recipe=eval/persona checkpoint=DREAM_DIR persona.fixture=true
 
 Why resumable: evaluations run for hours on preemptible nodes. Every generated sample is appended (fsync'd) to
-``generations.rank<R>.jsonl`` as soon as its batch finishes and every scored chunk to ``scores.jsonl``; a re-run
-with the same command generates and scores only what is missing (see :mod:`evals.code.store`).
+``generations.rank<R>.jsonl`` as soon as its batch finishes and every scored chunk to ``scores.jsonl``; a
+re-run with the same command generates and scores only what is missing (see :mod:`evals.code.store`).
 
 Contract of the outputs in ``<output_root>/<eval_name>/``: ``samples.jsonl`` (evalplus sample format),
 ``samples_eval_results.json`` (evalplus result format: ``eval`` / ``base_status`` / ``plus_status`` /
@@ -62,7 +63,8 @@ the run's results table. checkpoint= is a Dream folder, a peft adapter folder, o
 Key overrides (all keys: recipes/eval/_defaults.yaml, docs/evaluation.md):
   base_model=DIR                    base Dream for an adapter (default: the adapter's base_model_name_or_path)
   generation.sampler=rollout|plain|fast|lockstep   rollout (default): the decoder the run trained with, from
-                                    <run>/config.yaml (or run_config=PATH); generation.<sampler>.* its settings
+                                    <run>/config.yaml (or run_config=PATH); generation.<sampler>.* \
+its settings
   generation.compare=[plain]        samplers also evaluated, one more results row each ([] = none)
   generation.n_samples=N            samples per task;  generation.batch_size=N  prompts per batch
   dataset.limit=N  dataset.task_ids=[...]  dataset.mini=true
@@ -92,8 +94,8 @@ def compose_config(argv: list[str], local: bool = True) -> DictConfig:
         raise RecipeError("missing recipe=eval/humaneval | eval/mbpp | eval/persona (see --help)")
     stray = [a for a in argv if "=" not in a and not a.startswith("~")]
     if stray:
-        raise RecipeError(f"arguments are recipe=<name>, checkpoint=PATH and key=value overrides, got {stray[0]!r} "
-                          "(see --help)")
+        raise RecipeError("arguments are recipe=<name>, checkpoint=PATH and key=value overrides, got "
+                          f"{stray[0]!r} (see --help)")
     name = recipes[-1].removesuffix(".yaml")
     if not (RECIPES_DIR / f"{name}.yaml").is_file():
         raise RecipeError(f"no recipe {name!r}: expected {RECIPES_DIR / name}.yaml")
@@ -153,8 +155,8 @@ def check_values(cfg: DictConfig, local: bool = True) -> None:
     _int_setting(cfg, "generation.num_workers", 1, allow=("auto",))
     ks = cfg.scoring.k if OmegaConf.is_list(cfg.scoring.k) else [cfg.scoring.k]
     if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
-        raise RecipeError(f"scoring.k={OmegaConf.to_container(cfg.scoring, resolve=True)['k']} must be a list "
-                          "of integers >= 1 (e.g. scoring.k=[1,10])")
+        raise RecipeError(f"scoring.k={OmegaConf.to_container(cfg.scoring, resolve=True)['k']} must be a "
+                          "list of integers >= 1 (e.g. scoring.k=[1,10])")
 
 
 def worker_count(cfg: DictConfig) -> int:
@@ -199,7 +201,8 @@ def run_code_eval(plan: Plan, argv: list[str]) -> int:
               f"decoder: {plan.cfg.generation.sampler}, settings from {plan.cfg.generation.decoder_source}",
               flush=True)
         scorer = IncrementalScorer(plan, tasks)
-    except ValueError as err:  # unknown task ids, bad limit or reward settings, another run's settings in out_dir
+    # unknown task ids, bad limit or reward settings, another run's settings in out_dir
+    except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     ok = True
@@ -213,7 +216,8 @@ def run_code_eval(plan: Plan, argv: list[str]) -> int:
     finally:
         scorer.close()
     if not ok or scorer.unscored:
-        what = "generation failed" if not ok else f"{len(scorer.unscored)} sample(s) hit sandbox infrastructure errors"
+        what = ("generation failed" if not ok
+                else f"{len(scorer.unscored)} sample(s) hit sandbox infrastructure errors")
         print(f"error: {what}; finished work is kept: re-run the same command to resume", file=sys.stderr)
         return 1
     summary = finalize_code_eval(plan.cfg, tasks, plan.out_dir)
@@ -273,7 +277,8 @@ def base_row(plan: Plan) -> dict[str, Any]:
 
 def print_outcome(plan: Plan, row: dict[str, Any], written: dict[str, Path]) -> None:
     metrics = {k: v for k, v in row.items() if k.startswith(("pass@", "persona_", "tokens_per_s"))}
-    print(f"done: {plan.eval_name} step={row.get('step')} " + " ".join(f"{k}={v}" for k, v in metrics.items()))
+    print(f"done: {plan.eval_name} step={row.get('step')} "
+          + " ".join(f"{k}={v}" for k, v in metrics.items()))
     for name, path in written.items():
         print(f"{name}: {path}")
 
@@ -282,7 +287,8 @@ INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit status: 0 done, 2 user mistake (one ``error:`` line), 1 run failed, 130 interrupted (resumable)."""
+    """Exit status: 0 done, 2 user mistake (one ``error:`` line), 1 run failed, 130 interrupted
+    (resumable)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(arg in ("-h", "--help") for arg in argv):
         print(usage())
@@ -292,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose_config(argv)
         # generation.compare (the plain sampler by default): checked now (settings first: cheap, the likelier
         # typo), run after the main evaluation
-        configs = [] if worker or cfg.task == "persona" else [(a, compose_config(a)) for a in compare_argvs(cfg, argv)]
+        configs = ([] if worker or cfg.task == "persona"
+                   else [(a, compose_config(a)) for a in compare_argvs(cfg, argv)])
         for _, extra_cfg in configs:
             sample_settings(extra_cfg)
         plan = make_plan(cfg)

@@ -1,29 +1,32 @@
-"""Write verl's parquet prompt files: a code-RL corpus to train on with a benchmark to validate on, or the demo tasks.
+"""Write verl's parquet prompt files: a code-RL corpus to train on with a benchmark to validate on, or the
+demo tasks.
 
     python launch/prepare_data.py --corpus acecode --val humaneval --out runs/he/data [--data-files F ...]
     python launch/prepare_data.py --dataset demo --out runs/demo/data [--train-tasks 3000 --val-tasks 48]
 
 ``--corpus``: the training rows are the tasks of a public code-RL corpus (:mod:`corpora`: hub or local files,
 hard subset, decontamination against HumanEval+/MBPP+, drop counts in ``corpus_report.json`` next to the
-parquet files); their ``data_source`` is the corpus name and their ``reward_model.ground_truth`` the row's tests,
-``rewards.code_tests.CodeTests.to_json()``. The validation file holds every task of ``--val`` (HumanEval+,
-HumanEval+ Mini or MBPP+), prompted exactly as the evaluation prompts them.
+parquet files); their ``data_source`` is the corpus name and their ``reward_model.ground_truth`` the row's
+tests, ``rewards.code_tests.CodeTests.to_json()``. The validation file holds every task of ``--val``
+(HumanEval+, HumanEval+ Mini or MBPP+), prompted exactly as the evaluation prompts them.
 
-``--dataset humaneval|humaneval_mini|mbpp`` (no recipe uses it): training rows taken from the benchmark itself,
-the first tasks, validation the last ones. It exists for machinery tests; a score on a benchmark trained on
-measures memorisation.
+``--dataset humaneval|humaneval_mini|mbpp`` (no recipe uses it): training rows taken from the benchmark
+itself, the first tasks, validation the last ones. It exists for machinery tests; a score on a benchmark
+trained on measures memorisation.
 
-Why: verl's ``RLHFDataset`` reads parquet rows with a chat ``prompt`` (list of messages), ``data_source`` (routes
-the reward), ``reward_model.ground_truth`` and ``extra_info``. Our reward (:mod:`rl.verl.reward`) scores a
-completion by EvalPlus ``task_id``, so the task id travels as ground truth. Rows are in task order; the
-validation file holds the last ``val_tasks`` tasks (disjoint from training unless there are too few tasks).
+Why: verl's ``RLHFDataset`` reads parquet rows with a chat ``prompt`` (list of messages), ``data_source``
+(routes the reward), ``reward_model.ground_truth`` and ``extra_info``. Our reward (:mod:`rl.verl.reward`)
+scores a completion by EvalPlus ``task_id``, so the task id travels as ground truth. Rows are in task order;
+the validation file holds the last ``val_tasks`` tasks (disjoint from training unless there are too few
+tasks).
 
 Tasks are loaded by :func:`rewards.tasks.load_tasks` (same files and task ids the reward scores against;
 ``--evalplus-dir`` points it at a folder of EvalPlus release files).
 
 ``demo``: the synthetic tasks of :mod:`cpu_demo.tasks` (train split -> ``train.parquet``, held-out split ->
-``val.parquet``), rendered with the same user turn as the EvalPlus rows. Their rows have ``data_source`` ``demo``
-and carry the generator settings (``extra_info.demo_spec``, JSON) so each reward worker regenerates the same tests.
+``val.parquet``), rendered with the same user turn as the EvalPlus rows. Their rows have ``data_source``
+``demo`` and carry the generator settings (``extra_info.demo_spec``, JSON) so each reward worker regenerates
+the same tests.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ from launch.recipes import RecipeError  # noqa: E402  (a data-preparation proble
 
 
 def load_tasks(dataset: str, evalplus_dir: str | None = None) -> list[Any]:
-    """EvalPlus tasks (:class:`rewards.tasks.Task`: ``task_id``, ``prompt``, ``entry_point``) in release order."""
+    """EvalPlus tasks (:class:`rewards.tasks.Task`: ``task_id``, ``prompt``, ``entry_point``) in release
+    order."""
     from rewards.tasks import load_tasks as load_reward_tasks
 
     if dataset not in DATASETS:
@@ -66,16 +70,19 @@ def task_row(task: Any, dataset: str, index: int, split: str) -> dict[str, Any]:
     name, mini = DATASETS[dataset]
     return {
         "data_source": name,
-        "prompt": instruct_messages(task.prompt)[:1],  # the user turn; the chat template opens the assistant turn
+        # the user turn; the chat template opens the assistant turn
+        "prompt": instruct_messages(task.prompt)[:1],
         "ability": "code",
         "reward_model": {"style": "rule", "ground_truth": task.task_id},
-        "extra_info": {"task_id": task.task_id, "entry_point": task.entry_point, "index": index, "split": split,
+        "extra_info": {"task_id": task.task_id, "entry_point": task.entry_point, "index": index,
+                       "split": split,
                        "mini": mini},
     }
 
 
 def split_tasks(tasks: list[Any], train_tasks: int, val_tasks: int) -> tuple[list[Any], list[Any]]:
-    """Validation = the last ``val_tasks`` tasks; training = the first ``train_tasks`` of the rest (0 = all)."""
+    """Validation = the last ``val_tasks`` tasks; training = the first ``train_tasks`` of the rest (0 =
+    all)."""
     if train_tasks < 0 or val_tasks < 0:
         raise RecipeError("train_tasks and val_tasks must be >= 0")
     if val_tasks >= len(tasks):
@@ -87,8 +94,8 @@ def split_tasks(tasks: list[Any], train_tasks: int, val_tasks: int) -> tuple[lis
 
 
 def demo_spec(train_tasks: int, val_tasks: int, settings: dict[str, Any] | None = None) -> Any:
-    """The :class:`cpu_demo.tasks.DemoTaskSpec` of a demo data set: ``settings`` (recipe ``lockstep.data.demo``)
-    with the split sizes (``train_tasks`` / ``val_tasks``; 0 = the spec's default)."""
+    """The :class:`cpu_demo.tasks.DemoTaskSpec` of a demo data set: ``settings`` (recipe
+    ``lockstep.data.demo``) with the split sizes (``train_tasks`` / ``val_tasks``; 0 = the spec's default)."""
     from cpu_demo.tasks import DemoTaskSpec
 
     if train_tasks < 0 or val_tasks < 0:
@@ -113,13 +120,15 @@ def demo_row(task: Any, spec_json: str, index: int, split: str) -> dict[str, Any
         "prompt": instruct_messages(task.prompt)[:1],
         "ability": "code",
         "reward_model": {"style": "rule", "ground_truth": task.task_id},
-        "extra_info": {"task_id": task.task_id, "entry_point": task.entry_point, "index": index, "split": split,
+        "extra_info": {"task_id": task.task_id, "entry_point": task.entry_point, "index": index,
+                       "split": split,
                        "demo_spec": spec_json},
     }
 
 
 def corpus_row(item: Any, index: int, split: str) -> dict[str, Any]:
-    """One verl parquet row for a corpus task (:class:`corpora.TrainingTask`): the tests travel as ground truth."""
+    """One verl parquet row for a corpus task (:class:`corpora.TrainingTask`): the tests travel as ground
+    truth."""
     from corpora import prompt_messages
 
     return {
@@ -134,9 +143,10 @@ def corpus_row(item: Any, index: int, split: str) -> dict[str, Any]:
 def write_corpus_files(selection: Any, val_dataset: str, out_dir: str | Path, *,
                        count_tokens: Any = None, max_prompt_tokens: int | None = None,
                        evalplus_dir: str | None = None) -> tuple[Path, Path]:
-    """``train.parquet`` (the corpus tasks of ``selection``, a :class:`corpora.CorpusSelection`), ``val.parquet``
-    (every task of the benchmark ``val_dataset``) and ``corpus_report.json`` (provenance, drop counts) under
-    ``out_dir``. ``count_tokens`` (chat messages -> prompt tokens) with ``max_prompt_tokens`` drops long prompts."""
+    """``train.parquet`` (the corpus tasks of ``selection``, a :class:`corpora.CorpusSelection`),
+    ``val.parquet`` (every task of the benchmark ``val_dataset``) and ``corpus_report.json`` (provenance, drop
+    counts) under ``out_dir``. ``count_tokens`` (chat messages -> prompt tokens) with ``max_prompt_tokens``
+    drops long prompts."""
     import json
 
     import pandas as pd
@@ -162,10 +172,12 @@ def write_corpus_files(selection: Any, val_dataset: str, out_dir: str | Path, *,
 
 
 def write_parquet_files(dataset: str, out_dir: str | Path, train_tasks: int = 0, val_tasks: int = 0,
-                        evalplus_dir: str | None = None, demo: dict[str, Any] | None = None) -> tuple[Path, Path]:
+                        evalplus_dir: str | None = None,
+                        demo: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``train.parquet`` and ``val.parquet`` under ``out_dir``; returns their paths.
 
-    ``demo`` (only for ``dataset="demo"``): :class:`cpu_demo.tasks.DemoTaskSpec` fields (seed, operations, ...).
+    ``demo`` (only for ``dataset="demo"``): :class:`cpu_demo.tasks.DemoTaskSpec` fields (seed, operations,
+    ...).
     """
     import pandas as pd
 
@@ -200,16 +212,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder for train.parquet / val.parquet")
     parser.add_argument("--val", default="humaneval", choices=sorted(DATASETS),
                         help="--corpus: the benchmark validated on (all its tasks)")
-    parser.add_argument("--data-files", nargs="+", default=None, help="--corpus: local files instead of the hub")
+    parser.add_argument("--data-files", nargs="+", default=None,
+                        help="--corpus: local files instead of the hub")
     parser.add_argument("--revision", default=None, help="--corpus: hub revision (default: the corpus's pin)")
-    parser.add_argument("--all-rows", action="store_true", help="acecode: skip DiffuCoder's hard-subset filter")
+    parser.add_argument("--all-rows", action="store_true",
+                        help="acecode: skip DiffuCoder's hard-subset filter")
     parser.add_argument("--max-rows", type=int, default=0, help="--corpus: first N tasks (0 = all)")
     parser.add_argument("--train-tasks", type=int, default=0,
                         help="first N training tasks (0 = all; demo: train split size, 0 = default)")
     parser.add_argument("--val-tasks", type=int, default=0,
                         help="last N tasks held out for validation (demo: held-out split size, 0 = default)")
     parser.add_argument("--demo-seed", type=int, default=None, help="demo only: task generator seed")
-    parser.add_argument("--evalplus-dir", default=None, help="folder with the EvalPlus release .jsonl.gz files")
+    parser.add_argument("--evalplus-dir", default=None,
+                        help="folder with the EvalPlus release .jsonl.gz files")
     args = parser.parse_args(argv)
     try:
         if args.corpus:

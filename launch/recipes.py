@@ -5,9 +5,10 @@ evaluation recipes. Each launcher must offer and accept only its own kind: an SF
 ``train_grpo.py`` composes into a config verl cannot read and failed with a stack trace. The kind is read from
 the recipe itself (its Hydra ``defaults`` and top-level sections), not from its file name.
 
-It also holds what every launcher shares: :class:`RecipeError` (the one error a user mistake in a command line,
-recipe or model folder raises; launchers print it as one ``error:`` line and exit 2) and :func:`compose` (the one
-Hydra compose call). Files whose name starts with ``_`` are shared bases (``recipes/_grpo_7b.yaml``), not recipes.
+It also holds what every launcher shares: :class:`RecipeError` (the one error a user mistake in a command
+line, recipe or model folder raises; launchers print it as one ``error:`` line and exit 2) and :func:`compose`
+(the one Hydra compose call). Files whose name starts with ``_`` are shared bases (``recipes/_grpo_7b.yaml``),
+not recipes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 import yaml
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
-ENTRY_POINTS = {"grpo": "launch/train_grpo.py", "sft": "launch/train_sft.py", "eval": "launch/eval_checkpoint.py"}
+ENTRY_POINTS = {"grpo": "launch/train_grpo.py", "sft": "launch/train_sft.py",
+                "eval": "launch/eval_checkpoint.py"}
 SFT_SECTIONS = {"model", "tasks", "train", "eval"}
 LABELS = {"grpo": ("a GRPO", "GRPO"), "sft": ("an SFT", "SFT"), "eval": ("an evaluation", "evaluation")}
 
@@ -28,7 +30,8 @@ class RecipeError(ValueError):
 
 
 def compose(recipe: str, overrides: list[str]) -> Any:  # -> DictConfig
-    """Hydra-compose ``recipes/<recipe>.yaml`` with ``overrides``; a Hydra/OmegaConf error becomes RecipeError."""
+    """Hydra-compose ``recipes/<recipe>.yaml`` with ``overrides``; a Hydra/OmegaConf error becomes
+    RecipeError."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -54,11 +57,13 @@ def quiet_verl_imports() -> None:
 
     warnings.filterwarnings("ignore", message=r".* engine is not available", category=UserWarning)
     # a filter, not a level: verl sets its loggers' levels when its modules are imported
-    logging.getLogger("verl.plugin.platform.platform_manager").addFilter(lambda record: record.levelno >= logging.ERROR)
+    logging.getLogger("verl.plugin.platform.platform_manager").addFilter(
+        lambda record: record.levelno >= logging.ERROR)
 
 
 def recipe_kind(name: str) -> str | None:
-    """``grpo`` | ``sft`` | ``eval`` for ``recipes/<name>.yaml``, ``None`` when it does not exist or is neither."""
+    """``grpo`` | ``sft`` | ``eval`` for ``recipes/<name>.yaml``, ``None`` when it does not exist or is
+    neither."""
     name = name.removesuffix(".yaml")
     if Path(name).name.startswith("_"):  # a shared base (recipes/_grpo_7b.yaml), not a recipe
         return None
@@ -77,11 +82,13 @@ def _kind_of_file(path: Path, depth: int = 0) -> str | None:
     except yaml.YAMLError:
         return None
     defaults = raw.get("defaults") or []
-    if any(entry == "ppo_trainer" or (isinstance(entry, dict) and "ppo_trainer" in entry) for entry in defaults):
+    if any(entry == "ppo_trainer" or (isinstance(entry, dict) and "ppo_trainer" in entry)
+           for entry in defaults):
         return "grpo"
     if set(raw) >= SFT_SECTIONS:
         return "sft"
-    bases = [RECIPES_DIR / f"{entry}.yaml" for entry in defaults if isinstance(entry, str) and entry.startswith("_")
+    bases = [RECIPES_DIR / f"{entry}.yaml" for entry in defaults
+             if isinstance(entry, str) and entry.startswith("_")
              and entry != "_self_"]
     for base in bases:
         if depth < 4 and base.is_file() and (kind := _kind_of_file(base, depth + 1)):
@@ -97,7 +104,8 @@ def recipe_names(kind: str) -> list[str]:
 
 
 def check_recipe(name: str, kind: str) -> None:
-    """RecipeError with the recipes of ``kind`` (and the right entry point for another kind) unless ``name`` fits."""
+    """RecipeError with the recipes of ``kind`` (and the right entry point for another kind) unless ``name``
+    fits."""
     found = recipe_kind(name)
     if found == kind:
         return

@@ -28,13 +28,13 @@ from rl.verl.worker_record import PROCESS_GROUP_VARS  # noqa: E402
 
 quiet_verl_imports()  # before anything imports verl: a one-line error must not follow a dozen import warnings
 
-# What torchrun exports to its ranks, and what the driver does with each before Ray copies its environment into
-# every worker. Removed: the process-group variables (verl's workers form their own groups: a leaked
+# What torchrun exports to its ranks, and what the driver does with each before Ray copies its environment
+# into every worker. Removed: the process-group variables (verl's workers form their own groups: a leaked
 # MASTER_ADDR/PORT or RANK would join torchrun's group) and every TORCHELASTIC_* variable — with
 # TORCHELASTIC_USE_AGENT_STORE=True a worker's init_process_group waits forever for torchrun's agent store
 # (the hang this list exists for). OMP_NUM_THREADS=1 is torchrun's default for N ranks sharing a node; verl's
-# workers size their own thread pools, so it is removed when it is torchrun's "1" (a user's other value stays).
-# Kept: TORCH_NCCL_ASYNC_ERROR_HANDLING (a failed NCCL collective aborts instead of hanging).
+# workers size their own thread pools, so it is removed when it is torchrun's "1" (a user's other value
+# stays). Kept: TORCH_NCCL_ASYNC_ERROR_HANDLING (a failed NCCL collective aborts instead of hanging).
 TORCHRUN_VARS = PROCESS_GROUP_VARS
 TORCHRUN_PREFIXES = ("TORCHELASTIC_",)
 TORCHRUN_DEFAULT_THREADS = "1"
@@ -101,7 +101,8 @@ def split_recipe(argv: list[str]) -> tuple[str, list[str]]:
         if arg.startswith("recipe="):
             recipe = arg.split("=", 1)[1]
         elif "=" not in arg and not arg.startswith(("~", "+")):
-            raise RecipeError(f"arguments are recipe=<name> and key=value overrides, got {arg!r} (see --help)")
+            raise RecipeError(f"arguments are recipe=<name> and key=value overrides, got {arg!r} "
+                              "(see --help)")
         else:
             overrides.append(arg)
     if not recipe:
@@ -123,15 +124,16 @@ def resolve_model_path(cfg) -> Path:  # cfg: DictConfig
     """Make ``actor_rollout_ref.model.path`` absolute (every Ray worker must find it); writes nothing."""
     model_path = Path(str(cfg.actor_rollout_ref.model.path)).expanduser()
     if not model_path.is_absolute() and not model_path.exists() and (PROJECT_ROOT / model_path).exists():
-        model_path = PROJECT_ROOT / model_path  # shipped assets (recipes/assets/...) from any working directory
+        # shipped assets (recipes/assets/...) from any working directory
+        model_path = PROJECT_ROOT / model_path
     if model_path.exists():
         cfg.actor_rollout_ref.model.path = str(model_path.resolve())
     return model_path
 
 
 def prompt_token_counter(model_path: Path):  # -> Callable[[list[dict]], int]
-    """Chat messages -> prompt tokens with the model's tokenizer and chat template, as verl's overlong-prompt filter
-    counts them (so the rows the corpus report counts as too long are the rows verl would drop)."""
+    """Chat messages -> prompt tokens with the model's tokenizer and chat template, as verl's overlong-prompt
+    filter counts them (so the rows the corpus report counts as too long are the rows verl would drop)."""
     from transformers import AutoTokenizer
 
     import decoding  # noqa: F401 - registers DreamTokenizer, which the hub folder's tokenizer_config names
@@ -140,7 +142,8 @@ def prompt_token_counter(model_path: Path):  # -> Callable[[list[dict]], int]
 
     def count(messages: list[dict]) -> int:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return len(ids["input_ids"] if hasattr(ids, "keys") else ids)  # transformers 5 returns a BatchEncoding
+        # transformers 5 returns a BatchEncoding
+        return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
     return count
 
@@ -151,7 +154,8 @@ def corpus_selection(data):  # data: DictConfig (lockstep.data) -> corpora.Corpu
 
     files = data.get("data_files") or ()
     files = (files,) if isinstance(files, str) else tuple(str(f) for f in files)
-    return CorpusSelection(str(data.corpus), files, data.get("revision"), hard_subset=bool(data.get("hard_subset", True)),
+    return CorpusSelection(str(data.corpus), files, data.get("revision"),
+                           hard_subset=bool(data.get("hard_subset", True)),
                            max_rows=int(data.get("max_rows") or 0), evalplus_dir=data.get("evalplus_dir"))
 
 
@@ -174,12 +178,13 @@ def prepare_inputs(cfg) -> None:  # cfg: DictConfig
     if data.get("corpus"):
         write_corpus_files(corpus_selection(data), str(data.get("val") or "humaneval"), train_file.parent,
                            count_tokens=prompt_token_counter(Path(str(cfg.actor_rollout_ref.model.path))),
-                           max_prompt_tokens=int(cfg.data.max_prompt_length), evalplus_dir=data.get("evalplus_dir"))
+                           max_prompt_tokens=int(cfg.data.max_prompt_length),
+                           evalplus_dir=data.get("evalplus_dir"))
         logger.info("wrote parquet prompts to %s (drop counts: corpus_report.json)", train_file.parent)
     elif data.get("dataset"):
         if str(data.dataset) in DATASETS:
-            logger.warning("lockstep.data.dataset=%s trains on the benchmark's own tasks: its scores then measure "
-                           "memorisation (recipes train on lockstep.data.corpus)", data.dataset)
+            logger.warning("lockstep.data.dataset=%s trains on the benchmark's own tasks: its scores then "
+                           "measure memorisation (recipes train on lockstep.data.corpus)", data.dataset)
         demo = data.get("demo")  # demo task generator settings (cpu_demo.tasks.DemoTaskSpec fields)
         write_parquet_files(str(data.dataset), train_file.parent, int(data.get("train_tasks", 0)),
                             int(data.get("val_tasks", 0)), data.get("evalplus_dir"),
@@ -202,7 +207,8 @@ def verl_validate(cfg) -> None:  # cfg: DictConfig
     auto_set_device(cfg)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # verl prints a line per check it passes
-            validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+            validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg),
+                            use_critic=need_critic(cfg))
     except (AssertionError, ValueError, TypeError) as error:
         raise RecipeError(f"verl rejected the config: {error}") from None
 
@@ -252,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     rank = driver_rank()
     if rank != 0:
-        logger.info("global rank %d: verl runs one driver (global rank 0) that starts Ray workers on all GPUs; "
-                    "this rank has nothing to do and exits", rank)
+        logger.info("global rank %d: verl runs one driver (global rank 0) that starts Ray workers on all "
+                    "GPUs; this rank has nothing to do and exits", rank)
         return 0
     args = list(sys.argv[1:] if argv is None else argv)
     if any(arg in ("-h", "--help") for arg in args):  # before importing verl (seconds)
@@ -261,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     removed = strip_torchrun_env()
     if removed:
-        logger.info("launched by torchrun: rank 0 drives verl; removed torchrun's %s from the environment the "
-                    "Ray workers inherit", ", ".join(removed))
+        logger.info("launched by torchrun: rank 0 drives verl; removed torchrun's %s from the environment "
+                    "the Ray workers inherit", ", ".join(removed))
     try:
         cfg = build_config(args)
         run_driver(cfg)

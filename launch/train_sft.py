@@ -71,7 +71,8 @@ def compose_recipe(argv: list[str]) -> Any:
         if arg.startswith("recipe="):
             recipe = arg.split("=", 1)[1]
         elif "=" not in arg and not arg.startswith("~"):
-            raise RecipeError(f"arguments are recipe=<name> and key=value overrides, got {arg!r} (see --help)")
+            raise RecipeError(f"arguments are recipe=<name> and key=value overrides, got {arg!r} "
+                              "(see --help)")
         else:
             overrides.append(arg)
     check_recipe(recipe, "sft")
@@ -91,7 +92,8 @@ def build_settings(cfg: Any) -> tuple[Any, Any, Any]:
     if missing:
         raise RecipeError(f"recipe lacks required sections {missing}")
     try:
-        train = SFTConfig(seed=int(cfg.seed), eval_every=int(cfg.eval.every), **OmegaConf.to_container(cfg.train))
+        train = SFTConfig(seed=int(cfg.seed), eval_every=int(cfg.eval.every),
+                          **OmegaConf.to_container(cfg.train))
         train.validate()
         canvas = CanvasSpec(**OmegaConf.to_container(cfg.tasks.canvas))
         ev = cfg.eval
@@ -165,13 +167,16 @@ def run(cfg: Any) -> dict[str, Any]:
     run_dir = Path(str(cfg.run_dir))
     try:  # every check before anything is written
         splits = DemoTaskSpec.from_dict({
-            "seed": int(cfg.tasks.seed), "n_train": int(cfg.tasks.n_train), "n_heldout": int(cfg.tasks.n_heldout),
+            "seed": int(cfg.tasks.seed), "n_train": int(cfg.tasks.n_train),
+            "n_heldout": int(cfg.tasks.n_heldout),
             "operations": list(cfg.tasks.operations) if cfg.tasks.operations else None,
         }).generate()
-        buggy = buggy_demonstrations(len(splits.train), float(cfg.tasks.get("bug_rate", 0.0)), int(cfg.tasks.seed))
+        buggy = buggy_demonstrations(len(splits.train), float(cfg.tasks.get("bug_rate", 0.0)),
+                                     int(cfg.tasks.seed))
     except (TypeError, ValueError) as error:
         raise RecipeError(f"invalid tasks settings: {error}") from None
-    model, tokenizer, source = load_or_make_model(cfg, run_dir)  # a given model.path is loaded before any write
+    # a given model.path is loaded before any write
+    model, tokenizer, source = load_or_make_model(cfg, run_dir)
     try:
         train_examples = [sft_example(tokenizer, t, canvas, b) for t, b in zip(splits.train, buggy)]
         held_batch = collate_left_padded([sft_example(tokenizer, t, canvas) for t in splits.heldout],
@@ -182,7 +187,8 @@ def run(cfg: Any) -> dict[str, Any]:
     mask_id = tokenizer.mask_token_id
 
     def evaluate(step: int) -> dict[str, float]:
-        nll = elbo_nll(model, held_batch.input_ids, held_batch.completion_mask, mask_id, held_batch.attention_mask,
+        nll = elbo_nll(model, held_batch.input_ids, held_batch.completion_mask, mask_id,
+                       held_batch.attention_mask,
                        held_batch.position_ids, n_rates=int(cfg.eval.nll_rates), seed=int(cfg.seed))
         result = evaluate_pass_rate(model, tokenizer, splits.heldout, eval_cfg)
         logger.info("step %d: held-out pass rate %.3f, ELBO NLL %.4f", step, result.pass_rate, nll)
@@ -193,7 +199,8 @@ def run(cfg: Any) -> dict[str, Any]:
                          dir=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True))
     start = time.perf_counter()
     try:
-        history = train_sft(model, train_examples, train_cfg, tokenizer.pad_token_id, mask_id, evaluate=evaluate,
+        history = train_sft(model, train_examples, train_cfg, tokenizer.pad_token_id, mask_id,
+                            evaluate=evaluate,
                             log=lambda record, step: run_log.log(record, step=step))
     finally:
         run_log.finish()
@@ -203,7 +210,8 @@ def run(cfg: Any) -> dict[str, Any]:
         "wall_s": round(time.perf_counter() - start, 1),
         "torch_threads": torch.get_num_threads(),
         "n_train": len(splits.train), "n_heldout": len(splits.heldout),
-        "evals": [{k: h[k] for k in ("step", "heldout/pass_rate", "heldout/nll", "heldout/well_formed")} for h in evals],
+        "evals": [{k: h[k] for k in ("step", "heldout/pass_rate", "heldout/nll", "heldout/well_formed")}
+                  for h in evals],
         "final_pass_rate": evals[-1]["heldout/pass_rate"],
         "history": history,
     }

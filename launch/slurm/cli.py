@@ -1,16 +1,17 @@
-"""Render and submit the Slurm jobs of Lockstep; run one index of an array job.
+r"""Render and submit the Slurm jobs of Lockstep; run one index of an array job.
 
 Usage (from the project root)::
 
-    python -m launch.slurm.cli render train --recipe humaneval --nodes 4 --gpus-per-node 8 -- trainer.total_epochs=1
+    python -m launch.slurm.cli render train --recipe humaneval --nodes 4 --gpus-per-node 8 \
+        -- trainer.total_epochs=1
     python -m launch.slurm.cli render eval-array --run-dir RUN --recipe eval/humaneval --dry-run
     python -m launch.slurm.cli submit sweep --recipe humaneval --grid actor_rollout_ref.rollout.n=4,8
     python -m launch.slurm.cli run-index MANIFEST [--index I] [--print]     # what each array task runs
 
-``render`` writes ``<out-dir>/<job-name>.sbatch`` (+ ``.manifest.json`` for arrays, + ``logs/``); with ``--dry-run``
-it prints the script to stdout (and the per-index commands to stderr) and writes nothing. ``submit`` renders,
-writes and calls ``sbatch``; ``submit --dry-run`` prints what it would submit. Hydra overrides for the job go
-after the options (``-- key=value ...``) and are passed verbatim to every command.
+``render`` writes ``<out-dir>/<job-name>.sbatch`` (+ ``.manifest.json`` for arrays, + ``logs/``); with
+``--dry-run`` it prints the script to stdout (and the per-index commands to stderr) and writes nothing.
+``submit`` renders, writes and calls ``sbatch``; ``submit --dry-run`` prints what it would submit. Hydra
+overrides for the job go after the options (``-- key=value ...``) and are passed verbatim to every command.
 """
 
 from __future__ import annotations
@@ -55,10 +56,12 @@ def add_common(parser: argparse.ArgumentParser, gpus_default: int) -> None:
     parser.add_argument("--mem", help="e.g. 256G (default: the partition's)")
     parser.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
                         help="extra sbatch option, repeatable (e.g. --sbatch=--constraint=h100)")
-    parser.add_argument("--setup", default="", help="shell line run before the job (module load / venv activate)")
+    parser.add_argument("--setup", default="",
+                        help="shell line run before the job (module load / venv activate)")
     parser.add_argument("--python", default=sys.executable, help="interpreter on the compute nodes")
     parser.add_argument("--workdir", type=Path, default=PROJECT_ROOT, help="project checkout on the cluster")
-    parser.add_argument("--dry-run", action="store_true", help="print the script instead of writing/submitting")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the script instead of writing/submitting")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides passed to every command")
 
 
@@ -74,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_argument("--entry", default=ENTRIES["train"], help="training entry script")
         train.add_argument("--ray-port", type=int, default=6379)
         train.add_argument("--ray-join-timeout", type=int, default=300, help="seconds to wait for all nodes")
-        train.add_argument("--ray-start-wait", type=int, default=10, help="seconds between head and worker starts")
+        train.add_argument("--ray-start-wait", type=int, default=10,
+                           help="seconds between head and worker starts")
         evals = kinds.add_parser("eval-array", help="evaluate every checkpoint of a run directory")
         add_common(evals, gpus_default=1)
         evals.add_argument("--run-dir", type=Path, required=True, help="directory with global_step_N dirs")
@@ -87,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         sweep.add_argument("--recipe", required=True)
         sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                            help="swept key, repeatable; the array is the cartesian product")
-        sweep.add_argument("--overrides-file", type=Path, help="one override set per line (instead of --grid)")
+        sweep.add_argument("--overrides-file", type=Path,
+                           help="one override set per line (instead of --grid)")
         sweep.add_argument("--entry", default="train", help="train | eval | path of an entry script")
         sweep.add_argument("--name-key", default=None,
                            help="override that names each run (default trainer.experiment_name for train)")
@@ -123,14 +128,16 @@ def build_train(args: argparse.Namespace) -> Rendered:
         "job_name": res.job_name, "nodes": args.nodes, "cpus_per_task": res.cpus_per_task,
         "gpus_per_node": res.gpus_per_node, "time": res.time, "log_dir": out_dir / "logs",
         "sbatch_options": res.directives(), "workdir": shlex.quote(str(args.workdir)), "setup": args.setup,
-        "ray_port": args.ray_port, "ray_start_wait": args.ray_start_wait, "ray_join_timeout": args.ray_join_timeout,
+        "ray_port": args.ray_port, "ray_start_wait": args.ray_start_wait,
+        "ray_join_timeout": args.ray_join_timeout,
         "command": quote_command(command),
     })
     return Rendered("train", script, out_dir / f"{res.job_name}.sbatch", command=command)
 
 
 def build_eval_array(args: argparse.Namespace) -> Rendered:
-    """One array index per checkpoint of ``--run-dir`` (sorted by step), all writing ``<run>/eval_results``."""
+    """One array index per checkpoint of ``--run-dir`` (sorted by step), all writing
+    ``<run>/eval_results``."""
     res = resources(args)
     checkpoints = find_checkpoints(args.run_dir.resolve())
     run_dir = run_root(checkpoints[0])  # <run>, also when --run-dir is <run>/checkpoints
@@ -162,7 +169,8 @@ def build_sweep(args: argparse.Namespace) -> Rendered:
     """One array index per override set (grid product or lines of --overrides-file); each run named apart.
 
     Training runs also get their own ``lockstep.run_dir`` (``<out-dir>/<job>-<index>``): the recipes put data,
-    checkpoints and W&B files there, so runs sharing the recipe's default directory would overwrite each other.
+    checkpoints and W&B files there, so runs sharing the recipe's default directory would overwrite each
+    other.
     """
     if bool(args.grid) == bool(args.overrides_file):
         raise RenderError("give either --grid (repeatable) or --overrides-file")
@@ -180,14 +188,16 @@ def build_sweep(args: argparse.Namespace) -> Rendered:
     for idx, overrides in enumerate(sets):
         label = f"{res.job_name}-{idx:03d}"
         naming = [f"{name_key}={label}"] if name_key else []
-        if args.entry == "train" and not any(o.startswith(RUN_DIR_KEY) for o in [*args.overrides, *overrides]):
+        if args.entry == "train" and not any(o.startswith(RUN_DIR_KEY)
+                                             for o in [*args.overrides, *overrides]):
             naming.append(f"{RUN_DIR_KEY}{out_dir / label}")
         commands.append([args.python, str(args.workdir / entry), f"recipe={args.recipe}", *single_node,
                          *args.overrides, *overrides, *naming])
         labels.append(" ".join(overrides))
     manifest_path = out_dir / f"{res.job_name}.manifest.json"
     values = array_values("sweep", res, manifest_path, len(commands), args.max_parallel, args.workdir,
-                          args.setup, args.python, f"Sweep of {len(commands)} override set(s) of {args.recipe}")
+                          args.setup, args.python,
+                          f"Sweep of {len(commands)} override set(s) of {args.recipe}")
     return Rendered("sweep", fill_template("array.sbatch", values), out_dir / f"{res.job_name}.sbatch",
                     make_manifest("sweep", args.workdir, commands, labels), manifest_path)
 
@@ -198,8 +208,8 @@ BUILDERS = {"train": build_train, "eval-array": build_eval_array, "sweep": build
 def check_command(command: list[str], label: str = "") -> None:
     """RenderError unless the arguments of one job command compose and validate for its entry point.
 
-    Why: a job that dies at once on a typo'd key or recipe name is found out only after it waited in the queue;
-    the same Hydra composition and checks the entry point runs first are run here, before anything is
+    Why: a job that dies at once on a typo'd key or recipe name is found out only after it waited in the
+    queue; the same Hydra composition and checks the entry point runs first are run here, before anything is
     rendered. Files (model folder, data) are not checked: they may exist only on the cluster. A custom
     ``--entry`` script is not ours to check.
     """
@@ -225,7 +235,8 @@ def check_command(command: list[str], label: str = "") -> None:
 
 
 def check_job(job: Rendered) -> None:
-    """:func:`check_command` for the job's driver command or every array index (each distinct argument set)."""
+    """:func:`check_command` for the job's driver command or every array index (each distinct argument
+    set)."""
     if job.manifest is not None:
         for index, (command, label) in enumerate(zip(job.manifest["commands"], job.manifest["labels"])):
             check_command(command, f"array index {index} ({label})")
@@ -248,7 +259,8 @@ def print_dry_run(job: Rendered, submit: bool) -> None:
 def submit(job: Rendered) -> int:
     sbatch = shutil.which("sbatch")
     if sbatch is None:
-        print(f"error: sbatch is not on PATH; the script is at {job.script_path} (submit it from a login node)",
+        print(f"error: sbatch is not on PATH; the script is at {job.script_path} "
+              "(submit it from a login node)",
               file=sys.stderr)
         return 2
     result = subprocess.run([sbatch, str(job.script_path)], capture_output=True, text=True)

@@ -1,13 +1,14 @@
 """Rendering of the Slurm sbatch templates and of array-job manifests.
 
-Why: a cluster user needs three jobs — (a) multi-node GRPO training (Ray head + workers, one verl driver on the
-head), (b) an array job that evaluates every checkpoint of a run directory, (c) an array job that sweeps recipe
-overrides. The scripts are plain sbatch files rendered from ``templates/*.sbatch`` with ``{{name}}`` fields (not
-``$name``: the scripts are bash and use ``${...}`` themselves).
+Why: a cluster user needs three jobs — (a) multi-node GRPO training (Ray head + workers, one verl driver on
+the head), (b) an array job that evaluates every checkpoint of a run directory, (c) an array job that sweeps
+recipe overrides. The scripts are plain sbatch files rendered from ``templates/*.sbatch`` with ``{{name}}``
+fields (not ``$name``: the scripts are bash and use ``${...}`` themselves).
 
 Array jobs never compute "what does index i do" in bash: at render time the full list of commands is written
-to a JSON *manifest* next to the script; every array task runs ``python -m launch.slurm.cli run-index MANIFEST``,
-which picks entry ``$SLURM_ARRAY_TASK_ID``. That logic is plain Python and runs identically on a laptop.
+to a JSON *manifest* next to the script; every array task runs
+``python -m launch.slurm.cli run-index MANIFEST``, which picks entry ``$SLURM_ARRAY_TASK_ID``. That logic is
+plain Python and runs identically on a laptop.
 """
 
 from __future__ import annotations
@@ -78,13 +79,15 @@ class Rendered:
 
 
 def fill_template(name: str, values: dict[str, Any]) -> str:
-    """Substitute every ``{{field}}`` of template ``name``; a missing or unused value is an error (typo guard)."""
+    """Substitute every ``{{field}}`` of template ``name``; a missing or unused value is an error (typo
+    guard)."""
     text = (TEMPLATE_DIR / name).read_text()
     wanted = set(FIELD.findall(text))
     missing = wanted - values.keys()
     unused = values.keys() - wanted
     if missing or unused:
-        raise RenderError(f"template {name}: missing fields {sorted(missing)}, unused fields {sorted(unused)}")
+        raise RenderError(f"template {name}: missing fields {sorted(missing)}, unused fields "
+                          f"{sorted(unused)}")
     return FIELD.sub(lambda m: str(values[m.group(1)]), text)
 
 
@@ -138,7 +141,8 @@ def read_override_sets(path: Path) -> list[list[str]]:
     """One override set per non-empty, non-comment line of ``path`` (shell-style quoting)."""
     if not path.is_file():
         raise RenderError(f"overrides file {path} does not exist")
-    sets = [shlex.split(line) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    sets = [shlex.split(line) for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
     if not sets:
         raise RenderError(f"overrides file {path} holds no override lines")
     return sets
@@ -171,7 +175,8 @@ def make_manifest(kind: str, workdir: Path, commands: list[list[str]], labels: l
 
 
 def select_command(manifest: dict[str, Any], index: int) -> list[str]:
-    """Command of array index ``index``; RenderError when out of range (e.g. a manifest re-rendered smaller)."""
+    """Command of array index ``index``; RenderError when out of range (e.g. a manifest re-rendered
+    smaller)."""
     commands = manifest.get("commands")
     if not isinstance(commands, list) or not commands:
         raise RenderError("manifest holds no commands")

@@ -1,8 +1,9 @@
 """launch/demo.py (the CPU demo, `make demo`) and the demo data path (launch/prepare_data.py --dataset demo).
 
-Fast tests: argument handling, recipe facts, demo parquet rows (the prompt verl renders is the SFT prompt), the
-canvas layout of demo rollouts, the learning-curve/summary writers. Slow test: the fixed-seed demo (without the
-greedy and mid-run evaluations) through the real verl path, asserting that the held-out pass rate improves.
+Fast tests: argument handling, recipe facts, demo parquet rows (the prompt verl renders is the SFT prompt),
+the canvas layout of demo rollouts, the learning-curve/summary writers. Slow test: the fixed-seed demo
+(without the greedy and mid-run evaluations) through the real verl path, asserting that the held-out pass rate
+improves.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ SHORT_STEPS = 10  # GRPO steps of the slow test (the first half of recipes/demo.
 
 
 def test_arguments_split_into_demo_settings_and_recipe_overrides() -> None:
-    settings, overrides = split_arguments(["demo.eval_samples=2", "demo.greedy=false", "trainer.total_training_steps=3"])
+    settings, overrides = split_arguments(["demo.eval_samples=2", "demo.greedy=false",
+                                           "trainer.total_training_steps=3"])
     assert settings == DemoSettings(eval_samples=2, greedy=False)
     assert overrides == ["trainer.total_training_steps=3"]
     for bad, message in ((["demo.evl=1"], "unknown demo settings"), (["demo.eval_samples=x"], "integer"),
@@ -104,14 +106,16 @@ def test_verl_step_lines_parse_and_reports_are_written(tmp_path: Path) -> None:
 
 
 def test_failed_rollout_samples_are_counted_per_step_and_reported(tmp_path: Path) -> None:
-    """verl logs each failed sample (an agent loop or its reward raised) before the step it was evicted from."""
+    """verl logs each failed sample (an agent loop or its reward raised) before the step it was evicted
+    from."""
     log = TrainLog()
     lines = ["(TaskRunnerV1 pid=7) step:1 - critic/score/mean:0.5",
              "(AgentLoopWorkerTQ pid=9) ERROR 12:00:01 Error in _run_prompt for uid=ab12",
              "(AgentLoopWorkerTQ pid=9) Traceback (most recent call last):",
              "(AgentLoopWorkerTQ pid=9) ERROR 12:00:02 Error in _run_prompt for uid=cd34",
              "(TaskRunnerV1 pid=7) step:2 - critic/score/mean:0.25",
-             "(TaskRunnerV1 pid=7) step:3 - critic/score/mean:0.5 - training/rollout_failure/evicted_samples:3"]
+             "(TaskRunnerV1 pid=7) step:3 - critic/score/mean:0.5 - "
+             "training/rollout_failure/evicted_samples:3"]
     for line in lines:
         log.read(line)
     assert sorted(log.steps) == [1, 2, 3] and log.failures == {2: 2, 3: 3}
@@ -124,7 +128,8 @@ def test_failed_rollout_samples_are_counted_per_step_and_reported(tmp_path: Path
 def test_demo_rollouts_keep_the_canvas_layout_the_warm_start_was_trained_on() -> None:
     """recipe=demo returns the whole R block (end-of-text run included) before the delimiter, so the trainer's
     log-probs score completions in the canvas layout the warm start decodes in; the compacted layout (R text
-    directly followed by the delimiter) is far less likely under the warm start (measured: ELBO NLL 5.4 vs 0.4)."""
+    directly followed by the delimiter) is far less likely under the warm start (measured: ELBO NLL 5.4 vs
+    0.4)."""
     import torch
     from omegaconf import OmegaConf
 
@@ -159,7 +164,8 @@ def test_shortened_demo_improves_the_heldout_pass_rate(tmp_path: Path) -> None:
     env.pop("VERL_PLATFORM", None)
     result = subprocess.run(
         [sys.executable, str(ROOT / "launch" / "demo.py"), f"lockstep.run_dir={run_dir}",
-         f"trainer.total_training_steps={SHORT_STEPS}", f"trainer.save_freq={SHORT_STEPS}", "demo.greedy=false"],
+         f"trainer.total_training_steps={SHORT_STEPS}", f"trainer.save_freq={SHORT_STEPS}",
+         "demo.greedy=false"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800,
     )
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
@@ -170,7 +176,8 @@ def test_shortened_demo_improves_the_heldout_pass_rate(tmp_path: Path) -> None:
     assert summary["rollout_failures"] == {}  # every sample of every step was trained on
     assert (run_dir / "learning_curve.png").is_file() and (run_dir / "summary.md").is_file()
     assert list((run_dir / "wandb").glob("offline-run-*"))
-    assert (run_dir / "checkpoints" / f"global_step_{SHORT_STEPS}" / "actor" / "huggingface" / "config.json").is_file()
+    assert (run_dir / "checkpoints" / f"global_step_{SHORT_STEPS}" / "actor" / "huggingface"
+            / "config.json").is_file()
 
 
 def test_docs_name_the_checkpoints_the_demo_recipe_writes() -> None:

@@ -32,7 +32,8 @@ from launch.eval_checkpoint import main as eval_main
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = ROOT / "launch" / "eval_checkpoint.py"
 STEPS = (1, 2)
-# the plain sampler alone (the default decoder is the run's rollout, then plain: tests/evals/code/test_eval_decoder.py)
+# the plain sampler alone (the default decoder is the run's rollout, then plain:
+# tests/evals/code/test_eval_decoder.py)
 FAST_GEN = ["generation.sampler=plain", "generation.compare=[]", "generation.plain.max_new_tokens=16",
             "generation.plain.steps=4", "device=cpu"]
 
@@ -57,7 +58,8 @@ def run_dir(tiny_dream_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
         actor = step_dir(run, step) / "actor"
         export_weights(get_peft_model(model, lora), str(actor), str(tiny_dream_dir))
-        shutil.copytree(tiny_dream_dir, actor / "huggingface", ignore=shutil.ignore_patterns("*.safetensors*"))
+        shutil.copytree(tiny_dream_dir, actor / "huggingface",
+                        ignore=shutil.ignore_patterns("*.safetensors*"))
     (run / "checkpoints" / "latest_checkpointed_iteration.txt").write_text(str(STEPS[-1]))
     return run
 
@@ -90,7 +92,8 @@ def test_resolve_checkpoint_layouts(tiny_dream_dir: Path, run_dir: Path, tmp_pat
     assert step.model_dir == tiny_dream_dir and step.step == 2
     assert resolve_checkpoint(step_dir(run_dir, 2) / "actor" / "lora_adapter").adapter_dir == step.adapter_dir
     assert resolve_checkpoint(step_dir(run_dir, 2), step=7).step == 7
-    full_ft = step_dir(tmp_path / "full", 6) / "actor" / "huggingface"  # the trainer's full fine-tuning layout
+    # the trainer's full fine-tuning layout
+    full_ft = step_dir(tmp_path / "full", 6) / "actor" / "huggingface"
     shutil.copytree(tiny_dream_dir, full_ft)
     assert resolve_checkpoint(full_ft.parents[1]) == ModelSource(full_ft, None, 6)
     with pytest.raises(ValueError, match="not a directory"):
@@ -141,14 +144,19 @@ def test_config_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
         (("recipe=eval/nope",), "no recipe 'eval/nope'"),
         (("recipe=eval/humaneval",), "missing required setting(s) checkpoint"),
         (("recipe=eval/humaneval", f"checkpoint={tmp_path}"), "holds no Dream model"),
-        (("recipe=eval/humaneval", "checkpoint=x", "generation.nope=1"), "cannot compose recipe 'eval/humaneval'"),
+        (("recipe=eval/humaneval", "checkpoint=x", "generation.nope=1"),
+         "cannot compose recipe 'eval/humaneval'"),
         (("recipe=eval/mbpp", "checkpoint=x", "+generation.plain.nope=1"), "unknown setting(s) ['nope']"),
         (("recipe=eval/mbpp", "checkpoint=x", "generation.sampler=lockstep", "generation.lockstep.mode=x"),
          "mode must be one of"),
-        (("recipe=eval/humaneval", "checkpoint=x", "task=nope"), "task=nope is not one of humaneval, mbpp, persona"),
-        (("recipe=eval/humaneval", "checkpoint=x", "scoring.reward.nope=1"), "Could not override 'scoring.reward.nope'"),
-        (("recipe=eval/humaneval", "checkpoint=x", "generation.batch_size=0"), "generation.batch_size=0 must be"),
-        (("recipe=eval/humaneval", "checkpoint=x", "generation.num_workers=two"), "must be an integer >= 1 or auto"),
+        (("recipe=eval/humaneval", "checkpoint=x", "task=nope"),
+         "task=nope is not one of humaneval, mbpp, persona"),
+        (("recipe=eval/humaneval", "checkpoint=x", "scoring.reward.nope=1"),
+         "Could not override 'scoring.reward.nope'"),
+        (("recipe=eval/humaneval", "checkpoint=x", "generation.batch_size=0"),
+         "generation.batch_size=0 must be"),
+        (("recipe=eval/humaneval", "checkpoint=x", "generation.num_workers=two"),
+         "must be an integer >= 1 or auto"),
         (("recipe=eval/humaneval", "checkpoint=x", "dataset.limit=all"), "dataset.limit=all must be"),
         (("recipe=eval/humaneval", "checkpoint=x", "scoring.k=[0,1]"), "scoring.k=[0, 1] must be a list"),
         (("recipe=eval/humaneval", "checkpoint=x", "dtype=fp8"), "dtype=fp8 is not one of"),
@@ -171,8 +179,8 @@ def read_lines(path: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_known_completions_give_exact_pass_at_k_and_evalplus_files(run_dir: Path, tmp_path: Path) -> None:
-    """Journals pre-filled with completions of known verdicts: the run only scores them (real sandbox, HumanEval+
-    Mini tests) and finalizes; pass@k must equal the hand-computed values.
+    """Journals pre-filled with completions of known verdicts: the run only scores them (real sandbox,
+    HumanEval+ Mini tests) and finalizes; pass@k must equal the hand-computed values.
 
     HumanEval/2: reference (base+plus pass), rounding to 4 decimals (passes the 3 base inputs, fails plus),
     constant (fails both); HumanEval/4: constant, reference, reference. With n=3:
@@ -191,7 +199,8 @@ def test_known_completions_give_exact_pass_at_k_and_evalplus_files(run_dir: Path
     base_only = fence + "def truncate_number(number: float) -> float:\n    return round(number % 1.0, 4)\n```"
     wrong = {"HumanEval/2": fence + "def truncate_number(number):\n    return 0.5\n```",
              "HumanEval/4": fence + "def mean_absolute_deviation(numbers):\n    return 0.0\n```"}
-    rows = [("HumanEval/2", 0, right["HumanEval/2"]), ("HumanEval/2", 1, base_only), ("HumanEval/2", 2, wrong["HumanEval/2"]),
+    rows = [("HumanEval/2", 0, right["HumanEval/2"]), ("HumanEval/2", 1, base_only),
+            ("HumanEval/2", 2, wrong["HumanEval/2"]),
             ("HumanEval/4", 0, wrong["HumanEval/4"]), ("HumanEval/4", 1, right["HumanEval/4"]),
             ("HumanEval/4", 2, right["HumanEval/4"])]
     journal = store.generation_journal(out, 0)
@@ -200,7 +209,8 @@ def test_known_completions_give_exact_pass_at_k_and_evalplus_files(run_dir: Path
                     "batch_canvas_tokens": 64 // (1 + i % 2)} for t, i, c in rows)
     journal.close()
     run = entry("recipe=eval/humaneval", f"checkpoint={step_dir(run_dir, 2)}", *TINY_EVAL,
-                "generation.n_samples=3", "dataset.task_ids=[HumanEval/2,HumanEval/4]", "scoring.chunk_size=4",
+                "generation.n_samples=3", "dataset.task_ids=[HumanEval/2,HumanEval/4]",
+                "scoring.chunk_size=4",
                 f"output_root={tmp_path / 'eval'}", f"results_dir={tmp_path / 'results'}", "eval_name=known")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "generate[" not in run.stderr  # nothing left to generate: the model was never run
@@ -208,8 +218,10 @@ def test_known_completions_give_exact_pass_at_k_and_evalplus_files(run_dir: Path
     assert summary["pass_at_k"]["base"] == {"pass@1": pytest.approx(2 / 3), "pass@2": pytest.approx(1.0)}
     assert summary["pass_at_k"]["plus"] == {"pass@1": pytest.approx(0.5), "pass@2": pytest.approx(5 / 6)}
     # batches b0 (2 s, 64 canvas tokens) and b1 (1 s, 32): 6 samples x 10 tokens over 3 s
-    speed = {k: summary["speed"][k] for k in ("gen_seconds", "samples_per_s", "tokens_per_s", "canvas_tokens_per_s")}
-    assert speed == {"gen_seconds": 3.0, "samples_per_s": 2.0, "tokens_per_s": 20.0, "canvas_tokens_per_s": 32.0}
+    speed = {k: summary["speed"][k]
+             for k in ("gen_seconds", "samples_per_s", "tokens_per_s", "canvas_tokens_per_s")}
+    assert speed == {"gen_seconds": 3.0, "samples_per_s": 2.0, "tokens_per_s": 20.0,
+                     "canvas_tokens_per_s": 32.0}
     evalplus = json.loads((out / "samples_eval_results.json").read_text())
     statuses = {t: [(s["base_status"], s["plus_status"]) for s in v] for t, v in evalplus["eval"].items()}
     assert statuses == {"HumanEval/2": [("pass", "pass"), ("pass", "fail"), ("fail", "fail")],
@@ -217,7 +229,8 @@ def test_known_completions_give_exact_pass_at_k_and_evalplus_files(run_dir: Path
     assert evalplus["pass_at_k"] == summary["pass_at_k"]
     samples = list(load_solutions(str(out / "samples.jsonl")))  # evalplus's own reader accepts the file
     assert [s["task_id"] for s in samples] == ["HumanEval/2"] * 3 + ["HumanEval/4"] * 3
-    assert "round(number % 1.0, 4)" in samples[1]["solution"] and "def truncate_number" in samples[0]["solution"]
+    assert ("round(number % 1.0, 4)" in samples[1]["solution"]
+            and "def truncate_number" in samples[0]["solution"])
     row = json.loads(read_lines(tmp_path / "results" / "results.jsonl")[0])
     assert row["pass@1_plus"] == pytest.approx(0.5) and row["step"] == 2 and row["eval_name"] == "known"
 
@@ -255,7 +268,8 @@ def test_checkpoint_series_end_to_end_through_the_array_script(tiny_dream_dir: P
         evalplus = json.loads((out / "samples_eval_results.json").read_text())
         assert set(evalplus["pass_at_k"]) == {"base", "plus"} and len(evalplus["eval"]["HumanEval/1"]) == 2
         assert {s["base_status"] for t in evalplus["eval"].values() for s in t} <= {"pass", "fail", "timeout"}
-    completions = [[json.loads(line)["completion"] for line in read_lines(Path(r["output_dir"]) / "generations.rank0.jsonl")]
+    completions = [[json.loads(line)["completion"]
+                    for line in read_lines(Path(r["output_dir"]) / "generations.rank0.jsonl")]
                    for r in rows]
     assert completions[0] != completions[1] != completions[2]  # each index really evaluated its own weights
     table = (results_dir / "results.md").read_text()
@@ -273,7 +287,8 @@ def test_kill_mid_run_then_resume_rescoring_nothing(run_dir: Path, tmp_path: Pat
             "dataset.limit=3", "generation.n_samples=2", "generation.batch_size=1", "scoring.chunk_size=1",
             f"output_root={tmp_path / 'eval'}", f"results_dir={tmp_path / 'results'}", "eval_name=resume"]
     out = tmp_path / "eval" / "resume"
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while len(read_lines(out / "scores.jsonl")) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -309,7 +324,8 @@ def test_data_parallel_workers_split_samples(run_dir: Path, tmp_path: Path) -> N
                 "dataset.limit=2", "generation.n_samples=2", "generation.num_workers=2",
                 f"output_root={tmp_path}", f"results_dir={tmp_path / 'results'}", "eval_name=dp")
     assert run.returncode == 0, run.stderr[-3000:]
-    owned = [[store.sample_key(json.loads(line)) for line in read_lines(tmp_path / "dp" / f"generations.rank{r}.jsonl")]
+    owned = [[store.sample_key(json.loads(line))
+              for line in read_lines(tmp_path / "dp" / f"generations.rank{r}.jsonl")]
              for r in (0, 1)]
     assert owned == [[("HumanEval/0", 0), ("HumanEval/1", 0)], [("HumanEval/0", 1), ("HumanEval/1", 1)]]
     assert len(read_lines(tmp_path / "dp" / "scores.jsonl")) == 4
@@ -319,7 +335,8 @@ def test_data_parallel_workers_split_samples(run_dir: Path, tmp_path: Path) -> N
 @pytest.mark.slow
 def test_persona_task_dispatch_writes_report_and_row(tiny_dream_dir: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["recipe=eval/persona", f"checkpoint={tiny_dream_dir}", "persona.fixture=true", "persona.max_respondents=1",
+    args = ["recipe=eval/persona", f"checkpoint={tiny_dream_dir}", "persona.fixture=true",
+            "persona.max_respondents=1",
             "persona.max_items_per_respondent=3", "persona.max_new_tokens=8", "persona.steps=2",
             "persona.max_context=512", f"output_root={tmp_path}", f"results_dir={tmp_path / 'results'}",
             "eval_name=twin", "device=cpu"]
@@ -341,12 +358,14 @@ def test_help_lists_recipes_and_key_overrides() -> None:
     run = entry("--help")
     assert run.returncode == 0 and run.stderr == ""
     assert "recipe=<eval/humaneval|eval/mbpp|eval/persona> checkpoint=PATH" in run.stdout
-    for key in ("generation.sampler=rollout|plain|fast|lockstep", "dtype=auto", "persona.fixture=true", "130 interrupted"):
+    for key in ("generation.sampler=rollout|plain|fast|lockstep", "dtype=auto", "persona.fixture=true",
+                "130 interrupted"):
         assert key in run.stdout, key
 
 
-def test_broken_weights_exit_2_with_one_line_before_anything_is_written(tiny_dream_dir: Path, tmp_path: Path,
-                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_broken_weights_exit_2_with_one_line_before_anything_is_written(
+    tiny_dream_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A cut download (truncated safetensors) or a folder with config but no weights: the file is named, no
     model is loaded, no output folder is created."""
     cut = tmp_path / "cut"
@@ -372,16 +391,20 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes(run_dir: Path, tmp_path
             "dataset.limit=4", "generation.n_samples=2", "generation.batch_size=1", "scoring.chunk_size=1",
             f"output_root={tmp_path / 'eval'}", f"results_dir={tmp_path / 'results'}", "eval_name=ctrlc"]
     out = tmp_path / "eval" / "ctrlc"
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 300
-    while len(read_lines(out / "generations.rank0.jsonl")) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while (len(read_lines(out / "generations.rank0.jsonl")) < 2 and proc.poll() is None
+           and time.monotonic() < deadline):
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
-    assert err.endswith("interrupted; run the same command to resume\n") and "Traceback" not in err, err[-3000:]
-    assert re.search(r"generate\[0\]:.*\d+/8 \[\d\d:\d\d<\d\d:\d\d", err), err[-3000:]  # samples bar with an ETA
+    assert (err.endswith("interrupted; run the same command to resume\n")
+            and "Traceback" not in err), err[-3000:]
+    # samples bar with an ETA
+    assert re.search(r"generate\[0\]:.*\d+/8 \[\d\d:\d\d<\d\d:\d\d", err), err[-3000:]
     kept = read_lines(out / "generations.rank0.jsonl")
     assert 2 <= len(kept) < 8 and not (out / "summary.json").exists()
     rerun = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -393,9 +416,11 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes(run_dir: Path, tmp_path
 
 
 def test_persona_recipe_offline_is_one_line_naming_the_fixture(tiny_dream_dir: Path, tmp_path: Path) -> None:
-    """README's ``recipe=eval/persona`` on a machine without the hub ended in an ``httpx.ConnectError`` trace."""
+    """README's ``recipe=eval/persona`` on a machine without the hub ended in an ``httpx.ConnectError``
+    trace."""
     out = tmp_path / "out"
-    run = entry("recipe=eval/persona", f"checkpoint={tiny_dream_dir}", f"output_root={out}", f"results_dir={out}",
+    run = entry("recipe=eval/persona", f"checkpoint={tiny_dream_dir}", f"output_root={out}",
+                f"results_dir={out}",
                 env={**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
     assert run.stderr.startswith("error: persona: the Hugging Face hub is unreachable (offline mode")

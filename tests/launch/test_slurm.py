@@ -1,4 +1,5 @@
-"""Slurm jobs: rendered scripts (content + bash syntax), grids, manifests, and the array-index logic run locally.
+"""Slurm jobs: rendered scripts (content + bash syntax), grids, manifests, and the array-index logic run
+locally.
 
 No Slurm here: the array scripts are executed with plain bash and ``SLURM_ARRAY_TASK_ID`` set by the test,
 which runs exactly what an array task runs (``python -m launch.slurm.cli run-index MANIFEST``).
@@ -76,8 +77,9 @@ def test_eval_array_renders_one_index_per_checkpoint(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     for step in (10, 2, 5):
         (run_dir / f"global_step_{step}").mkdir(parents=True)
-    run = cli("render", "eval-array", "--run-dir", str(run_dir), "--recipe", "eval/mbpp", "--max-parallel", "2",
-              "--base-model", "/models/dream", "--include-base", "--gpus-per-node", "0", "--", "dataset.limit=3")
+    run = cli("render", "eval-array", "--run-dir", str(run_dir), "--recipe", "eval/mbpp",
+              "--max-parallel", "2", "--base-model", "/models/dream", "--include-base",
+              "--gpus-per-node", "0", "--", "dataset.limit=3")
     assert run.returncode == 0, run.stderr
     script_path = run_dir / "slurm" / "lockstep-eval-array.sbatch"
     script = script_path.read_text()
@@ -93,7 +95,8 @@ def test_eval_array_renders_one_index_per_checkpoint(tmp_path: Path) -> None:
         manifest["commands"][0])
     manifest_path = str(run_dir / "slurm" / "lockstep-eval-array.manifest.json")
     picked = cli("run-index", manifest_path, "--print", env={"SLURM_ARRAY_TASK_ID": "2"})
-    assert picked.returncode == 0 and picked.stdout.strip().endswith(f"checkpoint={run_dir.resolve()}/global_step_5 dataset.limit=3")
+    assert picked.returncode == 0 and picked.stdout.strip().endswith(
+        f"checkpoint={run_dir.resolve()}/global_step_5 dataset.limit=3")
     out_of_range = cli("run-index", manifest_path, "--print", env={"SLURM_ARRAY_TASK_ID": "4"})
     assert out_of_range.returncode == 2 and "out of range" in out_of_range.stderr
     no_index = cli("run-index", manifest_path, env={"SLURM_ARRAY_TASK_ID": ""})
@@ -111,7 +114,8 @@ def test_user_errors_are_one_line(tmp_path: Path) -> None:
         assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
 
 
-def test_jobs_are_validated_before_anything_is_rendered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_jobs_are_validated_before_anything_is_rendered(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """The recipe and overrides of every command go through the entry point's own composition and checks
     first: a typo exits 2 with one line and no script, manifest or log folder is written (in-process: verl is
     imported once; the first case also runs the real CLI, for the absence of import noise and tracebacks)."""
@@ -122,16 +126,19 @@ def test_jobs_are_validated_before_anything_is_rendered(tmp_path: Path, capsys: 
     out = tmp_path / "job"
     for args, message in (
         (("submit", "train", "--recipe", "nosuch", "--", "bogus.key=1"), "unknown recipe 'nosuch'"),
-        (("submit", "train", "--recipe", "humaneval", "--", MODEL, "bogus.key=1"), "Could not override 'bogus.key'"),
-        (("submit", "train", "--recipe", "demo_sft"), "is an SFT recipe: run it with python launch/train_sft.py"),
+        (("submit", "train", "--recipe", "humaneval", "--", MODEL, "bogus.key=1"),
+         "Could not override 'bogus.key'"),
+        (("submit", "train", "--recipe", "demo_sft"),
+         "is an SFT recipe: run it with python launch/train_sft.py"),
         (("submit", "train", "--recipe", "humaneval"), "actor_rollout_ref.model.path is not set"),
         (("submit", "sweep", "--recipe", "demo", "--grid", "actor_rollout_ref.rollout.n=4,two"),
-         "array index 1 (actor_rollout_ref.rollout.n=two): actor_rollout_ref.rollout.n (group size) must be an "
-         "integer"),
+         "array index 1 (actor_rollout_ref.rollout.n=two): actor_rollout_ref.rollout.n (group size) must be "
+         "an integer"),
         (("submit", "eval-array", "--run-dir", str(run_dir), "--recipe", "eval/humaneval", "--",
-          "generation.nope=1"), "array index 0 (global_step_1): cannot compose recipe 'eval/humaneval': Could not override"),
-        (("submit", "sweep", "--recipe", "eval/mbpp", "--entry", "eval", "--grid", "dataset.limit=1,all", "--",
-          "checkpoint=x"), "dataset.limit=all must be an integer"),
+          "generation.nope=1"),
+         "array index 0 (global_step_1): cannot compose recipe 'eval/humaneval': Could not override"),
+        (("submit", "sweep", "--recipe", "eval/mbpp", "--entry", "eval", "--grid", "dataset.limit=1,all",
+          "--", "checkpoint=x"), "dataset.limit=all must be an integer"),
     ):
         argv = [*args[:2], "--out-dir", str(out), *args[2:]]
         code, err = slurm_main(argv), capsys.readouterr().err
@@ -142,7 +149,8 @@ def test_jobs_are_validated_before_anything_is_rendered(tmp_path: Path, capsys: 
         assert err.startswith("error: ") and message in err, err
         assert not out.exists() and not (run_dir / "slurm").exists()
     ok = slurm_main(["render", "eval-array", "--run-dir", str(run_dir), "--recipe", "eval/humaneval", "--",
-                     "device=cuda", "generation.n_samples=2"])  # cuda on the compute nodes, not on this machine
+                     # cuda on the compute nodes, not on this machine
+                     "device=cuda", "generation.n_samples=2"])
     assert ok == 0, capsys.readouterr().err
 
 
@@ -180,22 +188,25 @@ def test_train_sweep_names_runs_and_pins_single_node(tmp_path: Path) -> None:
     bash_syntax_ok(run.stdout)
     assert "[1] algorithm.kl_ctrl.kl_coef=0.01:" in run.stderr
     assert (f"trainer.nnodes=1 trainer.n_gpus_per_node=8 ray_kwargs.ray_init.num_cpus=12 {MODEL} "
-            f"algorithm.kl_ctrl.kl_coef=0.01 trainer.experiment_name=kl-001 lockstep.run_dir={tmp_path}/kl-001"
+            "algorithm.kl_ctrl.kl_coef=0.01 trainer.experiment_name=kl-001 "
+            f"lockstep.run_dir={tmp_path}/kl-001"
             ) in run.stderr  # runs kept apart
     own_dirs = cli("render", "sweep", "--recipe", "humaneval", "--grid", "lockstep.run_dir=runs/a,runs/b",
                    "--dry-run", "--", MODEL)
-    assert own_dirs.returncode == 0 and "lockstep.run_dir=runs/b trainer.experiment_name=lockstep-sweep-001\n" in (
-        own_dirs.stderr)
+    assert own_dirs.returncode == 0 and (
+        "lockstep.run_dir=runs/b trainer.experiment_name=lockstep-sweep-001\n" in own_dirs.stderr)
 
 
 def test_submit_calls_sbatch_and_explains_when_it_is_missing(tmp_path: Path) -> None:
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    (fake_bin / "sbatch").write_text('#!/bin/bash\necho "$@" > "$(dirname "$0")/args"\necho "Submitted batch job 42"\n')
+    (fake_bin / "sbatch").write_text('#!/bin/bash\necho "$@" > "$(dirname "$0")/args"\n'
+                                     'echo "Submitted batch job 42"\n')
     (fake_bin / "sbatch").chmod(0o755)
-    args = ("submit", "train", "--recipe", "humaneval", "--out-dir", str(tmp_path / "job"), "--job-name", "t", "--",
-            MODEL)
-    bare_path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "sbatch").exists())
+    args = ("submit", "train", "--recipe", "humaneval", "--out-dir", str(tmp_path / "job"), "--job-name", "t",
+            "--", MODEL)
+    bare_path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                if not (Path(p) / "sbatch").exists())
     missing = cli(*args, env={"PATH": bare_path})
     assert missing.returncode == 2 and "sbatch is not on PATH" in missing.stderr
     run = cli(*args, env={"PATH": f"{fake_bin}{os.pathsep}{bare_path}"})
@@ -215,7 +226,8 @@ FAKE_SLURM = {
              'done\n'
              'printf "%s\\t%s\\t%s\\n" "$node" "${opts[*]}" "$*" >> "$FAKE_LOG"\n'
              'exec "$@"\n'),
-    # ray start ... --block: stays up until the job kills it; ray status: a line per started node (or $FAKE_ALIVE)
+    # ray start ... --block: stays up until the job kills it; ray status: a line per started node (or
+    # $FAKE_ALIVE)
     "ray": ('#!/bin/bash\nif [[ $1 == start ]]; then echo $$ >> "$FAKE_LOG.pids"; exec sleep 300; fi\n'
             'echo "Active:"; for ((i = 0; i < ${FAKE_ALIVE:-$(wc -l < "$FAKE_LOG.pids")}; i++)); do\n'
             '  echo " 1 node_$i"; done\necho "Idle:"; echo " (no idle nodes)"\n'),
@@ -235,11 +247,13 @@ def run_train_script_with_fake_slurm(tmp_path: Path, alive: int | None = None, j
     driver.write_text("import json, os, sys\n"
                       "token = open(os.environ['RAY_AUTH_TOKEN_PATH']).read()\n"
                       "keys = ('RAY_ADDRESS', 'RAY_AUTH_MODE', 'RAY_TMPDIR')\n"
-                      "json.dump({'argv': sys.argv[1:], 'env': {k: os.environ[k] for k in keys}, 'token': token,\n"
+                      "json.dump({'argv': sys.argv[1:], 'env': {k: os.environ[k] for k in keys}, "
+                      "'token': token,\n"
                       "           'path': sys.path}, open(os.environ['DRIVER_OUT'], 'w'))\n")
     job = tmp_path / "job"
-    render = cli("render", "train", "--recipe", "demo", "--nodes", "3", "--gpus-per-node", "2", "--cpus-per-task", "6",
-                 "--entry", str(driver), "--ray-port", "6543", "--ray-start-wait", "0", "--ray-join-timeout", str(join_timeout),
+    render = cli("render", "train", "--recipe", "demo", "--nodes", "3", "--gpus-per-node", "2",
+                 "--cpus-per-task", "6", "--entry", str(driver), "--ray-port", "6543",
+                 "--ray-start-wait", "0", "--ray-join-timeout", str(join_timeout),
                  "--out-dir", str(job), "--job-name", "tr", "--", "trainer.total_epochs=1")
     assert render.returncode == 0, render.stderr
     env = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}", "FAKE_NODES": "n1 n2 n3",
@@ -248,7 +262,8 @@ def run_train_script_with_fake_slurm(tmp_path: Path, alive: int | None = None, j
     env.pop("RAY_TMPDIR", None)
     if alive is not None:
         env["FAKE_ALIVE"] = str(alive)
-    done = subprocess.run(["bash", str(job / "tr.sbatch")], capture_output=True, text=True, timeout=60, env=env)
+    done = subprocess.run(["bash", str(job / "tr.sbatch")], capture_output=True, text=True, timeout=60,
+                          env=env)
     return done, tmp_path
 
 
@@ -261,13 +276,17 @@ def test_train_script_orchestrates_ray_head_workers_and_driver_locally(tmp_path:
     assert steps[0][::2] == ["n1", "hostname --ip-address"] and len(steps) == 5
     ray_steps = sorted(steps[1:4])  # started in the background: any order in the log
     assert [node for node, _, _ in ray_steps] == ["n1", "n2", "n3"]
-    assert ray_steps[0][2].startswith(f"ray start --head --node-ip-address={host_ip} --port=6543 --num-cpus=6 --num-gpus=2")
-    assert all(cmd.startswith(f"ray start --address={address} --num-cpus=6 --num-gpus=2") for _, _, cmd in ray_steps[1:])
+    assert ray_steps[0][2].startswith(f"ray start --head --node-ip-address={host_ip} --port=6543 "
+                                      "--num-cpus=6 --num-gpus=2")
+    assert all(cmd.startswith(f"ray start --address={address} --num-cpus=6 --num-gpus=2")
+               for _, _, cmd in ray_steps[1:])
     assert all(opts == "--nodes=1 --ntasks=1 --cpus-per-task=6 --gpus-per-node=2" for _, opts, _ in ray_steps)
-    assert steps[4][0] == "n1" and "--overlap" in steps[4][1]  # one driver, on the head, after every node joined
+    # one driver, on the head, after every node joined
+    assert steps[4][0] == "n1" and "--overlap" in steps[4][1]
     assert steps[4][2].split()[:2] == [sys.executable, str(tmp / "driver.py")]
     driver = json.loads((tmp / "drv.json").read_text())
-    assert driver["argv"] == ["recipe=demo", "trainer.nnodes=3", "trainer.n_gpus_per_node=2", "trainer.total_epochs=1"]
+    assert driver["argv"] == ["recipe=demo", "trainer.nnodes=3", "trainer.n_gpus_per_node=2",
+                              "trainer.total_epochs=1"]
     assert driver["env"] == {"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_TMPDIR": "/tmp/ray_77"}
     assert len(driver["token"]) == 64 and int(driver["token"], 16) >= 0 and str(ROOT) in driver["path"]
     assert not (tmp / "job" / "logs" / ".ray_token_77").exists()  # removed on exit, with the Ray steps

@@ -21,7 +21,8 @@ from rl.verl.config import prepare_runtime, validate_recipe  # noqa: E402
 RECIPES = ("demo", "humaneval", "mbpp")
 # the demo recipe values the validation cases below rely on (recipes/demo.yaml is tuned independently)
 DEMO_PINS = ("actor_rollout_ref.model.lora_rank=8", "data.max_response_length=24", "data.train_batch_size=2",
-             "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.rollout.custom.dream.sampler=lockstep",
+             "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+             "actor_rollout_ref.rollout.custom.dream.sampler=lockstep",
              "actor_rollout_ref.rollout.custom.dream.options.r_len=4",
              "actor_rollout_ref.rollout.custom.dream.options.a_len=12")
 
@@ -105,7 +106,8 @@ def test_bad_values_raise_recipe_errors_naming_the_key(override, message) -> Non
 
 
 def test_missing_files_are_reported(tmp_path) -> None:
-    cfg = compose_recipe("demo", [f"lockstep.run_dir={tmp_path}", f"actor_rollout_ref.model.path={tmp_path}/model"])
+    cfg = compose_recipe("demo",
+                         [f"lockstep.run_dir={tmp_path}", f"actor_rollout_ref.model.path={tmp_path}/model"])
     with pytest.raises(RecipeError, match="model.path"):
         validate_recipe(cfg, check_files=True)
 
@@ -169,7 +171,8 @@ def test_torchrun_variables_are_removed_before_ray_copies_the_environment() -> N
                 "MASTER_ADDR": "localhost", "MASTER_PORT": "38989", "OMP_NUM_THREADS": "1",
                 "TORCHELASTIC_RUN_ID": "4a60", "TORCHELASTIC_USE_AGENT_STORE": "True",
                 "TORCHELASTIC_MAX_RESTARTS": "0", "TORCHELASTIC_RESTART_COUNT": "0",
-                "TORCHELASTIC_ERROR_FILE": "/tmp/x/attempt", "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT",
+                "TORCHELASTIC_ERROR_FILE": "/tmp/x/attempt",
+                "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT",
                 "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
     environ = {**torchrun, "PATH": "/usr/bin", "WANDB_MODE": "offline"}
     removed = strip_torchrun_env(environ)
@@ -198,16 +201,18 @@ def test_prepare_data_writes_verl_rows(tmp_path) -> None:
     assert row["reward_model"]["ground_truth"] == "HumanEval/0"
     assert row["prompt"][0]["role"] == "user" and "has_close_elements" in row["prompt"][0]["content"]
     assert bool(row["extra_info"]["mini"]) is True
-    assert set(val_rows["reward_model"].map(lambda r: r["ground_truth"])) == {"HumanEval/162", "HumanEval/163"}
+    assert set(val_rows["reward_model"].map(lambda r: r["ground_truth"])) == {"HumanEval/162",
+                                                                              "HumanEval/163"}
     with pytest.raises(RecipeError, match="leaves no training task"):
         split_tasks(list(range(3)), 0, 3)
     with pytest.raises(RecipeError, match="unknown dataset"):
         write_parquet_files("nope", tmp_path)
 
 
-# ----------------------------------------------------------------------------- user mistakes: one line, no writes
+# ------------------------------------------------------------------------- user mistakes: one line, no writes
 def truncated_copy(source: Path, target: Path) -> Path:
-    """A copy of the Dream folder ``source`` whose ``model.safetensors`` lost its second half (a cut download)."""
+    """A copy of the Dream folder ``source`` whose ``model.safetensors`` lost its second half (a cut
+    download)."""
     import shutil
 
     shutil.copytree(source, target)
@@ -248,11 +253,13 @@ def test_mistakes_exit_2_with_one_line_before_anything_is_written(tmp_path, caps
 def test_model_path_not_set_names_the_key_not_verls_default(tmp_path) -> None:
     """The 7B recipes leave model.path to the user; verl's placeholder default must not leak into the
     message, and no prompt data may be written before the error (the run dir is relative to the cwd)."""
-    result = subprocess.run([sys.executable, str(ROOT / "launch" / "train_grpo.py"), "recipe=humaneval"], cwd=tmp_path,
+    result = subprocess.run([sys.executable, str(ROOT / "launch" / "train_grpo.py"), "recipe=humaneval"],
+                            cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert result.stderr == ("error: actor_rollout_ref.model.path is not set: pass actor_rollout_ref.model.path="
-                             "<Dream checkpoint folder>, e.g. Dream-v0-Instruct-7B\n")
+    assert result.stderr == ("error: actor_rollout_ref.model.path is not set: pass "
+                             "actor_rollout_ref.model.path=<Dream checkpoint folder>, e.g. "
+                             "Dream-v0-Instruct-7B\n")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -264,7 +271,8 @@ def test_help_lists_only_grpo_recipes() -> None:
 
 def test_truncated_checkpoint_picked_by_auto_resume_names_the_file_and_an_earlier_step(tmp_path) -> None:
     """verl's auto-resume would load the latest step inside a Ray worker and fail there with a stack trace;
-    the launcher checks the files first and names the step to resume from instead (verl's resume_path keys)."""
+    the launcher checks the files first and names the step to resume from instead (verl's resume_path
+    keys)."""
     import torch
 
     from launch.train_grpo import main

@@ -1,4 +1,5 @@
-"""Tests of the SFT entry point (launch/train_sft.py): real Hydra composition, real W&B (offline), real sandbox."""
+"""Tests of the SFT entry point (launch/train_sft.py): real Hydra composition, real W&B (offline), real
+sandbox."""
 
 from __future__ import annotations
 
@@ -59,9 +60,11 @@ def test_short_run_writes_checkpoint_metrics_and_wandb(tmp_path: Path, tiny_drea
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = tmp_path / "run"
     code = main([
-        "recipe=demo_sft", f"run_dir={run_dir}", f"model.path={tiny_dream_dir}", "train.steps=4", "train.stop_after=null",
+        "recipe=demo_sft", f"run_dir={run_dir}", f"model.path={tiny_dream_dir}", "train.steps=4",
+        "train.stop_after=null",
         "train.batch_size=4", "train.log_every=2", "eval.every=2", "tasks.n_train=16", "tasks.n_heldout=3",
-        "tasks.canvas.r_len=26", "tasks.canvas.a_len=44", "eval.nll_rates=1", f"export_dir={tmp_path / 'export'}",
+        "tasks.canvas.r_len=26", "tasks.canvas.a_len=44", "eval.nll_rates=1",
+        f"export_dir={tmp_path / 'export'}",
     ])
     assert code == 0
     metrics = json.loads((run_dir / "sft_metrics.json").read_text())
@@ -78,15 +81,17 @@ def test_short_run_writes_checkpoint_metrics_and_wandb(tmp_path: Path, tiny_drea
 
 def test_help_is_real_help_text() -> None:
     """``--help`` used to reach Hydra's override lexer; now it lists the SFT recipes and the key overrides."""
-    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "train_sft.py"), "--help"], capture_output=True,
+    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "train_sft.py"), "--help"],
+                          capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == ""
     assert "recipe=<demo_sft>" in proc.stdout and "model.path=DIR" in proc.stdout
     assert "launch/train_grpo.py" in proc.stdout  # where the GRPO recipes go
 
 
-def test_wrong_recipe_or_broken_model_exit_2_before_anything_is_written(tmp_path: Path,
-                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_recipe_or_broken_model_exit_2_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import shutil
 
     cut = tmp_path / "cut"
@@ -96,7 +101,8 @@ def test_wrong_recipe_or_broken_model_exit_2_before_anything_is_written(tmp_path
     shutil.copytree(cut, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
     run_dir = tmp_path / "run"
     for args, message in (
-        (["recipe=demo"], "recipe=demo is a GRPO recipe: run it with python launch/train_grpo.py recipe=demo"),
+        (["recipe=demo"],
+         "recipe=demo is a GRPO recipe: run it with python launch/train_grpo.py recipe=demo"),
         (["recipe=nosuch"], "unknown recipe 'nosuch'; SFT recipes: demo_sft"),
         ([f"model.path={cut}"], f"{cut / 'model.safetensors'} is truncated"),
         ([f"model.path={no_weights}"], "has a config.json but no weights"),
